@@ -1,0 +1,1 @@
+"""Pipeline steps and the shared domain code (schemas, config, model, metrics)."""

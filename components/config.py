@@ -1,0 +1,234 @@
+"""One configuration for every step, in layers: packaged defaults, a user file, KEY=VALUE overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.errors import RecsysError
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+CONFIG_ENV = "RECSYS_CONFIG"  # a config file path every process of a run picks up
+
+
+class ConfigError(RecsysError, ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Paths(_Section):
+    data_dir: Path
+    artifacts_dir: Path
+    pipeline_root: Path
+
+
+class Data(_Section):
+    source: Literal["movielens", "files"]
+    interactions_path: Path | None = None
+    users_path: Path | None = None
+    items_path: Path | None = None
+    movielens_wheel: str
+
+    @model_validator(mode="after")
+    def _files_need_paths(self) -> Data:
+        if self.source == "files" and not all([self.interactions_path, self.users_path, self.items_path]):
+            raise ValueError("data.source=files needs data.interactions_path, data.users_path and data.items_path")
+        return self
+
+
+class Validation(_Section):
+    min_interactions: int = Field(ge=1)
+    min_users: int = Field(ge=1)
+    min_items: int = Field(ge=1)
+    rating_min: float
+    rating_max: float
+    min_interactions_per_user: int = Field(ge=1)
+    max_future_skew_seconds: int = Field(ge=0)
+
+
+class Features(_Section):
+    repo_path: Path
+    online_store: Literal["sqlite", "redis"]
+    redis_connection: str
+    last_n_items: int = Field(ge=1, le=200)
+    popularity_windows_days: list[int]
+
+
+class Model(_Section):
+    encoder_dir: Path | None = None
+    fine_tune_encoder: bool
+    embedding_dim: int = Field(ge=4, le=1024)
+    max_seq_len: int = Field(ge=1, le=512)
+    user_layers: int = Field(ge=0, le=12)
+    user_heads: int = Field(ge=1, le=16)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    id_dropout: float = Field(ge=0.0, le=1.0)
+    temperature: float = Field(gt=0.0)
+    logq_correction: bool
+    hard_negatives: int = Field(ge=0)
+
+
+class Train(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2)
+    learning_rate: float = Field(gt=0.0)
+    weight_decay: float = Field(ge=0.0)
+    patience: int = Field(ge=1)
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    num_threads: int = Field(ge=1)
+    max_minutes: float = Field(gt=0.0)
+
+
+class Evaluate(_Section):
+    ks: list[int]
+    bootstrap_samples: int = Field(ge=10)
+    cold_start_items: int = Field(ge=0)
+    gate_metric: str
+    gate_min_improvement: float
+
+
+class Compress(_Section):
+    ndcg_tolerance: float = Field(ge=0.0, lt=1.0)
+    prune_amount: float = Field(ge=0.0, lt=1.0)
+    distill_layers: int = Field(ge=1, le=6)
+
+
+class Serving(_Section):
+    host: str
+    triton_http_port: int = Field(ge=1, le=65535)
+    triton_grpc_port: int = Field(ge=1, le=65535)
+    triton_metrics_port: int = Field(ge=1, le=65535)
+    model_repository: Path
+    api_port: int = Field(ge=1, le=65535)
+    top_k: int = Field(ge=1, le=1000)
+    request_log: Path
+    grpc_timeout_s: float = Field(gt=0.0)
+
+
+class Monitoring(_Section):
+    reports_dir: Path
+    drift_share_threshold: float = Field(gt=0.0, le=1.0)
+    quality_drop_threshold: float = Field(gt=0.0, le=1.0)
+    fairness_ratio_threshold: float = Field(ge=0.0, le=1.0)
+    cooldown_hours: float = Field(ge=0.0)
+    state_path: Path
+
+
+class Kfp(_Section):
+    image: str
+    gpu_image: str
+    host: str | None = None
+    experiment: str
+
+
+class Config(_Section):
+    paths: Paths
+    data: Data
+    validation: Validation
+    features: Features
+    model: Model
+    train: Train
+    evaluate: Evaluate
+    compress: Compress
+    serving: Serving
+    monitoring: Monitoring
+    kfp: Kfp
+
+    def dump(self) -> dict[str, Any]:
+        """Plain-YAML-able dict (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {path}") from err
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any], where: str = "") -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if key not in base:
+            raise ConfigError(f"unknown config key '{where}{key}'")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{where}{key}' is a section; give it a mapping")
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ["train.epochs=2", "model.fine_tune_encoder=true"] into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{pair}' must look like section.key=value")
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the file at `path` (or $RECSYS_CONFIG), then KEY=VALUE overrides; validated."""
+    data = _read_yaml(DEFAULTS_PATH)
+    path = path or os.environ.get(CONFIG_ENV) or None
+    if path:
+        data = _merge(data, _read_yaml(Path(path)))
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from err
+
+
+def config_from_text(text: str) -> Config:
+    """The config a pipeline passes to its components as YAML text (merged over the defaults)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config text is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError("config text must hold a mapping")
+    try:
+        return Config.model_validate(_merge(_read_yaml(DEFAULTS_PATH), data))
+    except ValidationError as err:
+        raise ConfigError(f"invalid configuration: {err}") from err
+
+
+def config_to_text(config: Config) -> str:
+    """YAML text of the full resolved config."""
+    return yaml.safe_dump(config.dump(), sort_keys=False)
+
+
+def write_config(config: Config, path: str | Path) -> Path:
+    """Write the full resolved config, so a subprocess can load exactly the same one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_to_text(config), encoding="utf-8")
+    return path

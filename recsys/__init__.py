@@ -1,0 +1,1 @@
+"""The `recsys` command line: one entry point over every step (`recsys --help`)."""

