@@ -24,7 +24,7 @@ system-deps:
 	@bash scripts/system_deps.sh
 
 demo: $(STAMP)
-	$(BIN)/python -m scripts.demo
+	$(BIN)/recsys demo
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .

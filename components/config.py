@@ -207,6 +207,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"invalid configuration: {problems}") from err
 
 
+def absolute_paths(config: Config, base: str | Path | None = None) -> Config:
+    """A copy whose relative paths are anchored at `base` (default: cwd), for subprocesses and pipelines."""
+    base = Path(base or Path.cwd()).resolve()
+    data = config.dump()
+    for section in Config.model_fields:
+        model = getattr(config, section)
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, Path) and not value.is_absolute():
+                data[section][name] = str(base / value)
+    return Config.model_validate(data)
+
+
 def config_from_text(text: str) -> Config:
     """The config a pipeline passes to its components as YAML text (merged over the defaults)."""
     try:

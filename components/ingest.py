@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+from kfp.dsl import Dataset, Metrics, Output
 
 from components.config import Config
 from components.errors import RecsysError
+from components.kfp_support import step
 from components.movielens import fetch_movielens, movielens_to_canonical
 from components.schemas import INTERACTIONS, ITEMS, REQUIRED_COLUMNS, TABLES, USERS, SchemaError, write_tables
 
@@ -106,3 +108,13 @@ def ingest(config: Config, out_dir: str | Path) -> dict[str, int]:
     counts = {name: len(tables[name]) for name in TABLES}
     log.info("ingested %s into %s", counts, out_dir)
     return counts
+
+
+@step
+def ingest_op(config: str, canonical: Output[Dataset], metrics: Output[Metrics]):
+    """KFP: read the configured source and emit the canonical tables as one Dataset folder."""
+    from components.config import config_from_text
+    from components.ingest import ingest
+
+    for table, rows in ingest(config_from_text(config), canonical.path).items():
+        metrics.log_metric(f"rows_{table}", rows)

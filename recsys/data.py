@@ -38,3 +38,19 @@ def ingest(
     with errors_as_exit():
         counts = run_ingest(st.config, out)
     console.print(f"canonical tables in [bold]{out}[/]: {counts}")
+
+
+@app.command()
+def validate(
+    ctx: typer.Context,
+    canonical: Path = typer.Option(Path("data/canonical"), help="Folder with the canonical tables."),
+    out: Path = typer.Option(Path("data/validated"), help="Where validated tables go (only if valid)."),
+    docs: Path = typer.Option(Path("artifacts/data_docs"), help="Data Docs site and summary.json."),
+) -> None:
+    """Run the Great Expectations gate; exits non-zero naming every failed expectation."""
+    from components.validate import validate as run_validate
+
+    config = state(ctx).config
+    with errors_as_exit():
+        report = run_validate(config, canonical, out, docs)
+    console.print(f"[green]valid[/]: {report.evaluated} expectations; Data Docs: [bold]{report.docs_index}[/]")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from recsys import data
+from recsys import data, demo, pipeline
 from recsys.common import State, setup_logging
 
 app = typer.Typer(
@@ -29,3 +29,5 @@ def main(
 
 
 app.add_typer(data.app, name="data")
+app.add_typer(pipeline.app, name="pipeline")
+app.command("demo")(demo.demo)

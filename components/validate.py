@@ -1,0 +1,259 @@
+"""Step `validate`: the Great Expectations gate over the canonical tables.
+
+One expectation suite per table (plus a per-user activity table), Data Docs HTML, a JSON summary with
+the statistics that matter for recommenders. On failure nothing is written downstream.
+"""
+
+import html
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
+
+from components.config import Config
+from components.errors import RecsysError
+from components.kfp_support import step
+from components.schemas import INTERACTIONS, ITEMS, TABLES, USERS, read_tables, write_tables
+
+log = logging.getLogger(__name__)
+ACTIVITY = "user_activity"
+SAMPLE = 5
+
+
+class ValidationFailed(RecsysError):
+    """At least one expectation failed; the message names each one, its column and bad values."""
+
+
+@dataclass
+class Failure:
+    table: str
+    expectation: str
+    column: str | None
+    observed: object
+    sample: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        where = f"{self.table}.{self.column}" if self.column else self.table
+        sample = f" e.g. {self.sample}" if self.sample else ""
+        observed = f" observed={self.observed}" if self.observed is not None else ""
+        return f"{where}: {self.expectation} failed{observed}{sample}"
+
+
+@dataclass
+class ValidationReport:
+    success: bool
+    evaluated: int
+    failures: list[Failure]
+    statistics: dict
+    docs_index: str | None = None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "failures": [{**asdict(f), "message": str(f)} for f in self.failures]}
+
+
+def _expectations(config: Config, tables: dict[str, pd.DataFrame]) -> dict[str, list]:
+    import great_expectations.expectations as gxe
+
+    v = config.validation
+    future = datetime.now(UTC) + timedelta(seconds=v.max_future_skew_seconds)
+    int_types = ["int64", "Int64"]
+
+    def typed(column: str, types: list[str]) -> list:
+        return [
+            gxe.ExpectColumnToExist(column=column),
+            gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=types),
+        ]
+
+    suites = {
+        INTERACTIONS: [
+            gxe.ExpectTableRowCountToBeBetween(min_value=v.min_interactions),
+            *typed("user_id", int_types),
+            *typed("item_id", int_types),
+            *typed("rating", ["float32", "float64"]),
+            gxe.ExpectColumnToExist(column="event_timestamp"),
+            gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="event_timestamp"),
+            gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=v.rating_min, max_value=v.rating_max),
+            gxe.ExpectColumnMaxToBeBetween(column="event_timestamp", max_value=future),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "event_timestamp"]),
+            gxe.ExpectColumnValuesToBeInSet(column="user_id", value_set=tables[USERS]["user_id"].tolist()),
+            gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=tables[ITEMS]["item_id"].tolist()),
+        ],
+        USERS: [
+            gxe.ExpectTableRowCountToBeBetween(min_value=v.min_users),
+            *typed("user_id", int_types),
+            gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+            gxe.ExpectColumnMaxToBeBetween(column="created_timestamp", max_value=future),
+        ],
+        ITEMS: [
+            gxe.ExpectTableRowCountToBeBetween(min_value=v.min_items),
+            *typed("item_id", int_types),
+            gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="item_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="text"),
+            gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
+            gxe.ExpectColumnMaxToBeBetween(column="created_timestamp", max_value=future),
+        ],
+        ACTIVITY: [
+            gxe.ExpectColumnMinToBeBetween(column="interactions", min_value=v.min_interactions_per_user),
+        ],
+    }
+    if "age" in tables[USERS].columns:
+        suites[USERS].append(gxe.ExpectColumnValuesToBeBetween(column="age", min_value=0, max_value=120))
+    return suites
+
+
+def recommender_statistics(tables: dict[str, pd.DataFrame]) -> dict:
+    """What a recommender team looks at first: sizes, sparsity, activity per user, rating distribution."""
+    inter = tables[INTERACTIONS]
+    per_user = inter.groupby("user_id").size()
+    per_item = inter.groupby("item_id").size()
+    n_users, n_items = len(tables[USERS]), len(tables[ITEMS])
+    ratings = inter["rating"].dropna()
+    return {
+        "rows": {name: len(tables[name]) for name in TABLES},
+        "density": round(len(inter) / max(1, n_users * n_items), 6),
+        "interactions_per_user": {
+            "min": int(per_user.min()), "median": float(per_user.median()),
+            "mean": round(float(per_user.mean()), 2), "max": int(per_user.max()),
+        },
+        "interactions_per_item": {"median": float(per_item.median()), "max": int(per_item.max())},
+        "rating_distribution": {str(k): int(c) for k, c in ratings.value_counts().sort_index().items()},
+        "rating_mean": round(float(ratings.mean()), 4) if len(ratings) else None,
+        "time_span": [str(inter["event_timestamp"].min()), str(inter["event_timestamp"].max())],
+    }
+
+
+def _failures(table: str, result: dict) -> list[Failure]:
+    out = []
+    for r in result["results"]:
+        if r["success"]:
+            continue
+        cfg, res = r["expectation_config"], r.get("result") or {}
+        kwargs = cfg.get("kwargs", {})
+        column = kwargs.get("column") or (",".join(kwargs["column_list"]) if "column_list" in kwargs else None)
+        sample = [str(x) for x in (res.get("partial_unexpected_list") or [])[:SAMPLE]]
+        observed = res.get("observed_value", res.get("unexpected_count"))
+        if r.get("exception_info", {}).get("raised_exception"):
+            observed = r["exception_info"].get("exception_message")
+        out.append(Failure(table, cfg["type"], column, None if observed is None else str(observed), sample))
+    return out
+
+
+def validate_tables(config: Config, tables: dict[str, pd.DataFrame], docs_dir: str | Path) -> ValidationReport:
+    """Run every suite; build the Data Docs site into `docs_dir`; return the report (raises nothing)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    docs_dir = Path(docs_dir).resolve()
+    context.add_data_docs_site(site_name="recsys_docs", site_config={
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+    })
+    frames = dict(tables)
+    frames[ACTIVITY] = tables[INTERACTIONS].groupby("user_id").size().rename("interactions").reset_index()
+    source = context.data_sources.add_pandas(name="canonical")
+    failures: list[Failure] = []
+    evaluated = 0
+    for name, expectations in _expectations(config, tables).items():
+        batch_def = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(name=f"{name}_all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
+        vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_vd", data=batch_def, suite=suite))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"{name}_checkpoint", validation_definitions=[vd],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["recsys_docs"])],
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE},
+        ))
+        result = checkpoint.run(batch_parameters={"dataframe": frames[name]})
+        for run_result in result.run_results.values():
+            as_dict = run_result.to_json_dict()
+            evaluated += len(as_dict["results"])
+            failures += _failures(name, as_dict)
+    context.build_data_docs(site_names=["recsys_docs"])
+    return ValidationReport(
+        success=not failures, evaluated=evaluated, failures=failures,
+        statistics=recommender_statistics(tables), docs_index=str(docs_dir / "index.html"),
+    )
+
+
+def summary_html(report: ValidationReport) -> str:
+    """A self-contained page: verdict, failed expectations, statistics (the KFP HTML artifact)."""
+    verdict = "PASSED" if report.success else "FAILED"
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in
+                         (f.table, f.column or "", f.expectation, f.observed, ", ".join(f.sample))) + "</tr>"
+        for f in report.failures
+    )
+    failures = (f"<h2>Failed expectations</h2><table border=1><tr><th>table</th><th>column</th><th>expectation</th>"
+                f"<th>observed</th><th>sample</th></tr>{rows}</table>") if rows else ""
+    stats = html.escape(json.dumps(report.statistics, indent=2))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Data validation: {verdict}</title></head>"
+            f"<body><h1>Data validation: {verdict}</h1><p>{report.evaluated} expectations evaluated, "
+            f"{len(report.failures)} failed. Full Data Docs: {html.escape(str(report.docs_index))}</p>{failures}"
+            f"<h2>Statistics</h2><pre>{stats}</pre></body></html>")
+
+
+def validate(
+    config: Config, canonical_dir: str | Path, validated_dir: str | Path, docs_dir: str | Path
+) -> ValidationReport:
+    """Validate the tables in `canonical_dir`; copy them to `validated_dir` only if every expectation holds.
+
+    Writes `summary.json` and `summary.html` into `docs_dir` beside the Data Docs site, pass or fail.
+    Raises ValidationFailed (listing each failed expectation) when the data is bad.
+    """
+    tables = read_tables(canonical_dir)
+    docs_dir = Path(docs_dir)
+    report = validate_tables(config, tables, docs_dir)
+    (docs_dir / "summary.json").write_text(json.dumps(report.to_json(), indent=2, default=str), encoding="utf-8")
+    (docs_dir / "summary.html").write_text(summary_html(report), encoding="utf-8")
+    if not report.success:
+        validated = Path(validated_dir)
+        if validated.exists():
+            shutil.rmtree(validated)
+        details = "\n  ".join(str(f) for f in report.failures)
+        raise ValidationFailed(
+            f"{len(report.failures)} expectation(s) failed:\n  {details}\nData Docs: {report.docs_index}"
+        )
+    write_tables(tables, validated_dir)
+    log.info("validation passed (%d expectations); Data Docs at %s", report.evaluated, report.docs_index)
+    return report
+
+
+@step
+def validate_op(
+    config: str,
+    canonical: Input[Dataset],
+    validated: Output[Dataset],
+    data_docs: Output[Artifact],
+    summary: Output[HTML],
+    metrics: Output[Metrics],
+):
+    """KFP: the validation gate; the task fails (and nothing downstream runs) when an expectation fails."""
+    import shutil
+    from pathlib import Path
+
+    from components.config import config_from_text
+    from components.validate import ValidationFailed, validate
+
+    try:
+        report = validate(config_from_text(config), canonical.path, validated.path, data_docs.path)
+    except ValidationFailed as failed:
+        shutil.copyfile(Path(data_docs.path) / "summary.html", summary.path)
+        raise SystemExit(f"validation failed: {failed}") from failed
+    shutil.copyfile(Path(data_docs.path) / "summary.html", summary.path)
+    data_docs.metadata["index"] = report.docs_index
+    metrics.log_metric("expectations_evaluated", report.evaluated)
+    metrics.log_metric("interactions", report.statistics["rows"]["interactions"])
+    metrics.log_metric("median_interactions_per_user", report.statistics["interactions_per_user"]["median"])
