@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,7 @@ class Validation(_Section):
 
 class Features(_Section):
     repo_path: Path
+    data_dir: Path | None = None
     online_store: Literal["sqlite", "redis"]
     redis_connection: str
     last_n_items: int = Field(ge=1, le=200)
@@ -93,6 +95,8 @@ class Evaluate(_Section):
     cold_start_items: int = Field(ge=0)
     gate_metric: str
     gate_min_improvement: float
+    knn_neighbours: list[int] = Field(min_length=1)
+    ease_lambdas: list[float] = Field(min_length=1)
 
 
 class Compress(_Section):
@@ -111,14 +115,34 @@ class Serving(_Section):
     top_k: int = Field(ge=1, le=1000)
     request_log: Path
     grpc_timeout_s: float = Field(gt=0.0)
+    grpc_retries: int = Field(ge=0, le=10)
+    triton_build_dir: Path
+    triton_log_file: Path
+    triton_start_timeout_s: float = Field(gt=0.0)
+    max_batch_size: int = Field(ge=1, le=4096)
+    max_queue_delay_us: int = Field(ge=0)
+    tower_instances: int = Field(ge=1, le=64)
 
 
 class Monitoring(_Section):
     reports_dir: Path
+    window_hours: float = Field(gt=0.0)
+    quality_horizon_hours: float = Field(gt=0.0)
+    quality_k: int = Field(ge=1, le=1000)
+    min_requests: int = Field(ge=1)
+    min_group_size: int = Field(ge=1)
+    drift_num_method: str
+    drift_cat_method: str
+    drift_threshold: float = Field(gt=0.0)
+    min_drift_rows: int = Field(ge=2)
+    embedding_auc_threshold: float = Field(gt=0.5, le=1.0)
+    embedding_max_rows: int = Field(ge=10)
+    long_tail_head_fraction: float = Field(gt=0.0, lt=1.0)
     drift_share_threshold: float = Field(gt=0.0, le=1.0)
     quality_drop_threshold: float = Field(gt=0.0, le=1.0)
     fairness_ratio_threshold: float = Field(ge=0.0, le=1.0)
     cooldown_hours: float = Field(ge=0.0)
+    retrain_timeout_hours: float = Field(gt=0.0)
     state_path: Path
 
 
@@ -235,13 +259,14 @@ def config_from_text(text: str) -> Config:
 
 
 def config_to_text(config: Config) -> str:
-    """YAML text of the full resolved config."""
-    return yaml.safe_dump(config.dump(), sort_keys=False)
+    """The full resolved config as one line of JSON (valid YAML): KFP copies parameter defaults into a
+    comment header of the compiled file, which a multi-line value would break."""
+    return json.dumps(config.dump())
 
 
 def write_config(config: Config, path: str | Path) -> Path:
     """Write the full resolved config, so a subprocess can load exactly the same one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config_to_text(config), encoding="utf-8")
+    path.write_text(yaml.safe_dump(config.dump(), sort_keys=False), encoding="utf-8")
     return path

@@ -4,6 +4,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -65,7 +66,9 @@ def run_pipeline(name: PipelineName, config: Config) -> dict:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     started = time.monotonic()
     try:
-        pipeline_function(name)(config=config_to_text(config))
+        with warnings.catch_warnings():  # the local runner warns about settings only a cluster honours
+            warnings.filterwarnings("ignore", message=".*(have no effect in the current local runner|base image).*")
+            pipeline_function(name)(config=config_to_text(config))
     except RuntimeError as err:
         raise PipelineError(f"{name} pipeline failed: {err}") from err
     finally:

