@@ -1,0 +1,34 @@
+"""Every command of the `recsys` CLI answers --help; errors come out as one clean line."""
+
+import typer
+from typer.testing import CliRunner
+
+from recsys.main import app
+
+runner = CliRunner()
+
+
+def _command_paths(group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if hasattr(command, "commands"):
+            paths += _command_paths(command, (*prefix, name))
+    return paths
+
+
+def test_every_command_has_help():
+    root = typer.main.get_command(app)
+    paths = _command_paths(root)
+    assert {("data", "ingest"), ("data", "validate"), ("pipeline", "compile"), ("pipeline", "run")} <= set(paths)
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage:" in result.output, path
+
+
+def test_bad_override_is_a_clean_error():
+    result = runner.invoke(app, ["--set", "train.epochz=1", "data", "fetch"])
+    assert result.exit_code == 1
+    assert "unknown config key 'train.epochz'" in result.output
+    assert "Traceback" not in result.output
