@@ -1,0 +1,451 @@
+"""Evaluation step: the candidate, the champion and strong baselines on one temporal split, then the promotion gate.
+
+Protocol (all recommenders, same run, same split from `components.splits`):
+- Main ranking: each test user's last interaction is ranked against the whole warm catalogue (items table minus
+  the held-out cold items), excluding the items the user saw before (train + validation rows); HR@K, NDCG@K, MRR,
+  catalogue coverage@K, 95% bootstrap intervals over users, and the same per gender and age band.
+- Cold start: each `cold_test` user's last cold-item interaction is ranked among the cold items only (never in
+  training, so a model reaches them through their text), against `new-item-popularity`: for a user whose target
+  happened at time t, a cold item scores its number of interactions by other users strictly before t. The target
+  event itself and anything later are never counted. `random` is the exact expectation of a random ranking.
+- Gate: the candidate is promoted when its `evaluate.gate_metric` beats the champion's by more than
+  `evaluate.gate_min_improvement` (relative). The champion is the registry's model re-evaluated on this split, or
+  before the first promotion the strongest baseline.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.config import Config
+from components.errors import RecsysError
+from components.kfp_support import step
+from components.metrics import (
+    Estimate,
+    age_band,
+    bootstrap,
+    coverage,
+    expected_rank,
+    group_breakdown,
+    group_ratio,
+    paired_difference,
+    per_user_metrics,
+    rank_targets,
+)
+from components.recommender import Recommender
+
+log = logging.getLogger(__name__)
+CANDIDATE, CHAMPION, BASELINE, REFERENCE = "candidate", "champion", "baseline", "reference"
+
+
+class EvaluationError(RecsysError, ValueError):
+    """The evaluation cannot run as configured; the message says what is missing."""
+
+
+@dataclass
+class ModelResult:
+    """One recommender on one task (main ranking or cold start)."""
+
+    key: str  # unique in the report: candidate, champion, or the baseline's name
+    name: str  # the recommender's own name
+    role: str
+    summary: dict[str, Estimate]
+    coverage: dict[str, float]
+    per_user: dict[str, np.ndarray] = field(repr=False)
+    ranks: np.ndarray = field(repr=False)  # expected rank per user
+    groups: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, metric: str) -> float:
+        if metric in self.summary:
+            return self.summary[metric].value
+        if metric in self.coverage:
+            return self.coverage[metric]
+        raise EvaluationError(f"metric {metric!r} not computed; have {sorted(self.summary) + sorted(self.coverage)}")
+
+
+@dataclass
+class EvalData:
+    """Everything the tasks share: the split and the frames built from it."""
+
+    split: Any
+    items: pd.DataFrame
+    catalogue: np.ndarray
+    users: pd.DataFrame  # test users in order, with profile columns
+    histories: list[np.ndarray]
+    targets: np.ndarray
+    cold_users: pd.DataFrame  # cold-test users with profile columns and `as_of` (the target's timestamp)
+    cold_histories: list[np.ndarray]
+    cold_exclude: list[np.ndarray]
+    cold_targets: np.ndarray
+
+
+@dataclass
+class Evaluation:
+    results: list[ModelResult]
+    cold: list[ModelResult]
+    decision: dict[str, Any]
+    info: dict[str, Any]
+
+    def result(self, key: str) -> ModelResult:
+        for r in self.results:
+            if r.key == key:
+                return r
+        raise EvaluationError(f"no result named {key!r}")
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def prepare(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
+    """Split the interactions (contract C2) and build the test and cold-start tasks."""
+    from components.baselines import user_frame
+    from components.splits import cold_histories, histories, temporal_split
+
+    split = temporal_split(tables["interactions"], config.evaluate.cold_start_items, config.train.seed)
+    items = tables["items"]
+    catalogue = np.setdiff1d(items["item_id"].to_numpy(dtype=np.int64), split.cold_items)
+    if split.test.empty:
+        raise EvaluationError("no test rows: every user has fewer than 3 interactions on non-cold items")
+    test = split.test.sort_values("user_id").reset_index(drop=True)
+    hist = histories(split, "test")
+    empty = np.empty(0, dtype=np.int64)
+    cold = split.cold_test.sort_values("user_id").reset_index(drop=True)
+    cold_hist = cold_histories(split)
+    earlier = split.cold_interactions
+    cold_exclude = [
+        earlier.loc[(earlier["user_id"] == u) & (earlier["event_timestamp"] < ts), "item_id"].to_numpy(np.int64)
+        for u, ts in zip(cold["user_id"], cold["event_timestamp"], strict=True)
+    ]
+    cold_users = user_frame(cold["user_id"].to_numpy(), tables["users"])
+    cold_users["as_of"] = cold["event_timestamp"]  # same row order (both 0..n-1, sorted by user)
+    return EvalData(
+        split=split,
+        items=items,
+        catalogue=catalogue,
+        users=user_frame(test["user_id"].to_numpy(), tables["users"]),
+        histories=[hist.get(int(u), empty) for u in test["user_id"]],
+        targets=test["item_id"].to_numpy(dtype=np.int64),
+        cold_users=cold_users,
+        cold_histories=[cold_hist.get(int(u), empty) for u in cold["user_id"]],
+        cold_exclude=cold_exclude,
+        cold_targets=cold["item_id"].to_numpy(dtype=np.int64),
+    )
+
+
+def _epoch_us(values: Any) -> np.ndarray:
+    """Timestamps (aware or naive = UTC) as int64 microseconds since the epoch."""
+    return pd.to_datetime(pd.Series(values), utc=True).dt.as_unit("us").astype("int64").to_numpy()
+
+
+class NewItemPopularity:
+    """Cold-start baseline: a new item's number of interactions by other users strictly before the user's `as_of`."""
+
+    name = "new-item-popularity"
+
+    def __init__(self, cold_interactions: pd.DataFrame) -> None:
+        self.events = cold_interactions[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
+
+    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
+        if "as_of" not in users:
+            raise EvaluationError("new-item-popularity needs the users' `as_of` timestamps")
+        out = np.zeros((len(users), len(catalogue)), dtype=np.float32)
+        col = pd.Series(np.arange(len(catalogue)), index=np.asarray(catalogue, dtype=np.int64))
+        ev = self.events[self.events["item_id"].isin(col.index)]
+        ts, ev_user, ev_col = _epoch_us(ev["event_timestamp"]), ev["user_id"].to_numpy(), col[ev["item_id"]].to_numpy()
+        for i, (user, as_of) in enumerate(zip(users["user_id"], _epoch_us(users["as_of"]), strict=True)):
+            seen = (ts < as_of) & (ev_user != user)
+            np.add.at(out[i], ev_col[seen], 1.0)
+        return out
+
+
+class Constant:
+    """Scores every item the same: with ties resolved in expectation this is exactly a random ranking."""
+
+    name = "random"
+
+    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
+        return np.zeros((len(users), len(catalogue)), dtype=np.float32)
+
+
+def ensure_items(recommender: Recommender, items: pd.DataFrame) -> None:
+    """Let a model that embeds items from text (optional `add_items(items)`) cover every catalogue item."""
+    add = getattr(recommender, "add_items", None)
+    known = getattr(recommender, "item_ids", None)
+    if add is None or known is None:
+        return
+    missing = items[~items["item_id"].isin(np.asarray(known))]
+    if len(missing):
+        log.info("%s: embedding %d items it was not trained on from their text", recommender.name, len(missing))
+        add(missing)
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+
+
+def evaluate_task(
+    recommender: Recommender,
+    key: str,
+    role: str,
+    users: pd.DataFrame,
+    hist: list[np.ndarray],
+    targets: np.ndarray,
+    catalogue: np.ndarray,
+    config: Config,
+    exclude: list[np.ndarray] | None = None,
+    groups: bool = True,
+) -> ModelResult:
+    """Rank every target, then metrics with bootstrap intervals, coverage and (optionally) the group breakdown."""
+    cfg = config.evaluate
+    ks = sorted(cfg.ks)
+    ranks, top = rank_targets(recommender, users, hist, targets, catalogue, max(ks), exclude=exclude)
+    per_user = per_user_metrics(ranks, ks)
+    summary = bootstrap(per_user, cfg.bootstrap_samples, config.train.seed)
+    cov = {f"coverage@{k}": coverage(top[:, :k], catalogue) for k in ks}
+    breakdown = pd.DataFrame()
+    if groups:
+        attrs = {}
+        if "gender" in users:
+            attrs["gender"] = users["gender"].to_numpy(dtype=object)
+        if "age" in users:
+            attrs["age_band"] = age_band(users["age"].to_numpy())
+        breakdown = group_breakdown(per_user, attrs, cfg.bootstrap_samples, config.train.seed)
+    params = dict(getattr(recommender, "params", {}) or {})
+    return ModelResult(key, recommender.name, role, summary, cov, per_user, expected_rank(ranks), breakdown, params)
+
+
+def evaluate_main(recommender: Recommender, key: str, role: str, data: EvalData, config: Config) -> ModelResult:
+    log.info("evaluating %s (%s) on %d test users x %d items", key, recommender.name, len(data.users),
+             len(data.catalogue))
+    return evaluate_task(recommender, key, role, data.users, data.histories, data.targets, data.catalogue, config)
+
+
+def evaluate_cold(recommender: Recommender, key: str, role: str, data: EvalData, config: Config) -> ModelResult:
+    return evaluate_task(recommender, key, role, data.cold_users, data.cold_histories, data.cold_targets,
+                         data.split.cold_items, config, exclude=data.cold_exclude, groups=False)
+
+
+# ----------------------------------------------------------------------------------------------- gate
+
+
+def check_gate_metric(config: Config) -> str:
+    metric = config.evaluate.gate_metric
+    allowed = {f"{m}@{k}" for m in ("hr", "ndcg", "coverage") for k in config.evaluate.ks} | {"mrr"}
+    if metric not in allowed:
+        raise EvaluationError(f"evaluate.gate_metric={metric!r} is not computed; choose one of {sorted(allowed)}")
+    return metric
+
+
+def gate(candidate: ModelResult, champion: ModelResult | None, config: Config,
+         champion_info: dict[str, Any]) -> dict[str, Any]:
+    """The promotion decision {"promote", "candidate", "champion", "reason", ...}."""
+    metric = check_gate_metric(config)
+    need = config.evaluate.gate_min_improvement
+    cand = candidate.value(metric)
+    champ = champion.value(metric) if champion is not None else champion_info.get("metrics", {}).get(metric)
+    decision: dict[str, Any] = {
+        "gate_metric": metric,
+        "min_improvement": need,
+        "candidate": {"name": candidate.name, "metrics": _flat(candidate)},
+        "champion": {**champion_info, **({"name": champion.name, "metrics": _flat(champion)} if champion else {})},
+    }
+    if champ is None:
+        decision.update(promote=True, reason=f"no champion {metric} to compare with: first model is promoted")
+        return decision
+    threshold = champ * (1 + need) if champ >= 0 else champ * (1 - need)
+    promote = bool(cand > threshold)
+    rel = (cand - champ) / abs(champ) if champ else float("inf")
+    text = (f"candidate {metric} {cand:.4f} vs champion ({decision['champion'].get('name', '?')}) {champ:.4f}: "
+            f"{rel:+.1%} relative; required > {need:+.1%}")
+    if champion is not None and champion.per_user.get(metric) is not None and metric in candidate.per_user:
+        diff = paired_difference(candidate.per_user[metric], champion.per_user[metric],
+                                 config.evaluate.bootstrap_samples, config.train.seed)
+        decision["difference"] = diff.as_dict()
+        text += f" (paired 95% CI of the difference [{diff.low:+.4f}, {diff.high:+.4f}])"
+    decision.update(promote=promote, reason=f"{text} -> {'promote' if promote else 'keep the champion'}")
+    return decision
+
+
+def _flat(result: ModelResult) -> dict[str, float]:
+    out = {name: est.value for name, est in result.summary.items()}
+    out.update(result.coverage)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- the step
+
+
+def _load_candidate(model_dir: str | Path | None, candidate: Recommender | None) -> Recommender:
+    if candidate is not None:
+        return candidate
+    if model_dir is None:
+        raise EvaluationError("give a model directory (or a candidate recommender) to evaluate")
+    if not Path(model_dir).is_dir():
+        raise EvaluationError(f"model directory {model_dir} does not exist")
+    from components.model import load_recommender
+
+    return load_recommender(model_dir)
+
+
+BASELINE_PREFIX = "baseline:"
+
+
+def baseline_candidate(config: Config, canonical_dir: str | Path, spec: str) -> Recommender:
+    """`baseline:ease` (or item-knn, most-popular): that baseline, tuned and fitted on this split, as a candidate."""
+    from components.baselines import fit_baselines
+    from components.schemas import read_tables
+
+    name = spec.removeprefix(BASELINE_PREFIX)
+    tables = read_tables(canonical_dir)
+    data = prepare(config, tables)
+    models = fit_baselines(data.split, tables["users"], data.catalogue, config.evaluate.knn_neighbours,
+                           config.evaluate.ease_lambdas)
+    if name not in models:
+        raise EvaluationError(f"unknown baseline {name!r}; choose one of {sorted(models)}")
+    return models[name]
+
+
+def _champion(config: Config, model_dir: str | Path | None) -> tuple[Recommender | None, dict[str, Any]]:
+    """The registry's champion as a loaded recommender (or None) and what the decision should say about it."""
+    from components.registry import read_champion
+
+    current = read_champion(config.paths.artifacts_dir)
+    if current is None:
+        return None, {}
+    info = {"source": "registry", "version": current.version, "model_dir": current.model_dir,
+            "metrics": current.metrics}
+    if model_dir is not None and Path(current.model_dir).resolve() == Path(model_dir).resolve():
+        info["same_as_candidate"] = True
+    try:
+        from components.model import load_recommender
+
+        return load_recommender(current.model_dir), info
+    except Exception as err:  # noqa: BLE001 - any load failure falls back to the stored metrics, and says so
+        log.warning("champion %s at %s cannot be loaded (%s); comparing with its stored metrics", current.version,
+                    current.model_dir, err)
+        info["load_error"] = str(err)
+        return None, info
+
+
+def run_evaluation(
+    config: Config,
+    canonical_dir: str | Path,
+    out_dir: str | Path,
+    model_dir: str | Path | None = None,
+    candidate: Recommender | None = None,
+) -> Evaluation:
+    """Evaluate the candidate (a model directory, or a given recommender), the champion and the baselines; write
+    report.html, report.md, metrics.json, decision.json and plots/ to `out_dir`; return the evaluation."""
+    from components.baselines import fit_baselines
+    from components.evaluation_report import write_report
+    from components.schemas import read_tables
+
+    check_gate_metric(config)
+    if not Path(canonical_dir).is_dir():
+        raise EvaluationError(f"canonical tables folder {canonical_dir} does not exist")
+    tables = read_tables(canonical_dir)
+    data = prepare(config, tables)
+    log.info("split: %s", data.split.summary())
+    cand_rec = _load_candidate(model_dir, candidate)
+    ensure_items(cand_rec, data.items)
+    tune_on = config.evaluate.gate_metric if not config.evaluate.gate_metric.startswith("coverage") else "ndcg@10"
+    baselines = fit_baselines(data.split, tables["users"], data.catalogue, config.evaluate.knn_neighbours,
+                              config.evaluate.ease_lambdas, metric=tune_on)
+    results = [evaluate_main(cand_rec, CANDIDATE, CANDIDATE, data, config)]
+    results += [evaluate_main(rec, name, BASELINE, data, config) for name, rec in baselines.items()]
+    champ_rec, champ_info = _champion(config, model_dir)
+    champion: ModelResult | None = None
+    if champ_rec is not None:
+        ensure_items(champ_rec, data.items)
+        champion = evaluate_main(champ_rec, CHAMPION, CHAMPION, data, config)
+        results.insert(1, champion)
+    elif config.evaluate.gate_metric not in champ_info.get("metrics", {}):
+        # no usable registry champion: the strongest baseline on this split holds the title
+        metric = config.evaluate.gate_metric
+        champion = max((r for r in results if r.role == BASELINE), key=lambda r: r.value(metric))
+        champ_info = {**champ_info, "source": "best baseline", "key": champion.key}
+    decision = gate(results[0], champion, config, champ_info)
+    if champ_info.get("same_as_candidate"):
+        decision.update(promote=False, reason="the candidate is the current champion: nothing to promote")
+    log.info("gate: %s", decision["reason"])
+
+    cold: list[ModelResult] = []
+    if len(data.cold_targets):
+        cold.append(evaluate_cold(cand_rec, CANDIDATE, CANDIDATE, data, config))
+        if champ_rec is not None:
+            cold.append(evaluate_cold(champ_rec, CHAMPION, CHAMPION, data, config))
+        cold.append(evaluate_cold(NewItemPopularity(data.split.cold_interactions), "new-item-popularity",
+                                  BASELINE, data, config))
+        cold.append(evaluate_cold(Constant(), "random", REFERENCE, data, config))
+    metric = config.evaluate.gate_metric
+    info = {
+        "split": data.split.summary(),
+        "catalogue_items": int(len(data.catalogue)),
+        "test_users": int(len(data.users)),
+        "cold_users": int(len(data.cold_targets)),
+        "ks": sorted(config.evaluate.ks),
+        "bootstrap_samples": config.evaluate.bootstrap_samples,
+        "seed": config.train.seed,
+        "model_dir": str(model_dir) if model_dir else None,
+        "champion_key": champion.key if champion is not None else None,
+        "group_ratio": {attr: group_ratio(results[0].groups, attr, metric) for attr in ("gender", "age_band")},
+        "baseline_tuning": {name: getattr(rec, "tuning", []) for name, rec in baselines.items()},
+    }
+    evaluation = Evaluation(results, cold, decision, info)
+    write_report(evaluation, Path(out_dir), metric)
+    return evaluation
+
+
+def kfp_metrics(evaluation: Evaluation) -> dict[str, float]:
+    """Flat numbers for a KFP Metrics artifact: the candidate's own names, others prefixed by their key."""
+    out: dict[str, float] = {}
+    for r in evaluation.results:
+        prefix = "" if r.role == CANDIDATE else f"{r.key}_"
+        out.update({f"{prefix}{k}": float(v) for k, v in _flat(r).items()})
+    for r in evaluation.cold:
+        out.update({f"cold_{r.key}_{k}": float(v) for k, v in _flat(r).items() if not k.startswith("coverage")})
+    out["promote"] = float(evaluation.decision["promote"])
+    return {k: v for k, v in out.items() if np.isfinite(v)}
+
+
+def read_decision(path: str | Path) -> dict[str, Any]:
+    """The gate decision from a decision.json file or the folder holding it."""
+    path = Path(path)
+    path = path / "decision.json" if path.is_dir() else path
+    if not path.is_file():
+        raise EvaluationError(f"no gate decision at {path}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@step
+def evaluate_op(
+    config: str,
+    canonical: Input[Dataset],
+    model: Input[Model],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+    decision: Output[Artifact],
+) -> bool:
+    """KFP: evaluate the trained model against the champion and baselines; returns whether to promote it.
+
+    `decision` is a folder: decision.json, report.md, metrics.json, plots/; `report` is the HTML report.
+    """
+    import shutil
+    from pathlib import Path
+
+    from components.config import config_from_text
+    from components.evaluate import kfp_metrics, run_evaluation
+
+    evaluation = run_evaluation(config_from_text(config), canonical.path, decision.path, model_dir=model.path)
+    shutil.copyfile(Path(decision.path) / "report.html", report.path)
+    for key, value in kfp_metrics(evaluation).items():
+        metrics.log_metric(key, value)
+    decision.metadata["promote"] = evaluation.decision["promote"]
+    decision.metadata["reason"] = evaluation.decision["reason"]
+    return bool(evaluation.decision["promote"])

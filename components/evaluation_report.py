@@ -1,0 +1,235 @@
+"""The evaluation report: report.md and report.html (tables, embedded PNG plots), metrics.json, decision.json."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from components.metrics import Estimate, per_user_metrics
+
+if TYPE_CHECKING:
+    from components.evaluate import Evaluation, ModelResult
+
+METHOD_NOTES = [
+    "Split: temporal leave-last-out per user (last interaction = test, the one before = validation); the "
+    "`cold_start_items` items that appeared latest are held out of training entirely.",
+    "Main ranking: each test user's target against the whole warm catalogue, excluding items the user saw "
+    "before (train + validation); ties are resolved in expectation (a constant scorer = random ranking).",
+    "Intervals: 95% percentile bootstrap over users (same resamples for every recommender).",
+    "Baselines are fitted on the training rows; item-kNN neighbourhood and EASE lambda are tuned on validation.",
+    "Cold start: cold-test users' last cold-item interaction ranked among the cold items only. "
+    "new-item-popularity scores a cold item by its interactions from other users strictly before the target's "
+    "timestamp (point in time; the target and later events are never counted); random = exact expectation.",
+]
+
+
+def _fmt(est: Any) -> str:
+    if isinstance(est, float):
+        return "n/a" if math.isnan(est) else f"{est:.4f}"
+    if math.isnan(est.value):
+        return "n/a"
+    return f"{est.value:.4f} [{est.low:.4f}, {est.high:.4f}]"
+
+
+def overall_table(results: list[ModelResult], ks: list[int], with_coverage: bool = True) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        row = {"recommender": r.key, "model": r.name, "role": r.role,
+               "params": ", ".join(f"{k}={v:g}" for k, v in r.params.items()) or "-"}
+        for k in ks:
+            row[f"HR@{k}"] = _fmt(r.summary[f"hr@{k}"])
+            row[f"NDCG@{k}"] = _fmt(r.summary[f"ndcg@{k}"])
+        row["MRR"] = _fmt(r.summary["mrr"])
+        if with_coverage:
+            for k in ks:
+                row[f"coverage@{k}"] = f"{r.coverage[f'coverage@{k}']:.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def group_table(results: list[ModelResult], metric: str) -> pd.DataFrame:
+    """One row per (attribute, group), one column per recommender: `metric` with its interval."""
+    table: pd.DataFrame | None = None
+    for r in results:
+        if r.groups.empty:
+            continue
+        g = r.groups[r.groups["metric"] == metric]
+        col = pd.DataFrame({
+            "attribute": g["attribute"].to_numpy(), "group": g["group"].to_numpy(), "users": g["users"].to_numpy(),
+            r.key: [_fmt(Estimate(v, lo, hi)) for v, lo, hi in zip(g["value"], g["low"], g["high"], strict=True)],
+        })
+        table = col if table is None else table.merge(col, on=["attribute", "group", "users"], how="outer",
+                                                      sort=False)
+    return pd.DataFrame() if table is None else table
+
+
+def _to_markdown(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(none)_"
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+
+def _plots(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    res = evaluation.results
+    k0 = evaluation.info["ks"][0]
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, name in zip(axes, (f"ndcg@{k0}", f"hr@{k0}"), strict=True):
+        vals = [r.summary[name] for r in res]
+        err = np.array([[v.value - v.low for v in vals], [v.high - v.value for v in vals]])
+        champ = evaluation.info.get("champion_key")
+        colors = ["tab:red" if r.role == "candidate" else "tab:orange" if r.key == champ else "tab:gray" for r in res]
+        ax.bar([r.key for r in res], [v.value for v in vals], yerr=err, capsize=4, color=colors)
+        ax.set_title(f"{name.upper()} (95% bootstrap CI)")
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    paths["overall"] = out_dir / "overall.png"
+    fig.savefig(paths["overall"], dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ks = np.arange(1, 101)
+    for r in res:
+        m = per_user_metrics(r.ranks, list(ks))
+        ax.plot(ks, [m[f"hr@{k}"].mean() for k in ks], label=r.key, lw=2.2 if r.role == "candidate" else 1.2)
+    ax.set_xlabel("K")
+    ax.set_ylabel("HR@K")
+    ax.set_title("Hit rate by cut-off")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths["hit_rate_curve"] = out_dir / "hit_rate_curve.png"
+    fig.savefig(paths["hit_rate_curve"], dpi=90)
+    plt.close(fig)
+
+    shown = [r for r in res if r.role == "candidate" or r.key == evaluation.info.get("champion_key")] or res[:1]
+    attrs = [a for a in ("gender", "age_band") if any((r.groups.get("attribute") == a).any() for r in shown
+                                                      if not r.groups.empty)]
+    if attrs:
+        fig, axes = plt.subplots(1, len(attrs), figsize=(5 * len(attrs), 3.6), squeeze=False)
+        for ax, attr in zip(axes[0], attrs, strict=True):
+            width = 0.8 / len(shown)
+            for j, r in enumerate(shown):
+                g = r.groups[(r.groups["attribute"] == attr) & (r.groups["metric"] == metric)]
+                x = np.arange(len(g))
+                ax.bar(x + j * width, g["value"], width, yerr=[g["value"] - g["low"], g["high"] - g["value"]],
+                       capsize=3, label=r.key)
+                ax.set_xticks(x + width * (len(shown) - 1) / 2, [f"{a}\n(n={n})" for a, n in zip(g["group"],
+                                                                                               g["users"],
+                                                                                               strict=True)])
+            ax.set_title(f"{metric.upper()} by {attr}")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths["groups"] = out_dir / "groups.png"
+        fig.savefig(paths["groups"], dpi=90)
+        plt.close(fig)
+
+    if evaluation.cold:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        vals = [r.summary[f"ndcg@{k0}"] for r in evaluation.cold]
+        ax.bar([r.key for r in evaluation.cold], [v.value for v in vals],
+               yerr=[[v.value - v.low for v in vals], [v.high - v.value for v in vals]], capsize=4)
+        ax.set_title(f"Cold start: NDCG@{k0} among {evaluation.info['split']['cold_items']} new items")
+        fig.tight_layout()
+        paths["cold_start"] = out_dir / "cold_start.png"
+        fig.savefig(paths["cold_start"], dpi=90)
+        plt.close(fig)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- writers
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def metrics_payload(evaluation: Evaluation) -> dict[str, Any]:
+    def result(r: ModelResult) -> dict[str, Any]:
+        return {"name": r.name, "role": r.role, "params": r.params, "coverage": r.coverage,
+                "metrics": {k: v.as_dict() for k, v in r.summary.items()},
+                "groups": r.groups.to_dict(orient="records") if not r.groups.empty else []}
+
+    return {"created_at": datetime.now(UTC).isoformat(), "info": evaluation.info,
+            "results": {r.key: result(r) for r in evaluation.results},
+            "cold_start": {r.key: result(r) for r in evaluation.cold}, "decision": evaluation.decision}
+
+
+def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str, Path]:
+    """Write every report file into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ks = evaluation.info["ks"]
+    plots = _plots(evaluation, out_dir / "plots", metric)
+    overall = overall_table(evaluation.results, ks)
+    groups = group_table(evaluation.results, metric)
+    cold = overall_table(evaluation.cold, ks, with_coverage=False) if evaluation.cold else pd.DataFrame()
+    d = evaluation.decision
+    verdict = "PROMOTE" if d["promote"] else "KEEP CHAMPION"
+    info = evaluation.info
+    split_line = ", ".join(f"{k}={v}" for k, v in info["split"].items())
+    ratio = ", ".join(f"{a}: {v:.3f}" for a, v in info["group_ratio"].items() if not math.isnan(v)) or "n/a"
+
+    sections = [
+        ("Gate", f"**{verdict}** — {d['reason']}"),
+        ("Ranking on the test split", f"{info['test_users']} users, {info['catalogue_items']} candidate items; "
+                                      f"split: {split_line}.\n\n{_to_markdown(overall)}"),
+        (f"By user group ({metric})", f"Worst/best group ratio of the candidate: {ratio}.\n\n{_to_markdown(groups)}"),
+        ("Cold start", (f"{info['cold_users']} users, target ranked among {info['split']['cold_items']} new items."
+                        f"\n\n{_to_markdown(cold)}") if evaluation.cold else "No cold items configured."),
+        ("Method", "\n".join(f"- {n}" for n in METHOD_NOTES)),
+    ]
+    md = ["# Evaluation report", ""]
+    for title, body in sections:
+        md += [f"## {title}", "", body, ""]
+    md += [f"![{name}](plots/{p.name})" for name, p in plots.items()]
+    (out_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+
+    def table_html(df: pd.DataFrame) -> str:
+        return "<p><em>(none)</em></p>" if df.empty else df.to_html(index=False, border=0, classes="t")
+
+    bodies = {"Gate": f"<p><b>{verdict}</b> — {html.escape(d['reason'])}</p>",
+              "Ranking on the test split": f"<p>{info['test_users']} users, {info['catalogue_items']} candidate "
+                                           f"items; split: {html.escape(split_line)}.</p>{table_html(overall)}",
+              f"By user group ({metric})": f"<p>Worst/best group ratio of the candidate: {ratio}.</p>"
+                                           f"{table_html(groups)}",
+              "Cold start": table_html(cold) if evaluation.cold else "<p>No cold items configured.</p>",
+              "Method": "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in METHOD_NOTES) + "</ul>"}
+    imgs = "".join(f"<figure><img alt='{n}' src='data:image/png;base64,"
+                   f"{base64.b64encode(p.read_bytes()).decode()}'/></figure>" for n, p in plots.items())
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title><style>"
+            "body{font-family:sans-serif;margin:2em;max-width:1200px}table.t{border-collapse:collapse;font-size:13px}"
+            "table.t td,table.t th{border:1px solid #ccc;padding:3px 7px;text-align:right}img{max-width:100%}"
+            "</style></head><body><h1>Evaluation report</h1>"
+            + "".join(f"<h2>{html.escape(t)}</h2>{b}" for t, b in bodies.items()) + imgs + "</body></html>")
+    (out_dir / "report.html").write_text(page, encoding="utf-8")
+
+    payload = metrics_payload(evaluation)
+    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, default=_json_default), encoding="utf-8")
+    (out_dir / "decision.json").write_text(json.dumps(d, indent=2, default=_json_default), encoding="utf-8")
+    return {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "metrics": out_dir / "metrics.json",
+            "decision": out_dir / "decision.json", **plots}

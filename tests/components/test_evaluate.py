@@ -1,0 +1,191 @@
+"""The evaluation step on a small planted data set: report files, gate decisions, cold start, CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from components.baselines import EASE, MostPopular
+from components.config import load_config
+from components.evaluate import (
+    EvaluationError,
+    ModelResult,
+    NewItemPopularity,
+    gate,
+    kfp_metrics,
+    prepare,
+    read_decision,
+    run_evaluation,
+)
+from components.metrics import bootstrap, per_user_metrics
+from components.schemas import read_tables, write_tables
+from components.splits import temporal_split
+
+
+def planted_tables(n_users: int = 90, n_clusters: int = 6, per_cluster: int = 8) -> dict[str, pd.DataFrame]:
+    """Users follow one item cluster; items 200..204 are released last (the cold items)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for u in range(n_users):
+        c = u % n_clusters
+        seq = [0, 1, *(2 + c * per_cluster + rng.permutation(per_cluster)[:6]).tolist()]
+        rows += [(u, item, 1000 * u + t) for t, item in enumerate(seq)]
+        if u % 3 == 0:  # new items at the very end; item 200 is the hit among them
+            rows.append((u, 200 + (u // 3) % 2 * (u % 5), 10_000_000 + u))
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "sec"])
+    ts = pd.to_datetime(inter.sec, unit="s", utc=True).astype("datetime64[us, UTC]")
+    interactions = pd.DataFrame({"user_id": inter.user_id.astype("int64"), "item_id": inter.item_id.astype("int64"),
+                                 "rating": np.float32(4.0), "event_timestamp": ts})
+    item_ids = sorted(set(inter.item_id) | {205})
+    created = pd.Timestamp("2020-01-01", tz="UTC")
+    items = pd.DataFrame({"item_id": np.array(item_ids, dtype="int64"), "title": [f"t{i}" for i in item_ids],
+                          "text": [f"item {i}" for i in item_ids], "created_timestamp": created})
+    users = pd.DataFrame({"user_id": np.arange(n_users, dtype="int64"), "age": (15 + np.arange(n_users) % 50),
+                          "gender": np.where(np.arange(n_users) % 2, "M", "F"), "occupation": "other",
+                          "created_timestamp": created})
+    items["created_timestamp"] = items["created_timestamp"].astype("datetime64[us, UTC]")
+    users["created_timestamp"] = users["created_timestamp"].astype("datetime64[us, UTC]")
+    return {"interactions": interactions, "users": users, "items": items}
+
+
+@pytest.fixture(scope="module")
+def canonical(tmp_path_factory):
+    return write_tables(planted_tables(), tmp_path_factory.mktemp("canonical"))
+
+
+def _config(tmp_path, *extra: str):
+    return load_config(overrides=[f"paths.artifacts_dir={tmp_path / 'artifacts'}", "evaluate.bootstrap_samples=50",
+                                  "evaluate.cold_start_items=6", "evaluate.knn_neighbours=[5,20]",
+                                  "evaluate.ease_lambdas=[5,50]", *extra])
+
+
+class Oracle:
+    """Knows each test user's target (an upper bound, to exercise the promote path)."""
+
+    name = "oracle"
+
+    def __init__(self, targets: dict[int, int]) -> None:
+        self.targets = targets
+
+    def score(self, users, histories, catalogue):
+        out = np.zeros((len(users), len(catalogue)), dtype=np.float32)
+        for i, u in enumerate(users["user_id"]):
+            out[i, np.asarray(catalogue) == self.targets.get(int(u), -1)] = 1.0
+        return out
+
+
+def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
+    config = _config(tmp_path)
+    split = temporal_split(read_tables(canonical)["interactions"], 6, config.train.seed)
+    ev = run_evaluation(config, canonical, tmp_path / "out", candidate=EASE(5.0).fit(split.train))
+    out = tmp_path / "out"
+    for name in ("report.html", "report.md", "metrics.json", "decision.json", "plots/overall.png"):
+        assert (out / name).is_file(), name
+    md = (out / "report.md").read_text()
+    assert "| recommender | model | role |" in md and "NDCG@10" in md and "most-popular" in md
+    assert "Cold start" in md and "new-item-popularity" in md
+    page = (out / "report.html").read_text()
+    assert "<table" in page and "data:image/png;base64," in page
+    decision = read_decision(out)
+    assert set(decision) >= {"promote", "candidate", "champion", "reason"}
+    assert decision["champion"]["source"] == "best baseline"
+    assert {r.key for r in ev.results} == {"candidate", "most-popular", "item-knn", "ease"}
+    for r in ev.results + ev.cold:
+        for est in r.summary.values():
+            assert est.low <= est.value <= est.high
+    assert ev.result("ease").value("ndcg@10") > ev.result("most-popular").value("ndcg@10")
+    assert set(ev.result("candidate").groups["attribute"]) == {"gender", "age_band"}
+    metrics = kfp_metrics(ev)
+    assert metrics["ndcg@10"] == ev.result("candidate").value("ndcg@10") and "ease_ndcg@10" in metrics
+    assert json.loads((out / "metrics.json").read_text())["results"]["ease"]["params"]["lambda"] == 50.0
+
+
+def test_gate_promotes_better_and_keeps_worse(canonical, tmp_path) -> None:
+    config = _config(tmp_path)
+    split = temporal_split(read_tables(canonical)["interactions"], 6, config.train.seed)
+    oracle = Oracle(dict(zip(split.test.user_id, split.test.item_id, strict=True)))
+    better = run_evaluation(config, canonical, tmp_path / "better", candidate=oracle)
+    assert better.decision["promote"] is True and better.result("candidate").value("hr@10") == 1.0
+    assert better.decision["difference"]["low"] > 0
+    worse = run_evaluation(config, canonical, tmp_path / "worse", candidate=MostPopular().fit(split.train))
+    assert worse.decision["promote"] is False and "keep the champion" in worse.decision["reason"]
+
+
+def test_registry_champion_that_cannot_load_falls_back_to_its_stored_metrics(canonical, tmp_path) -> None:
+    from components.registry import promote_champion
+
+    config = _config(tmp_path)
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    promote_champion(config.paths.artifacts_dir, broken, {"ndcg@10": 0.99}, version="v1")
+    split = temporal_split(read_tables(canonical)["interactions"], 6, config.train.seed)
+    ev = run_evaluation(config, canonical, tmp_path / "out", candidate=EASE(5.0).fit(split.train))
+    champion = ev.decision["champion"]
+    assert champion["source"] == "registry" and champion["version"] == "v1" and "load_error" in champion
+    assert ev.decision["promote"] is False and "0.9900" in ev.decision["reason"]
+
+
+def _result(values: np.ndarray) -> ModelResult:
+    per_user = per_user_metrics(values, [10])
+    return ModelResult("k", "m", "candidate", bootstrap(per_user, 20, 0), {}, per_user, values)
+
+
+def test_gate_threshold_and_stored_champion(tmp_path) -> None:
+    config = _config(tmp_path, "evaluate.gate_min_improvement=0.1")
+    champ = _result(np.array([1.0, 3.0, 20.0, 5.0]))
+    slightly = _result(np.array([1.0, 2.0, 20.0, 5.0]))  # better, but by less than 10 %
+    much = _result(np.array([1.0, 1.0, 2.0, 5.0]))
+    assert gate(slightly, champ, config, {})["promote"] is False
+    assert gate(much, champ, config, {})["promote"] is True
+    stored = gate(much, None, config, {"source": "registry", "metrics": {"ndcg@10": 0.99}})
+    assert stored["promote"] is False and "0.9900" in stored["reason"]
+    with pytest.raises(EvaluationError, match="gate_metric"):
+        gate(much, champ, _config(tmp_path, "evaluate.gate_metric=ndcg@7"), {})
+
+
+def test_new_item_popularity_is_point_in_time() -> None:
+    ts = pd.to_datetime([10, 20, 30, 40], unit="s", utc=True)
+    events = pd.DataFrame({"user_id": [1, 2, 3, 9], "item_id": [100, 100, 101, 101], "event_timestamp": ts})
+    users = pd.DataFrame({"user_id": [9, 2], "as_of": pd.to_datetime([35, 20], unit="s", utc=True)})
+    scores = NewItemPopularity(events).score(users, [np.array([]), np.array([])], np.array([100, 101, 102]))
+    assert scores.tolist() == [[2, 1, 0], [1, 0, 0]]  # user 2 at t=20: only user 1's event at t=10 counts
+
+
+def test_prepare_cold_start_task(canonical, tmp_path) -> None:
+    data = prepare(_config(tmp_path), read_tables(canonical))
+    assert not np.isin(data.split.cold_items, data.catalogue).any()
+    assert np.isin(data.cold_targets, data.split.cold_items).all()
+    assert "as_of" in data.cold_users and len(data.cold_users) == len(data.cold_targets) > 0
+
+
+def test_cli_prints_table(canonical, tmp_path) -> None:
+    from recsys.main import app
+
+    result = CliRunner().invoke(app, ["--set", f"paths.artifacts_dir={tmp_path}", "--set",
+                                      "evaluate.bootstrap_samples=20", "--set", "evaluate.cold_start_items=6",
+                                      "evaluate", "--model", "baseline:ease", "--canonical", str(canonical),
+                                      "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli" / "report.html").is_file()
+    bad = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "nope"), "--canonical", str(canonical)])
+    assert bad.exit_code == 1
+
+
+def test_kfp_component_interface(tmp_path) -> None:
+    import yaml
+    from kfp import compiler
+
+    from components.evaluate import evaluate_op
+
+    path = tmp_path / "evaluate.yaml"
+    compiler.Compiler().compile(evaluate_op, package_path=str(path))
+    spec = yaml.safe_load(path.read_text())
+    inputs, outputs = spec["root"]["inputDefinitions"], spec["root"]["outputDefinitions"]
+    assert inputs["parameters"]["config"]["parameterType"] == "STRING"
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in inputs["artifacts"].items()} == {
+        "canonical": "system.Dataset", "model": "system.Model"}
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs["artifacts"].items()} == {
+        "report": "system.HTML", "metrics": "system.Metrics", "decision": "system.Artifact"}
+    assert outputs["parameters"]["Output"]["parameterType"] == "BOOLEAN"
