@@ -20,16 +20,17 @@ class PipelineError(RecsysError):
     """A pipeline could not be compiled, run or submitted."""
 
 
-def pipeline_function(name: PipelineName) -> Callable:
+def pipeline_function(name: PipelineName, config: Config) -> Callable:
     """The @dsl.pipeline function for `name` (imported lazily: compiling imports every component)."""
+    gpu = config.model.fine_tune_encoder
     if name == "training":
-        from pipelines.training import training_pipeline
+        from pipelines.training import build_training_pipeline
 
-        return training_pipeline
+        return build_training_pipeline(gpu)
     if name == "monitoring":
-        from pipelines.monitoring import monitoring_pipeline
+        from pipelines.monitoring import build_monitoring_pipeline
 
-        return monitoring_pipeline
+        return build_monitoring_pipeline(gpu)
     raise PipelineError(f"unknown pipeline '{name}' (choose training or monitoring)")
 
 
@@ -40,7 +41,7 @@ def compile_pipeline(name: PipelineName, config: Config, out_dir: str | Path) ->
     out = Path(out_dir) / f"{name}_pipeline.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        pipeline_function(name), package_path=str(out), pipeline_parameters={"config": config_to_text(config)}
+        pipeline_function(name, config), package_path=str(out), pipeline_parameters={"config": config_to_text(config)}
     )
     log.info("compiled %s pipeline to %s", name, out)
     return out
@@ -68,7 +69,7 @@ def run_pipeline(name: PipelineName, config: Config) -> dict:
     try:
         with warnings.catch_warnings():  # the local runner warns about settings only a cluster honours
             warnings.filterwarnings("ignore", message=".*(have no effect in the current local runner|base image).*")
-            pipeline_function(name)(config=config_to_text(config))
+            pipeline_function(name, config)(config=config_to_text(config))
     except RuntimeError as err:
         raise PipelineError(f"{name} pipeline failed: {err}") from err
     finally:

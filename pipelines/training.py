@@ -1,15 +1,60 @@
-"""The KFP v2 training pipeline: ingest -> validate (later steps plug in after validate)."""
+"""The KFP v2 training pipeline.
 
-from kfp import dsl
+ingest -> validate -> features -> train -> evaluate -> [gate] -> compress -> deploy
 
+The gate is a KFP condition on evaluate's output: a candidate that does not beat the champion is
+neither compressed nor deployed. Cluster-only settings (GPU request, node selector, toleration,
+retries) are compiled in; the local runner ignores them.
+"""
+
+from collections.abc import Callable
+
+from kfp import dsl, kubernetes
+
+from components.compress import compress_op
+from components.deploy import deploy_op
+from components.evaluate import evaluate_op
+from components.features import features_op
 from components.ingest import ingest_op
+from components.train import train_op
 from components.validate import validate_op
 
 NAME = "recsys-training"
+GPU_RESOURCE = "nvidia.com/gpu"
 
 
-@dsl.pipeline(name=NAME, description="Ingest and validate interactions, then train, evaluate and deploy a recommender.")
-def training_pipeline(config: str) -> None:
-    """`config` is the YAML text of the resolved project configuration."""
-    ingest = ingest_op(config=config).set_caching_options(False).set_display_name("ingest")
-    validate_op(config=config, canonical=ingest.outputs["canonical"]).set_display_name("validate")
+def request_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Ask the cluster for one GPU node for the fine-tuning step (kfp-kubernetes)."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    task.set_cpu_request("4").set_memory_request("16G")
+    kubernetes.add_node_selector(task, label_key="nvidia.com/gpu.present", label_value="true")
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    return task
+
+
+def build_training_pipeline(gpu: bool) -> Callable:
+    """The training pipeline; `gpu` (config model.fine_tune_encoder) puts the train step on a GPU node."""
+
+    @dsl.pipeline(
+        name=NAME,
+        description="Validate interactions, build Feast features, fine-tune and evaluate a two-tower "
+        "recommender, compress it and deploy it to Triton when it beats the champion.",
+    )
+    def training_pipeline(config: str) -> None:
+        """`config` is the resolved project configuration (one line of JSON)."""
+        ingest = ingest_op(config=config).set_caching_options(False).set_display_name("ingest")
+        validate = validate_op(config=config, canonical=ingest.outputs["canonical"]).set_display_name("validate")
+        validated = validate.outputs["validated"]
+        features = features_op(config=config, canonical=validated).set_display_name("features").set_retry(2)
+        train = train_op(config=config, canonical=validated, examples=features.outputs["examples"])
+        train.set_display_name("train").set_retry(1)
+        if gpu:
+            request_gpu(train)
+        model = train.outputs["model"]
+        evaluate = evaluate_op(config=config, canonical=validated, model=model).set_display_name("evaluate")
+        with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+            compress = compress_op(config=config, canonical=validated, model=model).set_display_name("compress")
+            deploy = deploy_op(config=config, bundle=compress.outputs["bundle"]).set_display_name("deploy")
+            deploy.set_caching_options(False).set_retry(2)
+
+    return training_pipeline

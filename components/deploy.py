@@ -1,0 +1,356 @@
+"""Deploy a serving bundle to Triton safely: new version, load, smoke test, roll back on any failure.
+
+The model repository keeps every version on disk; the ensemble `recommender` is pinned to one version, the
+composing models keep the live and the previous version loaded, so a rollout and a rollback swap the
+ensemble without a gap. History of every deployment: `<model_repository>/deployments.json`.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kfp.dsl import Artifact, Input, Metrics, Output
+
+from components.config import Config
+from components.errors import RecsysError
+from components.kfp_support import step
+
+log = logging.getLogger(__name__)
+
+HISTORY = "deployments.json"
+SCORE_TOLERANCE = 1e-3
+
+
+class DeployError(RecsysError):
+    """A deployment or rollback failed; `result` holds what was recorded (the live version is unchanged)."""
+
+    def __init__(self, message: str, result: "DeployResult | None" = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class DeployResult:
+    """What one deployment or rollback did."""
+
+    action: str
+    version: int
+    previous: int | None
+    status: str  # active | failed
+    model_version: str
+    variant: str
+    grpc_url: str
+    duration_s: float
+    smoke: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _settings(config: Config):
+    from serving.triton_repo import RepoSettings
+
+    s = config.serving
+    return RepoSettings(
+        backend="python",
+        max_batch_size=s.max_batch_size,
+        max_queue_delay_us=s.max_queue_delay_us,
+        tower_instances=s.tower_instances,
+    )
+
+
+def _client(config: Config):
+    from serving.triton_client import RecommenderClient
+
+    s = config.serving
+    return RecommenderClient(f"{s.host}:{s.triton_grpc_port}", timeout_s=s.grpc_timeout_s, retries=s.grpc_retries)
+
+
+def read_history(repo_dir: str | Path) -> dict[str, Any]:
+    """The deployment history: {"active": version | None, "events": [DeployResult dicts, oldest first]}."""
+    path = Path(repo_dir) / HISTORY
+    if not path.is_file():
+        return {"active": None, "events": []}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DeployError(f"deployment history {path} is not valid JSON: {err}") from err
+
+
+def _record(repo_dir: Path, result: DeployResult, active: int | None) -> None:
+    history = read_history(repo_dir)
+    history["active"] = active
+    history["events"].append(result.to_dict())
+    path = repo_dir / HISTORY
+    tmp = path.with_name(f".{HISTORY}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(history, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _deploy_lock(repo_dir: Path) -> Iterator[None]:
+    """One deployment or rollback at a time per model repository (an advisory file lock)."""
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    with open(repo_dir / ".deploy.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another deployment holds %s; waiting", repo_dir / ".deploy.lock")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def activate(client, repo_dir: Path, version: int, keep: list[int], settings) -> None:
+    """Point the ensemble at `version`; composing models keep `version` and `keep` loaded.
+
+    Composing configs are written on disk first (loading an ensemble reloads its composing models from
+    disk); the ensemble is loaded with a config override, so the on-disk ensemble still names the old
+    version until persist_active() once the new one has passed its smoke test.
+    """
+    from serving import triton_repo as tr
+
+    bundle = tr.version_bundle(repo_dir, version)
+    configs = tr.render_all(bundle, version, sorted({version, *keep}), settings)
+    tr.write_configs(repo_dir, {m: configs[m] for m in tr.COMPOSING})
+    client.load(tr.ENSEMBLE, tr.config_json(configs[tr.ENSEMBLE]))
+    if client.active_version() != version:
+        raise DeployError(f"Triton did not switch '{tr.ENSEMBLE}' to version {version}")
+
+
+def persist_active(repo_dir: Path, version: int, keep: list[int], settings) -> None:
+    """Write the configs that make `version` the one a restarted server loads."""
+    from serving import triton_repo as tr
+
+    bundle = tr.version_bundle(repo_dir, version)
+    tr.write_configs(repo_dir, tr.render_all(bundle, version, sorted({version, *keep}), settings))
+
+
+def _same_ranking(got_ids, got_scores, want_ids, want_scores) -> str | None:
+    """None if equal (ids may swap only where expected scores tie within the tolerance), else why not."""
+    got_ids, want_ids = np.asarray(got_ids), np.asarray(want_ids)
+    got_scores, want_scores = np.asarray(got_scores, np.float64), np.asarray(want_scores, np.float64)
+    if got_ids.shape != want_ids.shape:
+        return f"{got_ids.size} items returned, {want_ids.size} expected"
+    tol = SCORE_TOLERANCE * np.maximum(1.0, np.abs(want_scores))
+    if np.any(np.abs(got_scores - want_scores) > tol):
+        return f"scores differ by up to {np.max(np.abs(got_scores - want_scores)):.2e}"
+    for pos in np.flatnonzero(got_ids != want_ids):
+        tied = np.abs(want_scores - want_scores[pos]) <= tol[pos]
+        if got_ids[pos] not in set(want_ids[tied].tolist()):
+            return f"item {got_ids[pos]} at rank {pos + 1}, expected {want_ids[pos]}"
+    return None
+
+
+def smoke_requests(smoke_path: Path) -> list[dict[str, Any]]:
+    """Requests of smoke.json: a list, or {"requests": [...]}; expected outputs inline or under "expected"."""
+    data = json.loads(smoke_path.read_text(encoding="utf-8"))
+    requests = data["requests"] if isinstance(data, dict) else data
+    out = []
+    for req in requests:
+        expected = req.get("expected", req)
+        out.append({**req, "item_ids": expected["item_ids"], "scores": expected["scores"]})
+    if not out:
+        raise DeployError(f"{smoke_path} holds no smoke requests")
+    return out
+
+
+def smoke_test(client, smoke_path: Path) -> list[dict[str, Any]]:
+    """Run every smoke request over gRPC; raise DeployError on the first mismatch."""
+    results = []
+    for i, req in enumerate(smoke_requests(smoke_path)):
+        start = time.perf_counter()
+        ids, scores = client.recommend(req["history_item_ids"], req["profile"], req["exclude_item_ids"], int(req["k"]))
+        why = _same_ranking(ids, scores, req["item_ids"], req["scores"])
+        if why:
+            raise DeployError(f"smoke request {i} of {smoke_path}: {why}")
+        results.append({"request": i, "items": int(ids.size), "latency_ms": 1000 * (time.perf_counter() - start)})
+    return results
+
+
+def _require_server(client, config: Config) -> None:
+    if not client.server_ready():
+        raise DeployError(
+            f"no Triton server ready at {client.url}; start one with `recsys serve triton --detach` "
+            f"(serving.triton_grpc_port={config.serving.triton_grpc_port})"
+        )
+
+
+def _switch(config: Config, action: str, version: int, previous: int | None, keep: list[int]) -> DeployResult:
+    """Activate `version`, smoke-test it, and fall back to `previous` if anything fails."""
+    from serving import triton_repo as tr
+
+    repo = Path(config.serving.model_repository)
+    settings = _settings(config)
+    manifest = tr.version_bundle(repo, version).manifest
+    start = time.perf_counter()
+    with _client(config) as client:
+        _require_server(client, config)
+        result = DeployResult(
+            action,
+            version,
+            previous,
+            "failed",
+            str(manifest["model_version"]),
+            str(manifest["variant"]),
+            client.url,
+            0.0,
+        )
+        try:
+            activate(client, repo, version, keep, settings)
+            result.smoke = smoke_test(client, repo / tr.ENSEMBLE / str(version) / "smoke.json")
+        except Exception as err:  # noqa: BLE001 - whatever failed, the previous version goes back
+            result.error = str(err)
+            result.duration_s = time.perf_counter() - start
+            log.error("%s of version %d failed: %s; restoring version %s", action, version, err, previous)
+            _restore(client, repo, previous, settings)
+            _record(repo, result, previous)
+            raise DeployError(f"{action} of version {version} failed and was rolled back: {err}", result) from err
+        persist_active(repo, version, keep, settings)
+        result.status = "active"
+        result.duration_s = time.perf_counter() - start
+        _record(repo, result, version)
+    log.info(
+        "%s: version %d (%s, %s) is live after %.1f s",
+        action,
+        version,
+        result.variant,
+        result.model_version,
+        result.duration_s,
+    )
+    return result
+
+
+def _restore(client, repo: Path, previous: int | None, settings) -> None:
+    """Put the previous version back (or unload everything when there was none)."""
+    from serving import triton_repo as tr
+
+    try:
+        if previous is None:
+            for model in tr.MODELS:
+                client.unload(model)
+            return
+        activate(client, repo, previous, [previous], settings)
+        persist_active(repo, previous, [previous], settings)
+    except RecsysError as err:
+        log.error("restoring version %s also failed: %s", previous, err)
+
+
+def deploy_bundle(config: Config, bundle_dir: str | Path) -> DeployResult:
+    """Write the bundle as a new version, load it, smoke-test it, keep it live or roll back."""
+    from serving import triton_repo as tr
+
+    repo = Path(config.serving.model_repository)
+    with _client(config) as client:
+        _require_server(client, config)
+    with _deploy_lock(repo):
+        previous = read_history(repo).get("active")
+        version = tr.write_version(bundle_dir, repo, settings=_settings(config))
+        return _switch(config, "deploy", version, previous, [previous] if previous else [])
+
+
+def rollback(config: Config, to_version: int | None = None) -> DeployResult:
+    """Make an earlier version live again (default: the one that was live before the current one)."""
+    repo = Path(config.serving.model_repository)
+    with _deploy_lock(repo):
+        return _rollback(config, repo, to_version)
+
+
+def _rollback(config: Config, repo: Path, to_version: int | None) -> DeployResult:
+    from serving import triton_repo as tr
+
+    history = read_history(repo)
+    current = history.get("active")
+    if current is None:
+        raise DeployError(f"nothing is deployed in {repo}; there is nothing to roll back")
+    if to_version is None:
+        earlier = [e["version"] for e in history["events"] if e["status"] == "active" and e["version"] != current]
+        if not earlier:
+            raise DeployError(f"version {current} is the only version ever live in {repo}; no rollback target")
+        to_version = earlier[-1]
+    if to_version == current:
+        raise DeployError(f"version {current} is already live in {repo}")
+    if to_version not in tr.versions_on_disk(repo):
+        raise DeployError(f"version {to_version} is not in {repo}; on disk: {tr.versions_on_disk(repo)}")
+    return _switch(config, "rollback", int(to_version), current, [current])
+
+
+def restore_active(config: Config) -> int | None:
+    """After a (re)start: load the version the history says is live; returns it (None if nothing deployed)."""
+    from serving import triton_repo as tr
+
+    repo = Path(config.serving.model_repository)
+    active = read_history(repo).get("active")
+    if active is None:
+        return None
+    with _client(config) as client:
+        _require_server(client, config)
+        client.load(tr.ENSEMBLE)
+        if client.active_version() != active:
+            raise DeployError(f"the repository {repo} config does not pin '{tr.ENSEMBLE}' to version {active}")
+    log.info("restored version %d of %s", active, tr.ENSEMBLE)
+    return int(active)
+
+
+def status(config: Config) -> dict[str, Any]:
+    """Live version per history and per server, versions on disk, the last events."""
+    from serving import triton_repo as tr
+
+    repo = Path(config.serving.model_repository)
+    history = read_history(repo)
+    with _client(config) as client:
+        ready = client.server_ready()
+        serving_version = client.active_version() if ready else None
+    return {
+        "model_repository": str(repo),
+        "active": history.get("active"),
+        "server_ready": ready,
+        "serving_version": serving_version,
+        "versions_on_disk": tr.versions_on_disk(repo),
+        "last_events": history["events"][-5:],
+    }
+
+
+def ensure_server(config: Config) -> bool:
+    """Start a detached Triton server (and restore the live version) unless one answers; True if started."""
+    from serving import triton_server as ts
+
+    settings = ts.settings_from_config(config)
+    if ts.is_ready(settings):
+        return False
+    ts.start_detached(settings)
+    restore_active(config)
+    return True
+
+
+@step
+def deploy_op(config: str, bundle: Input[Artifact], deployment: Output[Artifact], metrics: Output[Metrics]):
+    """Deploy the serving bundle to Triton (starting a local server if none runs) and record the result."""
+    import json
+    from pathlib import Path
+
+    from components.config import config_from_text
+    from components.deploy import deploy_bundle, ensure_server
+
+    cfg = config_from_text(config)
+    started = ensure_server(cfg)
+    result = deploy_bundle(cfg, bundle.path)
+    Path(deployment.path).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    deployment.metadata.update({"version": result.version, "grpc_url": result.grpc_url, "server_started": started})
+    metrics.log_metric("deployed_version", result.version)
+    metrics.log_metric("deploy_seconds", round(result.duration_s, 3))
+    metrics.log_metric("smoke_requests", len(result.smoke))

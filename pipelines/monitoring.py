@@ -1,0 +1,38 @@
+"""The KFP v2 monitoring pipeline: collect -> reports -> conditional retrain.
+
+The retrain branch is the training pipeline itself (nested), so a new model still has to pass the
+evaluation gate before it replaces the champion.
+"""
+
+from collections.abc import Callable
+
+from kfp import dsl
+
+from components.ingest import ingest_op
+from components.monitor import monitor_op, retrain_done_op
+from pipelines.training import build_training_pipeline
+
+NAME = "recsys-monitoring"
+
+
+def build_monitoring_pipeline(gpu: bool) -> Callable:
+    """The monitoring pipeline; `gpu` is passed on to the nested training pipeline."""
+    training_pipeline = build_training_pipeline(gpu)
+
+    @dsl.pipeline(
+        name=NAME,
+        description="Evidently drift, quality and fairness reports over the request log; retrains through "
+        "the training pipeline when the retraining policy fires.",
+    )
+    def monitoring_pipeline(config: str) -> None:
+        """`config` is the resolved project configuration (one line of JSON)."""
+        collect = ingest_op(config=config).set_caching_options(False).set_display_name("collect reference")
+        monitor = monitor_op(config=config, canonical=collect.outputs["canonical"])
+        monitor.set_caching_options(False).set_display_name("reports + policy")
+        with dsl.If(monitor.outputs["Output"] == True, name="retrain"):  # noqa: E712 (a KFP condition)
+            retrain = training_pipeline(config=config).set_display_name("training pipeline")
+            retrain_done_op(config=config, summary=monitor.outputs["summary"]).after(retrain).set_display_name(
+                "release retrain lock"
+            )
+
+    return monitoring_pipeline

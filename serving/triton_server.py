@@ -1,0 +1,294 @@
+"""Launch the Triton server binary shipped in the nvidia-pytriton wheel (explicit model control, loopback only).
+
+The Python backend is assembled from the wheel into a build folder. Two traps handled here: the backend
+stub finds the virtualenv only through PATH (the venv's bin must come first), and each server gets its
+own shared-memory prefix so stale /dev/shm regions of a crashed server can be removed safely.
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+SHM_BASE = "triton_python_backend_shm_region_"
+STUB_PYTHON = "3.11"
+
+
+class TritonServerError(RecsysError):
+    """The Triton server could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where the server listens and what it serves."""
+
+    model_repository: Path
+    build_dir: Path
+    host: str = "127.0.0.1"
+    http_port: int = 18000
+    grpc_port: int = 18001
+    metrics_port: int = 18002
+    log_file: Path | None = None
+    start_timeout_s: float = 60.0
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def shm_prefix(self) -> str:
+        return f"{SHM_BASE}recsys_{self.grpc_port}_"
+
+
+@dataclass
+class TritonServer:
+    """A running server process."""
+
+    pid: int
+    settings: ServerSettings
+    process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return self.settings.grpc_url
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        stop_server(self.pid, self.settings, timeout_s=timeout_s, process=self.process)
+
+
+def settings_from_config(config) -> ServerSettings:
+    """ServerSettings from the `serving` config section."""
+    s = config.serving
+    return ServerSettings(
+        model_repository=Path(s.model_repository),
+        build_dir=Path(s.triton_build_dir),
+        host=s.host,
+        http_port=s.triton_http_port,
+        grpc_port=s.triton_grpc_port,
+        metrics_port=s.triton_metrics_port,
+        log_file=Path(s.triton_log_file),
+        start_timeout_s=s.triton_start_timeout_s,
+    )
+
+
+def _wheel_dir() -> Path:
+    spec = importlib.util.find_spec("pytriton")  # locate only: importing pytriton needs its unused extras
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonServerError("nvidia-pytriton is not installed (pip install --no-deps nvidia-pytriton==0.7.0)")
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise TritonServerError(f"no tritonserver binary in the nvidia-pytriton wheel at {root / 'bin'}")
+    return root
+
+
+def backend_directory(build_dir: str | Path) -> Path:
+    """Assemble backends/python (libtriton_python.so, utils, the 3.11 stub) from the wheel into build_dir."""
+    wheel = _wheel_dir()
+    sources = {
+        "libtriton_python.so": wheel / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": wheel / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": wheel / "python_backend_stubs" / STUB_PYTHON / "triton_python_backend_stub",
+    }
+    backends = Path(build_dir).resolve() / "backends"
+    target = backends / "python"
+    target.mkdir(parents=True, exist_ok=True)
+    for name, source in sources.items():
+        if not source.is_file():
+            raise TritonServerError(f"the nvidia-pytriton wheel lacks {source}")
+        dest = target / name
+        if not dest.is_file() or dest.stat().st_size != source.stat().st_size:
+            tmp = target / f".{name}.tmp"
+            shutil.copy2(source, tmp)
+            os.replace(tmp, dest)
+    return backends
+
+
+def server_command(settings: ServerSettings) -> tuple[list[str], dict[str, str]]:
+    """The tritonserver command line and environment."""
+    wheel = _wheel_dir()
+    backends = backend_directory(settings.build_dir)
+    cmd = [
+        str(wheel / "bin" / "tritonserver"),
+        f"--model-repository={Path(settings.model_repository).resolve()}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",
+        f"--http-address={settings.host}",
+        f"--http-port={settings.http_port}",
+        f"--grpc-address={settings.host}",
+        f"--grpc-port={settings.grpc_port}",
+        f"--metrics-address={settings.host}",
+        f"--metrics-port={settings.metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--strict-readiness=false",
+        "--exit-on-error=false",
+        "--log-verbose=0",
+        f"--backend-config=python,shm-region-prefix-name={settings.shm_prefix}",
+    ]
+    env = dict(os.environ)
+    libs = wheel.parent.parent / "nvidia_pytriton.libs"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    # the backend stub locates its Python by searching PATH for python3: the venv must come first
+    env["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return cmd, env
+
+
+def clean_shm(settings: ServerSettings) -> int:
+    """Remove this server's shared-memory regions (only call when it is not running); returns how many."""
+    removed = 0
+    for region in SHM_DIR.glob(f"{settings.shm_prefix}*"):
+        try:
+            region.unlink()
+            removed += 1
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d stale Triton shared-memory regions (%s*)", removed, settings.shm_prefix)
+    return removed
+
+
+def _ready(settings: ServerSettings) -> bool:
+    import tritonclient.grpc as grpcclient
+
+    try:
+        with grpcclient.InferenceServerClient(settings.grpc_url) as client:
+            return bool(client.is_server_ready(client_timeout=1.0))
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def wait_ready(settings: ServerSettings, process: subprocess.Popen | None = None, pid: int | None = None) -> None:
+    """Block until the server answers ready over gRPC; raises if it exits or times out."""
+    deadline = time.monotonic() + settings.start_timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TritonServerError(
+                f"tritonserver exited with code {process.returncode} before it was ready; see {settings.log_file}"
+            )
+        if pid is not None and not pid_alive(pid):
+            raise TritonServerError(f"tritonserver (pid {pid}) exited before it was ready; see {settings.log_file}")
+        if _ready(settings):
+            return
+        time.sleep(0.2)
+    raise TritonServerError(f"tritonserver at {settings.grpc_url} not ready after {settings.start_timeout_s:.0f} s")
+
+
+def start_server(settings: ServerSettings, detach: bool = False) -> TritonServer:
+    """Start tritonserver (explicit model control) and wait until it is ready.
+
+    detach=True puts it in its own session so it outlives this process (the caller writes a PID file).
+    """
+    if _ready(settings):
+        raise TritonServerError(f"a Triton server already answers at {settings.grpc_url}")
+    clean_shm(settings)
+    Path(settings.model_repository).mkdir(parents=True, exist_ok=True)
+    cmd, env = server_command(settings)
+    log_file = settings.log_file or Path(settings.build_dir) / f"triton_{settings.grpc_port}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=detach
+        )
+    log.info("started tritonserver pid %d (gRPC %s, log %s)", process.pid, settings.grpc_url, log_file)
+    server = TritonServer(pid=process.pid, settings=settings, process=process)
+    try:
+        wait_ready(settings, process=process)
+    except TritonServerError:
+        server.stop()
+        raise
+    log.info("tritonserver ready at %s", settings.grpc_url)
+    return server
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def stop_server(
+    pid: int, settings: ServerSettings, timeout_s: float = 20.0, process: subprocess.Popen | None = None
+) -> None:
+    """SIGTERM the server by PID, SIGKILL it after timeout_s, then remove its shared-memory regions."""
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                break
+            if process is None and not pid_alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            log.warning("tritonserver pid %d ignored SIGTERM for %.0f s; killing it", pid, timeout_s)
+            os.kill(pid, signal.SIGKILL)
+    if process is not None:
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    time.sleep(0.2)  # backend stubs exit right after their parent
+    clean_shm(settings)
+    log.info("tritonserver pid %d stopped", pid)
+
+
+def pid_file(settings: ServerSettings) -> Path:
+    return Path(settings.build_dir) / f"triton_{settings.grpc_port}.pid"
+
+
+def start_detached(settings: ServerSettings) -> TritonServer:
+    """Start a server that outlives this process and record its PID file."""
+    server = start_server(settings, detach=True)
+    path = pid_file(settings)
+    path.write_text(str(server.pid), encoding="utf-8")
+    return server
+
+
+def running_pid(settings: ServerSettings) -> int | None:
+    """PID from the PID file if that process is still alive."""
+    path = pid_file(settings)
+    if not path.is_file():
+        return None
+    try:
+        pid = int(path.read_text().strip())
+    except ValueError:
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def stop_detached(settings: ServerSettings, timeout_s: float = 20.0) -> bool:
+    """Stop the server named in the PID file; False if none was running."""
+    pid = running_pid(settings)
+    path = pid_file(settings)
+    if pid is None:
+        path.unlink(missing_ok=True)
+        clean_shm(settings)
+        return False
+    stop_server(pid, settings, timeout_s=timeout_s)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def is_ready(settings: ServerSettings) -> bool:
+    """Whether a server answers ready at the configured gRPC address."""
+    return _ready(settings)

@@ -1,0 +1,60 @@
+"""Fixtures for the serving tests: small real bundles and one real Triton server per test module."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from components.config import Config, load_config
+from tests.serving.bundle_factory import make_bundle
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serving_config(root: Path) -> Config:
+    """Defaults with free loopback ports and every serving path under `root`."""
+    return load_config(
+        None,
+        [
+            "serving.host=127.0.0.1",
+            f"serving.triton_http_port={free_port()}",
+            f"serving.triton_grpc_port={free_port()}",
+            f"serving.triton_metrics_port={free_port()}",
+            f"serving.model_repository={root / 'models'}",
+            f"serving.triton_build_dir={root / 'build'}",
+            f"serving.triton_log_file={root / 'build' / 'tritonserver.log'}",
+            "serving.grpc_timeout_s=10",
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    """Two bundles that differ in catalogue, weights and sizes (a retrained model), one with a broken smoke file."""
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("bundles")
+    first = make_bundle(root / "v_a", n_items=300, dim=16, max_seq_len=8, seed=0)
+    second = make_bundle(root / "v_b", n_items=260, dim=24, max_seq_len=6, seed=1, variant="int8")
+    broken = make_bundle(root / "v_broken", n_items=200, dim=16, max_seq_len=8, seed=2)
+    smoke = (broken / "smoke.json").read_text().replace('"k": 5', '"k": 4')  # expects 5 items, asks for 4
+    (broken / "smoke.json").write_text(smoke)
+    return {"a": first, "b": second, "broken": broken}
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    """A real tritonserver (explicit model control) on free loopback ports, stopped after the module."""
+    from serving import triton_server as ts
+
+    config = serving_config(tmp_path_factory.mktemp("triton"))
+    running = [config, ts.start_server(ts.settings_from_config(config))]  # a test may restart it: [1] is replaced
+    try:
+        yield running
+    finally:
+        running[1].stop()
