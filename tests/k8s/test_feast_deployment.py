@@ -1,0 +1,146 @@
+"""The Feast Deployment of k8s/ really starts: its init command, its serve command and its ConfigMap's
+feature_store.yaml, run against the repository's definitions with a real redis-server on loopback.
+
+The commands come from the rendered manifest (only the repository path, host, port and Redis address
+are swapped for local ones), so a broken command line, store file or definition fails here.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.k8s import policies as P
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH: cannot render the manifests"),
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (make system-deps)"),
+]
+BIN = Path(sys.executable).parent
+REPO_IN_IMAGE = "/app/feature_repo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> requests.Response:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            response = requests.get(url, timeout=1)
+            if response.status_code == 200:
+                return response
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer 200 within {timeout_s} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture
+def redis_port(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield port
+    finally:
+        stop(proc)
+
+
+def local_command(command: list[str], repo: Path, **swap: str) -> list[str]:
+    """The manifest's command with the image's repository path and the given flag values replaced."""
+    out = [str(repo) if word == REPO_IN_IMAGE else word for word in command]
+    for flag, value in swap.items():
+        out[out.index(flag) + 1] = value
+    out[0] = str(BIN / out[0])
+    return out
+
+
+def test_feast_deployment_applies_serves_and_reads_redis(tmp_path, redis_port):
+    objs = P.render("overlays/local")
+    feast = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "feast")
+    pod = feast["spec"]["template"]["spec"]
+    init, server = pod["initContainers"][0], pod["containers"][0]
+    config_map = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("feast-config-"))
+
+    # The image's copy of the repository: definitions without the embedded data folder (.dockerignore).
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(P.K8S_DIR.parent / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    store_yaml = yaml.safe_load(config_map["data"]["feature_store.yaml"])
+    store_yaml["online_store"]["connection_string"] = f"127.0.0.1:{redis_port}"
+    store_yaml["registry"]["path"] = str(tmp_path / "registry" / "registry.db")
+    (tmp_path / "registry").mkdir()
+    fs_file = tmp_path / "feature_store.yaml"
+    fs_file.write_text(yaml.safe_dump(store_yaml), encoding="utf-8")
+    env = {**os.environ, **{e["name"]: e["value"] for e in server["env"]}}
+    env.update(FEAST_FS_YAML_FILE_PATH=str(fs_file), HOME=str(tmp_path), PATH=f"{BIN}:{os.environ['PATH']}")
+
+    applied = subprocess.run(local_command(init["command"], repo), env=env, capture_output=True, text=True,
+                             timeout=180, cwd=tmp_path)  # fmt: skip
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    assert (tmp_path / "registry" / "registry.db").is_file()
+    assert not (repo / "data").exists(), "feast apply wrote into the (read-only in the image) repository"
+
+    port = free_port()
+    command = local_command(server["command"], repo, **{"--host": "127.0.0.1", "--port": str(port)})
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        readiness = server["readinessProbe"]["httpGet"]["path"]
+        wait_for(f"http://127.0.0.1:{port}{readiness}", proc)
+        now = datetime.now(UTC).isoformat()
+        profiles = {"user_id": [1, 2], "age": [24, 53], "age_band": ["18-24", "50-55"], "gender": ["F", "M"],
+                    "occupation": ["student", "writer"], "event_timestamp": [now, now]}  # fmt: skip
+        written = requests.post(
+            f"http://127.0.0.1:{port}/write-to-online-store",
+            json={"feature_view_name": "user_profile", "df": profiles},
+            timeout=30,
+        )
+        assert written.status_code == 200, written.text
+        response = requests.post(
+            f"http://127.0.0.1:{port}/get-online-features",
+            json={"features": ["user_profile:age", "user_profile:gender"], "entities": {"user_id": [1, 2, 999]}},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        columns = dict(zip(body["metadata"]["feature_names"], body["results"], strict=True))
+        assert columns["age"]["values"] == [24, 53, None]
+        assert columns["gender"]["values"] == ["F", "M", None]
+    finally:
+        stop(proc)
