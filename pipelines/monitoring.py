@@ -10,7 +10,7 @@ from kfp import dsl
 
 from components.ingest import ingest_op
 from components.monitor import monitor_op, retrain_done_op
-from pipelines.training import build_training_pipeline
+from pipelines.training import build_training_pipeline, mount_shared
 
 NAME = "recsys-monitoring"
 
@@ -27,7 +27,7 @@ def build_monitoring_pipeline(gpu: bool) -> Callable:
     def monitoring_pipeline(config: str) -> None:
         """`config` is the resolved project configuration (one line of JSON)."""
         collect = ingest_op(config=config).set_caching_options(False).set_display_name("collect reference")
-        monitor = monitor_op(config=config, canonical=collect.outputs["canonical"])
+        monitor = mount_shared(monitor_op(config=config, canonical=collect.outputs["canonical"]))
         monitor.set_caching_options(False).set_display_name("reports + policy")
         with dsl.If(monitor.outputs["Output"] == True, name="retrain"):  # noqa: E712 (a KFP condition)
             retrain = training_pipeline(config=config).set_display_name("training pipeline")

@@ -21,6 +21,14 @@ from components.validate import validate_op
 
 NAME = "recsys-training"
 GPU_RESOURCE = "nvidia.com/gpu"
+SHARED_PVC = "recsys-artifacts"  # k8s/base/storage.yaml; k8s/base/recsys-config.yaml points every path under it
+SHARED_MOUNT = "/var/lib/recsys"
+
+
+def mount_shared(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Steps that read or write state outside their artifacts (Feast store, registry, Triton repository)."""
+    kubernetes.mount_pvc(task, pvc_name=SHARED_PVC, mount_path=SHARED_MOUNT)
+    return task
 
 
 def request_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -45,16 +53,18 @@ def build_training_pipeline(gpu: bool) -> Callable:
         ingest = ingest_op(config=config).set_caching_options(False).set_display_name("ingest")
         validate = validate_op(config=config, canonical=ingest.outputs["canonical"]).set_display_name("validate")
         validated = validate.outputs["validated"]
-        features = features_op(config=config, canonical=validated).set_display_name("features").set_retry(2)
+        features = mount_shared(features_op(config=config, canonical=validated)).set_display_name("features")
+        features.set_retry(2)
         train = train_op(config=config, canonical=validated, examples=features.outputs["examples"])
         train.set_display_name("train").set_retry(1)
         if gpu:
             request_gpu(train)
         model = train.outputs["model"]
-        evaluate = evaluate_op(config=config, canonical=validated, model=model).set_display_name("evaluate")
+        evaluate = mount_shared(evaluate_op(config=config, canonical=validated, model=model))
+        evaluate.set_display_name("evaluate")
         with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             compress = compress_op(config=config, canonical=validated, model=model).set_display_name("compress")
-            deploy = deploy_op(config=config, bundle=compress.outputs["bundle"]).set_display_name("deploy")
-            deploy.set_caching_options(False).set_retry(2)
+            deploy = mount_shared(deploy_op(config=config, bundle=compress.outputs["bundle"]))
+            deploy.set_display_name("deploy").set_caching_options(False).set_retry(2)
 
     return training_pipeline

@@ -10,19 +10,37 @@ from components.config import load_config
 from pipelines.runner import PipelineError, check_host, compile_pipeline, run_pipeline
 from tests.conftest import small_tables, write_csvs
 
+STEPS = {
+    "training": {"ingest-op", "validate-op", "features-op", "train-op", "evaluate-op", "compress-op", "deploy-op"},
+    "monitoring": {"ingest-op", "monitor-op", "retrain-done-op"} | {"ingest-op", "train-op", "deploy-op"},
+}
 
-def test_compiled_yaml_loads_back_with_the_config_as_default(tmp_path):
+
+@pytest.mark.parametrize("name", ["training", "monitoring"])
+def test_compiled_yaml_loads_back_and_names_every_component(tmp_path, name):
     config = load_config(overrides=["train.epochs=2"])
-    path = compile_pipeline("training", config, tmp_path)
+    path = compile_pipeline(name, config, tmp_path)
     component = load_component_from_file(str(path))
-    assert component.name == "recsys-training"
-    spec = yaml.safe_load(path.read_text())
-    tasks = spec["root"]["dag"]["tasks"]
-    assert {"ingest-op", "validate-op"} <= set(tasks)
+    assert component.name == f"recsys-{name}"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = docs[0]
+    assert {f"comp-{step}" for step in STEPS[name]} <= set(spec["components"])
     default = spec["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"]
     assert yaml.safe_load(default)["train"]["epochs"] == 2
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images <= {config.kfp.image, config.kfp.gpu_image}
+    assert images == {config.kfp.image, config.kfp.gpu_image}
+
+
+def test_gate_is_a_condition_and_gpu_is_requested_only_when_fine_tuning(tmp_path):
+    cpu = list(yaml.safe_load_all(compile_pipeline("training", load_config(), tmp_path / "cpu").read_text()))
+    gate = cpu[0]["root"]["dag"]["tasks"]["condition-1"]
+    assert "evaluate-op" in gate["triggerPolicy"]["condition"]
+    assert "nvidia.com/gpu" not in str(cpu)
+    gpu = compile_pipeline("training", load_config(overrides=["model.fine_tune_encoder=true"]), tmp_path / "gpu")
+    spec, platform = yaml.safe_load_all(gpu.read_text())
+    train = next(e for n, e in spec["deploymentSpec"]["executors"].items() if "train" in n)
+    assert train["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    assert "nodeSelector" in str(platform) and "recsys-artifacts" in str(platform)
 
 
 def test_unreachable_host_fails_fast():
