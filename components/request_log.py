@@ -1,0 +1,281 @@
+"""Durable, append-only log of served requests and of the interactions that followed (contract C6).
+
+SQLite in WAL mode with ``synchronous=FULL``: every append is one transaction, committed (and on disk)
+before the call returns, so a process killed right after an append loses nothing. One writer connection
+per ``RequestLog`` guarded by a lock (thread-safe); readers open their own connection and return DataFrames.
+Timestamps are stored as integer microseconds since the epoch (UTC) so windows are cheap range scans.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.errors import RecsysError
+
+PROFILE_FIELDS = ("age", "gender", "occupation")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    ts_us INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    k INTEGER NOT NULL,
+    exclude_seen INTEGER NOT NULL,
+    filters TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    item_ids TEXT NOT NULL,
+    scores TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    degraded INTEGER NOT NULL,
+    cold_start INTEGER NOT NULL,
+    latency_ms REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_us);
+CREATE TABLE IF NOT EXISTS recommendations (
+    request_id TEXT NOT NULL REFERENCES requests (request_id),
+    rank INTEGER NOT NULL,
+    item_id INTEGER NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (request_id, rank)
+);
+CREATE TABLE IF NOT EXISTS interactions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    item_id INTEGER NOT NULL,
+    rating REAL,
+    ts_us INTEGER NOT NULL,
+    logged_us INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS interactions_ts ON interactions (ts_us);
+"""
+
+
+class RequestLogError(RecsysError, ValueError):
+    """A record cannot be logged or the log cannot be read; the message says which field or file."""
+
+
+@dataclass
+class RequestRecord:
+    """One served recommendation request and its response."""
+
+    request_id: str
+    ts: datetime
+    user_id: int
+    k: int
+    exclude_seen: bool
+    filters: dict[str, Any]
+    profile: dict[str, Any]
+    item_ids: list[int]
+    scores: list[float]
+    model_version: str
+    degraded: bool
+    cold_start: bool
+    latency_ms: float
+
+
+def _to_us(ts: datetime | pd.Timestamp | str, what: str) -> int:
+    """UTC microseconds since the epoch; naive timestamps are refused (the log is UTC only)."""
+    stamp = pd.Timestamp(ts)
+    if stamp.tzinfo is None:
+        raise RequestLogError(f"{what}: timestamp {ts!r} has no time zone; pass an aware UTC datetime")
+    return int(stamp.tz_convert("UTC").value // 1000)
+
+
+def _bound_us(value: datetime | pd.Timestamp | str | None, what: str) -> int | None:
+    if value is None:
+        return None
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is None:  # window bounds given without zone are read as UTC
+        stamp = stamp.tz_localize("UTC")
+    return _to_us(stamp, what)
+
+
+def _us_to_ts(series: pd.Series) -> pd.Series:
+    return pd.to_datetime(series.astype("int64"), unit="us", utc=True).astype("datetime64[us, UTC]")
+
+
+class RequestLog:
+    """The request/response and interaction log in one SQLite file (created on first use)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = self._connect()
+            with self._conn:
+                self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as err:
+            raise RequestLogError(f"cannot open request log {self.path}: {err}") from err
+        self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> RequestLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing ----------------------------------------------------------------------------------------
+    def _write(self, statements: list[tuple[str, Any]], where: str) -> None:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        if isinstance(params, list):
+                            self._conn.executemany(sql, params)
+                        else:
+                            self._conn.execute(sql, params)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.IntegrityError as err:
+                raise RequestLogError(f"{where}: {err} (log {self.path})") from err
+            except sqlite3.Error as err:
+                raise RequestLogError(f"{where}: cannot write to request log {self.path}: {err}") from err
+
+    @staticmethod
+    def _request_rows(record: RequestRecord) -> tuple[tuple, list[tuple]]:
+        where = f"request {record.request_id!r}"
+        if len(record.item_ids) != len(record.scores):
+            raise RequestLogError(f"{where}: {len(record.item_ids)} item_ids but {len(record.scores)} scores")
+        item_ids = [int(i) for i in record.item_ids]
+        scores = [float(s) for s in record.scores]
+        try:
+            filters, profile = json.dumps(record.filters, default=str), json.dumps(record.profile, default=str)
+        except (TypeError, ValueError) as err:
+            raise RequestLogError(f"{where}: filters/profile must be JSON-serialisable: {err}") from err
+        row = (record.request_id, _to_us(record.ts, where), int(record.user_id), int(record.k),
+               int(bool(record.exclude_seen)), filters, profile, json.dumps(item_ids), json.dumps(scores),
+               str(record.model_version), int(bool(record.degraded)), int(bool(record.cold_start)),
+               float(record.latency_ms))
+        recs = [(record.request_id, rank, item, score)
+                for rank, (item, score) in enumerate(zip(item_ids, scores, strict=True), 1)]
+        return row, recs
+
+    def append_request(self, record: RequestRecord) -> None:
+        """Log one request and its ranked response in one committed transaction."""
+        self.append_requests([record])
+
+    def append_requests(self, records: list[RequestRecord]) -> int:
+        """Log several requests in one committed transaction (all or none); for replays and back-fills."""
+        if not records:
+            return 0
+        rows, recs = [], []
+        for record in records:
+            row, rec = self._request_rows(record)
+            rows.append(row)
+            recs += rec
+        where = f"request {records[0].request_id!r}" if len(records) == 1 else f"{len(records)} requests"
+        self._write([("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows),
+                     ("INSERT INTO recommendations VALUES (?,?,?,?)", recs)], where)
+        return len(rows)
+
+    def append_interaction(self, user_id: int, item_id: int, rating: float | None,
+                           event_timestamp: datetime | pd.Timestamp | str) -> None:
+        """Log one user-item interaction (feedback) in one committed transaction."""
+        where = f"interaction user {user_id} item {item_id}"
+        rating_value = None if rating is None or pd.isna(rating) else float(rating)
+        row = (int(user_id), int(item_id), rating_value, _to_us(event_timestamp, where),
+               _to_us(datetime.now(UTC), where))
+        self._write([("INSERT INTO interactions (user_id, item_id, rating, ts_us, logged_us) VALUES (?,?,?,?,?)",
+                      row)], where)
+
+    def append_interactions(self, frame: pd.DataFrame) -> int:
+        """Log many interactions (user_id, item_id, rating, event_timestamp) in one committed transaction."""
+        missing = {"user_id", "item_id", "event_timestamp"} - set(frame.columns)
+        if missing:
+            raise RequestLogError(f"append_interactions: missing column(s) {sorted(missing)}")
+        ts = pd.to_datetime(frame["event_timestamp"])
+        if ts.dt.tz is None:
+            raise RequestLogError("append_interactions: event_timestamp has no time zone; use UTC timestamps")
+        now = _to_us(datetime.now(UTC), "append_interactions")
+        ratings = frame["rating"] if "rating" in frame.columns else pd.Series([None] * len(frame))
+        columns = (frame["user_id"], frame["item_id"], ratings, ts.dt.tz_convert("UTC"))
+        rows = [(int(u), int(i), None if r is None or pd.isna(r) else float(r), int(t.value // 1000), now)
+                for u, i, r, t in zip(*columns, strict=True)]
+        self._write([("INSERT INTO interactions (user_id, item_id, rating, ts_us, logged_us) VALUES (?,?,?,?,?)",
+                      rows)], "append_interactions")
+        return len(rows)
+
+    # ---- reading ----------------------------------------------------------------------------------------
+    def _read(self, sql: str, since: Any, until: Any, column: str) -> pd.DataFrame:
+        clauses, params = [], []
+        lo, hi = _bound_us(since, "since"), _bound_us(until, "until")
+        if lo is not None:
+            clauses.append(f"{column} >= ?")
+            params.append(lo)
+        if hi is not None:
+            clauses.append(f"{column} < ?")
+            params.append(hi)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        try:
+            conn = sqlite3.connect(self.path, timeout=30.0)
+            try:
+                return pd.read_sql_query(sql, conn, params=params)
+            finally:
+                conn.close()
+        except (sqlite3.Error, pd.errors.DatabaseError) as err:
+            raise RequestLogError(f"cannot read request log {self.path}: {err}") from err
+
+    def requests_frame(self, since: Any = None, until: Any = None) -> pd.DataFrame:
+        """Requests with since <= ts < until; profile fields age/gender/occupation also as columns."""
+        df = self._read("SELECT * FROM requests", since, until, "ts_us")
+        df = df.sort_values(["ts_us", "request_id"]).reset_index(drop=True)
+        out = pd.DataFrame({"request_id": df["request_id"].astype(str), "ts": _us_to_ts(df["ts_us"]),
+                            "user_id": df["user_id"].astype("int64"), "k": df["k"].astype("int64"),
+                            "exclude_seen": df["exclude_seen"].astype(bool)})
+        out["filters"] = [json.loads(v) for v in df["filters"]]
+        out["profile"] = [json.loads(v) for v in df["profile"]]
+        out["item_ids"] = [json.loads(v) for v in df["item_ids"]]
+        out["scores"] = [json.loads(v) for v in df["scores"]]
+        out["model_version"] = df["model_version"].astype(str).to_numpy()
+        for name in ("degraded", "cold_start"):
+            out[name] = df[name].astype(bool).to_numpy()
+        out["latency_ms"] = df["latency_ms"].astype("float64").to_numpy()
+        for name in PROFILE_FIELDS:
+            out[name] = [p.get(name) for p in out["profile"]]
+        out["age"] = pd.to_numeric(out["age"], errors="coerce")
+        return out.reset_index(drop=True)
+
+    def recommendations_frame(self, since: Any = None, until: Any = None) -> pd.DataFrame:
+        """Long format: request_id, ts, user_id, item_id, rank (1 = best), score, model_version."""
+        sql = ("SELECT r.request_id, q.ts_us, q.user_id, r.item_id, r.rank, r.score, q.model_version "
+               "FROM recommendations r JOIN requests q ON q.request_id = r.request_id")
+        df = self._read(sql, since, until, "q.ts_us")
+        df = df.sort_values(["ts_us", "request_id", "rank"]).reset_index(drop=True)
+        return pd.DataFrame({
+            "request_id": df["request_id"].astype(str), "ts": _us_to_ts(df["ts_us"]),
+            "user_id": df["user_id"].astype("int64"), "item_id": df["item_id"].astype("int64"),
+            "rank": df["rank"].astype("int64"), "score": df["score"].astype("float64"),
+            "model_version": df["model_version"].astype(str),
+        })
+
+    def interactions_frame(self, since: Any = None, until: Any = None) -> pd.DataFrame:
+        """Logged interactions in the canonical shape (user_id, item_id, rating, event_timestamp)."""
+        df = self._read("SELECT user_id, item_id, rating, ts_us, seq FROM interactions", since, until, "ts_us")
+        df = df.sort_values(["ts_us", "seq"]).reset_index(drop=True)
+        return pd.DataFrame({
+            "user_id": df["user_id"].astype("int64"), "item_id": df["item_id"].astype("int64"),
+            "rating": df["rating"].astype("float32"), "event_timestamp": _us_to_ts(df["ts_us"]),
+        })

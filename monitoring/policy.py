@@ -1,0 +1,230 @@
+"""Retraining policy: monitoring signals + thresholds -> a decision, with a cooldown and de-duplication.
+
+State lives next to `monitoring.state_path`:
+- the state file (JSON): when a retrain was last triggered, and the outcome of the last one;
+- `retrain.lock` (JSON): the retrain now running (created atomically; stale after `retrain_timeout_hours`);
+- `decisions.jsonl`: every decision record, one per line.
+A process-wide file lock makes decide + claim atomic, so two monitors never trigger twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.config import Config
+from monitoring.data import MonitoringError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    value: float | None
+    threshold: float
+    rule: str  # ">=" fires when value >= threshold, "<" when value < threshold
+    fired: bool
+
+
+@dataclass
+class Decision:
+    """The decision record: which signals fired (with values), and whether a retrain was started."""
+
+    decision_id: str
+    at: str
+    retrain: bool
+    reason: str
+    fired: list[dict[str, Any]]
+    signals: list[dict[str, Any]]
+    suppressed_by: str | None = None  # "cooldown" | "running" | None
+    running: dict[str, Any] | None = None
+    last_triggered_at: str | None = None
+    outcome: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _now(now: pd.Timestamp | str | None) -> pd.Timestamp:
+    ts = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def evaluate_signals(signals: dict[str, float | None], config: Config) -> list[Signal]:
+    """Compare the summary's signal values with the config thresholds (a missing value never fires)."""
+    m = config.monitoring
+    rules = [("drift_share", m.drift_share_threshold, ">="), ("quality_drop", m.quality_drop_threshold, ">="),
+             ("fairness_ratio", m.fairness_ratio_threshold, "<")]
+    out = []
+    for name, threshold, rule in rules:
+        value = signals.get(name)
+        fired = value is not None and (value >= threshold if rule == ">=" else value < threshold)
+        out.append(Signal(name, value, threshold, rule, bool(fired)))
+    return out
+
+
+# ---- state -------------------------------------------------------------------------------------------------
+def _paths(config: Config) -> tuple[Path, Path, Path, Path]:
+    state = Path(config.monitoring.state_path)
+    return state, state.with_name("retrain.lock"), state.with_name("decisions.jsonl"), state.with_name(".policy.flock")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise MonitoringError(f"policy file {path} is not valid JSON ({err}); fix or delete it") from err
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_state(config: Config) -> dict[str, Any]:
+    return _read_json(_paths(config)[0]) or {"last_triggered_at": None, "last_outcome": None}
+
+
+@contextmanager
+def _policy_lock(config: Config) -> Iterator[None]:
+    flock = _paths(config)[3]
+    flock.parent.mkdir(parents=True, exist_ok=True)
+    with open(flock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def running_retrain(config: Config, now: pd.Timestamp | str | None = None) -> dict[str, Any] | None:
+    """The running retrain's lock record, or None (a lock past its expiry counts as stale)."""
+    lock = _read_json(_paths(config)[1])
+    if lock is None:
+        return None
+    if _now(now) >= pd.Timestamp(lock["expires_at"]):
+        log.warning("retrain lock %s expired at %s; treating it as stale", lock.get("decision_id"), lock["expires_at"])
+        return None
+    return lock
+
+
+# ---- decisions ---------------------------------------------------------------------------------------------
+def decide(signals: dict[str, float | None], config: Config, now: pd.Timestamp | str | None = None) -> Decision:
+    """The decision for these signal values given the current state (reads state, changes nothing)."""
+    at = _now(now)
+    evaluated = evaluate_signals(signals, config)
+    fired = [asdict(s) for s in evaluated if s.fired]
+    state = load_state(config)
+    decision = Decision(decision_id=f"{at.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}", at=at.isoformat(),
+                        retrain=False, reason="", fired=fired, signals=[asdict(s) for s in evaluated],
+                        last_triggered_at=state.get("last_triggered_at"))
+    if not fired:
+        decision.reason = "no signal crossed its threshold"
+        return decision
+    names = ", ".join(f"{f['name']}={f['value']:.4f} ({f['rule']} {f['threshold']})" for f in fired)
+    running = running_retrain(config, at)
+    last = state.get("last_triggered_at")
+    cooldown = pd.Timedelta(hours=config.monitoring.cooldown_hours)
+    if running is not None:
+        decision.suppressed_by, decision.running = "running", running
+        decision.reason = f"fired: {names}; suppressed: retrain {running['decision_id']} is still running"
+    elif last is not None and at < pd.Timestamp(last) + cooldown:
+        decision.suppressed_by = "cooldown"
+        decision.reason = (f"fired: {names}; suppressed: cooldown until "
+                           f"{(pd.Timestamp(last) + cooldown).isoformat()}")
+    else:
+        decision.retrain, decision.reason = True, f"fired: {names}"
+    return decision
+
+
+def _claim(config: Config, decision: Decision, at: pd.Timestamp) -> bool:
+    state_path, lock_path, _, _ = _paths(config)
+    if running_retrain(config, at) is not None:
+        return False
+    record = {"decision_id": decision.decision_id, "started_at": at.isoformat(),
+              "expires_at": (at + pd.Timedelta(hours=config.monitoring.retrain_timeout_hours)).isoformat(),
+              "pid": os.getpid(), "host": socket.gethostname(), "run": None}
+    lock_path.unlink(missing_ok=True)  # only a stale lock can be here (checked above, under the policy lock)
+    fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    state = load_state(config)
+    state["last_triggered_at"] = at.isoformat()
+    state["last_decision_id"] = decision.decision_id
+    _write_json(state_path, state)
+    decision.running = record
+    return True
+
+
+def record_decision(config: Config, decision: Decision, out_dir: str | Path | None = None) -> Path | None:
+    """Append the decision to decisions.jsonl and, when out_dir is given, write out_dir/decision.json."""
+    _, _, journal, _ = _paths(config)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with open(journal, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(decision.as_dict(), default=str) + "\n")
+    if out_dir is None:
+        return None
+    path = Path(out_dir) / "decision.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(decision.as_dict(), indent=2, default=str), encoding="utf-8")
+    return path
+
+
+def decide_and_claim(signals: dict[str, float | None], config: Config, now: pd.Timestamp | str | None = None,
+                     out_dir: str | Path | None = None) -> Decision:
+    """Decide and, if a retrain is due, claim the retrain lock and start the cooldown, atomically.
+
+    `decision.retrain` is True only for the caller that now owns the retrain; it must end it with
+    `release_retrain` (or let the lock expire)."""
+    Path(config.monitoring.state_path).parent.mkdir(parents=True, exist_ok=True)
+    at = _now(now)
+    with _policy_lock(config):
+        decision = decide(signals, config, at)
+        if decision.retrain and not _claim(config, decision, at):
+            decision.retrain, decision.suppressed_by = False, "running"
+            decision.reason += "; suppressed: another retrain claimed the lock first"
+        record_decision(config, decision, out_dir)
+    log.info("retraining decision %s: %s (%s)", decision.decision_id, "RETRAIN" if decision.retrain else "no retrain",
+             decision.reason)
+    return decision
+
+
+def update_running(config: Config, decision_id: str, run: dict[str, Any]) -> None:
+    """Attach run details (e.g. a KFP run id) to the running retrain's lock."""
+    _, lock_path, _, _ = _paths(config)
+    with _policy_lock(config):
+        lock = _read_json(lock_path)
+        if lock is None or lock["decision_id"] != decision_id:
+            raise MonitoringError(f"retrain {decision_id} holds no lock at {lock_path}")
+        lock["run"] = run
+        _write_json(lock_path, lock)
+
+
+def release_retrain(config: Config, decision_id: str, outcome: dict[str, Any]) -> None:
+    """End the running retrain `decision_id`: remove its lock and store the outcome in the state."""
+    state_path, lock_path, _, _ = _paths(config)
+    with _policy_lock(config):
+        lock = _read_json(lock_path)
+        if lock is not None and lock["decision_id"] != decision_id:
+            raise MonitoringError(f"retrain lock {lock_path} belongs to {lock['decision_id']}, not {decision_id}")
+        lock_path.unlink(missing_ok=True)
+        state = load_state(config)
+        state["last_outcome"] = {"decision_id": decision_id, "ended_at": _now(None).isoformat(), **outcome}
+        _write_json(state_path, state)
+    log.info("retrain %s released: %s", decision_id, outcome.get("status"))

@@ -1,0 +1,120 @@
+"""The request log (contract C6): round trip, windows, thread safety, and durability under SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.request_log import RequestLog, RequestLogError, RequestRecord
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def record(i: int, user: int = 1, ts: datetime | None = None) -> RequestRecord:
+    return RequestRecord(request_id=f"r{i}", ts=ts or T0 + timedelta(minutes=i), user_id=user, k=3, exclude_seen=True,
+                         filters={"genre": "Drama"}, profile={"age": 25, "gender": "F", "occupation": "writer"},
+                         item_ids=[10 + i, 20, 30], scores=[0.9, 0.5, 0.1], model_version="v1", degraded=False,
+                         cold_start=False, latency_ms=3.5)
+
+
+def test_round_trip_and_windows(tmp_path: Path) -> None:
+    with RequestLog(tmp_path / "log.sqlite") as log:
+        for i in range(5):
+            log.append_request(record(i, user=i % 2))
+        log.append_interaction(1, 20, 4.0, T0 + timedelta(minutes=2))
+        log.append_interaction(0, 30, None, T0 + timedelta(minutes=9))
+        req = log.requests_frame()
+        assert list(req["request_id"]) == [f"r{i}" for i in range(5)]
+        assert str(req["ts"].dtype) == "datetime64[us, UTC]" and req["ts"].iloc[0] == pd.Timestamp(T0)
+        assert req["item_ids"].iloc[2] == [12, 20, 30] and req["scores"].iloc[0] == [0.9, 0.5, 0.1]
+        assert req["profile"].iloc[0]["occupation"] == "writer" and req["gender"].iloc[0] == "F"
+        assert req["filters"].iloc[0] == {"genre": "Drama"} and bool(req["exclude_seen"].iloc[0])
+        recs = log.recommendations_frame(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=3))
+        assert list(recs.columns) == ["request_id", "ts", "user_id", "item_id", "rank", "score", "model_version"]
+        assert list(recs["request_id"]) == ["r1"] * 3 + ["r2"] * 3 and list(recs["rank"]) == [1, 2, 3] * 2
+        assert list(recs["item_id"].iloc[:3]) == [11, 20, 30]
+        inter = log.interactions_frame(until=T0 + timedelta(minutes=5))
+        assert len(inter) == 1 and inter["item_id"].iloc[0] == 20 and inter["rating"].dtype == "float32"
+        assert pd.isna(log.interactions_frame()["rating"].iloc[1])
+        with pytest.raises(RequestLogError, match="r1"):
+            log.append_request(record(1))  # request ids are unique
+        with pytest.raises(RequestLogError, match="time zone"):
+            log.append_interaction(1, 2, 3.0, datetime(2026, 1, 1))
+    assert RequestLog(tmp_path / "log.sqlite").requests_frame(since=T0 + timedelta(hours=1)).empty
+
+
+def test_mismatched_scores_are_refused(tmp_path: Path) -> None:
+    bad = record(0)
+    bad.scores = [1.0]
+    with pytest.raises(RequestLogError, match="3 item_ids but 1 scores"):
+        RequestLog(tmp_path / "log.sqlite").append_request(bad)
+
+
+def test_batch_append_is_all_or_nothing(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "log.sqlite")
+    assert log.append_requests([record(0), record(1)]) == 2
+    with pytest.raises(RequestLogError, match="3 requests"):
+        log.append_requests([record(2), record(3), record(1)])  # r1 exists: the whole batch is rolled back
+    assert list(log.requests_frame()["request_id"]) == ["r0", "r1"] and len(log.recommendations_frame()) == 6
+
+
+def test_concurrent_writers(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "log.sqlite")
+
+    def write(start: int) -> None:
+        for i in range(start, start + 50):
+            log.append_request(record(i))
+            log.append_interaction(i, i, 1.0, T0)
+
+    threads = [threading.Thread(target=write, args=(n * 1000,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(log.requests_frame()) == 200 and len(log.recommendations_frame()) == 600
+    assert len(log.interactions_frame()) == 200
+
+
+CHILD = """
+import sys
+from datetime import UTC, datetime
+from components.request_log import RequestLog, RequestRecord
+log = RequestLog(sys.argv[1])
+i = 0
+while True:
+    log.append_request(RequestRecord(f"req-{i}", datetime.now(UTC), i, 2, True, {}, {}, [1, 2], [0.2, 0.1],
+                                     "v1", False, False, 1.0))
+    log.append_interaction(i, 7, 5.0, datetime.now(UTC))
+    print(f"req-{i}", flush=True)  # acknowledged: append_* returned
+    i += 1
+"""
+
+
+def test_sigkill_right_after_append_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    acknowledged = []
+    try:
+        for line in child.stdout:
+            acknowledged.append(line.strip())
+            if len(acknowledged) >= 40:
+                child.send_signal(signal.SIGKILL)  # killed while it keeps appending
+                break
+    finally:
+        child.kill()
+        rest, _ = child.communicate(timeout=30)
+    acknowledged += [line for line in rest.split() if line]
+    assert child.returncode == -signal.SIGKILL
+    log = RequestLog(path)
+    logged = set(log.requests_frame()["request_id"])
+    assert set(acknowledged) <= logged, f"lost: {sorted(set(acknowledged) - logged)}"
+    inter = log.interactions_frame()
+    assert set(inter["user_id"]) >= {int(a.split("-")[1]) for a in acknowledged}
+    assert len(log.recommendations_frame()) == 2 * len(logged)  # no half-written request

@@ -1,0 +1,151 @@
+"""The whole monitoring run on a simulated world: same distribution vs shifted, CLI, browser, KFP component."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from components.config import config_to_text
+from components.monitor import monitor_and_decide, run_monitoring
+from monitoring.data import MonitoringError
+from monitoring.policy import decide, decide_and_claim
+from recsys.main import app
+from tests.monitoring.world import item_embeddings, make_world, window_bounds, world_config
+
+
+@pytest.fixture(scope="module")
+def same_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("same")
+    canonical, log_path = make_world(root, shift=False)
+    summary = run_monitoring(world_config(root), canonical, log_path, root / "reports",
+                             embeddings_dir=item_embeddings(root / "emb"), **window_bounds())
+    return root, summary
+
+
+@pytest.fixture(scope="module")
+def shifted_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    """The shifted world, reported through the CLI (`recsys monitor report`)."""
+    root = tmp_path_factory.mktemp("shifted")
+    canonical, log_path = make_world(root, shift=True)
+    b = {k: v.isoformat() for k, v in window_bounds().items()}
+    sets = [a for s in ["paths.artifacts_dir=" + str(root / "artifacts"),
+                        "monitoring.state_path=" + str(root / "state" / "policy.json"),
+                        "evaluate.cold_start_items=5"] for a in ("--set", s)]
+    result = CliRunner().invoke(app, [*sets, "monitor", "report", "--reference", str(canonical), "--log",
+                                      str(log_path), "--out", str(root / "reports"), "--embeddings",
+                                      str(item_embeddings(root / "emb")),
+                                      *[a for k, v in b.items() for a in (f"--{k.replace('_', '-')}", v)]])
+    assert result.exit_code == 0, result.output
+    return root, json.loads((root / "reports" / "summary.json").read_text()), result.output
+
+
+def test_same_distribution_world_is_quiet(same_world: tuple[Path, dict]) -> None:
+    root, s = same_world
+    assert s["drift"]["share"] < 0.5 and s["drift"]["total_columns"] == 10  # 8 features + 2 embeddings
+    assert s["quality"]["current"]["evaluable_requests"] > 350 and s["signals"]["quality_drop"] < 0.2
+    assert s["signals"]["fairness_ratio"] > 0.5
+    assert s["exposure"]["catalogue_long_tail_share"] == pytest.approx(0.8)
+    decision = decide(s["signals"], world_config(root))
+    assert not decision.retrain and decision.fired == []
+    files = {p.name for p in (root / "reports").iterdir()}
+    assert {"index.html", "summary.json", "drift_user_features.html", "drift_interaction_features.html",
+            "drift_user_activity.html", "drift_recommendations.html", "drift_user_embeddings.html",
+            "drift_item_embeddings.html"} <= files
+    assert json.loads((root / "reports" / "summary.json").read_text())["signals"] == s["signals"]
+
+
+def test_shifted_world_fires_every_signal(shifted_world: tuple[Path, dict, str]) -> None:
+    root, s, output = shifted_world
+    assert '"drift_share"' in output and "index.html" in output
+    reports = s["drift"]["reports"]
+    assert reports["user_features"]["columns"]["age"]["drifted"]
+    assert reports["interaction_features"]["columns"]["rating"]["drifted"]
+    assert reports["recommendations"]["columns"]["score"]["drifted"]
+    assert reports["user_embeddings"]["columns"]["user_embeddings"]["drifted"]
+    assert s["signals"]["drift_share"] >= 0.5 and s["signals"]["quality_drop"] >= 0.2
+    assert s["fairness"]["gender"]["worst"] == "F" and s["signals"]["fairness_ratio"] < 0.5
+    assert s["exposure"]["long_tail_share"] > 0.9 > s["exposure"]["reference_long_tail_share"]
+
+
+def test_cli_decide(shifted_world: tuple[Path, dict, str]) -> None:
+    root = shifted_world[0]
+    sets = ["--set", f"monitoring.state_path={root / 'state' / 'policy.json'}"]
+    summary = str(root / "reports" / "summary.json")
+    dry = CliRunner().invoke(app, [*sets, "monitor", "decide", summary])
+    assert dry.exit_code == 0 and "RETRAIN" in dry.output and "dry run" in dry.output
+    assert not (root / "state" / "decisions.jsonl").exists()  # a dry run records nothing
+    missing = CliRunner().invoke(app, [*sets, "monitor", "decide", str(root / "nope.json")])
+    assert missing.exit_code == 1 and "does not exist" in " ".join(missing.output.split())  # rich wraps lines
+
+
+def test_monitor_and_decide_claims_once(tmp_path: Path, shifted_world: tuple[Path, dict, str]) -> None:
+    root = shifted_world[0]
+    config = world_config(tmp_path)
+    summary, first = monitor_and_decide(config, root / "canonical", root / "log.sqlite", tmp_path / "r1",
+                                        **window_bounds())
+    second = decide_and_claim(summary["signals"], config)  # a second monitor while the retrain runs
+    assert first.retrain and {f["name"] for f in first.fired} == {"drift_share", "quality_drop", "fairness_ratio"}
+    assert not second.retrain and second.suppressed_by == "running"
+    assert json.loads((tmp_path / "r1" / "decision.json").read_text())["decision_id"] == first.decision_id
+
+
+def test_clear_errors_for_missing_inputs(tmp_path: Path, shifted_world: tuple[Path, dict, str]) -> None:
+    from components.request_log import RequestLog
+
+    root, config = shifted_world[0], world_config(tmp_path)
+    with pytest.raises(MonitoringError, match="does not exist"):
+        run_monitoring(config, root / "canonical", tmp_path / "missing.sqlite", tmp_path / "out")
+    with pytest.raises(MonitoringError, match="canonical table 'interactions' missing"):
+        run_monitoring(config, tmp_path, root / "log.sqlite", tmp_path / "out")
+    RequestLog(tmp_path / "empty.sqlite").close()
+    with pytest.raises(MonitoringError, match="holds no requests"):
+        run_monitoring(config, root / "canonical", tmp_path / "empty.sqlite", tmp_path / "out")
+    with pytest.raises(MonitoringError, match="is not before its end"):
+        run_monitoring(config, root / "canonical", root / "log.sqlite", tmp_path / "out",
+                       current_start="2026-03-01", current_end="2026-02-01")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("page", ["index.html", "drift_user_features.html", "drift_user_embeddings.html"])
+def test_reports_open_in_headless_chromium(page: str, shifted_world: tuple[Path, dict, str]) -> None:
+    from tests.monitoring.browser import CHROMIUM, check_page
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is missing: run scripts/system_deps.sh")
+    root = shifted_world[0]
+    check = check_page(root / "reports" / page, root / "screenshots" / f"{page}.png")
+    assert check.errors == [], check.errors  # no console errors, no exceptions, no failed (network) loads
+    assert check.text_length > 300  # the page rendered (Evidently draws with JavaScript)
+    assert check.screenshot.stat().st_size > 10_000
+
+
+@pytest.mark.integration
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task")
+def test_monitor_op_in_kfp_local_runner(tmp_path: Path, shifted_world: tuple[Path, dict, str]) -> None:
+    """importer(canonical) -> monitor_op with the KFP SubprocessRunner; embeddings come from the champion."""
+    from kfp import dsl, local
+
+    from components.monitor import monitor_op
+
+    root = shifted_world[0]
+    config = world_config(tmp_path)
+    config.serving.request_log = root / "log.sqlite"
+    config.monitoring.window_hours = 24 * 7  # default windows: the last week of the log vs the week before
+    registry = tmp_path / "artifacts" / "registry"
+    registry.mkdir(parents=True)
+    (registry / "champion.json").write_text(json.dumps({"model_dir": str(item_embeddings(tmp_path / "model"))}))
+
+    @dsl.pipeline(name="monitor-test")
+    def pipeline(config: str) -> bool:
+        canonical = dsl.importer(artifact_uri=str(root / "canonical"), artifact_class=dsl.Dataset)
+        return monitor_op(config=config, canonical=canonical.output).outputs["Output"]
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    run = pipeline(config=config_to_text(config))
+    assert run.output is True
+    summary_dir = next((tmp_path / "kfp").glob("monitor-test-*/monitor-op/summary"))
+    summary = json.loads((summary_dir / "summary.json").read_text())
+    assert summary["drift"]["reports"]["user_embeddings"]["status"] == "ok"
+    assert json.loads((summary_dir / "decision.json").read_text())["retrain"] is True
+    assert (summary_dir.parent / "reports").read_text().startswith("<!DOCTYPE html>")
