@@ -1,0 +1,540 @@
+"""Feature step (Feast): derived feature tables, the feature repository, point-in-time training examples
+(contract C1), materialization, online look-ups and pushes of new interactions.
+
+One place for the logic: the CLI (`recsys features`), the KFP component `features_op` and the serving API
+call these functions. Feast is imported lazily (it takes seconds); the definitions live in
+`<features.repo_path>/definitions.py` and are loaded from there.
+"""
+
+import importlib.util
+import logging
+import math
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components.config import Config
+from components.errors import RecsysError
+from components.kfp_support import step
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logging.getLogger(__name__)
+_SERVICES: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_FILE = "examples.parquet"
+AGE_BAND_UPPER = (17, 24, 34, 44, 49, 55)  # MovieLens-1M bands: <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+
+AGE_BAND_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+UNKNOWN = "unknown"
+PUSH_SOURCE = "user_activity_push"  # definitions.USER_ACTIVITY_PUSH
+ONE_US = pd.Timedelta(microseconds=1)
+SECONDS_PER_DAY = 86400.0
+ONLINE_COLUMNS = ("user_id", "age", "age_band", "gender", "occupation", "user_interaction_count", "user_mean_rating",
+                  "user_days_since_last", "recent_item_ids")
+
+
+class FeatureStoreError(RecsysError):
+    """The feature store cannot do what was asked; the message says which table, view or entity."""
+
+
+# --------------------------------------------------------------------------------------------- locations
+def _resolve(path: Path) -> Path:
+    """A relative path from the config: against the working directory, else against the project root."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (PROJECT_ROOT / path).resolve()
+
+
+def repo_dir(config: Config) -> Path:
+    """The Feast repository folder (feature_store.yaml + definitions.py)."""
+    folder = _resolve(config.features.repo_path)
+    if not (folder / "definitions.py").is_file():
+        raise FeatureStoreError(f"no Feast definitions at {folder / 'definitions.py'} (features.repo_path)")
+    return folder
+
+
+def feature_data_dir(config: Config) -> Path:
+    """Where feature tables, the registry and the SQLite online store live (features.data_dir)."""
+    if config.features.data_dir is not None:
+        return Path(config.features.data_dir).resolve()
+    return repo_dir(config) / "data"
+
+
+def load_definitions(config: Config) -> ModuleType:
+    """Import `<repo>/definitions.py` (which imports nothing of ours) as a module."""
+    path = repo_dir(config) / "definitions.py"
+    name = f"recsys_feature_definitions_{abs(hash(str(path)))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def repo_config(config: Config) -> Any:
+    """Feast RepoConfig for the configured online store (sqlite or redis); offline store DuckDB over parquet."""
+    from feast import RepoConfig
+
+    data_dir = feature_data_dir(config)
+    if config.features.online_store == "redis":
+        online = {"type": "redis", "connection_string": config.features.redis_connection}
+    else:
+        online = {"type": "sqlite", "path": str(data_dir / "online_store.db")}
+    return RepoConfig(project=load_definitions(config).PROJECT, provider="local",
+                      registry=str(data_dir / "registry.db"), online_store=online,
+                      offline_store={"type": "duckdb"}, repo_path=data_dir, entity_key_serialization_version=3)
+
+
+def open_store(config: Config) -> "FeatureStore":
+    """The configured FeatureStore (apply_repository must have run once for its registry)."""
+    from feast import FeatureStore
+
+    logging.getLogger("feast.infra.registry.registry").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
+    feature_data_dir(config).mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=repo_config(config))
+
+
+# ---------------------------------------------------------------------------------------- feature tables
+def popularity_column(days: int) -> str:
+    """Name of the popularity feature over `days` days (as in definitions.popularity_feature)."""
+    return f"item_popularity_{days}d"
+
+
+def age_band(age: int | float | None) -> str:
+    """Age band label of an age (UNKNOWN when missing)."""
+    if age is None or (isinstance(age, float) and math.isnan(age)):
+        return UNKNOWN
+    return AGE_BAND_LABELS[int(np.searchsorted(AGE_BAND_UPPER, int(age)))]
+
+
+def _valid_from(created: pd.Series, first_event: pd.Series) -> pd.Series:
+    """Profiles and metadata hold from before the entity's first event (its creation precedes it)."""
+    first = first_event.reindex(created.index)
+    return created.where(first.isna() | (created < first), first) - pd.Timedelta(seconds=1)
+
+
+def _utc_us(ts: pd.Series) -> pd.Series:
+    return pd.to_datetime(ts, utc=True).astype("datetime64[us, UTC]")
+
+
+def user_profile_table(users: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
+    """One row per user: age, age band, gender, occupation, valid from before the first event."""
+    for col in ("age", "gender", "occupation"):
+        if col not in users.columns:
+            raise FeatureStoreError(f"users table: missing profile column '{col}'")
+    first = interactions.groupby("user_id")["event_timestamp"].min()
+    users = users.set_index("user_id")
+    return pd.DataFrame({
+        "user_id": users.index.astype("int64"),
+        "age": pd.array(pd.to_numeric(users["age"], errors="coerce").round(), dtype="Int64"),
+        "age_band": [age_band(None if pd.isna(a) else a) for a in users["age"]],
+        "gender": users["gender"].fillna(UNKNOWN).astype(str).to_numpy(),
+        "occupation": users["occupation"].fillna(UNKNOWN).astype(str).to_numpy(),
+        "event_timestamp": _utc_us(_valid_from(users["created_timestamp"], first)).array,
+    })
+
+
+def user_activity_table(interactions: pd.DataFrame, last_n: int) -> pd.DataFrame:
+    """One row per (user, distinct event time): the user's activity AFTER all events at that time."""
+    df = interactions.sort_values(["user_id", "event_timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    by_user = df.groupby("user_id", sort=False)
+    rated = df["rating"].notna()
+    count = by_user.cumcount().to_numpy() + 1
+    rated_count = rated.astype("int64").groupby(df["user_id"]).cumsum().to_numpy()
+    rating_sum = df["rating"].astype("float64").fillna(0.0).groupby(df["user_id"]).cumsum().to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(rated_count > 0, rating_sum / np.maximum(rated_count, 1), np.nan)
+    keep = ~df.duplicated(["user_id", "event_timestamp"], keep="last").to_numpy()
+    users, items = df["user_id"].to_numpy(), df["item_id"].to_numpy()
+    recent: list[list[int]] = []
+    window: deque[int] = deque(maxlen=last_n)
+    previous = None
+    for i in range(len(df)):
+        if users[i] != previous:
+            window.clear()
+            previous = users[i]
+        window.append(int(items[i]))
+        if keep[i]:
+            recent.append(list(window))
+    ts = _utc_us(df["event_timestamp"])
+    out = pd.DataFrame({
+        "user_id": users[keep].astype("int64"),
+        "event_timestamp": ts[keep].array,
+        "user_interaction_count": count[keep].astype("int64"),
+        "user_rated_count": rated_count[keep].astype("int64"),
+        "user_mean_rating": mean[keep].astype("float64"),
+        "user_last_event_epoch_s": (ts[keep].astype("int64") / 1e6).to_numpy(),
+    })
+    out["recent_item_ids"] = recent
+    return out
+
+
+def item_metadata_table(items: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
+    """One row per item: title, text, year, genres (list), valid from before the first event."""
+    first = interactions.groupby("item_id")["event_timestamp"].min()
+    items = items.set_index("item_id")
+    year = items["year"] if "year" in items.columns else pd.Series(pd.NA, index=items.index)
+    genres = items["genres"] if "genres" in items.columns else pd.Series("", index=items.index)
+    return pd.DataFrame({
+        "item_id": items.index.astype("int64"),
+        "title": items["title"].astype(str).to_numpy(),
+        "text": items["text"].astype(str).to_numpy(),
+        "year": pd.array(year, dtype="Int64"),
+        "genres": [[g for g in str(v).split("|") if g] if isinstance(v, str) else [] for v in genres],
+        "event_timestamp": _utc_us(_valid_from(items["created_timestamp"], first)).array,
+    })
+
+
+def item_popularity_table(interactions: pd.DataFrame, windows_days: list[int] | tuple[int, ...]) -> pd.DataFrame:
+    """Rows at every change point of each item's event counts in windows [t - w, t): an event at time e adds
+    one from e on and removes it from e + w on, so a point-in-time look-up strictly before t is exact."""
+    if not windows_days:
+        raise FeatureStoreError("features.popularity_windows_days is empty: give at least one window")
+    base = interactions.groupby(["item_id", "event_timestamp"]).size().rename("n").reset_index()
+    cols = [popularity_column(w) for w in windows_days]
+    parts = [base.assign(**{c: base["n"] for c in cols})]
+    for w, col in zip(windows_days, cols, strict=True):
+        leave = base.assign(event_timestamp=base["event_timestamp"] + pd.Timedelta(days=w))
+        parts.append(leave.assign(**{c: (-leave["n"] if c == col else 0) for c in cols}))
+    deltas = pd.concat(parts, ignore_index=True).groupby(["item_id", "event_timestamp"], sort=True)[cols].sum()
+    counts = deltas.groupby(level="item_id").cumsum().astype("int64").reset_index()
+    counts["event_timestamp"] = _utc_us(counts["event_timestamp"])
+    return counts[["item_id", "event_timestamp", *cols]]
+
+
+def compute_feature_tables(tables: dict[str, pd.DataFrame], last_n: int,
+                           windows_days: list[int] | tuple[int, ...]) -> dict[str, pd.DataFrame]:
+    """All derived feature tables from the validated canonical tables."""
+    inter = tables["interactions"]
+    if inter.empty:
+        raise FeatureStoreError("interactions table is empty: no features to compute")
+    return {
+        "user_profile": user_profile_table(tables["users"], inter),
+        "user_activity": user_activity_table(inter, last_n),
+        "item_metadata": item_metadata_table(tables["items"], inter),
+        "item_popularity": item_popularity_table(inter, windows_days),
+    }
+
+
+def _table_schema(name: str, df: pd.DataFrame) -> pa.Schema:
+    lists = {"recent_item_ids": pa.list_(pa.int64()), "genres": pa.list_(pa.string())}
+    fields = []
+    for col in df.columns:
+        if col in lists:
+            fields.append(pa.field(col, lists[col]))
+        elif col == "event_timestamp":
+            fields.append(pa.field(col, pa.timestamp("us", tz="UTC")))
+        else:
+            fields.append(pa.field(col, pa.Schema.from_pandas(df[[col]], preserve_index=False).field(col).type))
+    return pa.schema(fields)
+
+
+def write_feature_tables(feature_tables: dict[str, pd.DataFrame], folder: str | Path) -> Path:
+    """Write each table as `<name>.parquet` (µs UTC timestamps, typed list columns)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, df in feature_tables.items():
+        table = pa.Table.from_pandas(df, schema=_table_schema(name, df), preserve_index=False)
+        pq.write_table(table, folder / f"{name}.parquet")
+    return folder
+
+
+def apply_repository(config: Config) -> "FeatureStore":
+    """Register entities, views and services (sources in the feature data dir) and create online tables."""
+    defs = load_definitions(config)
+    store = open_store(config)
+    windows = tuple(config.features.popularity_windows_days)
+    store.apply(defs.build_definitions(str(feature_data_dir(config)), windows))
+    log.info("applied Feast repository %s (online store: %s, windows %s d)", repo_dir(config),
+             config.features.online_store, list(windows))
+    return store
+
+
+def build_feature_store(config: Config, tables: dict[str, pd.DataFrame]) -> "FeatureStore":
+    """Compute the feature tables from canonical tables, write them to the feature data dir, apply."""
+    t0 = time.perf_counter()
+    cfg = config.features
+    feature_tables = compute_feature_tables(tables, cfg.last_n_items, cfg.popularity_windows_days)
+    write_feature_tables(feature_tables, feature_data_dir(config))
+    log.info("feature tables in %s (%.1f s): %s", feature_data_dir(config), time.perf_counter() - t0,
+             {k: len(v) for k, v in feature_tables.items()})
+    return apply_repository(config)
+
+
+# ------------------------------------------------------------------------------------- training examples
+def _popularity_columns(store: "FeatureStore") -> list[str]:
+    return [f.name for f in store.get_feature_view("item_popularity").features]
+
+
+def training_examples(store: "FeatureStore", interactions: pd.DataFrame) -> pd.DataFrame:
+    """Contract C1: one row per interaction with the `training` feature service joined point in time.
+
+    Each entity row is stamped 1 µs before its event, so only feature rows stamped strictly before the
+    event (activity after earlier events, popularity of earlier events) can match.
+    """
+    inter = interactions.reset_index(drop=True)
+    event_ts = _utc_us(inter["event_timestamp"])
+    entity = pd.DataFrame({"user_id": inter["user_id"].astype("int64"), "item_id": inter["item_id"].astype("int64"),
+                           "event_timestamp": event_ts - ONE_US, "__row": np.arange(len(inter), dtype="int64")})
+    t0 = time.perf_counter()
+    hist = store.get_historical_features(entity_df=entity, features=store.get_feature_service("training")).to_df()
+    log.info("point-in-time join of %d examples in %.1f s", len(entity), time.perf_counter() - t0)
+    hist = entity[["__row"]].merge(hist.drop(columns=["user_id", "item_id", "event_timestamp"])
+                                   .drop_duplicates("__row"), on="__row", how="left")
+    missing_profile = int(hist["age"].isna().sum())
+    if missing_profile:
+        log.warning("%d examples have no user profile; age=-1 and gender/occupation=%s", missing_profile, UNKNOWN)
+    last = hist["user_last_event_epoch_s"].astype("float64")
+    out = pd.DataFrame({
+        "user_id": inter["user_id"].astype("int64"),
+        "item_id": inter["item_id"].astype("int64"),
+        "event_timestamp": event_ts,
+        "rating": inter["rating"].astype("float32"),
+        "age": hist["age"].fillna(-1).astype("int64"),
+        "gender": hist["gender"].fillna(UNKNOWN).astype(str),
+        "occupation": hist["occupation"].fillna(UNKNOWN).astype(str),
+        "user_interaction_count": hist["user_interaction_count"].fillna(0).astype("int64"),
+        "user_mean_rating": hist["user_mean_rating"].astype("float64"),
+        "user_days_since_last": (event_ts.astype("int64").to_numpy() / 1e6 - last.to_numpy()) / SECONDS_PER_DAY,
+        "recent_item_ids": [_int_list(v) for v in hist["recent_item_ids"]],
+    })
+    for col in _popularity_columns(store):
+        out[col] = hist[col].fillna(0).astype("int64")
+    return out
+
+
+def _int_list(value: Any) -> list[int]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return [int(v) for v in value]
+
+
+def write_examples(examples: pd.DataFrame, folder: str | Path) -> Path:
+    """Write C1 examples to `<folder>/examples.parquet` with the contract's types."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([pa.field(c, pa.list_(pa.int64())) if c == "recent_item_ids"
+                        else pa.field(c, pa.timestamp("us", tz="UTC")) if c == "event_timestamp"
+                        else pa.Schema.from_pandas(examples[[c]], preserve_index=False).field(c)
+                        for c in examples.columns])
+    path = folder / EXAMPLES_FILE
+    pq.write_table(pa.Table.from_pandas(examples, schema=schema, preserve_index=False), path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ online
+def materialize(store: "FeatureStore", end: datetime | None = None) -> dict[str, int]:
+    """Load feature values up to `end` (default now) into the online store: everything for views never
+    materialized, then only what is new since the last run. Returns the number of views per mode."""
+    end = end or datetime.now(UTC)
+    views = store.list_feature_views()
+    fresh = [v.name for v in views if v.most_recent_end_time is None]
+    seen = [v.name for v in views if v.most_recent_end_time is not None]
+    if fresh:
+        store.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=end, feature_views=fresh)
+    if seen:
+        store.materialize_incremental(end_date=end, feature_views=seen)
+    return {"full": len(fresh), "incremental": len(seen)}
+
+
+def _online_dict(store: "FeatureStore", features: Any, rows: list[dict[str, int]]) -> dict[str, list]:
+    try:
+        return store.get_online_features(features=features, entity_rows=rows).to_dict()
+    except Exception as err:  # Feast raises many types (registry, connection); name the store in the message
+        raise FeatureStoreError(f"online look-up failed in the {store.config.online_store.type} online store: "
+                                f"{err}") from err
+
+
+def feature_service(store: "FeatureStore", name: str) -> Any:
+    """A feature service, deserialized once per store (Feast rebuilds it on every registry read)."""
+    services = _SERVICES.setdefault(store, {})
+    if name not in services:
+        services[name] = store.get_feature_service(name, allow_cache=True)
+    return services[name]
+
+
+def _float_or_nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def online_feature_rows(store: "FeatureStore", user_ids: list[int] | int,
+                        as_of: datetime | None = None) -> list[dict[str, Any]]:
+    """The `serving` feature service for one or more users, as plain dicts (the API's fast path).
+
+    Unknown users come back with profile fields None, count 0, mean/recency NaN and `recent_item_ids` [];
+    `user_days_since_last` is measured to `as_of` (default now).
+    """
+    ids = [int(user_ids)] if isinstance(user_ids, int | np.integer) else [int(u) for u in user_ids]
+    raw = _online_dict(store, feature_service(store, "serving"), [{"user_id": u} for u in ids])
+    now_s = (as_of or datetime.now(UTC)).timestamp()
+    rows = []
+    for i, uid in enumerate(ids):
+        last = raw["user_last_event_epoch_s"][i]
+        rows.append({
+            "user_id": uid, "age": raw["age"][i], "age_band": raw["age_band"][i], "gender": raw["gender"][i],
+            "occupation": raw["occupation"][i], "user_interaction_count": int(raw["user_interaction_count"][i] or 0),
+            "user_mean_rating": _float_or_nan(raw["user_mean_rating"][i]),
+            "user_days_since_last": math.nan if last is None else (now_s - last) / SECONDS_PER_DAY,
+            "recent_item_ids": _int_list(raw["recent_item_ids"][i]),
+        })
+    return rows
+
+
+def online_features(store: "FeatureStore", user_ids: list[int] | int, as_of: datetime | None = None) -> pd.DataFrame:
+    """`online_feature_rows` as a DataFrame (age as nullable Int64)."""
+    frame = pd.DataFrame(online_feature_rows(store, user_ids, as_of), columns=list(ONLINE_COLUMNS))
+    frame["age"] = frame["age"].astype("Int64")
+    return frame
+
+
+def online_item_features(store: "FeatureStore", item_ids: list[int]) -> pd.DataFrame:
+    """The `items` feature service (metadata, popularity) for items; unknown items come back as None/<NA>,
+    a known item without events in the windows with popularity 0."""
+    ids = [int(i) for i in item_ids]
+    raw = _online_dict(store, feature_service(store, "items"), [{"item_id": i} for i in ids])
+    known = [title is not None for title in raw["title"]]
+    out = pd.DataFrame({"item_id": pd.Series(ids, dtype="int64")})
+    for key, values in raw.items():
+        if key.startswith("item_popularity_"):  # no change point within the TTL = no events in the windows
+            values = [0 if v is None and k else v for v, k in zip(values, known, strict=True)]
+        if key == "year" or key.startswith("item_popularity_"):
+            out[key] = pd.array(values, dtype="Int64")
+        elif key != "item_id":
+            out[key] = values
+    return out
+
+
+def push_interaction(store: "FeatureStore", user_id: int, item_id: int, rating: float | None = None,
+                     event_timestamp: datetime | None = None, last_n: int = 20) -> dict[str, Any]:
+    """Fold one new interaction into the user's online activity row (count, mean rating, last-N items)
+    and push it to the online store through the `user_activity_push` source. No retraining, no batch job.
+
+    Read-modify-write: concurrent pushes for the same user may lose one update (acceptable for features).
+    Returns the row that was pushed.
+    """
+    from feast.data_source import PushMode
+
+    ts = pd.Timestamp(event_timestamp or datetime.now(UTC))
+    ts = ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
+    # the cached `serving` service holds every user_activity feature: one fast online read
+    raw = _online_dict(store, feature_service(store, "serving"), [{"user_id": int(user_id)}])
+    cur = {k: v[0] for k, v in raw.items()}
+    count, rated = int(cur["user_interaction_count"] or 0), int(cur["user_rated_count"] or 0)
+    mean = cur["user_mean_rating"]
+    if rating is not None and not math.isnan(rating):
+        mean = ((mean or 0.0) * rated + float(rating)) / (rated + 1)
+        rated += 1
+    recent = (_int_list(cur["recent_item_ids"]) + [int(item_id)])[-last_n:]
+    last = max(ts.timestamp(), cur["user_last_event_epoch_s"] or -math.inf)
+    row = {"user_id": int(user_id), "event_timestamp": ts, "user_interaction_count": count + 1,
+           "user_rated_count": rated, "user_mean_rating": float("nan") if mean is None else float(mean),
+           "user_last_event_epoch_s": float(last), "recent_item_ids": recent}
+    frame = pd.DataFrame([row])
+    frame["event_timestamp"] = _utc_us(frame["event_timestamp"])
+    store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
+    return row
+
+
+@contextmanager
+def redis_server(redis_bin: str = "redis-server", timeout_s: float = 10.0) -> Iterator[str]:
+    """Start a throw-away redis-server on a free loopback port (no persistence); yield its connection
+    string ("127.0.0.1:PORT"); stop it by PID on exit. For tests, benchmarks and local trials."""
+    exe = shutil.which(redis_bin)
+    if exe is None:
+        raise FeatureStoreError(f"{redis_bin} not found on PATH: run scripts/system_deps.sh (Debian: redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--protected-mode", "yes"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError as err:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise FeatureStoreError(f"redis-server did not start on 127.0.0.1:{port}") from err
+                time.sleep(0.05)
+        client.close()
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------------------- the whole step
+def run_features(config: Config, canonical_dir: str | Path, examples_dir: str | Path,
+                 tables_dir: str | Path | None = None) -> dict[str, float]:
+    """The step: feature tables from canonical tables, apply, C1 examples, materialize. Returns metrics."""
+    from components.schemas import read_tables
+
+    t0 = time.perf_counter()
+    tables = read_tables(canonical_dir)
+    store = build_feature_store(config, tables)
+    if tables_dir is not None:
+        tables_dir = Path(tables_dir)
+        tables_dir.mkdir(parents=True, exist_ok=True)
+        for file in feature_data_dir(config).glob("*.parquet"):
+            shutil.copy2(file, tables_dir / file.name)
+    t1 = time.perf_counter()
+    examples = training_examples(store, tables["interactions"])
+    write_examples(examples, examples_dir)
+    t2 = time.perf_counter()
+    materialize(store)
+    t3 = time.perf_counter()
+    probe = online_features(store, [int(examples["user_id"].iloc[0])])
+    if probe["age"].isna().all():
+        raise FeatureStoreError(f"materialized user {int(examples['user_id'].iloc[0])} has no online profile")
+    return {"examples": float(len(examples)), "users": float(tables["users"].shape[0]),
+            "items": float(tables["items"].shape[0]), "tables_seconds": round(t1 - t0, 3),
+            "examples_seconds": round(t2 - t1, 3), "materialize_seconds": round(t3 - t2, 3),
+            "mean_history_length": float(examples["recent_item_ids"].map(len).mean())}
+
+
+@step
+def features_op(config: str, canonical: Input[Dataset], examples: Output[Dataset], feature_tables: Output[Dataset],
+                metrics: Output[Metrics]):
+    """KFP step `features`: Feast feature tables, point-in-time training examples (C1), online store."""
+    import os
+
+    from components.config import config_from_text
+    from components.features import run_features
+
+    os.makedirs(examples.path, exist_ok=True)
+    os.makedirs(feature_tables.path, exist_ok=True)
+    result = run_features(config_from_text(config), canonical.path, examples.path, feature_tables.path)
+    for key, value in result.items():
+        metrics.log_metric(key, value)
+    examples.metadata["rows"] = int(result["examples"])
+    examples.metadata["file"] = "examples.parquet"

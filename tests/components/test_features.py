@@ -1,0 +1,292 @@
+"""Feature store: point-in-time training examples, online = offline, pushes, unknown entities.
+
+The online tests run against the embedded SQLite store and a real redis-server (same test functions).
+"""
+
+import math
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.config import load_config
+from components.features import (
+    FeatureStoreError,
+    age_band,
+    build_feature_store,
+    compute_feature_tables,
+    materialize,
+    online_features,
+    online_item_features,
+    push_interaction,
+    redis_server,
+    training_examples,
+    write_examples,
+)
+
+LAST_N = 3
+WINDOWS = (1, 3)  # days
+NOW = datetime.now(UTC).replace(microsecond=0)
+T0 = pd.Timestamp(NOW - timedelta(days=6))
+H, D = pd.Timedelta(hours=1), pd.Timedelta(days=1)
+
+
+def tiny_tables() -> dict[str, pd.DataFrame]:
+    """Events chosen so that any leak changes an answer: ties at one time, an event exactly one window
+    before another, a user whose final state differs from every earlier state, a profile-only user."""
+    events = [
+        (1, 10, 5.0, T0), (1, 11, 3.0, T0 + H), (1, 12, 4.0, T0 + H), (1, 13, 1.0, T0 + 2 * D),
+        (1, 10, 2.0, T0 + 5 * D),
+        (2, 10, 4.0, T0 + 0.5 * H), (2, 11, np.nan, T0 + 2.5 * D), (2, 10, 2.0, T0 + 2.5 * D + H),
+        (3, 13, 3.0, T0 + D), (3, 14, 4.0, T0 + 5 * D),
+    ]
+    interactions = pd.DataFrame(events, columns=["user_id", "item_id", "rating", "event_timestamp"])
+    interactions["rating"] = interactions["rating"].astype("float32")
+    interactions["event_timestamp"] = pd.to_datetime(interactions["event_timestamp"], utc=True).astype(
+        "datetime64[us, UTC]")
+    created = (T0 - 30 * D).tz_convert(UTC)
+    users = pd.DataFrame({"user_id": [1, 2, 3, 4], "age": [17, 30, 56, 45], "gender": ["F", "M", "F", "M"],
+                          "occupation": ["student", "artist", "writer", "doctor"], "zip_code": ["0"] * 4,
+                          "created_timestamp": created})
+    items = pd.DataFrame({"item_id": [10, 11, 12, 13, 14], "title": [f"Film {i}" for i in range(10, 15)],
+                          "year": pd.array([1990, 1991, None, 1993, 1994], dtype="Int64"),
+                          "genres": ["Drama", "Comedy|Drama", "Action", "Horror", "Drama"],
+                          "created_timestamp": created})
+    items["text"] = items["title"] + "."
+    for frame in (users, items):
+        frame["created_timestamp"] = frame["created_timestamp"].astype("datetime64[us, UTC]")
+    return {"interactions": interactions, "users": users, "items": items}
+
+
+def reference_examples(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Brute force from the raw events: for each event only what happened strictly before it."""
+    rows = []
+    ordered = interactions.sort_values(["user_id", "event_timestamp", "item_id"], kind="stable")
+    for e in interactions.itertuples():
+        before = ordered[(ordered.user_id == e.user_id) & (ordered.event_timestamp < e.event_timestamp)]
+        rated = before.rating.dropna()
+        on_item = interactions[(interactions.item_id == e.item_id) & (interactions.event_timestamp < e.event_timestamp)]
+        row = {"user_id": e.user_id, "item_id": e.item_id, "event_timestamp": e.event_timestamp,
+               "user_interaction_count": len(before),
+               "user_mean_rating": float(rated.mean()) if len(rated) else np.nan,
+               "user_days_since_last": ((e.event_timestamp - before.event_timestamp.max()) / D) if len(before)
+               else np.nan,
+               "recent_item_ids": before.item_id.tolist()[-LAST_N:]}
+        for w in WINDOWS:
+            row[f"item_popularity_{w}d"] = int((on_item.event_timestamp >= e.event_timestamp - w * D).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_config(tmp_path, backend: str = "sqlite", redis: str = "127.0.0.1:6379"):
+    return load_config(overrides=[f"features.data_dir={tmp_path / 'features'}", f"features.online_store={backend}",
+                                  f"features.redis_connection={redis}", f"features.last_n_items={LAST_N}",
+                                  f"features.popularity_windows_days=[{WINDOWS[0]}, {WINDOWS[1]}]"])
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def online_store(request, tmp_path):
+    """A built and materialized store (materialized up to NOW) on each online backend."""
+    if request.param == "redis":
+        import redis
+
+        url = request.getfixturevalue("redis_url")
+        host, port = url.split(":")
+        redis.Redis(host=host, port=int(port)).flushall()
+        config = make_config(tmp_path, "redis", url)
+    else:
+        config = make_config(tmp_path)
+    store = build_feature_store(config, tiny_tables())
+    materialize(store, end=NOW)
+    return store
+
+
+def test_age_bands():
+    assert [age_band(a) for a in (1, 17, 18, 24, 25, 55, 56, 90)] == [
+        "<18", "<18", "18-24", "18-24", "25-34", "50-55", "56+", "56+"]
+    assert age_band(None) == age_band(float("nan")) == "unknown"
+
+
+def test_activity_rows_hold_state_after_each_distinct_time():
+    tables = compute_feature_tables(tiny_tables(), LAST_N, WINDOWS)
+    act = tables["user_activity"]
+    user1 = act[act.user_id == 1].reset_index(drop=True)
+    assert len(user1) == 4  # the two events at T0 + 1h share one row
+    assert user1.user_interaction_count.tolist() == [1, 3, 4, 5]
+    assert user1.recent_item_ids.iloc[1] == [10, 11, 12]
+    assert user1.recent_item_ids.iloc[3] == [12, 13, 10]
+    user2 = act[act.user_id == 2]
+    assert user2.user_rated_count.tolist() == [1, 1, 2]  # the implicit event (no rating) does not count
+    assert user2.user_mean_rating.tolist() == [4.0, 4.0, 3.0]
+
+
+def test_training_examples_are_point_in_time_correct(tmp_path):
+    """Each example equals a brute-force computation over strictly earlier events. A latest-value join (or an
+    entity time at the event itself) gives different counts, means, histories and popularities here."""
+    tables = tiny_tables()
+    store = build_feature_store(make_config(tmp_path), tables)
+    got = training_examples(store, tables["interactions"])
+    want = reference_examples(tables["interactions"])
+    assert len(got) == len(tables["interactions"])
+    pd.testing.assert_frame_equal(got[want.columns.drop("recent_item_ids")],
+                                  want.drop(columns="recent_item_ids"), check_dtype=False)
+    assert got.recent_item_ids.tolist() == want.recent_item_ids.tolist()
+    # the case discriminates: the latest state of user 1 (5 events) never leaks into its first examples
+    first = got[(got.user_id == 1)].sort_values("event_timestamp")
+    assert first.user_interaction_count.tolist() == [0, 1, 1, 3, 4]
+    # the event exactly one window earlier counts ([t - w, t)), the one after the window does not
+    u1_13 = got[(got.user_id == 1) & (got.item_id == 13)].iloc[0]
+    assert (u1_13.item_popularity_1d, u1_13.item_popularity_3d) == (1, 1)
+    assert got.loc[got.user_id == 1, "age"].eq(17).all() and set(got.gender) == {"F", "M"}
+
+
+def test_examples_file_has_contract_types(tmp_path):
+    tables = tiny_tables()
+    store = build_feature_store(make_config(tmp_path), tables)
+    path = write_examples(training_examples(store, tables["interactions"]), tmp_path / "examples")
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    assert str(schema.field("recent_item_ids").type) == "list<element: int64>"
+    assert str(schema.field("event_timestamp").type) == "timestamp[us, tz=UTC]"
+    assert str(schema.field("rating").type) == "float"
+    for col in ("user_id", "item_id", "age", "user_interaction_count", "item_popularity_1d", "item_popularity_3d"):
+        assert str(schema.field(col).type) == "int64", col
+    back = pd.read_parquet(path)
+    assert back.event_timestamp.dtype == "datetime64[us, UTC]"
+
+
+def test_online_values_equal_offline_values(online_store):
+    store = online_store
+    users = [1, 2, 3, 4]
+    online = online_features(store, users, as_of=NOW).set_index("user_id")
+    entity = pd.DataFrame({"user_id": users, "event_timestamp": pd.Timestamp(NOW)})
+    offline = store.get_historical_features(entity_df=entity, features=store.get_feature_service("serving")).to_df()
+    offline = offline.set_index("user_id").loc[users]
+    for col in ("age", "age_band", "gender", "occupation"):
+        assert online[col].tolist() == offline[col].tolist(), col
+    assert online.user_interaction_count.tolist() == offline.user_interaction_count.fillna(0).astype(int).tolist()
+    np.testing.assert_allclose(online.user_mean_rating.to_numpy(), offline.user_mean_rating.to_numpy(dtype=float))
+    assert online.recent_item_ids.tolist() == [list(v) if v is not None and not (isinstance(v, float)) else []
+                                               for v in offline.recent_item_ids]
+    assert online.loc[1, "recent_item_ids"] == [12, 13, 10]
+    assert online.loc[4, "user_interaction_count"] == 0 and online.loc[4, "age_band"] == "45-49"
+    assert online.loc[1, "user_days_since_last"] == pytest.approx(1.0, abs=1e-6)
+
+    items = online_item_features(store, [10, 13])
+    item_entity = pd.DataFrame({"item_id": [10, 13], "event_timestamp": pd.Timestamp(NOW)})
+    item_offline = store.get_historical_features(entity_df=item_entity,
+                                                 features=store.get_feature_service("items")).to_df()
+    item_offline = item_offline.set_index("item_id").loc[[10, 13]]
+    for col in ("title", "year"):
+        assert items[col].tolist() == item_offline[col].tolist(), col
+    for col in ("item_popularity_1d", "item_popularity_3d"):  # beyond the TTL both read "no events"
+        assert items[col].tolist() == item_offline[col].fillna(0).astype(int).tolist(), col
+    assert items.item_popularity_3d.tolist() == [1, 0]  # item 10: one event in [NOW - 3d, NOW)
+
+
+def test_push_is_visible_online_at_once(online_store):
+    store = online_store
+    before = online_features(store, [1], as_of=NOW).iloc[0]
+    started = time.perf_counter()
+    push_interaction(store, user_id=1, item_id=14, rating=5.0, event_timestamp=NOW + timedelta(seconds=1),
+                     last_n=LAST_N)
+    after = online_features(store, [1], as_of=NOW + timedelta(seconds=1)).iloc[0]  # first read, no polling
+    elapsed = time.perf_counter() - started
+    print(f"push -> visible online in {elapsed * 1000:.1f} ms ({store.config.online_store.type})")
+    assert after.user_interaction_count == before.user_interaction_count + 1
+    assert after.recent_item_ids == [13, 10, 14]
+    assert after.user_mean_rating == pytest.approx((before.user_mean_rating * 5 + 5.0) / 6)
+    assert after.user_days_since_last == pytest.approx(0.0)
+    assert after.age == before.age  # the profile view is untouched
+
+    push_interaction(store, user_id=77, item_id=10, rating=None, last_n=LAST_N)  # a brand-new user
+    new = online_features(store, [77]).iloc[0]
+    assert new.user_interaction_count == 1 and new.recent_item_ids == [10] and math.isnan(new.user_mean_rating)
+
+
+def test_unknown_entities_come_back_empty(online_store):
+    out = online_features(online_store, [999, 1])
+    unknown = out.iloc[0]
+    assert unknown.user_id == 999 and pd.isna(unknown.age) and unknown.gender is None
+    assert unknown.user_interaction_count == 0 and unknown.recent_item_ids == []
+    assert math.isnan(unknown.user_mean_rating) and math.isnan(unknown.user_days_since_last)
+    assert out.iloc[1].gender == "F"
+    items = online_item_features(online_store, [999])
+    assert items.title.tolist() == [None] and pd.isna(items.item_popularity_1d.iloc[0])
+
+
+def test_unreachable_redis_is_a_clear_error(tmp_path):
+    with redis_server() as url:  # `retry=null`: fail at once instead of redis-py's 3 retries with back-off
+        store = build_feature_store(make_config(tmp_path, "redis", f"{url},retry=null"), tiny_tables())
+    with pytest.raises(FeatureStoreError, match="redis online store"):
+        online_features(store, [1])
+
+
+def test_missing_definitions_are_reported(tmp_path):
+    config = load_config(overrides=[f"features.repo_path={tmp_path}"])
+    with pytest.raises(FeatureStoreError, match="definitions.py"):
+        build_feature_store(config, tiny_tables())
+
+
+def test_cli_apply_materialize_lookup(tmp_path):
+    from typer.testing import CliRunner
+
+    from components.schemas import write_tables
+    from recsys.main import app
+
+    canonical = write_tables(tiny_tables(), tmp_path / "canonical")
+    common = ["--set", f"features.data_dir={tmp_path / 'features'}", "features"]
+    runner = CliRunner()
+    done = runner.invoke(app, [*common, "apply", "--canonical", str(canonical), "--examples", str(tmp_path / "ex")])
+    assert done.exit_code == 0, done.output
+    assert len(pd.read_parquet(tmp_path / "ex" / "examples.parquet")) == len(tiny_tables()["interactions"])
+    assert runner.invoke(app, [*common, "materialize"]).exit_code == 0
+    done = runner.invoke(app, [*common, "lookup", "--user-id", "3", "-u", "999"])
+    assert done.exit_code == 0, done.output
+    assert "writer" in done.output and "user 999" in done.output and "13 14" in done.output
+    done = runner.invoke(app, ["--set", f"features.repo_path={tmp_path}", "features", "materialize"])
+    assert done.exit_code == 1 and "definitions.py" in done.output
+
+
+@pytest.mark.integration
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task")
+def test_features_op_runs_in_the_kfp_local_runner(tmp_path):
+    """The KFP component end to end: canonical Dataset in; C1 examples, feature tables and metrics out."""
+    from kfp import dsl, local
+
+    from components.config import absolute_paths, config_to_text
+    from components.features import features_op
+    from components.schemas import write_tables
+
+    canonical = write_tables(tiny_tables(), tmp_path / "canonical")
+    config = absolute_paths(make_config(tmp_path))
+
+    @dsl.pipeline(name="features-only")
+    def features_pipeline(config: str):
+        data = dsl.importer(artifact_uri=str(canonical), artifact_class=dsl.Dataset, reimport=False)
+        features_op(config=config, canonical=data.output)
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               raise_on_error=True)
+    features_pipeline(config=config_to_text(config))
+    task_dir = next((tmp_path / "kfp").glob("features-only-*/features-op"))
+    examples = pd.read_parquet(task_dir / "examples" / "examples.parquet")
+    assert len(examples) == len(tiny_tables()["interactions"])
+    want = reference_examples(tiny_tables()["interactions"])
+    merged = examples.merge(want, on=["user_id", "item_id", "event_timestamp"], suffixes=("", "_ref"))
+    assert (merged.user_interaction_count == merged.user_interaction_count_ref).all()
+    assert sorted(p.name for p in (task_dir / "feature_tables").iterdir()) == [
+        "item_metadata.parquet", "item_popularity.parquet", "user_activity.parquet", "user_profile.parquet"]
+    # materialized: the configured online store answers for a user of the data
+    from components.features import open_store
+
+    assert online_features(open_store(config), [3]).iloc[0].occupation == "writer"

@@ -1,0 +1,78 @@
+"""The Feast repository: self-contained definitions, `feast apply` in the folder, the production variant."""
+
+import ast
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2] / "feature_repo"
+ALLOWED_IMPORTS = {"datetime", "pathlib", "feast", "pyarrow"}
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"defs_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_definitions_import_nothing_of_the_project():
+    tree = ast.parse((REPO / "definitions.py").read_text())
+    nodes = list(ast.walk(tree))
+    roots = {alias.name.split(".")[0] for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in nodes if isinstance(node, ast.ImportFrom)}
+    assert roots <= ALLOWED_IMPORTS, roots - ALLOWED_IMPORTS
+
+
+def test_objects_and_services():
+    defs = load(REPO / "definitions.py")
+    objects = {o.name: o for o in defs.build_definitions("/somewhere", (2, 14))}
+    assert {"user", "item", "user_profile", "user_activity", "item_metadata", "item_popularity", "training",
+            "serving", "user_activity_push"} <= set(objects)
+    assert [f.name for f in objects["item_popularity"].features] == ["item_popularity_2d", "item_popularity_14d"]
+    assert objects["user_activity"].stream_source.name == "user_activity_push"
+    assert objects["user_activity"].batch_source.path == "/somewhere/user_activity.parquet"
+    served = {p.name: [f.name for f in p.features] for p in objects["serving"].feature_view_projections}
+    assert served["user_profile"] == ["age", "age_band", "gender", "occupation"]
+    assert {"recent_item_ids", "user_rated_count"} <= set(served["user_activity"])  # push_interaction reads these
+    trained = {p.name for p in objects["training"].feature_view_projections}
+    assert trained == {"user_profile", "user_activity", "item_popularity"}
+
+
+def test_windows_follow_the_data(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    (repo / "data").mkdir()
+    pd.DataFrame({"item_id": [1], "event_timestamp": pd.Timestamp("2024-01-01", tz="UTC"),
+                  "item_popularity_3d": [1], "item_popularity_90d": [1]}).to_parquet(
+        repo / "data" / "item_popularity.parquet")
+    defs = load(repo / "definitions.py")
+    assert [f.name for f in defs.item_popularity.features] == ["item_popularity_3d", "item_popularity_90d"]
+
+
+@pytest.mark.integration
+def test_feast_apply_in_a_clean_copy(tmp_path):
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    feast = Path(sys.executable).with_name("feast")
+    done = subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("feature service training", "feature service serving", "feature view user_activity"):
+        assert f"Created {name}" in done.stdout
+    assert (repo / "data" / "registry.db").is_file() and (repo / "data" / "online_store.db").is_file()
+
+
+def test_production_variant_uses_redis():
+    prod = yaml.safe_load((REPO / "feature_store.production.yaml").read_text())
+    default = yaml.safe_load((REPO / "feature_store.yaml").read_text())
+    assert prod["project"] == default["project"] == "recsys"
+    assert prod["online_store"]["type"] == "redis"
+    assert "${REDIS_CONNECTION}" in prod["online_store"]["connection_string"]
+    assert prod["offline_store"]["type"] not in ("file", "duckdb")
+    assert default["online_store"]["type"] == "sqlite" and default["offline_store"]["type"] == "duckdb"
