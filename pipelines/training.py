@@ -1,6 +1,6 @@
 """The KFP v2 training pipeline.
 
-ingest -> validate -> features -> train -> evaluate -> [gate] -> compress -> deploy
+ingest -> validate -> features -> train -> evaluate -> [gate] -> compress -> deploy -> promote
 
 The gate is a KFP condition on evaluate's output: a candidate that does not beat the champion is
 neither compressed nor deployed. Cluster-only settings (GPU request, node selector, toleration,
@@ -16,6 +16,7 @@ from components.deploy import deploy_op
 from components.evaluate import evaluate_op
 from components.features import features_op
 from components.ingest import ingest_op
+from components.promote import promote_op
 from components.train import train_op
 from components.validate import validate_op
 
@@ -66,5 +67,8 @@ def build_training_pipeline(gpu: bool) -> Callable:
             compress = compress_op(config=config, canonical=validated, model=model).set_display_name("compress")
             deploy = mount_shared(deploy_op(config=config, bundle=compress.outputs["bundle"]))
             deploy.set_display_name("deploy").set_caching_options(False).set_retry(2)
+            promote = promote_op(config=config, model=model, decision=evaluate.outputs["decision"],
+                                 deployment=deploy.outputs["deployment"])
+            mount_shared(promote).set_display_name("promote champion").set_caching_options(False)
 
     return training_pipeline

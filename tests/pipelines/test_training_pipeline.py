@@ -11,7 +11,8 @@ from pipelines.runner import PipelineError, check_host, compile_pipeline, run_pi
 from tests.conftest import small_tables, write_csvs
 
 STEPS = {
-    "training": {"ingest-op", "validate-op", "features-op", "train-op", "evaluate-op", "compress-op", "deploy-op"},
+    "training": {"ingest-op", "validate-op", "features-op", "train-op", "evaluate-op", "compress-op", "deploy-op",
+                 "promote-op"},
     "monitoring": {"ingest-op", "monitor-op", "retrain-done-op"} | {"ingest-op", "train-op", "deploy-op"},
 }
 
