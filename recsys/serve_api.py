@@ -1,0 +1,202 @@
+"""`recsys serve api` / `recsys serve api-stop`: the BentoML recommendation API, started by PID on loopback.
+
+`start_api(config)` is the one launcher (CLI, demo, tests and benchmark call it): it writes the resolved config
+to a file, runs `bentoml serve serving.service:RecommendationService` with $RECSYS_CONFIG pointing at it, waits
+for /healthz and returns the PID (a PID file records detached servers).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import typer
+
+from components.config import CONFIG_ENV, Config, absolute_paths, write_config
+from components.errors import RecsysError
+from recsys.common import console, errors_as_exit, state
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SERVICE = "serving.service:RecommendationService"
+PROMETHEUS_DIRS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
+
+
+class ApiError(RecsysError):
+    """The API server could not be started, reached or stopped."""
+
+
+def api_url(config: Config) -> str:
+    return f"http://{config.serving.host}:{config.serving.api_port}"
+
+
+def api_dir(config: Config) -> Path:
+    """Config file, PID file and log of the API server (next to Triton's build folder)."""
+    return Path(config.serving.triton_build_dir).resolve().parent / "api"
+
+
+def pid_file(config: Config) -> Path:
+    return api_dir(config) / f"api_{config.serving.api_port}.pid"
+
+
+def log_file(config: Config) -> Path:
+    return api_dir(config) / f"api_{config.serving.api_port}.log"
+
+
+def _get(url: str, timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL from the config
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _startup_failure(path: Path, offset: int) -> str | None:
+    """The error of a failed service start in the server log written since `offset` (BentoML keeps the main
+    process alive when the worker fails), else None."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    if "Application startup failed" not in text:
+        return None
+    errors = [line.strip() for line in text.splitlines() if "Error:" in line and not line.startswith(" ")]
+    return errors[-1] if errors else "see the log"
+
+
+def start_api(config: Config, detach: bool = True, timeout_s: float = 90.0) -> int:
+    """Start the API on serving.host:serving.api_port and wait for /healthz; returns the server PID.
+
+    detach=True: own session, outlives this process, PID file written (stop with stop_api). Either way the
+    caller stops it by PID (SIGTERM ends the server and its worker).
+    """
+    config = absolute_paths(config, PROJECT_ROOT)
+    url = api_url(config)
+    if _get(f"{url}/healthz") == 200:
+        raise ApiError(f"something already answers at {url}; stop it or set serving.api_port")
+    folder = api_dir(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg_path = write_config(config, folder / f"config_{config.serving.api_port}.yaml")
+    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    for name in PROMETHEUS_DIRS:  # set by an imported feast.metrics: BentoML must use a metrics folder of its own
+        env.pop(name, None)
+    # BentoML keeps Prometheus files in $BENTOML_HOME/prometheus_multiproc_dir and clears it when a server starts
+    # or stops: a home per server keeps two APIs on one machine from wiping each other's metrics
+    env["BENTOML_HOME"] = str(folder / f"bentoml_home_{config.serving.api_port}")
+    env[CONFIG_ENV] = str(cfg_path)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE, "--host", config.serving.host,
+           "--port", str(config.serving.api_port), "--working-dir", str(PROJECT_ROOT)]
+    log_path = log_file(config)
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=PROJECT_ROOT, start_new_session=detach)
+    deadline = time.monotonic() + timeout_s
+    while _get(f"{url}/healthz") != 200:
+        if proc.poll() is not None:
+            raise ApiError(f"the API server exited with code {proc.returncode} before it answered; "
+                           f"see {log_file(config)}")
+        failure = _startup_failure(log_path, offset)
+        if failure:
+            stop_pid(proc.pid)
+            raise ApiError(f"the API could not start: {failure} (log {log_path})")
+        if time.monotonic() > deadline:
+            stop_pid(proc.pid)
+            raise ApiError(f"the API server did not answer {url}/healthz within {timeout_s:.0f} s; "
+                           f"see {log_file(config)}")
+        time.sleep(0.2)
+    if detach:
+        pid_file(config).write_text(str(proc.pid), encoding="utf-8")
+    return proc.pid
+
+
+def stop_pid(pid: int, timeout_s: float = 20.0) -> None:
+    """SIGTERM the server (its worker follows), SIGKILL it after timeout_s."""
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+    except ChildProcessError:
+        pass
+
+
+def stop_api(config: Config) -> bool:
+    """Stop the detached API named in the PID file; False if none was running."""
+    path = pid_file(absolute_paths(config, PROJECT_ROOT))
+    if not path.is_file():
+        return False
+    pid = int(path.read_text().strip() or 0)
+    running = pid > 0 and _alive(pid)
+    if running:
+        stop_pid(pid)
+    path.unlink(missing_ok=True)
+    return running
+
+
+def sample_curl(config: Config, user_id: int = 1, k: int = 5) -> str:
+    """A curl line that asks the running API for recommendations (printed by the demo)."""
+    body = json.dumps({"user_id": user_id, "k": k, "filters": {"year_min": 1990}})
+    return f"curl -s -X POST {api_url(config)}/recommend -H 'Content-Type: application/json' -d '{body}'"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `api` and `api-stop` to the `serve` sub-app."""
+
+    @app.command("api")
+    def api(
+        ctx: typer.Context,
+        detach: bool = typer.Option(False, "--detach", help="Run in the background and write a PID file."),
+    ) -> None:
+        """Start the recommendation API (BentoML) in front of Feast and Triton; Ctrl-C stops it."""
+        config = state(ctx).config
+        with errors_as_exit():
+            pid = start_api(config, detach=detach)
+        console.print(f"API ready at [bold]{api_url(config)}[/] (pid {pid}); try:\n{sample_curl(config)}")
+        if detach:
+            console.print(f"PID file {pid_file(config)}; stop with `recsys serve api-stop`")
+            return
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while _alive(pid):
+                time.sleep(0.5)
+            console.print(f"[bold red]the API server exited[/]; see {log_file(config)}")
+            raise typer.Exit(code=1)
+        except KeyboardInterrupt:
+            console.print("stopping the API ...")
+            stop_pid(pid)
+
+    @app.command("api-stop")
+    def api_stop(ctx: typer.Context) -> None:
+        """Stop the detached API named in the PID file."""
+        with errors_as_exit():
+            stopped = stop_api(state(ctx).config)
+        console.print("API stopped" if stopped else "no detached API server running")

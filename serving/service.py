@@ -1,0 +1,569 @@
+"""The recommendation API (BentoML): Feast online features -> one Triton gRPC call -> items with metadata.
+
+Request path: one Feast look-up (the `serving` feature service), one call of Triton's `recommender`
+ensemble, numpy for filters and explanations, one committed append to the request log (contract C6).
+When Triton or Feast fail, a popularity ranking answers with `degraded: true`; a circuit breaker skips the
+failed part and a watcher thread re-checks it (fresh gRPC channel, fresh store) so the API recovers
+without a restart. The config comes from $RECSYS_CONFIG (see recsys/serve_api.py, which starts it).
+"""
+
+import logging
+import math
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+import pandas as pd
+from starlette.responses import JSONResponse
+
+from components.config import Config, load_config
+from components.errors import RecsysError
+from components.features import feature_data_dir, online_features, open_store, push_interaction
+from components.request_log import RequestLog, RequestRecord
+from serving import triton_repo as tr
+from serving.api_models import (
+    Filters,
+    InteractionRequest,
+    InteractionResponse,
+    Profile,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+)
+from serving.triton_client import RecommenderClient, encode_profile
+
+log = logging.getLogger("recsys.api")
+
+HEALTH_INTERVAL_S = 1.0  # watcher period: version check and re-check of failed parts
+FEAST_TIMEOUT_S = 1.0  # a feature look-up or push without an answer by then counts as a failure
+OVERFETCH_SLACK = 1.5  # filtered requests fetch k / selectivity * this (capped at the catalogue)
+POPULARITY_VERSION = "popularity"
+STAGES = ("feast", "triton", "log")
+
+REQUESTS = bentoml.metrics.Counter(
+    name="recsys_api_requests_total", documentation="API requests by endpoint and outcome",
+    labelnames=["endpoint", "outcome"])
+LATENCY = bentoml.metrics.Histogram(
+    name="recsys_api_latency_seconds", documentation="Handler latency by endpoint", labelnames=["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+STAGE_LATENCY = bentoml.metrics.Histogram(
+    name="recsys_api_stage_seconds", documentation="Time per stage of /recommend (feast, triton, log)",
+    labelnames=["stage"], buckets=(0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.05, 0.1, 0.5))
+FALLBACKS = bentoml.metrics.Counter(
+    name="recsys_api_fallbacks_total", documentation="Responses not ranked by the model, by reason",
+    labelnames=["reason"])
+
+
+class ServiceError(RecsysError):
+    """The API cannot start or serve; the message says which file or part."""
+
+
+# ------------------------------------------------------------------------------------------------ catalogue
+class Catalogue:
+    """Item metadata (title, year, genres) and a popularity ranking from the feature tables, as numpy arrays."""
+
+    def __init__(self, metadata: pd.DataFrame, popularity: np.ndarray) -> None:
+        """`metadata` sorted by item_id; `popularity` aligned with its rows."""
+        if not metadata["item_id"].is_monotonic_increasing:
+            raise ServiceError("item metadata must be sorted by item_id")
+        self.item_ids = metadata["item_id"].to_numpy(np.int64)
+        self.titles = metadata["title"].astype(str).tolist()
+        self.years = pd.to_numeric(metadata["year"], errors="coerce").to_numpy(np.float64)
+        self.genres = [[str(g) for g in (v if v is not None else [])] for v in metadata["genres"]]
+        self.genre_masks: dict[str, np.ndarray] = {}
+        for row, names in enumerate(self.genres):
+            for name in names:
+                self.genre_masks.setdefault(name.lower(), np.zeros(len(self.item_ids), bool))[row] = True
+        self.popularity = np.asarray(popularity, np.float64)
+        self.popular_rows = np.argsort(-self.popularity, kind="stable")
+
+    @classmethod
+    def from_feature_dir(cls, folder: str | Path) -> "Catalogue":
+        """Read item_metadata.parquet and item_popularity.parquet written by the features step."""
+        folder = Path(folder)
+        try:
+            meta = pd.read_parquet(folder / "item_metadata.parquet", columns=["item_id", "title", "year", "genres"])
+            meta = meta.sort_values("item_id").reset_index(drop=True)
+            pop = pd.read_parquet(folder / "item_popularity.parquet")
+            activity_ts = pd.read_parquet(folder / "user_activity.parquet", columns=["event_timestamp"])
+        except (OSError, ValueError) as err:
+            raise ServiceError(f"cannot read the item tables in {folder} (run `recsys features` first): {err}") from err
+        return cls(meta, popularity_scores(meta["item_id"].to_numpy(np.int64), pop,
+                                           activity_ts["event_timestamp"].max()))
+
+    def rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """Catalogue row of each item id, -1 for ids without metadata."""
+        ids = np.asarray(item_ids, np.int64)
+        pos = np.searchsorted(self.item_ids, ids).clip(0, max(len(self.item_ids) - 1, 0))
+        found = (self.item_ids[pos] == ids) if len(self.item_ids) else np.zeros(len(ids), bool)
+        return np.where(found, pos, -1)
+
+    def mask(self, filters: Filters | None) -> np.ndarray | None:
+        """Rows that pass the filters (None when no filter is set)."""
+        if filters is None or not filters.active():
+            return None
+        keep = np.ones(len(self.item_ids), bool)
+        if filters.genres:
+            any_genre = np.zeros(len(self.item_ids), bool)
+            for name in filters.genres:
+                found = self.genre_masks.get(name.lower())
+                if found is not None:
+                    any_genre |= found
+            keep &= any_genre
+        with np.errstate(invalid="ignore"):
+            if filters.year_min is not None:
+                keep &= self.years >= filters.year_min
+            if filters.year_max is not None:
+                keep &= self.years <= filters.year_max
+        return keep
+
+    def popular(self, k: int, exclude: set[int], mask: np.ndarray | None) -> list[tuple[int, float]]:
+        """The k most popular items that pass the mask and are not excluded."""
+        out = []
+        for row in self.popular_rows:
+            if mask is not None and not mask[row]:
+                continue
+            item = int(self.item_ids[row])
+            if item in exclude:
+                continue
+            out.append((item, float(self.popularity[row])))
+            if len(out) == k:
+                break
+        return out
+
+    def describe(self, item_id: int) -> dict[str, Any]:
+        row = int(self.rows(np.array([item_id]))[0])
+        if row < 0:
+            return {"title": None, "year": None, "genres": []}
+        year = self.years[row]
+        return {"title": self.titles[row], "year": None if math.isnan(year) else int(year), "genres": self.genres[row]}
+
+
+def popularity_scores(item_ids: np.ndarray, table: pd.DataFrame, as_of: Any) -> np.ndarray:
+    """Events per item in the longest popularity window before the data's last event (as_of), ties broken
+    by the item's peak count in that window; items without rows score 0."""
+    windows = sorted((int(c[len("item_popularity_"):-1]), c) for c in table.columns
+                     if c.startswith("item_popularity_") and c.endswith("d"))
+    if not windows:
+        raise ServiceError("item_popularity.parquet has no item_popularity_<days>d column")
+    column = windows[-1][1]
+    ordered = table.sort_values(["item_id", "event_timestamp"], kind="stable")
+    current = ordered[ordered["event_timestamp"] <= as_of].groupby("item_id")[column].last()
+    peak = ordered.groupby("item_id")[column].max()
+    top = float(peak.max()) if len(peak) else 0.0
+    score = current.reindex(item_ids).fillna(0).to_numpy(np.float64)
+    return score + peak.reindex(item_ids).fillna(0).to_numpy(np.float64) / (top + 1.0)
+
+
+# ------------------------------------------------------------------------------------------- model state
+@dataclass(frozen=True)
+class ModelState:
+    """What the API needs of the deployed version: manifest, catalogue order, normalised item embeddings."""
+
+    version: int
+    model_version: str
+    manifest: dict[str, Any]
+    sorted_ids: np.ndarray
+    sorted_rows: np.ndarray
+    unit_embeddings: np.ndarray
+
+    @classmethod
+    def load(cls, repo_dir: str | Path, version: int) -> "ModelState":
+        bundle = tr.version_bundle(repo_dir, version)
+        folder = Path(repo_dir) / tr.TOPK / str(version)
+        ids = np.load(folder / "item_ids.npy")
+        emb = np.load(folder / "item_embeddings.npy").astype(np.float32)
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        order = np.argsort(ids, kind="stable")
+        return cls(version, str(bundle.manifest["model_version"]), bundle.manifest, ids[order], order,
+                   emb / np.maximum(norms, 1e-12))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.sorted_ids)
+
+    def rows(self, item_ids: list[int] | np.ndarray) -> np.ndarray:
+        ids = np.asarray(item_ids, np.int64)
+        if not len(ids):
+            return np.zeros(0, np.int64)
+        pos = np.searchsorted(self.sorted_ids, ids).clip(0, self.n_items - 1)
+        return np.where(self.sorted_ids[pos] == ids, self.sorted_rows[pos], -1)
+
+    def closest(self, items: list[int], recent: list[int]) -> list[tuple[int | None, float]]:
+        """For each item, the recent item with the most similar embedding (cosine) and the similarity."""
+        recent_rows = self.rows(recent)
+        keep = recent_rows >= 0
+        if not keep.any():
+            return [(None, 0.0)] * len(items)
+        recent_ids = np.asarray(recent, np.int64)[keep]
+        item_rows = self.rows(items)
+        sims = self.unit_embeddings[np.maximum(item_rows, 0)] @ self.unit_embeddings[recent_rows[keep]].T
+        best = sims.argmax(axis=1)
+        return [(int(recent_ids[j]), float(sims[i, j])) if item_rows[i] >= 0 else (None, 0.0)
+                for i, j in enumerate(best)]
+
+
+class CachedServices:
+    """A FeatureStore whose feature services come from the registry cache (one registry read, not one per
+    look-up: `get_feature_service` without the cache costs ~1-30 ms); everything else goes to the store."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._services: dict[str, Any] = {}
+
+    def get_feature_service(self, name: str, allow_cache: bool = True) -> Any:
+        if name not in self._services:
+            self._services[name] = self._store.get_feature_service(name, allow_cache=True)
+        return self._services[name]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class Breaker:
+    """Up/down state of one dependency: requests skip it while it is down; the watcher re-checks it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.up = True
+        self.error = ""
+
+    def ok(self) -> None:
+        if not self.up:
+            log.info("%s is back", self.name)
+        self.up, self.error = True, ""
+
+    def fail(self, err: BaseException | str) -> None:
+        if self.up:
+            log.warning("%s unavailable: %s", self.name, err)
+        self.up, self.error = False, (str(err) or type(err).__name__)[:300]
+
+
+# ------------------------------------------------------------------------------------------------ engine
+class Engine:
+    """The API's logic without HTTP: usable in-process (tests, benchmarks) and inside the BentoML service."""
+
+    def __init__(self, config: Config, watch: bool = True) -> None:
+        self.config = config
+        s = config.serving
+        self.repo_dir = Path(s.model_repository)
+        self.grpc_url = f"{s.host}:{s.triton_grpc_port}"
+        self.catalogue = Catalogue.from_feature_dir(feature_data_dir(config))
+        self.request_log = RequestLog(s.request_log)
+        self.feast = Breaker("feature store")
+        self.triton = Breaker(f"Triton at {self.grpc_url}")
+        # one thread talks to Feast: look-ups and pushes are serialised and each waits at most FEAST_TIMEOUT_S
+        # (a Redis client that retries for seconds must not stall the API)
+        self._feast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-feast")
+        self._store = None
+        try:
+            self._store = CachedServices(open_store(config))  # first open imports Feast: no deadline here
+        except Exception as err:  # noqa: BLE001 - the watcher retries
+            self.feast.fail(err)
+        self._client = self._new_client()
+        self._watch_client = self._new_client()
+        self._retired: list[RecommenderClient] = []
+        self.model: ModelState | None = None
+        self._stop = threading.Event()
+        self._check_lock = threading.Lock()
+        self.check_feast()
+        self.check_triton()
+        self._watcher = None
+        if watch:
+            self._watcher = threading.Thread(target=self._watch, name="recsys-api-health", daemon=True)
+            self._watcher.start()
+
+    # ---- dependencies --------------------------------------------------------------------------------
+    def _new_client(self) -> RecommenderClient:
+        s = self.config.serving
+        return RecommenderClient(self.grpc_url, timeout_s=s.grpc_timeout_s, retries=s.grpc_retries)
+
+    def _reconnect(self) -> None:
+        """Fresh gRPC channels (an old channel may sit in a long reconnect back-off); old ones closed later."""
+        for old in self._retired:
+            old.close()
+        self._retired = [self._client, self._watch_client]
+        self._client, self._watch_client = self._new_client(), self._new_client()
+
+    def check_triton(self) -> bool:
+        """Server ready and the ensemble loaded; (re)loads the model state when the live version changed."""
+        with self._check_lock:  # the watcher and /readyz may check at the same time
+            return self._check_triton()
+
+    def _check_triton(self) -> bool:
+        try:
+            version = self._watch_client.active_version() if self._watch_client.server_ready() else None
+            if version is None:
+                raise ServiceError(f"Triton at {self.grpc_url} is not ready or has no '{tr.ENSEMBLE}' loaded")
+            if self.model is None or self.model.version != version:
+                self.model = ModelState.load(self.repo_dir, version)
+                log.info("serving version %d (model %s)", version, self.model.model_version)
+            self.triton.ok()
+            return True
+        except Exception as err:  # noqa: BLE001 - any failure means "down"; the breaker keeps the reason
+            self.triton.fail(err)
+            self._reconnect()
+            return False
+
+    def _feast(self, fn: Any, *args: Any) -> Any:
+        """fn(store, *args) on the Feast thread, opening the store if needed; TimeoutError after FEAST_TIMEOUT_S."""
+
+        def run() -> Any:
+            if self._store is None:
+                self._store = CachedServices(open_store(self.config))
+            return fn(self._store, *args)
+
+        try:
+            return self._feast_pool.submit(run).result(timeout=FEAST_TIMEOUT_S)
+        except FutureTimeout as err:
+            raise TimeoutError(f"no answer from the feature store within {FEAST_TIMEOUT_S} s") from err
+
+    def check_feast(self) -> bool:
+        """The online store answers a look-up."""
+        try:
+            self._feast(online_features, [0])
+            self.feast.ok()
+            return True
+        except Exception as err:  # noqa: BLE001 - the store's own client reconnects (redis); opening may retry
+            self.feast.fail(err)
+            return False
+
+    def ready(self) -> bool:
+        return self.check_triton() and self.check_feast()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(HEALTH_INTERVAL_S):
+            try:
+                self.check_triton()
+                if not self.feast.up:
+                    self.check_feast()
+            except Exception:  # noqa: BLE001 - the watcher must never die
+                log.exception("health watcher")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        for client in (self._client, self._watch_client, *self._retired):
+            client.close()
+        self._feast_pool.shutdown(wait=False, cancel_futures=True)
+        self.request_log.close()
+
+    # ---- /recommend ----------------------------------------------------------------------------------
+    def _features(self, user_id: int) -> dict[str, Any] | None:
+        if not self.feast.up:
+            return None
+        try:
+            row = self._feast(online_features, [user_id]).iloc[0]
+        except Exception as err:  # noqa: BLE001
+            self.feast.fail(err)
+            return None
+        age = row["age"]
+        return {"known": not pd.isna(age) or int(row["user_interaction_count"]) > 0,
+                "profile": {"age": None if pd.isna(age) else int(age), "gender": row["gender"],
+                            "occupation": row["occupation"]},
+                "recent": [int(i) for i in row["recent_item_ids"]]}
+
+    def _rank(self, model: ModelState, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
+              mask: np.ndarray | None) -> tuple[list[tuple[int, float]], int]:
+        fetch = k
+        if mask is not None:
+            rows = self.catalogue.rows(model.sorted_ids)
+            selectivity = float(mask[rows[rows >= 0]].sum()) / max(model.n_items, 1)
+            fetch = model.n_items if selectivity <= 0 else math.ceil(k / selectivity * OVERFETCH_SLACK)
+        fetch = max(1, min(fetch, model.n_items))
+        codes = encode_profile(model.manifest, profile.get("age"), profile.get("gender"), profile.get("occupation"))
+        ids, scores = self._client.recommend(recent, codes, exclude, fetch)
+        if mask is not None:
+            rows = self.catalogue.rows(ids)
+            keep = (rows >= 0) & mask[np.maximum(rows, 0)]
+            ids, scores = ids[keep], scores[keep]
+        return [(int(i), float(s)) for i, s in zip(ids[:k], scores[:k], strict=True)], fetch
+
+    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        t0 = time.perf_counter()
+        timings = dict.fromkeys(STAGES, 0.0)
+        reasons: list[str] = []
+        feats = self._features(req.user_id)
+        timings["feast"] = time.perf_counter() - t0
+        request_profile = (req.profile or Profile()).model_dump()
+        if feats is None:
+            reasons.append(f"feature store unavailable: {self.feast.error or 'skipped after a recent failure'}")
+            known, recent, profile = False, [], request_profile
+        else:
+            known, recent = feats["known"], feats["recent"]
+            profile = feats["profile"] if known else request_profile
+        cold_start = feats is not None and not known
+        has_profile = any(v is not None for v in profile.values())
+        if cold_start:
+            reasons.append("unknown user: ranked from the given profile" if has_profile
+                           else "unknown user without a profile: popularity")
+        exclude = recent if req.exclude_seen else []
+        mask = self.catalogue.mask(req.filters)
+        model = self.model
+        ranked: list[tuple[int, float]] = []
+        source = POPULARITY_VERSION
+        use_model = feats is not None and (known or has_profile)
+        if use_model and model is None:
+            reasons.append(f"no model served: {self.triton.error or 'Triton not checked yet'}")
+        elif use_model and not self.triton.up:
+            reasons.append(f"Triton unavailable: {self.triton.error}")
+        elif use_model:
+            t1 = time.perf_counter()
+            try:
+                ranked, _ = self._rank(model, recent, profile, exclude, req.k, mask)
+                source = "model"
+            except Exception as err:  # noqa: BLE001 - any Triton failure degrades to popularity
+                self.triton.fail(err)
+                reasons.append(f"Triton unavailable: {err}")
+            timings["triton"] = time.perf_counter() - t1
+        degraded = use_model and source != "model" or feats is None
+        items = self._items(ranked, "model", model, recent)
+        if len(items) < req.k:  # fallback, or too few items passed the filters: popular items fill up
+            taken = {i.item_id for i in items} | set(exclude)
+            extra = self.catalogue.popular(req.k - len(items), taken, mask)
+            items += self._items(extra, "popularity", None, recent, start=len(items))
+            if source == "model" and extra:
+                reasons.append(f"only {len(ranked)} ranked items passed the filters; popular items fill up")
+        if degraded or not use_model:
+            FALLBACKS.labels(reason="degraded" if degraded else "cold_start_popularity").inc()
+        response = RecommendResponse(
+            request_id=uuid.uuid4().hex, user_id=req.user_id,
+            model_version=model.model_version if source == "model" and model else POPULARITY_VERSION,
+            cold_start=cold_start, degraded=degraded, reasons=reasons, items=items, timings_ms={})
+        t2 = time.perf_counter()
+        self.request_log.append_request(RequestRecord(
+            request_id=response.request_id, ts=datetime.now(UTC), user_id=req.user_id, k=req.k,
+            exclude_seen=req.exclude_seen, filters=req.filters.model_dump(exclude_none=True) if req.filters else {},
+            profile={k: v for k, v in profile.items() if v is not None}, item_ids=[i.item_id for i in items],
+            scores=[i.score for i in items], model_version=response.model_version, degraded=degraded,
+            cold_start=cold_start, latency_ms=(t2 - t0) * 1000))
+        timings["log"] = time.perf_counter() - t2
+        total = time.perf_counter() - t0
+        for stage in STAGES:
+            STAGE_LATENCY.labels(stage=stage).observe(timings[stage])
+        timings["service"] = max(total - sum(timings[s] for s in STAGES), 0.0)
+        timings["total"] = total
+        response.timings_ms = {k: round(v * 1000, 3) for k, v in timings.items()}
+        return response
+
+    def _items(self, ranked: list[tuple[int, float]], source: str, model: ModelState | None, recent: list[int],
+               start: int = 0) -> list[RecommendedItem]:
+        near = model.closest([i for i, _ in ranked], recent) if model is not None and ranked else []
+        out = []
+        for n, (item, score) in enumerate(ranked):
+            meta = self.catalogue.describe(item)
+            closest, sim = near[n] if near else (None, 0.0)
+            if source == "popularity":
+                why = "popular in the latest window of interactions"
+            elif closest is not None:
+                title = self.catalogue.describe(closest)["title"] or f"item {closest}"
+                why = f"closest to your recent '{title}' (similarity {sim:.2f})"
+            else:
+                why = "matches your profile"
+            out.append(RecommendedItem(item_id=item, rank=start + n + 1, score=round(score, 6), explanation=why,
+                                       closest_recent_item_id=closest, source=source, **meta))
+        return out
+
+    # ---- /interactions -------------------------------------------------------------------------------
+    def interaction(self, req: InteractionRequest) -> InteractionResponse:
+        ts = req.event_timestamp or datetime.now(UTC)
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        pushed, recent, reason = False, [], None
+        if self.feast.up:
+            try:
+                row = self._feast(push_interaction, req.user_id, req.item_id, req.rating, ts,
+                                  self.config.features.last_n_items)
+                pushed, recent = True, [int(i) for i in row["recent_item_ids"]]
+            except Exception as err:  # noqa: BLE001
+                self.feast.fail(err)
+                reason = f"feature store unavailable: {err}"
+        else:
+            reason = f"feature store unavailable: {self.feast.error}"
+        self.request_log.append_interaction(req.user_id, req.item_id, req.rating, ts)
+        if not pushed:
+            FALLBACKS.labels(reason="push_failed").inc()
+        return InteractionResponse(user_id=req.user_id, item_id=req.item_id, logged=True, pushed=pushed,
+                                   degraded=not pushed, recent_item_ids=recent, reason=reason)
+
+
+# ----------------------------------------------------------------------------------------------- service
+def _server_timing(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name};dur={value:.3f}" for name, value in timings.items())
+
+
+def _unavailable(endpoint: str, err: Exception) -> JSONResponse:
+    REQUESTS.labels(endpoint=endpoint, outcome="error").inc()
+    log.error("%s failed: %s", endpoint, err)
+    return JSONResponse({"error": f"{endpoint} could not be served: {err}"}, status_code=503)
+
+
+class JsonOnly:
+    """ASGI middleware: POST bodies of the API routes must be JSON; anything else is a 415 that says so
+    (BentoML would try to parse e.g. multipart without a boundary and answer 500)."""
+
+    ROUTES = ("/recommend", "/interactions")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") in self.ROUTES:
+            headers = dict(scope.get("headers") or [])
+            media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+            if media not in (b"application/json", b""):
+                REQUESTS.labels(endpoint=scope["path"].strip("/"), outcome="rejected").inc()
+                body = {"error": f"Content-Type must be application/json, got {media.decode('latin-1')!r}"}
+                await JSONResponse(body, status_code=415)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@bentoml.service(name="recsys_recommender", workers=1, threads=8, resources={"cpu": "1"},
+                 traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+class RecommendationService:
+    """POST /recommend, POST /interactions; GET /healthz, /readyz (Triton and Feast answer), /metrics."""
+
+    def __init__(self) -> None:
+        self.engine = Engine(load_config())
+
+    def __is_ready__(self) -> bool:
+        return self.engine.ready()
+
+    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
+    def recommend(self, ctx: bentoml.Context, **body: Any) -> RecommendResponse:
+        """Top-k items for a user: Feast features, one Triton call, metadata and an explanation per item."""
+        t0 = time.perf_counter()
+        try:
+            response = self.engine.recommend(RecommendRequest.model_construct(**body))
+        except RecsysError as err:
+            return _unavailable("recommend", err)
+        ctx.response.headers["Server-Timing"] = _server_timing(response.timings_ms)
+        outcome = "degraded" if response.degraded else "cold_start" if response.cold_start else "ok"
+        REQUESTS.labels(endpoint="recommend", outcome=outcome).inc()
+        LATENCY.labels(endpoint="recommend").observe(time.perf_counter() - t0)
+        return response
+
+    @bentoml.api(route="/interactions", input_spec=InteractionRequest)
+    def interactions(self, **body: Any) -> InteractionResponse:
+        """Record one interaction: pushed to Feast's online store at once and appended to the log."""
+        t0 = time.perf_counter()
+        try:
+            response = self.engine.interaction(InteractionRequest.model_construct(**body))
+        except RecsysError as err:
+            return _unavailable("interactions", err)
+        REQUESTS.labels(endpoint="interactions", outcome="degraded" if response.degraded else "ok").inc()
+        LATENCY.labels(endpoint="interactions").observe(time.perf_counter() - t0)
+        return response
+
+
+RecommendationService.add_asgi_middleware(JsonOnly)
