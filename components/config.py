@@ -66,6 +66,7 @@ class Features(_Section):
 class Model(_Section):
     encoder_dir: Path | None = None
     fine_tune_encoder: bool
+    encoder_learning_rate: float = Field(default=2e-5, gt=0.0)
     embedding_dim: int = Field(ge=4, le=1024)
     max_seq_len: int = Field(ge=1, le=512)
     user_layers: int = Field(ge=0, le=12)
@@ -103,6 +104,12 @@ class Compress(_Section):
     ndcg_tolerance: float = Field(ge=0.0, lt=1.0)
     prune_amount: float = Field(ge=0.0, lt=1.0)
     distill_layers: int = Field(ge=1, le=6)
+    variants: list[Literal["fp32", "int8", "pruned", "distilled"]] = Field(min_length=1)
+    distill_epochs: int = Field(ge=1)
+    distill_batch_size: int = Field(ge=2)
+    distill_learning_rate: float = Field(gt=0.0)
+    latency_repeats: int = Field(ge=1)
+    gate_latency: Literal["bundle", "user_tower", "text_encoder"]
 
 
 class Serving(_Section):

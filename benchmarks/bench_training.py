@@ -1,0 +1,110 @@
+"""Benchmark: train the two-tower model on MovieLens-100K on this machine (CPU, frozen MiniLM, cached texts).
+
+Measures training time and throughput (next-item targets per second), then scores the model with the evaluation
+step's own protocol (components.evaluate: warm-catalogue ranking of the temporal leave-last-out test targets;
+cold-start items ranked among the held-out cold items) next to EASE and new-item popularity.
+Writes artifacts/benchmarks/training.json and prints a Markdown row for the README.
+
+    .venv/bin/python -m benchmarks.bench_training [--config FILE] [--set KEY=VALUE ...]
+"""
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("bench_training")
+
+
+def _canonical(config) -> Path:
+    from components.ingest import ingest
+
+    folder = Path(config.paths.data_dir) / "canonical"
+    if not (folder / "interactions.parquet").is_file():
+        log.info("ingesting MovieLens-100K into %s", folder)
+        ingest(config, folder)
+    return folder
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", default=None, help="model directory (default <artifacts_dir>/benchmarks/model)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from components.baselines import fit_baselines
+    from components.config import load_config
+    from components.evaluate import NewItemPopularity, evaluate_cold, evaluate_main, prepare
+    from components.model import load_recommender
+    from components.schemas import read_tables
+    from components.train import examples_from_tables, train_model
+
+    config = load_config(args.config, args.overrides)
+    bench_dir = Path(config.paths.artifacts_dir) / "benchmarks"
+    model_dir = Path(args.out) if args.out else bench_dir / "model"
+    canonical = _canonical(config)
+    tables = read_tables(canonical)
+    examples_dir = bench_dir / "examples"
+    examples_dir.mkdir(parents=True, exist_ok=True)
+    examples_from_tables(tables, config.features.last_n_items).to_parquet(examples_dir / "examples.parquet")
+
+    started = time.perf_counter()
+    metrics = train_model(config, canonical, examples_dir, model_dir, progress=False)
+    wall = time.perf_counter() - started
+    history = json.loads((model_dir / "history.json").read_text())
+    epoch_seconds = sum(h["epoch_seconds"] for h in history)
+    positions = sum(h["positions"] for h in history)
+
+    data = prepare(config, tables)
+    model = load_recommender(model_dir)
+    ours = evaluate_main(model, "two-tower", "candidate", data, config)
+    ours_cold = evaluate_cold(model, "two-tower", "candidate", data, config)
+    pop_cold = evaluate_cold(NewItemPopularity(data.split.cold_interactions), "new-item-popularity", "baseline",
+                             data, config)
+    baselines = fit_baselines(data.split, tables["users"], data.catalogue, config.evaluate.knn_neighbours,
+                              config.evaluate.ease_lambdas)
+    ease = evaluate_main(baselines["ease"], "ease", "baseline", data, config)
+    result = {
+        "benchmark": "two-tower training on MovieLens-100K (CPU, frozen all-MiniLM-L6-v2, cached text embeddings)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {config.train.num_threads}",
+        "config": {"model": config.dump()["model"], "train": config.dump()["train"]},
+        "train_wall_seconds": round(wall, 1),
+        "epochs": len(history),
+        "best_epoch": int(max(history, key=lambda h: h["val_ndcg@10"])["epoch"]),
+        "epoch_seconds_mean": round(epoch_seconds / max(1, len(history)), 2),
+        "targets_per_second": round(positions / max(epoch_seconds, 1e-9), 1),
+        "windows_per_second": round(sum(h["samples"] for h in history) / max(epoch_seconds, 1e-9), 1),
+        "val_ndcg@10": round(metrics["val_ndcg@10"], 4),
+        "test_ndcg@10": round(ours.value("ndcg@10"), 4),
+        "test_hr@10": round(ours.value("hr@10"), 4),
+        "ease_test_ndcg@10": round(ease.value("ndcg@10"), 4),
+        "ease_lambda": baselines["ease"].params.get("lambda"),
+        "ndcg_ratio_vs_ease": round(ours.value("ndcg@10") / max(ease.value("ndcg@10"), 1e-12), 3),
+        "cold_hr@10": round(ours_cold.value("hr@10"), 4),
+        "cold_hr@10_new_item_popularity": round(pop_cold.value("hr@10"), 4),
+        "cold_users": int(len(data.cold_targets)),
+        "within_15_minutes": bool(wall <= 15 * 60),
+    }
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    (bench_dir / "training.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print("| benchmark | wall | epochs | targets/s | val NDCG@10 | test NDCG@10 | EASE NDCG@10 | ratio "
+          "| cold HR@10 (new-item pop.) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| two-tower training, ML-100K, CPU | {wall / 60:.1f} min | {len(history)} | "
+          f"{result['targets_per_second']:.0f} | {result['val_ndcg@10']:.4f} | {result['test_ndcg@10']:.4f} | "
+          f"{result['ease_test_ndcg@10']:.4f} | {result['ndcg_ratio_vs_ease']:.2f}x | "
+          f"{result['cold_hr@10']:.3f} ({result['cold_hr@10_new_item_popularity']:.3f}) |")
+    return result
+
+
+if __name__ == "__main__":
+    main()

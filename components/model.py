@@ -1,0 +1,441 @@
+"""The two-tower retrieval model (item tower: MiniLM text + ID + metadata; user tower: profile + recent items).
+
+Item rows: catalogue row r (0-based, `item_ids[r]`) is model row r + 1; model row 0 is padding.
+Item tower: normalize(MLP(text) + ID embedding (dropped out in training, absent for never-trained items)
++ mean genre embedding + year embedding). User tower: a causal transformer over [profile token, recent items]
+(left-padded, positions counted from the right); the user vector is the output at the most recent item,
+or at the profile token when there is no history. Score = dot(user, item) of unit vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from components.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+PROFILE_FIELDS = ["age_band", "gender", "occupation"]
+AGE_BANDS = [18, 25, 35, 45, 50, 56]  # exclusive upper bounds: "<18", "18-24", ..., "50-55", then "56+"
+UNKNOWN_VALUES = {"", "unknown", "nan", "None"}
+ARTIFACT_FILES = ("model.pt", "model_config.json", "item_ids.npy", "item_embeddings.npy", "profile_vocab.json")
+
+
+class ModelError(RecsysError, ValueError):
+    """A model artifact or its inputs are unusable; the message says what and where."""
+
+
+# ---------------------------------------------------------------- profile features
+
+
+def age_band_label(age: Any, bands: list[int] = AGE_BANDS) -> str | None:
+    """'<18', '18-24', ... for an age; None when unknown."""
+    if age is None or pd.isna(age) or float(age) < 0:
+        return None
+    lower = 0
+    for upper in bands:
+        if float(age) < upper:
+            return f"<{upper}" if lower == 0 else f"{lower}-{upper - 1}"
+        lower = upper
+    return f"{bands[-1]}+"
+
+
+def build_profile_vocab(users: pd.DataFrame, bands: list[int] = AGE_BANDS) -> dict[str, dict[str, int]]:
+    """{field: {value: index}} with index 0 = unknown; age bands are fixed, gender/occupation from the data."""
+    labels = [age_band_label(b - 1, bands) for b in bands] + [f"{bands[-1]}+"]
+    vocab = {"age_band": {label: i + 1 for i, label in enumerate(labels)}}
+    for field in ("gender", "occupation"):
+        values = sorted({str(v) for v in users[field].dropna()} - UNKNOWN_VALUES) if field in users else []
+        vocab[field] = {v: i + 1 for i, v in enumerate(values)}
+    return vocab
+
+
+def profile_indices(users: pd.DataFrame, vocab: dict[str, dict[str, int]], bands: list[int] = AGE_BANDS) -> np.ndarray:
+    """int64 [len(users), 3] profile vocab indices (age band, gender, occupation); 0 where missing/unseen."""
+    out = np.zeros((len(users), len(PROFILE_FIELDS)), dtype=np.int64)
+    if "age" in users:
+        out[:, 0] = [vocab["age_band"].get(age_band_label(a, bands) or "", 0) for a in users["age"].tolist()]
+    for j, field in enumerate(PROFILE_FIELDS[1:], start=1):
+        if field in users:
+            out[:, j] = [vocab[field].get(str(v), 0) if not pd.isna(v) else 0 for v in users[field].tolist()]
+    return out
+
+
+# ---------------------------------------------------------------- item features
+
+
+@dataclass
+class ItemFeatures:
+    """Per catalogue row (0-based): text embedding, genre indices (0-padded), year index (0 = unknown)."""
+
+    text: np.ndarray  # float32 [N, T]
+    genres: np.ndarray  # int64 [N, G]
+    year: np.ndarray  # int64 [N]
+
+
+def build_meta_vocab(items: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Vocabularies of the metadata columns present (genres split on '|', year as a category); 0 = unknown."""
+    vocab: dict[str, dict[str, int]] = {"genres": {}, "year": {}}
+    if "genres" in items:
+        names = sorted({g for s in items["genres"].dropna() for g in str(s).split("|") if g})
+        vocab["genres"] = {g: i + 1 for i, g in enumerate(names)}
+    if "year" in items:
+        years = sorted({str(int(y)) for y in items["year"].dropna()})
+        vocab["year"] = {y: i + 1 for i, y in enumerate(years)}
+    return vocab
+
+
+def item_features(items: pd.DataFrame, text_emb: np.ndarray, vocab: dict[str, dict[str, int]]) -> ItemFeatures:
+    """Features of `items` rows (in their order) under a fixed metadata vocabulary."""
+    n = len(items)
+    genre_lists = [
+        [vocab["genres"][g] for g in str(s).split("|") if g in vocab["genres"]] if not pd.isna(s) else []
+        for s in (items["genres"] if "genres" in items else [None] * n)
+    ]
+    width = max([1] + [len(g) for g in genre_lists])
+    genres = np.zeros((n, width), dtype=np.int64)
+    for i, g in enumerate(genre_lists):
+        genres[i, : len(g)] = g
+    years = items["year"] if "year" in items else [None] * n
+    year = np.array([0 if pd.isna(y) else vocab["year"].get(str(int(y)), 0) for y in years], dtype=np.int64)
+    return ItemFeatures(np.asarray(text_emb, dtype=np.float32), genres, year)
+
+
+# ---------------------------------------------------------------- network
+
+
+class _Block(nn.Module):
+    """Pre-LayerNorm causal self-attention + feed-forward (hand-written so that it exports to ONNX cleanly)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class UserTower(nn.Module):
+    """Profile token + left-padded item vectors -> per-position unit user vectors [B, L+1, D]."""
+
+    def __init__(self, dim: int, max_seq_len: int, layers: int, heads: int, dropout: float, profile_sizes: list[int]):
+        super().__init__()
+        if dim % heads:
+            raise ModelError(f"model.embedding_dim={dim} must be divisible by model.user_heads={heads}")
+        self.max_seq_len = max_seq_len
+        self.profile = nn.ModuleList([nn.Embedding(size + 1, dim) for size in profile_sizes])
+        self.item_in = nn.Linear(dim, dim)
+        self.pos = nn.Embedding(max_seq_len + 1, dim)
+        self.blocks = nn.ModuleList([_Block(dim, heads, dropout) for _ in range(layers)])
+        self.ln = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, item_vecs: torch.Tensor, valid: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+        b, length, _ = item_vecs.shape
+        prof = sum(emb(profile[:, j]) for j, emb in enumerate(self.profile))
+        tokens = torch.cat([prof.unsqueeze(1), self.item_in(item_vecs)], dim=1)
+        # positions from the right: the most recent item sits at max_seq_len whatever L is
+        slots = torch.arange(length + 1, device=item_vecs.device) + (self.max_seq_len - length)
+        slots = torch.where(slots < self.max_seq_len - length + 1, torch.zeros_like(slots), slots)
+        x = self.drop(tokens + self.pos(slots).unsqueeze(0))
+        keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=valid.device), valid], dim=1)  # [B, T]
+        causal = torch.ones(length + 1, length + 1, dtype=torch.bool, device=valid.device).tril()
+        allowed = (causal.unsqueeze(0) & keep.unsqueeze(1)).unsqueeze(1)  # [B, 1, T, T]
+        for block in self.blocks:
+            x = block(x, allowed)
+        x = self.out(self.ln(x)) + prof.unsqueeze(1)
+        return F.normalize(x, p=2, dim=-1)
+
+    @staticmethod
+    def last(per_position: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The user vector: output at the most recent item, or at the profile token without history."""
+        has = valid[:, -1:] if valid.shape[1] else torch.zeros_like(valid[:, :1])
+        return torch.where(has, per_position[:, -1], per_position[:, 0])
+
+
+class TwoTowerModel(nn.Module):
+    """Both towers plus the per-item feature buffers (model row 0 = padding)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n, dim, text_dim = cfg["n_items"], cfg["embedding_dim"], cfg["text_dim"]
+        self.register_buffer("text", torch.zeros(n + 1, text_dim))
+        self.register_buffer("genres", torch.zeros(n + 1, cfg["genre_width"], dtype=torch.long))
+        self.register_buffer("year", torch.zeros(n + 1, dtype=torch.long))
+        self.register_buffer("train_count", torch.zeros(n + 1))  # training interactions per row (0 = cold)
+        self.text_mlp = nn.Sequential(nn.Linear(text_dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.item_id = nn.Embedding(n + 1, dim)
+        nn.init.normal_(self.item_id.weight, std=0.01)
+        self.genre = nn.Embedding(cfg["n_genres"] + 1, dim, padding_idx=0)
+        self.year_emb = nn.Embedding(cfg["n_years"] + 1, dim, padding_idx=0)
+        self.user = UserTower(dim, cfg["max_seq_len"], cfg["user_layers"], cfg["user_heads"], cfg["dropout"],
+                              cfg["profile_sizes"])
+        self.encoder: nn.Module | None = None  # set by the trainer when fine-tuning the text encoder
+
+    def set_item_features(self, feats: ItemFeatures, train_count: np.ndarray | None = None) -> None:
+        """Load catalogue features into the buffers (row r of `feats` -> model row r + 1)."""
+        n = feats.text.shape[0]
+        if n != self.cfg["n_items"]:
+            raise ModelError(f"{n} item feature rows for a model of {self.cfg['n_items']} items")
+        self.text[1:] = torch.from_numpy(feats.text)
+        g = min(feats.genres.shape[1], self.genres.shape[1])
+        self.genres.zero_()
+        self.genres[1:, :g] = torch.from_numpy(feats.genres[:, :g])
+        self.year[1:] = torch.from_numpy(feats.year)
+        if train_count is not None:
+            self.train_count[1:] = torch.from_numpy(np.asarray(train_count, dtype=np.float32))
+
+    def item_vectors(self, rows: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit item vectors of model rows; `text` overrides the cached text embeddings (fine-tuning)."""
+        text = self.text[rows] if text is None else text
+        id_vec = self.item_id(rows) * (self.train_count[rows] > 0).unsqueeze(-1)  # cold items: no ID part
+        if self.training and self.cfg["id_dropout"] > 0:
+            keep = torch.rand(rows.shape[0], 1, device=rows.device) >= self.cfg["id_dropout"]
+            id_vec = id_vec * keep
+        content = self.content_vectors(text, self.genres[rows], self.year[rows])
+        return F.normalize(content + id_vec, p=2, dim=-1)
+
+    def content_vectors(self, text: torch.Tensor, genres: torch.Tensor, year: torch.Tensor) -> torch.Tensor:
+        """The ID-free part of the item tower (all a never-trained item has), before normalization."""
+        genre_vec = self.genre(genres).sum(1) / (genres > 0).sum(1, keepdim=True).clamp(min=1)
+        return self.text_mlp(text.float()) + genre_vec + self.year_emb(year)
+
+    def item_table(self, rows: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
+        """[N+1, D] item vectors with row 0 = 0; only `rows` filled when given (others 0)."""
+        n1 = self.text.shape[0]
+        if rows is None:
+            rows = torch.arange(1, n1, device=self.text.device)
+        vecs = self.item_vectors(rows, text)
+        return torch.zeros(n1, vecs.shape[1], device=vecs.device, dtype=vecs.dtype).index_copy(0, rows, vecs)
+
+    def forward(self, history: torch.Tensor, targets: torch.Tensor, profile: torch.Tensor, log_pop: torch.Tensor,
+                cfg: Any, text_fn: Any = None) -> torch.Tensor:
+        """Training loss of a batch of windows (see `sampled_softmax_loss`); DDP wraps this call."""
+        return sampled_softmax_loss(self, history, targets, profile, log_pop, cfg, text_fn)
+
+    def user_positions(self, table: torch.Tensor, history: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+        """Per-position user vectors [B, L+1, D] for left-padded history rows [B, L]."""
+        return self.user(table[history], history > 0, profile)
+
+
+def sampled_softmax_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.Tensor, profile: torch.Tensor,
+                         log_pop: torch.Tensor, cfg: Any, text_fn: Any = None) -> torch.Tensor:
+    """Next-item sampled softmax: every target token against the batch's distinct target items (+ hard negatives).
+
+    logQ correction subtracts log P(item among the batch's targets) = log(1 - (1 - p)^M) from the logits.
+    """
+    targets = batch_out[batch_out > 0]
+    cands = torch.unique(targets)
+    if text_fn is None:
+        table = model.item_table()
+    else:  # fine-tuning: run the encoder only on the items this batch needs
+        rows = torch.unique(torch.cat([cands, batch_in[batch_in > 0]]))
+        table = model.item_table(rows, text_fn(rows))
+    per_pos = model.user_positions(table, batch_in, profile)  # [B, L+1, D]
+    query = per_pos[batch_out > 0]  # [M, D]
+    logits = query @ table[cands].T / cfg.temperature
+    if cfg.logq_correction:
+        m = float(targets.numel())
+        p = log_pop[cands].exp()
+        logits = logits - torch.log(-torch.expm1(m * torch.log1p(-p.clamp(max=1 - 1e-6)))).clamp(min=-30)
+    labels = torch.searchsorted(cands, targets)
+    if cfg.hard_negatives > 0 and text_fn is None:
+        with torch.no_grad():
+            full = query @ table[1:].T
+            full[:, cands - 1] = -torch.inf  # already candidates
+            hard = full.topk(min(cfg.hard_negatives, full.shape[1]), dim=1).indices + 1
+        hard_logits = (query.unsqueeze(1) * table[hard]).sum(-1) / cfg.temperature
+        logits = torch.cat([logits, hard_logits], dim=1)
+    return F.cross_entropy(logits, labels)
+
+
+class UserEncoder(nn.Module):
+    """Serving form of the user tower (contract C5): (history rows+1 [B, L], profile [B, P]) -> [B, D]."""
+
+    def __init__(self, model: TwoTowerModel, item_embeddings: np.ndarray) -> None:
+        super().__init__()
+        self.user = model.user
+        table = np.concatenate([np.zeros((1, item_embeddings.shape[1]), np.float32), item_embeddings])
+        self.register_buffer("table", torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32)))
+
+    def forward(self, history: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+        history = history[:, -self.user.max_seq_len :]
+        valid = history > 0
+        return UserTower.last(self.user(self.table[history], valid, profile), valid)
+
+
+# ---------------------------------------------------------------- artifact (contract C4) and Recommender (C3)
+
+
+def save_artifact(model: TwoTowerModel, out_dir: str | Path, item_ids: np.ndarray, item_embeddings: np.ndarray,
+                  profile_vocab: dict, history: list[dict]) -> Path:
+    """Write model.pt, model_config.json, item_ids.npy, item_embeddings.npy, profile_vocab.json, history.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    torch.save(state, out / "model.pt")
+    (out / "model_config.json").write_text(json.dumps(model.cfg, indent=2), encoding="utf-8")
+    np.save(out / "item_ids.npy", np.asarray(item_ids, dtype=np.int64))
+    np.save(out / "item_embeddings.npy", np.asarray(item_embeddings, dtype=np.float32))
+    (out / "profile_vocab.json").write_text(json.dumps(profile_vocab, indent=2), encoding="utf-8")
+    (out / "history.json").write_text(json.dumps(history, indent=2), encoding="utf-8")
+    return out
+
+
+def load_model(model_dir: str | Path) -> tuple[TwoTowerModel, dict]:
+    """The trained network (eval mode, no text encoder) and its profile vocabulary."""
+    folder = Path(model_dir)
+    missing = [f for f in ARTIFACT_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ModelError(f"model directory {folder} lacks {missing}")
+    cfg = json.loads((folder / "model_config.json").read_text(encoding="utf-8"))
+    model = TwoTowerModel(cfg)
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    vocab = json.loads((folder / "profile_vocab.json").read_text(encoding="utf-8"))
+    return model.eval(), vocab
+
+
+class TwoTowerRecommender:
+    """Contract C3 over a trained artifact; `add_items` makes new items scorable from their text and metadata."""
+
+    name = "two_tower"
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 512) -> None:
+        self.model_dir = Path(model_dir)
+        self.model, self.profile_vocab = load_model(model_dir)
+        self.cfg = self.model.cfg
+        self.item_ids = np.load(self.model_dir / "item_ids.npy").astype(np.int64)
+        self.item_embeddings = np.load(self.model_dir / "item_embeddings.npy").astype(np.float32)
+        self.batch_size = batch_size
+        self._encoder = UserEncoder(self.model, self.item_embeddings).eval()
+        self._rows = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.cfg["max_seq_len"])
+
+    def history_rows(self, histories: list[np.ndarray]) -> np.ndarray:
+        """int64 [B, max_seq_len]: catalogue row + 1 of the latest known items, left-padded with 0."""
+        out = np.zeros((len(histories), self.max_seq_len), dtype=np.int64)
+        for i, hist in enumerate(histories):
+            rows = self._rows.reindex(np.asarray(hist, dtype=np.int64)).dropna().to_numpy(dtype=np.int64) + 1
+            rows = rows[-self.max_seq_len :]
+            if len(rows):
+                out[i, -len(rows) :] = rows
+        return out
+
+    def profile_rows(self, users: pd.DataFrame) -> np.ndarray:
+        return profile_indices(users, self.profile_vocab, self.cfg["age_bands"])
+
+    @torch.no_grad()
+    def user_embeddings(self, users: pd.DataFrame, histories: list[np.ndarray]) -> np.ndarray:
+        """float32 [len(users), D] unit user vectors."""
+        if len(users) != len(histories):
+            raise ModelError(f"{len(users)} users but {len(histories)} histories")
+        hist, prof = self.history_rows(histories), self.profile_rows(users)
+        bs = self.batch_size
+        out = [self._encoder(torch.from_numpy(hist[s : s + bs]), torch.from_numpy(prof[s : s + bs]))
+               for s in range(0, len(hist), bs)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.item_embeddings.shape[1]), np.float32)
+
+    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
+        """float32 [len(users), len(catalogue)]: cosine of user and item vectors; -inf for items without one."""
+        catalogue = np.asarray(catalogue, dtype=np.int64)
+        rows = self._rows.reindex(catalogue).to_numpy()
+        known = ~np.isnan(rows)
+        if not known.all():
+            log.warning("%d catalogue items have no embedding (not in the model's items); scored -inf", (~known).sum())
+        scores = np.full((len(users), len(catalogue)), -np.inf, dtype=np.float32)
+        scores[:, known] = self.user_embeddings(users, histories) @ self.item_embeddings[rows[known].astype(np.int64)].T
+        return scores
+
+    def add_items(self, items: pd.DataFrame, text_emb: np.ndarray | None = None) -> np.ndarray:
+        """Embed new items (item_id, text, optional genres/year) from text + metadata alone; returns [n, D].
+
+        `text_emb` are precomputed encoder outputs; by default the model's text encoder encodes `items.text`.
+        """
+        from components.text_encoder import SentenceEncoder
+
+        new = items[~items["item_id"].isin(self.item_ids)].reset_index(drop=True)
+        if new.empty:
+            return np.zeros((0, self.item_embeddings.shape[1]), np.float32)
+        if text_emb is None:
+            encoder_dir = self.cfg.get("encoder_dir")
+            if encoder_dir and not Path(encoder_dir).is_absolute():
+                encoder_dir = self.model_dir / encoder_dir
+            text_emb = SentenceEncoder(encoder_dir).encode(new["text"].astype(str).tolist())
+        feats = item_features(new, text_emb, self.cfg["meta_vocab"])
+        m = self.model
+        g = torch.zeros(len(new), m.genres.shape[1], dtype=torch.long)
+        width = min(g.shape[1], feats.genres.shape[1])
+        g[:, :width] = torch.from_numpy(feats.genres[:, :width])
+        with torch.no_grad():
+            vec = m.content_vectors(torch.from_numpy(feats.text), g, torch.from_numpy(feats.year))
+            emb = F.normalize(vec, p=2, dim=-1).numpy().astype(np.float32)
+        self.item_ids = np.concatenate([self.item_ids, new["item_id"].to_numpy(dtype=np.int64)])
+        self.item_embeddings = np.concatenate([self.item_embeddings, emb])
+        self._rows = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
+        log.info("added %d new items (text + metadata only)", len(new))
+        return emb
+
+
+def load_recommender(model_dir: str | Path) -> TwoTowerRecommender:
+    """Contract C4 -> C3: the trained two-tower model as a Recommender."""
+    return TwoTowerRecommender(model_dir)
+
+
+# ---------------------------------------------------------------- ONNX (contract C5)
+
+
+def export_user_tower_onnx(model_dir: str | Path, out_path: str | Path, atol: float = 1e-4) -> Path:
+    """Export the user tower to ONNX (inputs history/profile INT64, output user_embedding FP32) and verify it."""
+    import onnxruntime as ort
+
+    rec = load_recommender(model_dir)
+    encoder = rec._encoder.eval()
+    length, fields = rec.max_seq_len, len(PROFILE_FIELDS)
+    rng = np.random.default_rng(0)
+    n = len(rec.item_ids)
+    history = rng.integers(0, n + 1, size=(4, length)).astype(np.int64)
+    history[0, :] = 0  # no history: profile only
+    history[1, : length // 2] = 0  # left-padded
+    profile = rng.integers(0, 2, size=(4, fields)).astype(np.int64)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.no_grad():
+        torch.onnx.export(
+            encoder, (torch.from_numpy(history), torch.from_numpy(profile)), str(out_path),
+            input_names=["history", "profile"], output_names=["user_embedding"],
+            dynamic_shapes={"history": {0: batch}, "profile": {0: batch}}, external_data=False,
+        )
+        expected = encoder(torch.from_numpy(history), torch.from_numpy(profile)).numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(out_path), sess_options=options, providers=["CPUExecutionProvider"])
+    got = session.run(["user_embedding"], {"history": history, "profile": profile})[0]
+    diff = float(np.abs(got - expected).max())
+    if diff > atol:
+        raise ModelError(f"ONNX user tower {out_path} differs from torch by {diff:.2e} (> {atol})")
+    log.info("user tower exported to %s (max |onnx - torch| = %.2e)", out_path, diff)
+    return out_path

@@ -1,0 +1,535 @@
+"""Training of the two-tower model: next-item sampled softmax over users' recent sequences, DDP-ready.
+
+`train_model(config, canonical_dir, examples_dir, out_dir)` is the one implementation; the CLI, the KFP
+component `train_op` and `python -m components.train` (also under `torchrun --nproc_per_node=N`) call it.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from components.config import Config
+from components.errors import RecsysError
+from components.kfp_support import step
+
+log = logging.getLogger(__name__)
+EVAL_K = 10
+EXAMPLES_FILE = "examples.parquet"
+
+
+class TrainError(RecsysError, RuntimeError):
+    """Training cannot run on the given inputs; the message says what is missing."""
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_dist(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def _broadcast(value: float, dist: Dist) -> float:
+    if dist.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.broadcast(t, src=0)
+    return float(t.item())
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class TrainData:
+    item_ids: np.ndarray  # catalogue (all items of the items table), row r -> model row r + 1
+    items: pd.DataFrame
+    windows_in: np.ndarray  # int64 [W, L] left-padded model rows (inputs)
+    windows_out: np.ndarray  # int64 [W, L+1] targets per token (0 = none); token 0 = profile token
+    window_profile: np.ndarray  # int64 [W, P]
+    train_count: np.ndarray  # float [N] training interactions per catalogue row
+    profile_vocab: dict
+    split: Any
+    users: pd.DataFrame
+
+
+def read_examples(examples_dir: str | Path) -> pd.DataFrame:
+    """examples.parquet of contract C1 from a Dataset directory (or the file itself)."""
+    path = Path(examples_dir)
+    path = path / EXAMPLES_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise TrainError(f"training examples not found: {path} (contract C1: <dir>/{EXAMPLES_FILE})")
+    return pd.read_parquet(path)
+
+
+def examples_from_tables(tables: dict[str, pd.DataFrame], last_n: int) -> pd.DataFrame:
+    """C1-shaped examples straight from canonical tables (no feature store): profile + recent items strictly before.
+
+    The path for `recsys train --interactions FILE`; the pipeline's `features` step (Feast) is the reference.
+    """
+    inter = tables["interactions"].sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
+    users = tables["users"]
+    profile = [c for c in ("age", "gender", "occupation") if c in users]
+    df = inter.merge(users[["user_id", *profile]], on="user_id", how="left")
+    df["age"] = df["age"].fillna(-1).astype("int64") if "age" in df else -1
+    for col in ("gender", "occupation"):
+        df[col] = df[col].fillna("unknown").astype(str) if col in df else "unknown"
+    recent, counts = [], []
+    for _, g in df.groupby("user_id", sort=False):
+        items, ts = g["item_id"].to_numpy(np.int64), g["event_timestamp"].to_numpy()
+        first_at = np.searchsorted(ts, ts, side="left")  # events strictly before each one
+        recent += [items[max(0, f - last_n) : f].tolist() for f in first_at]
+        counts += first_at.tolist()
+    df["user_interaction_count"] = np.asarray(counts, dtype=np.int64)
+    df["recent_item_ids"] = recent
+    return df
+
+
+def training_rows(examples: pd.DataFrame, split: Any) -> pd.DataFrame:
+    """Examples of the split's train rows only (no validation/test targets, no cold items), in split order."""
+    keys = ["user_id", "item_id", "event_timestamp"]
+    missing = [c for c in keys if c not in examples]
+    if missing:
+        raise TrainError(f"examples lack column(s) {missing} (contract C1)")
+    order = split.train[keys].copy()
+    order["_pos"] = np.arange(len(order))
+    ex = examples.copy()
+    ex["event_timestamp"] = ex["event_timestamp"].astype(order["event_timestamp"].dtype)
+    merged = order.merge(ex.drop_duplicates(keys), on=keys, how="inner")
+    if len(merged) < len(order):
+        log.warning("%d of %d train interactions have no training example; they are skipped",
+                    len(order) - len(merged), len(order))
+    return merged.sort_values("_pos", kind="stable").drop(columns="_pos").reset_index(drop=True)
+
+
+def make_windows(rows: pd.DataFrame, row_of: pd.Series, profile: np.ndarray, max_len: int):
+    """Cut each user's chronological sequence into next-item windows (every training item is a target once)."""
+    seqs = rows.groupby("user_id", sort=True)["item_id"].apply(lambda s: row_of.loc[s.to_numpy()].to_numpy() + 1)
+    first = rows.groupby("user_id", sort=True).head(1)  # profile as of the user's first training example
+    prof_of = dict(zip(first["user_id"], profile[first.index.to_numpy()], strict=True))
+    ins, outs, profs = [], [], []
+    for user, seq in seqs.items():
+        end = len(seq)
+        while end > 0:
+            start = max(0, end - max_len - 1)
+            w = seq[start:end]
+            x, y = np.zeros(max_len, np.int64), np.zeros(max_len + 1, np.int64)
+            if len(w) > 1:
+                x[max_len - (len(w) - 1) :] = w[:-1]
+                y[max_len + 1 - (len(w) - 1) :] = w[1:]
+            if start == 0:
+                y[0] = w[0]  # the profile token predicts the user's first item
+            ins.append(x)
+            outs.append(y)
+            profs.append(prof_of[user])
+            end = start + 1 if start > 0 else 0
+    return np.stack(ins), np.stack(outs), np.stack(profs)
+
+
+def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.DataFrame) -> TrainData:
+    from components.model import build_profile_vocab, profile_indices
+    from components.splits import temporal_split
+
+    split = temporal_split(tables["interactions"], config.evaluate.cold_start_items, config.train.seed)
+    items = tables["items"].sort_values("item_id").reset_index(drop=True)
+    item_ids = items["item_id"].to_numpy(dtype=np.int64)
+    row_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
+    rows = training_rows(examples, split)
+    rows = rows[rows["item_id"].isin(row_of.index)].reset_index(drop=True)
+    if rows.empty:
+        raise TrainError("no training examples left after removing validation/test targets and cold items")
+    profile_source = rows if {"gender", "occupation"} <= set(rows.columns) else tables["users"]
+    vocab = build_profile_vocab(profile_source)
+    users = tables["users"]
+    if not {"age", "gender", "occupation"} <= set(rows.columns):
+        rows = rows.drop(columns=[c for c in ("age", "gender", "occupation") if c in rows]).merge(
+            users, on="user_id", how="left")
+    profile = profile_indices(rows, vocab)
+    w_in, w_out, w_prof = make_windows(rows, row_of, profile, config.model.max_seq_len)
+    counts = rows["item_id"].map(row_of).value_counts()
+    train_count = np.zeros(len(item_ids))
+    train_count[counts.index.to_numpy()] = counts.to_numpy()
+    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, vocab, split, users)
+
+
+# ---------------------------------------------------------------- evaluation (full-catalogue ranking)
+
+
+def _metrics_at(rec: Any, users: pd.DataFrame, hist: list[np.ndarray], targets: np.ndarray, catalogue: np.ndarray,
+                exclude: list[np.ndarray]) -> dict:
+    from components.metrics import per_user_metrics, rank_targets
+
+    ranks, _ = rank_targets(rec, users, hist, targets, catalogue, EVAL_K, exclude=exclude)
+    values = per_user_metrics(ranks, [EVAL_K])
+    return {name: float(values[name].mean()) for name in (f"ndcg@{EVAL_K}", f"hr@{EVAL_K}")}
+
+
+def evaluate_stage(rec: Any, data: TrainData, stage: str) -> dict:
+    """NDCG@10/HR@10 of the validation or test targets over the warm catalogue (each user's history excluded)."""
+    from components.splits import histories
+
+    targets = data.split.validation if stage == "validation" else data.split.test
+    if targets.empty:
+        return {f"ndcg@{EVAL_K}": 0.0, f"hr@{EVAL_K}": 0.0}
+    hist = histories(data.split, stage)
+    users = targets[["user_id"]].merge(data.users, on="user_id", how="left")
+    user_hist = [hist.get(int(u), np.empty(0, np.int64)) for u in targets["user_id"]]
+    warm = np.setdiff1d(data.item_ids, data.split.cold_items)  # as components.evaluate ranks test targets
+    return _metrics_at(rec, users, user_hist, targets["item_id"].to_numpy(), warm, user_hist)
+
+
+def evaluate_cold(rec: Any, data: TrainData) -> dict:
+    """HR@10/NDCG@10 of each cold-test user's cold target ranked among the cold items (text-only embeddings)."""
+    from components.splits import cold_histories
+
+    cold = data.split.cold_test
+    if cold.empty:
+        return {}
+    hist = cold_histories(data.split)
+    users = cold[["user_id"]].merge(data.users, on="user_id", how="left")
+    user_hist = [hist.get(int(u), np.empty(0, np.int64)) for u in cold["user_id"]]
+    earlier = data.split.cold_interactions
+    exclude = [earlier[(earlier["user_id"] == u) & (earlier["event_timestamp"] < ts)]["item_id"].to_numpy(np.int64)
+               for u, ts in zip(cold["user_id"], cold["event_timestamp"], strict=True)]
+    catalogue = np.asarray(data.split.cold_items, dtype=np.int64)
+    out = _metrics_at(rec, users, user_hist, cold["item_id"].to_numpy(), catalogue, exclude)
+    return {f"cold_{k}": v for k, v in out.items()}
+
+
+class _InMemoryRecommender:
+    """The model being trained, scored like the saved artifact (eval mode, current weights)."""
+
+    name = "two_tower"
+
+    def __init__(self, model: Any, data: TrainData, device: torch.device) -> None:
+        from components.model import UserEncoder, profile_indices
+
+        self.model, self.data, self.device = model, data, device
+        with torch.no_grad():
+            self.item_emb = model.item_table(text=None)[1:].float().cpu().numpy()
+        self.encoder = UserEncoder(model, self.item_emb).to(device).eval()
+        self.row_of = pd.Series(np.arange(len(data.item_ids)), index=data.item_ids)
+        self._profile = profile_indices
+        self.max_len = model.cfg["max_seq_len"]
+
+    @torch.no_grad()
+    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
+        hist = np.zeros((len(histories), self.max_len), np.int64)
+        for i, h in enumerate(histories):
+            r = (self.row_of.reindex(h).dropna().to_numpy(np.int64) + 1)[-self.max_len :]
+            if len(r):
+                hist[i, -len(r) :] = r
+        prof = self._profile(users, self.data.profile_vocab, self.model.cfg["age_bands"])
+        outs = []
+        for s in range(0, len(hist), 1024):
+            outs.append(self.encoder(torch.from_numpy(hist[s : s + 1024]).to(self.device),
+                                     torch.from_numpy(prof[s : s + 1024]).to(self.device)).float().cpu().numpy())
+        user = np.concatenate(outs)
+        cols = self.row_of.reindex(np.asarray(catalogue)).to_numpy(np.int64)
+        return (user @ self.item_emb[cols].T).astype(np.float32)
+
+
+# ---------------------------------------------------------------- training loop
+
+
+def _device(config: Config) -> torch.device:
+    if config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainError("train.device=cuda but no CUDA device is available")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{local}")
+    return torch.device("cpu")
+
+
+def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
+    from components.model import AGE_BANDS, PROFILE_FIELDS, TwoTowerModel, build_meta_vocab, item_features
+
+    meta_vocab = build_meta_vocab(data.items)
+    feats = item_features(data.items, text_emb, meta_vocab)
+    m = config.model
+    cfg = {
+        "n_items": len(data.item_ids), "embedding_dim": m.embedding_dim, "max_seq_len": m.max_seq_len,
+        "user_layers": m.user_layers, "user_heads": m.user_heads, "dropout": m.dropout, "id_dropout": m.id_dropout,
+        "temperature": m.temperature, "text_dim": int(text_emb.shape[1]), "genre_width": int(feats.genres.shape[1]),
+        "n_genres": len(meta_vocab["genres"]), "n_years": len(meta_vocab["year"]), "meta_vocab": meta_vocab,
+        "profile_fields": PROFILE_FIELDS, "profile_sizes": [len(data.profile_vocab[f]) for f in PROFILE_FIELDS],
+        "age_bands": AGE_BANDS, "encoder_dir": str(m.encoder_dir) if m.encoder_dir else None,
+        "fine_tuned_encoder": m.fine_tune_encoder,
+    }
+    model = TwoTowerModel(cfg)
+    model.set_item_features(feats, data.train_count)
+    return model
+
+
+def _text_embeddings(config: Config, items: pd.DataFrame, dist: Dist) -> np.ndarray:
+    from components.text_encoder import cached_text_embeddings
+
+    cache = Path(config.paths.data_dir) / "cache"
+    texts = items["text"].fillna("").astype(str).tolist()
+    if dist.main:
+        emb = cached_text_embeddings(texts, config.model.encoder_dir, cache)
+    _barrier(dist)
+    if not dist.main:
+        emb = cached_text_embeddings(texts, config.model.encoder_dir, cache, progress=False)
+    return emb
+
+
+def _plot_curve(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], "o-", color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [h[f"val_ndcg@{EVAL_K}"] for h in history], "s-", color="tab:orange", label="val NDCG@10")
+    ax2.set_ylabel(f"validation NDCG@{EVAL_K}", color="tab:orange")
+    ax1.set_title("two-tower training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | Path, out_dir: str | Path,
+                resume: bool = False, progress: bool = True) -> dict:
+    """Train, early-stop on validation NDCG@10, write the contract-C4 artifact to `out_dir`; returns metrics."""
+    from tqdm.auto import tqdm
+
+    from components.model import save_artifact
+    from components.schemas import read_tables
+
+    started = time.monotonic()
+    torch.set_num_threads(config.train.num_threads)
+    device = _device(config)
+    dist = _init_dist(device)
+    seed_everything(config.train.seed)
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    tables = read_tables(canonical_dir)
+    data = prepare_data(config, tables, read_examples(examples_dir))
+    text_emb = _text_embeddings(config, data.items, dist)
+    model = build_model(config, data, text_emb).to(device)
+    text_fn = _attach_encoder(model, config, data, device) if config.model.fine_tune_encoder else None
+    log_pop = torch.log(torch.from_numpy(np.concatenate([[0.0], data.train_count])).float() / data.train_count.sum()
+                        + 1e-12).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    enc_ids = {id(p) for p in model.encoder.parameters()} if model.encoder is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in enc_ids]}]
+    if enc_ids:
+        groups.append({"params": [p for p in params if id(p) in enc_ids], "lr": config.model.encoder_learning_rate})
+    opt = torch.optim.AdamW(groups, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.world > 1 else None
+    history: list[dict] = []
+    start_epoch, best, best_state, bad_epochs = 1, -1.0, None, 0
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, best, best_state = ck["epoch"] + 1, ck["best_metric"], ck["best_state"]
+        bad_epochs, history = ck["bad_epochs"], ck["history"]
+        torch.set_rng_state(ck["torch_rng"])
+        log.info("resumed from %s at epoch %d (best val NDCG@10 %.4f)", ckpt_path, ck["epoch"], best)
+    n_win = len(data.windows_in)
+    per_rank = math.ceil(n_win / dist.world)
+    bs = config.train.batch_size
+    amp_dtype = torch.float16 if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
+    amp = torch.autocast(device.type, dtype=amp_dtype, enabled=config.model.fine_tune_encoder)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.model.fine_tune_encoder and amp_dtype == torch.float16)
+    stop = False
+    for epoch in range(start_epoch, config.train.epochs + 1):
+        if stop:
+            break
+        model.train()
+        t0 = time.monotonic()
+        perm = np.random.default_rng(config.train.seed + epoch).permutation(n_win)
+        perm = np.resize(perm, per_rank * dist.world)[dist.rank :: dist.world]
+        losses = []
+        bar = tqdm(range(0, per_rank, bs), desc=f"epoch {epoch}", disable=not (progress and dist.main), leave=False)
+        for s in bar:
+            idx = perm[s : s + bs]
+            b_in = torch.from_numpy(data.windows_in[idx]).to(device)
+            b_out = torch.from_numpy(data.windows_out[idx]).to(device)
+            b_prof = torch.from_numpy(data.window_profile[idx]).to(device)
+            with amp:
+                loss = (ddp or model)(b_in, b_out, b_prof, log_pop, config.model, text_fn)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        loss_mean = float(np.mean(losses))
+        if dist.world > 1:
+            t = torch.tensor([loss_mean])
+            torch.distributed.all_reduce(t)
+            loss_mean = float(t.item()) / dist.world
+        epoch_s = time.monotonic() - t0
+        val = {f"ndcg@{EVAL_K}": 0.0, f"hr@{EVAL_K}": 0.0}
+        if dist.main:
+            model.eval()
+            if text_fn is not None:
+                _sync_text(model, text_fn)
+            val = evaluate_stage(_InMemoryRecommender(model, data, device), data, "validation")
+        metric = _broadcast(val[f"ndcg@{EVAL_K}"], dist)
+        row = {"epoch": epoch, "loss": loss_mean, f"val_ndcg@{EVAL_K}": metric, f"val_hr@{EVAL_K}": val[f"hr@{EVAL_K}"],
+               "epoch_seconds": epoch_s, "samples": int(len(perm)) * dist.world,
+               "positions": int((data.windows_out[perm] > 0).sum()) * dist.world}
+        history.append(row)
+        if metric > best:
+            best, bad_epochs = metric, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        log.info("epoch %d: loss %.4f, val NDCG@10 %.4f (best %.4f), %.1fs", epoch, loss_mean, metric, best, epoch_s)
+        elapsed_min = (time.monotonic() - started) / 60
+        stop = bad_epochs >= config.train.patience or elapsed_min >= config.train.max_minutes
+        if elapsed_min >= config.train.max_minutes:
+            log.warning("time budget train.max_minutes=%.1f reached after epoch %d", config.train.max_minutes, epoch)
+        stop = bool(_broadcast(float(stop), dist))
+        if dist.main:
+            ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best_metric": best,
+                  "best_state": best_state, "bad_epochs": bad_epochs, "history": history,
+                  "torch_rng": torch.get_rng_state()}
+            torch.save(ck, ckpt_path.with_suffix(".tmp"))
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+    metrics: dict[str, Any] = {}
+    if dist.main:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        if text_fn is not None:
+            _sync_text(model, text_fn)
+            _save_encoder(model, out)
+        rec = _InMemoryRecommender(model, data, device)
+        metrics = {f"val_ndcg@{EVAL_K}": best, **{f"test_{k}": v for k, v in evaluate_stage(rec, data, "test").items()},
+                   **evaluate_cold(rec, data), "epochs": len(history),
+                   "train_seconds": time.monotonic() - started, "train_positions": int((data.windows_out > 0).sum())}
+        save_artifact(model.cpu(), out, data.item_ids, rec.item_emb, data.profile_vocab, history)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        _plot_curve(history, out / "training_curve.png")
+        log.info("model written to %s: %s", out, {k: round(v, 4) for k, v in metrics.items()})
+    _barrier(dist)
+    return metrics
+
+
+def _attach_encoder(model, config: Config, data: TrainData, device: torch.device):
+    """GPU path: fine-tune the text encoder; returns rows -> text embeddings computed with gradients."""
+    from components.text_encoder import MAX_TOKENS, SentenceEncoder
+
+    encoder = SentenceEncoder(config.model.encoder_dir).to(device)
+    encoder.train()
+    model.encoder = encoder
+    tokens = encoder.tokenize(data.items["text"].fillna("").astype(str).tolist(), MAX_TOKENS)
+    ids = torch.cat([torch.zeros(1, tokens["input_ids"].shape[1], dtype=torch.long), tokens["input_ids"]]).to(device)
+    mask = torch.cat([torch.zeros(1, ids.shape[1], dtype=torch.long), tokens["attention_mask"]]).to(device)
+
+    def text_fn(rows: torch.Tensor) -> torch.Tensor:
+        return encoder(ids[rows], mask[rows])
+
+    return text_fn
+
+
+@torch.no_grad()
+def _sync_text(model, text_fn, chunk: int = 256) -> None:
+    """Fine-tuning: re-encode every item text with the current encoder into the model's text buffer."""
+    rows = torch.arange(1, model.text.shape[0], device=model.text.device)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        model.text[part] = text_fn(part).float()
+
+
+def _save_encoder(model, out: Path) -> None:
+    """Fine-tuning: keep the tuned encoder (and tokenizer) in <out>/encoder; the artifact points at it."""
+    encoder = model.encoder
+    encoder.transformer.save_pretrained(out / "encoder")
+    encoder.tokenizer.save_pretrained(out / "encoder")
+    model.cfg["encoder_dir"] = "encoder"
+    model.encoder = None
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m components.train` (also under torchrun): train from a config file and two dataset dirs."""
+    from components.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--canonical", required=True)
+    parser.add_argument("--examples", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train_model(load_config(args.config, args.overrides), args.canonical, args.examples, args.out, resume=args.resume)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+@step(gpu=True)
+def train_op(config: str, canonical: Input[Dataset], examples: Input[Dataset], model: Output[Model],
+             metrics: Output[Metrics], curve: Output[HTML]):
+    """KFP: train the two-tower model; writes the contract-C4 model directory, metrics and the training curve."""
+    import base64
+    from pathlib import Path
+
+    from components.config import config_from_text
+    from components.train import train_model
+
+    result = train_model(config_from_text(config), canonical.path, examples.path, model.path)
+    for key, value in result.items():
+        metrics.log_metric(key, float(value))
+    png = base64.b64encode((Path(model.path) / "training_curve.png").read_bytes()).decode()
+    Path(curve.path).write_text(f"<html><body><h2>Two-tower training</h2><img src='data:image/png;base64,{png}'/>"
+                                f"<pre>{result}</pre></body></html>", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

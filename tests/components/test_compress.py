@@ -1,0 +1,235 @@
+"""Compression: ONNX variants of a tiny trained model, the gate, and the serving bundle (contract C5).
+
+One compression run (all four variants, a 1-layer student, few timing repeats) is shared by the module.
+"""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+
+from components.compress import (
+    REFERENCE,
+    BundleScorer,
+    CompressError,
+    check_bundle,
+    choose_variant,
+    encode_texts_onnx,
+    make_student,
+    prune_linear,
+    run_compress,
+    session,
+    validation_task,
+)
+from tests.components.test_model import planted_tables, tiny_config, trained_model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.getbasetemp() / "planted"  # the model test's tiny model, trained once per session
+    model = trained_model(root)
+    config = tiny_config(root / "data", **{"compress.distill_layers": 1, "compress.distill_epochs": 3,
+                                           "compress.distill_learning_rate": 0.0005, "compress.latency_repeats": 3})
+    out = tmp_path_factory.mktemp("compress")
+    result = run_compress(config, root / "data" / "canonical", model, out / "bundle", out / "report",
+                          work_dir=out / "variants", progress=False)
+    return SimpleNamespace(model=model, config=config, out=out, bundle=out / "bundle", result=result,
+                           variants=out / "variants", canonical=root / "data" / "canonical")
+
+
+def test_bundle_is_complete_and_follows_c5(run) -> None:
+    from serving.triton_repo import load_bundle
+
+    manifest = check_bundle(run.bundle)
+    assert load_bundle(run.bundle).n_items == 36  # the Triton repository builder accepts it
+    assert manifest["variant"] == run.result["chosen"] and manifest["model_version"].startswith("m-")
+    assert manifest["profile_fields"] == ["age_band", "gender", "occupation"]
+    assert manifest["profile_vocab"] == json.loads((run.model / "profile_vocab.json").read_text())
+    assert manifest["max_seq_len"] == 8 and manifest["embedding_dim"] == 32 and manifest["age_bands"]
+    np.testing.assert_array_equal(np.load(run.bundle / "item_ids.npy"), np.load(run.model / "item_ids.npy"))
+    sess = session(run.bundle / "user_tower.onnx")
+    inputs = {i.name: i for i in sess.get_inputs()}
+    assert set(inputs) == {"history", "profile"} and inputs["history"].type == "tensor(int64)"
+    assert inputs["history"].shape[1] == 8 and inputs["profile"].shape[1] == 3
+    assert [o.name for o in sess.get_outputs()] == ["user_embedding"]
+    (user,) = sess.run(None, {"history": np.array([[0] * 6 + [3, 4], [0] * 8, [1] * 8], np.int64),
+                              "profile": np.array([[1, 1, 1], [0, 0, 0], [2, 2, 2]], np.int64)})
+    assert user.shape == (3, 32) and user.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(user, axis=1), 1.0, atol=1e-3)
+
+
+def test_fp32_user_tower_equals_torch(run) -> None:
+    from components.compress import OnnxRecommender
+    from components.model import load_recommender
+    from components.schemas import read_tables
+
+    rec = load_recommender(run.model)
+    task = validation_task(run.config, read_tables(run.canonical))
+    onnx_rec = OnnxRecommender("fp32", run.variants / "fp32" / "user_tower.onnx", rec.item_ids, rec.item_embeddings,
+                               rec)
+    torch_users = rec.user_embeddings(task.users, task.histories)
+    onnx_users = onnx_rec.user_embeddings(task.users, task.histories)
+    assert np.abs(onnx_users - torch_users).max() < 1e-4
+
+
+def test_bundle_text_encoder_reproduces_the_model_text_path(run) -> None:
+    from transformers import AutoTokenizer
+
+    from components.compress import encode_with
+    from components.text_encoder import SentenceEncoder
+
+    texts = planted_tables()["items"]["text"].tolist()[:5] + ["A brand-new film nobody has seen (2031)."]
+    got = encode_texts_onnx(run.bundle, texts)
+    assert got.shape == (6, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
+    reference = SentenceEncoder().encode(texts)
+    tokenizer = AutoTokenizer.from_pretrained(str(run.variants / "tokenizer"))
+    fp32 = encode_with(session(run.variants / "fp32" / "text_encoder.onnx"), tokenizer, texts)
+    assert np.abs(fp32 - reference).max() < 1e-4
+    assert float((got * reference).sum(1).min()) > (0.9999 if run.result["chosen"] == REFERENCE else 0.3)
+    # the fp32 item tower over the ONNX text encoder gives back the model's own item embeddings
+    assert run.result["variants"][REFERENCE]["text_path_max_abs_diff"] < 1e-4
+
+
+def test_int8_is_smaller_and_quantized(run) -> None:
+    res = run.result["variants"]
+    assert res["int8"]["text_encoder_bytes"] < 0.35 * res[REFERENCE]["text_encoder_bytes"]
+    assert res["int8"]["user_tower_bytes"] < res[REFERENCE]["user_tower_bytes"]
+    ops = {n.op_type for n in onnx.load(str(run.variants / "int8" / "user_tower.onnx")).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops
+    assert res["int8"]["text_cosine_mean"] > 0.97
+    targets = run.result["targets"]
+    assert targets["text_encoder"]["size_ok"] is True
+    assert set(targets["user_tower"]) >= {"size_ratio", "latency_ratio_b32", "ndcg_relative_drop"}
+
+
+def test_pruned_variant_is_sparse_but_not_smaller(run) -> None:
+    res = run.result["variants"]
+    assert res["pruned"]["two_tower_sparsity"] == pytest.approx(0.3, abs=0.01)
+    assert res["pruned"]["text_encoder_sparsity"] == pytest.approx(0.3, abs=0.01)
+    assert abs(res["pruned"]["text_encoder_bytes"] / res[REFERENCE]["text_encoder_bytes"] - 1) < 0.02
+    graph = onnx.load(str(run.variants / "pruned" / "text_encoder.onnx")).graph
+    mats = [onnx.numpy_helper.to_array(t) for t in graph.initializer if len(t.dims) == 2 and t.dims[0] == 384
+            and t.dims[1] in (384, 1536)]
+    assert mats and np.mean([float((m == 0).mean()) for m in mats]) > 0.25
+
+
+def test_prune_linear_zeroes_the_smallest_weights() -> None:
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 5))
+    before = net[0].weight.detach().abs().clone()
+    stats = prune_linear(net, 0.5)
+    assert stats["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert not hasattr(net[0], "weight_orig")  # made permanent
+    kept = net[0].weight.detach() != 0
+    assert before[kept].min() >= before[~kept].max()
+    with pytest.raises(CompressError):
+        prune_linear(torch.nn.ReLU(), 0.3)
+
+
+def test_distilled_student_is_smaller_and_learned(run) -> None:
+    from components.text_encoder import SentenceEncoder
+
+    res = run.result["variants"]["distilled"]
+    assert res["layers"] == 1 and res["epochs"] == 3
+    assert res["text_encoder_bytes"] < 0.7 * run.result["variants"][REFERENCE]["text_encoder_bytes"]
+    teacher = SentenceEncoder()
+    texts = planted_tables()["items"]["text"].tolist()
+    untrained = make_student(teacher, 1).encode(texts)
+    assert len(make_student(teacher, 1).transformer.encoder.layer) == 1
+    start_cos = float((untrained * teacher.encode(texts)).sum(1).mean())
+    assert res["text_cosine_mean"] > start_cos + 0.05
+    with pytest.raises(CompressError):
+        make_student(teacher, 7)
+
+
+def test_gate_on_constructed_measurements() -> None:
+    def m(ndcg: float, ms: float) -> dict[str, float]:
+        return {"ndcg@10": ndcg, "gate_latency_ms": ms}
+
+    fast_ok = {"fp32": m(0.30, 10.0), "int8": m(0.299, 6.0), "distilled": m(0.2975, 4.0), "pruned": m(0.30, 11.0)}
+    assert choose_variant(fast_ok, 0.01)[0] == "distilled"
+    breaks = {**fast_ok, "distilled": m(0.2960, 4.0)}  # -1.33% > 1% tolerance
+    chosen, reason = choose_variant(breaks, 0.01)
+    assert chosen == "int8" and "distilled" in reason
+    assert choose_variant({"fp32": m(0.30, 10.0), "int8": m(0.25, 5.0)}, 0.01)[0] == "fp32"
+    assert choose_variant({"fp32": m(0.30, 10.0), "int8": m(0.31, 12.0)}, 0.01)[0] == "fp32"  # better but slower
+    assert choose_variant({"fp32": m(0.30, 10.0), "int8": m(0.297, 9.0)}, 0.01)[0] == "int8"  # exactly -1%
+    assert choose_variant({"fp32": m(0.30, 5.0), "int8": m(0.30, 5.0)}, 0.01)[0] == "fp32"  # tie keeps fp32
+    with pytest.raises(CompressError):
+        choose_variant({"int8": m(0.3, 1.0)}, 0.01)
+
+
+def test_gate_decision_of_the_run_is_reproducible(run) -> None:
+    res = run.result["variants"]
+    tol = run.config.compress.ndcg_tolerance
+    assert choose_variant(res, tol)[0] == run.result["chosen"]
+    floor = res[REFERENCE]["ndcg@10"] * (1 - tol)
+    ok = [n for n, v in res.items() if v["ndcg@10"] >= floor]
+    assert run.result["chosen"] == min(ok, key=lambda n: (res[n]["gate_latency_ms"], n != REFERENCE))
+
+
+def test_smoke_expectations_reproduce_from_the_bundle(run) -> None:
+    from serving.triton_repo import Reference
+
+    smoke = json.loads((run.bundle / "smoke.json").read_text())["requests"]
+    assert len(smoke) >= 3 and any(not r["history_item_ids"] for r in smoke)
+    scorer, triton_reference = BundleScorer(run.bundle), Reference(run.bundle)
+    for req in smoke:
+        args = (req["history_item_ids"], req["profile"], req["exclude_item_ids"], req["k"])
+        want = req["expected"]
+        assert len(want["item_ids"]) == req["k"] and not set(want["item_ids"]) & set(req["exclude_item_ids"])
+        assert want["scores"] == sorted(want["scores"], reverse=True)
+        for ids, scores in (scorer.recommend(*args), triton_reference.recommend(*args)):
+            assert ids.tolist() == want["item_ids"]
+            np.testing.assert_allclose(scores, want["scores"], atol=1e-5)
+    odd = ([5, -1, 10_000, 7], [99, -5, 1], [7, 123_456], 40)  # unknown ids, out-of-vocabulary profile, k > catalogue
+    (ids, scores), (ref_ids, ref_scores) = scorer.recommend(*odd), triton_reference.recommend(*odd)
+    assert ids.tolist() == ref_ids.tolist() and len(ids) == 35 and 7 not in ids
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_report_has_table_chart_and_json(run) -> None:
+    html = (run.out / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and all(v in html for v in ("fp32", "int8", "pruned", "distilled"))
+    assert (run.out / "report" / "comparison.png").stat().st_size > 5000
+    saved = json.loads((run.out / "report" / "comparison.json").read_text())
+    assert saved["chosen"] == run.result["chosen"] and set(saved["variants"]) == {"fp32", "int8", "pruned",
+                                                                                  "distilled"}
+    for m in saved["variants"].values():
+        assert 0 <= m["ndcg@10"] <= 1 and m["user_tower_b1_ms"] > 0 and m["text_encoder_b32_ms"] > 0
+
+
+def test_clear_errors_and_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from components.config import load_config
+    from recsys.main import app
+
+    with pytest.raises(CompressError, match="does not exist"):
+        run_compress(load_config(), tmp_path, tmp_path / "nope", tmp_path / "b", tmp_path / "r")
+    with pytest.raises(CompressError, match="lacks"):
+        check_bundle(tmp_path)
+    result = CliRunner().invoke(app, ["compress", "--model", str(tmp_path / "nope"), "--canonical", str(tmp_path)])
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_compress_op_interface(tmp_path: Path) -> None:
+    import yaml
+    from kfp import compiler
+
+    from components.compress import compress_op
+
+    path = tmp_path / "compress.yaml"
+    compiler.Compiler().compile(compress_op, package_path=str(path))
+    spec = yaml.safe_load(path.read_text())
+    inputs, outputs = spec["root"]["inputDefinitions"], spec["root"]["outputDefinitions"]
+    assert inputs["parameters"]["config"]["parameterType"] == "STRING"
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in inputs["artifacts"].items()} == {
+        "canonical": "system.Dataset", "model": "system.Model"}
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs["artifacts"].items()} == {
+        "bundle": "system.Artifact", "report": "system.HTML", "metrics": "system.Metrics"}

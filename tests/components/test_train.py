@@ -1,0 +1,165 @@
+"""Training: leakage-free inputs, resume from checkpoint, time budget, DDP with two processes, the KFP component."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.components.test_model import planted_tables, tiny_config, write_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(data_dir, canonical_dir, examples_dir) of the planted data set, text cache warmed once."""
+    root = tmp_path_factory.mktemp("train")
+    canonical, examples = write_dataset(root / "data")
+    from components.schemas import read_tables
+    from components.text_encoder import cached_text_embeddings
+
+    items = read_tables(canonical)["items"].sort_values("item_id")
+    cached_text_embeddings(items["text"].tolist(), None, root / "data" / "cache", progress=False)
+    return root / "data", canonical, examples
+
+
+def test_training_inputs_hold_no_validation_test_or_cold_rows(dataset) -> None:
+    from components.train import prepare_data, read_examples
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"evaluate.cold_start_items": 3})
+    tables = planted_tables()
+    data = prepare_data(config, tables, read_examples(examples))
+    cold_rows = set(np.searchsorted(data.item_ids, data.split.cold_items) + 1)
+    used = set(np.unique(data.windows_in)) | set(np.unique(data.windows_out))
+    assert len(cold_rows) == 3 and not (cold_rows & used)
+    assert data.train_count[np.searchsorted(data.item_ids, data.split.cold_items)].sum() == 0
+    # every training target is a train row; the held-out (validation, test) targets never are
+    assert int((data.windows_out > 0).sum()) == len(data.split.train)
+    per_user = {int(u): len(g) for u, g in data.split.train.groupby("user_id")}
+    assert sum(per_user.values()) == len(data.split.train)
+    assert len(data.split.validation) == len(data.split.test) == 60
+
+
+def test_resume_continues_exactly_where_it_stopped(dataset, tmp_path: Path) -> None:
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    straight = train_model(tiny_config(data_dir, **{"train.epochs": 4}), canonical, examples, tmp_path / "a",
+                           progress=False)
+    train_model(tiny_config(data_dir, **{"train.epochs": 2}), canonical, examples, tmp_path / "b", progress=False)
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] == 2 and {"model", "optimizer", "best_metric"} <= set(ck)
+    resumed = train_model(tiny_config(data_dir, **{"train.epochs": 4}), canonical, examples, tmp_path / "b",
+                          resume=True, progress=False)
+    hist_a = json.loads((tmp_path / "a" / "history.json").read_text())
+    hist_b = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [h["epoch"] for h in hist_b] == [1, 2, 3, 4]
+    np.testing.assert_allclose([h["loss"] for h in hist_b], [h["loss"] for h in hist_a], rtol=1e-4)
+    assert resumed["test_ndcg@10"] == pytest.approx(straight["test_ndcg@10"], abs=1e-4)
+
+
+def test_time_budget_stops_training(dataset, tmp_path: Path) -> None:
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    metrics = train_model(tiny_config(data_dir, **{"train.max_minutes": 0.0001}), canonical, examples, tmp_path,
+                          progress=False)
+    assert metrics["epochs"] == 1
+
+
+@pytest.mark.timeout(600)
+def test_ddp_two_processes_give_metrics_of_the_same_shape(dataset, tmp_path: Path) -> None:
+    from components.config import write_config
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.epochs": 2})
+    single = train_model(config, canonical, examples, tmp_path / "single", progress=False)
+    cfg_file = write_config(config, tmp_path / "config.yaml")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "components.train", "--config", str(cfg_file),
+         "--canonical", str(canonical), "--examples", str(examples), "--out", str(tmp_path / "ddp")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert set(ddp) == set(single)
+    assert all(np.isfinite(v) for v in ddp.values())
+    hist_single = json.loads((tmp_path / "single" / "history.json").read_text())
+    hist_ddp = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert len(hist_ddp) == len(hist_single) == 2 and set(hist_ddp[0]) == set(hist_single[0])
+    assert hist_ddp[0]["samples"] >= hist_single[0]["samples"]  # each rank saw half of the (padded) windows
+    assert (tmp_path / "ddp" / "item_embeddings.npy").is_file()
+
+
+def test_fine_tuning_path_updates_and_ships_the_text_encoder(dataset, tmp_path: Path) -> None:
+    """The GPU path (model.fine_tune_encoder), run on the CPU with bf16 autocast for one short epoch."""
+    from safetensors.torch import load_file
+
+    from components.model import load_recommender
+    from components.text_encoder import default_encoder_dir
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.epochs": 1, "model.fine_tune_encoder": True,
+                                      "model.encoder_learning_rate": 1e-3})
+    metrics = train_model(config, canonical, examples, tmp_path, progress=False)
+    assert np.isfinite(metrics["test_ndcg@10"])
+    tuned = load_file(str(tmp_path / "encoder" / "model.safetensors"))
+    base = load_file(str(default_encoder_dir() / "model.safetensors"))
+    name = next(k for k in tuned if "layer.0.attention.self.query.weight" in k)
+    base_name = next(k for k in base if k.endswith("layer.0.attention.self.query.weight"))
+    assert not torch.equal(tuned[name].float(), base[base_name].float())
+    rec = load_recommender(tmp_path)
+    assert rec.cfg["encoder_dir"] == "encoder"
+    import pandas as pd
+
+    emb = rec.add_items(pd.DataFrame({"item_id": [500], "text": ["A ghost story in a haunted house."]}))
+    assert emb.shape == (1, 32) and np.isfinite(emb).all()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_train_op_runs_with_the_kfp_local_runner(dataset, tmp_path: Path, monkeypatch) -> None:
+    from kfp import dsl, local
+
+    from components.config import config_to_text
+    from components.train import train_op
+
+    data_dir, canonical, examples = dataset
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+
+    @dsl.pipeline(name="train-only")
+    def train_pipeline(config: str):
+        tables = dsl.importer(artifact_uri=str(canonical), artifact_class=dsl.Dataset, reimport=False)
+        ex = dsl.importer(artifact_uri=str(examples), artifact_class=dsl.Dataset, reimport=False)
+        train_op(config=config, canonical=tables.output, examples=ex.output)
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               raise_on_error=True)
+    train_pipeline(config=config_to_text(tiny_config(data_dir, **{"train.epochs": 2})))
+    task_dir = next((tmp_path / "kfp").glob("train-only-*/train-op"))
+    assert (task_dir / "model" / "item_embeddings.npy").is_file()
+    assert (task_dir / "model" / "model_config.json").is_file()
+    assert "data:image/png;base64" in (task_dir / "curve").read_text()
+
+
+def test_train_op_is_a_kfp_component(tmp_path: Path) -> None:
+    from kfp import compiler
+
+    from components.train import train_op
+
+    compiler.Compiler().compile(train_op, str(tmp_path / "train_op.yaml"))
+    spec = (tmp_path / "train_op.yaml").read_text()
+    for name in ("canonical", "examples", "model", "metrics", "curve", "config"):
+        assert name in spec
