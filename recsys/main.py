@@ -4,8 +4,9 @@ from pathlib import Path
 
 import typer
 
-from recsys import data, demo, pipeline
+from recsys import compress_cmd, data, demo, evaluate_cmd, features, model, monitor, pipeline, serve, serve_api
 from recsys.common import State, setup_logging
+from recsys.simulate_cmd import simulate
 
 app = typer.Typer(
     name="recsys",
@@ -29,5 +30,15 @@ def main(
 
 
 app.add_typer(data.app, name="data")
+app.add_typer(features.app, name="features")
+app.command("evaluate")(evaluate_cmd.evaluate)
 app.add_typer(pipeline.app, name="pipeline")
 app.command("demo")(demo.demo)
+app.add_typer(serve.app, name="serve")
+serve_api.register(serve.app)
+app.add_typer(serve.deploy_app, name="deploy")
+app.add_typer(monitor.app, name="monitor")
+app.command("train")(model.train)
+app.command("recommend")(model.recommend)
+app.command("compress")(compress_cmd.compress)
+app.command("simulate")(simulate)

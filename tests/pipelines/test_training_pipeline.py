@@ -1,12 +1,16 @@
 """The training pipeline: compiles to YAML that loads back; runs end to end with the KFP local runner."""
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from kfp.components import load_component_from_file
 
-from components.config import load_config
+from components.config import absolute_paths, config_to_text, load_config
+from components.ingest import ingest_op
+from components.validate import validate_op
 from pipelines.runner import PipelineError, check_host, compile_pipeline, run_pipeline
 from tests.conftest import small_tables, write_csvs
 
@@ -53,23 +57,72 @@ def test_unreachable_host_fails_fast():
     assert time.monotonic() - started < 1.0
 
 
-def _files_config(tmp_path, tables):
+def _files_config(tmp_path, tables, *extra: str):
     paths = write_csvs(tables, tmp_path / "in")
     return load_config(overrides=[
-        f"paths.pipeline_root={tmp_path / 'kfp'}", "data.source=files",
+        f"paths.pipeline_root={tmp_path / 'kfp'}", f"paths.artifacts_dir={tmp_path / 'artifacts'}",
+        f"paths.data_dir={tmp_path / 'data'}", f"features.data_dir={tmp_path / 'features'}", "data.source=files",
         f"data.interactions_path={paths['interactions']}", f"data.users_path={paths['users']}",
-        f"data.items_path={paths['items']}",
+        f"data.items_path={paths['items']}", *extra,
     ])
 
 
 @pytest.mark.integration
-def test_local_run_on_movielens_lands_every_artifact(tmp_path):
+def test_ingest_and_validate_of_movielens_in_the_local_runner(tmp_path):
+    """The pipeline spine on the real MovieLens-100K, through the KFP local runner."""
+    from kfp import dsl, local
+
+    @dsl.pipeline(name="spine")
+    def spine(config: str) -> None:
+        validate_op(config=config, canonical=ingest_op(config=config).outputs["canonical"])
+
     config = load_config(overrides=[f"paths.pipeline_root={tmp_path / 'kfp'}"])
-    result = run_pipeline("training", config)
-    validated = result["artifacts"]["validate-op"]["validated"]
-    assert sorted(p.name for p in Path(validated).iterdir()) == ["interactions.parquet", "items.parquet",
-                                                                 "users.parquet"]
-    assert (Path(result["artifacts"]["validate-op"]["data_docs"]) / "index.html").exists()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    spine(config=config_to_text(absolute_paths(config)))
+    run_dir = next((tmp_path / "kfp").iterdir())
+    validated = run_dir / "validate-op" / "validated"
+    assert len(pd.read_parquet(validated / "interactions.parquet")) == 100_000
+    summary = json.loads((run_dir / "validate-op" / "data_docs" / "summary.json").read_text())
+    assert summary["success"] and summary["statistics"]["rows"]["users"] == 943
+    assert (run_dir / "validate-op" / "data_docs" / "index.html").exists()
+
+
+@pytest.mark.integration
+def test_full_pipeline_on_a_tiny_configuration(tmp_path):
+    """ingest -> validate -> features -> train -> evaluate -> gate -> compress -> deploy -> promote, all real."""
+    from components.registry import read_champion
+    from serving.triton_client import RecommenderClient
+    from serving.triton_server import settings_from_config, stop_detached
+    from tests.components.test_model import SEQ, planted_tables
+    from tests.serving.conftest import free_port
+
+    tiny = {
+        "model.embedding_dim": 16, "model.max_seq_len": SEQ, "model.user_layers": 1, "model.dropout": 0.0,
+        "train.epochs": 3, "train.batch_size": 32, "train.learning_rate": 0.01, "train.max_minutes": 2,
+        "evaluate.cold_start_items": 0, "evaluate.bootstrap_samples": 10, "evaluate.gate_min_improvement": -1.0,
+        "evaluate.knn_neighbours": [10], "evaluate.ease_lambdas": [100],
+        "compress.variants": ["fp32", "int8"], "compress.latency_repeats": 2,
+        "serving.triton_grpc_port": free_port(), "serving.triton_http_port": free_port(),
+        "serving.triton_metrics_port": free_port(), "serving.model_repository": tmp_path / "models",
+        "serving.triton_build_dir": tmp_path / "triton", "serving.triton_log_file": tmp_path / "triton" / "log",
+    }
+    config = _files_config(tmp_path, planted_tables(), *[f"{k}={v}" for k, v in tiny.items()])
+    try:
+        result = run_pipeline("training", config)
+        tasks = result["artifacts"]
+        assert {"features-op", "train-op", "evaluate-op", "compress-op", "deploy-op"} <= set(tasks)
+        assert (Path(tasks["features-op"]["examples"]) / "examples.parquet").exists()
+        assert (Path(tasks["train-op"]["model"]) / "item_embeddings.npy").exists()
+        deployment = json.loads(Path(tasks["deploy-op"]["deployment"]).read_text())
+        assert deployment["version"] == 1
+        champion = read_champion(tmp_path / "artifacts")
+        assert champion is not None and "version 1" in champion.note
+        client = RecommenderClient(f"127.0.0.1:{config.serving.triton_grpc_port}", timeout_s=10)
+        ids, scores = client.recommend([1, 2, 3], [0, 0, 0], exclude_item_ids=[1, 2, 3], k=5)
+        client.close()
+        assert len(ids) == 5 and not set(ids.tolist()) & {1, 2, 3} and list(scores) == sorted(scores, reverse=True)
+    finally:
+        stop_detached(settings_from_config(config))
 
 
 @pytest.mark.integration
