@@ -33,6 +33,7 @@ from kfp.dsl import Dataset, Input, Metrics, Output
 from components.config import Config
 from components.errors import RecsysError
 from components.kfp_support import step
+from components.schemas import age_band_label
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -42,8 +43,6 @@ _SERVICES: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_FILE = "examples.parquet"
-AGE_BAND_UPPER = (17, 24, 34, 44, 49, 55)  # MovieLens-1M bands: <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+
-AGE_BAND_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 UNKNOWN = "unknown"
 PUSH_SOURCE = "user_activity_push"  # definitions.USER_ACTIVITY_PUSH
 ONE_US = pd.Timedelta(microseconds=1)
@@ -124,9 +123,7 @@ def popularity_column(days: int) -> str:
 
 def age_band(age: int | float | None) -> str:
     """Age band label of an age (UNKNOWN when missing)."""
-    if age is None or (isinstance(age, float) and math.isnan(age)):
-        return UNKNOWN
-    return AGE_BAND_LABELS[int(np.searchsorted(AGE_BAND_UPPER, int(age)))]
+    return age_band_label(age) or UNKNOWN
 
 
 def _valid_from(created: pd.Series, first_event: pd.Series) -> pd.Series:

@@ -17,10 +17,8 @@ import pandas as pd
 
 from components.errors import RecsysError
 from components.recommender import Recommender, catalogue_positions, check_scores, exclusion_mask, top_k
+from components.schemas import AGE_BAND_LABELS, AGE_BANDS
 
-# Age bands shared by evaluation, model profiles (C5 manifest "age_bands") and monitoring: exclusive upper bounds.
-AGE_BANDS: tuple[int, ...] = (18, 25, 35, 45, 50, 56)
-AGE_BAND_LABELS: tuple[str, ...] = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 UNKNOWN_GROUP = "unknown"
 
 

@@ -30,7 +30,29 @@ REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
     },
 }
 KEYS = {INTERACTIONS: ("user_id", "item_id", "event_timestamp"), USERS: ("user_id",), ITEMS: ("item_id",)}
+# User age bands (exclusive upper bounds), shared by features, the model's profile vocabulary (the C5 manifest's
+# "age_bands"), evaluation groups and monitoring: "<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+".
+AGE_BANDS: tuple[int, ...] = (18, 25, 35, 45, 50, 56)
 RECOMMENDATION_COLUMNS = {"user_id": "int64", "item_id": "int64", "rank": "int64", "score": "float64"}
+
+
+def age_band_label(age: object, bands: tuple[int, ...] | list[int] = AGE_BANDS) -> str | None:
+    """'<18', '18-24', ..., '56+' for exclusive upper bounds `bands`; None when the age is unknown."""
+    try:
+        value = float(age)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if value != value or value < 0 or not bands:  # NaN or negative
+        return None
+    lower = 0
+    for upper in bands:
+        if value < upper:
+            return f"<{upper}" if lower == 0 else f"{lower}-{upper - 1}"
+        lower = upper
+    return f"{bands[-1]}+"
+
+
+AGE_BAND_LABELS: tuple[str, ...] = tuple(age_band_label(b - 1) for b in AGE_BANDS) + (f"{AGE_BANDS[-1]}+",)
 
 
 class SchemaError(RecsysError, ValueError):

@@ -20,6 +20,7 @@ import typer
 from components.config import CONFIG_ENV, Config, absolute_paths, write_config
 from components.errors import RecsysError
 from recsys.common import console, errors_as_exit, state
+from serving.triton_server import pid_alive
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:RecommendationService"
@@ -55,19 +56,6 @@ def _get(url: str, timeout: float = 1.0) -> int:
         return err.code
     except (urllib.error.URLError, OSError):
         return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _startup_failure(path: Path, offset: int) -> str | None:
@@ -134,11 +122,11 @@ def start_api(config: Config, detach: bool = True, timeout_s: float = 90.0) -> i
 
 def stop_pid(pid: int, timeout_s: float = 20.0) -> None:
     """SIGTERM the server (its worker follows), SIGKILL it after timeout_s."""
-    if not _alive(pid):
+    if not pid_alive(pid):
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             break
@@ -155,7 +143,7 @@ def stop_api(config: Config) -> bool:
     if not path.is_file():
         return False
     pid = int(path.read_text().strip() or 0)
-    running = pid > 0 and _alive(pid)
+    running = pid > 0 and pid_alive(pid)
     if running:
         stop_pid(pid)
     path.unlink(missing_ok=True)
@@ -186,7 +174,7 @@ def register(app: typer.Typer) -> None:
             return
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
-            while _alive(pid):
+            while pid_alive(pid):
                 time.sleep(0.5)
             console.print(f"[bold red]the API server exited[/]; see {log_file(config)}")
             raise typer.Exit(code=1)

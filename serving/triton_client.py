@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from components.errors import RecsysError
+from components.schemas import age_band_label
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +29,6 @@ class TritonClientError(RecsysError):
         self.model = model
         self.status = status or "UNKNOWN"
         super().__init__(f"Triton model '{model}' failed ({self.status}): {message}")
-
-
-def age_band_label(age: float | None, bands: Sequence[int]) -> str | None:
-    """'<18', '18-24', ..., '56+' for exclusive upper bounds `bands` (the manifest's age_bands); None if unknown."""
-    try:
-        age = float(age)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    if not np.isfinite(age) or age < 0 or not bands:
-        return None
-    lower = 0
-    for upper in bands:
-        if age < upper:
-            return f"<{upper}" if lower == 0 else f"{lower}-{upper - 1}"
-        lower = upper
-    return f"{bands[-1]}+"
 
 
 def encode_profile(
