@@ -1,5 +1,7 @@
 """Load test of the recommendation API on loopback: requests/s and p50/p99 at several concurrencies, errors,
-and where the time goes (Feast, Triton, the request log, the service itself, HTTP + BentoML).
+and where the time goes (Feast, Triton, the request log, the service itself, HTTP + BentoML), plus the CPU
+milliseconds each process of a built stack (API, Triton server, each Python-backend step, this client) spends
+per request: with two cores, sum(cpu_ms_per_request) bounds requests/s whatever the latency stages say.
 
 By default it builds a MovieLens-sized stack (1682 items, 943 users, a 64-d tower over 50 recent items) with
 real Feast, Triton and BentoML under a temporary folder; `--url` measures an API that already runs instead.
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -36,6 +39,37 @@ def parse_timing(header: str | None) -> dict[str, float]:
         name, _, dur = part.strip().partition(";dur=")
         if dur:
             out[name] = float(dur)
+    return out
+
+
+def _process_group(proc: Any) -> str:
+    """Which part of the stack a process is (by its command line)."""
+    cmd = " ".join(proc.cmdline())
+    if "triton_python_backend_stub" in cmd:
+        for model in ("recommender_topk", "recommender_user_tower", "recommender_prep"):
+            if f"/{model}/" in cmd:
+                return f"triton_{model.removeprefix('recommender_')}"
+        return "triton_other"
+    if "tritonserver" in cmd:
+        return "triton_server"
+    if "bentoml" in cmd:
+        return "api_bentoml"
+    return "bench_client" if proc.pid == os.getpid() else "other"
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process and all its descendants, by part of the stack."""
+    import psutil
+
+    me = psutil.Process()
+    out: dict[str, float] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            group = _process_group(proc)
+        except psutil.Error:
+            continue
+        out[group] = out.get(group, 0.0) + times.user + times.system
     return out
 
 
@@ -77,9 +111,11 @@ async def run_level(url: str, concurrency: int, requests: int, users: int, filte
                 stages.append(timing)
                 degraded += bool(resp.json()["degraded"])
 
+        cpu0 = cpu_seconds()
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
+        cpu1 = cpu_seconds()
     lat = np.asarray(latencies) if latencies else np.zeros(1)
     mean = {k: float(np.mean([s.get(k, 0.0) for s in stages])) if stages else 0.0
             for k in (*STAGES, "total", "client")}
@@ -94,6 +130,11 @@ async def run_level(url: str, concurrency: int, requests: int, users: int, filte
         "p99_ms": round(float(np.percentile(lat, 99)), 2), "max_ms": round(float(lat.max()), 2),
         "mean_stage_ms": {k: round(v, 3) for k, v in mean.items()},
         "time_share": {k: round(mean[k] / denom, 3) for k in share_keys},
+        # CPU ms per answered request by part of the stack (processes of a built stack; the client's own
+        # CPU is in bench_client); with N cores the stack cannot exceed N * 1000 / total requests/s
+        "cpu_ms_per_request": {k: round((cpu1[k] - cpu0.get(k, 0.0)) * 1000 / max(len(latencies), 1), 2)
+                               for k in sorted(cpu1)},
+        "load_average": os.getloadavg(),
     }
 
 
@@ -157,9 +198,10 @@ def main() -> None:
         levels = []
         for conc, n in zip(args.concurrency, counts, strict=True):
             level = asyncio.run(run_level(url, conc, n, args.users, args.filter_share, seed=conc))
-            log.info("c=%d: %.1f req/s, p50 %.2f ms, p99 %.2f ms, errors %d, degraded %d, share %s", conc,
-                     level["rps"], level["p50_ms"], level["p99_ms"], level["errors"], level["degraded"],
-                     level["time_share"])
+            log.info("c=%d: %.1f req/s, p50 %.2f ms, p99 %.2f ms, errors %d, degraded %d, share %s, "
+                     "CPU ms/request %s, load %s", conc, level["rps"], level["p50_ms"], level["p99_ms"],
+                     level["errors"], level["degraded"], level["time_share"], level["cpu_ms_per_request"],
+                     level["load_average"])
             levels.append(level)
     finally:
         if stack is not None:

@@ -1,8 +1,13 @@
 """Durable, append-only log of served requests and of the interactions that followed (contract C6).
 
-SQLite in WAL mode with ``synchronous=FULL``: every append is one transaction, committed (and on disk)
-before the call returns, so a process killed right after an append loses nothing. One writer connection
-per ``RequestLog`` guarded by a lock (thread-safe); readers open their own connection and return DataFrames.
+SQLite in WAL mode with ``synchronous=FULL``: every append is committed (and on disk) before the call returns,
+so a process killed right after an append loses nothing. One writer connection per ``RequestLog`` guarded by a
+lock (thread-safe); readers open their own connection and return DataFrames.
+
+Group commit: concurrent ``append_request`` callers are coalesced. Each caller queues its rows and takes the
+writer lock; whoever holds it commits every queued request in one transaction (one fsync) and marks them done,
+so a caller that gets the lock later finds its own entry already committed and returns at once. Every caller
+still returns only after the transaction holding its own entry has committed.
 Timestamps are stored as integer microseconds since the epoch (UTC) so windows are cheap range scans.
 """
 
@@ -81,6 +86,17 @@ class RequestRecord:
     latency_ms: float
 
 
+@dataclass
+class _Pending:
+    """A request waiting for a group commit; `done` once a transaction holding it committed or failed."""
+
+    request_id: str
+    row: tuple
+    recs: list[tuple]
+    done: bool = False
+    error: RequestLogError | None = None
+
+
 def _to_us(ts: datetime | pd.Timestamp | str, what: str) -> int:
     """UTC microseconds since the epoch; naive timestamps are refused (the log is UTC only)."""
     stamp = pd.Timestamp(ts)
@@ -114,7 +130,10 @@ class RequestLog:
                 self._conn.executescript(_SCHEMA)
         except sqlite3.Error as err:
             raise RequestLogError(f"cannot open request log {self.path}: {err}") from err
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer connection
+        self._queue_lock = threading.Lock()  # the queue of requests waiting for a group commit
+        self._queue: list[_Pending] = []
+        self.commits = 0  # transactions committed by append_request (group commits); for tests and benchmarks
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
@@ -136,22 +155,26 @@ class RequestLog:
     # ---- writing ----------------------------------------------------------------------------------------
     def _write(self, statements: list[tuple[str, Any]], where: str) -> None:
         with self._lock:
+            self._write_locked(statements, where)
+
+    def _write_locked(self, statements: list[tuple[str, Any]], where: str) -> None:
+        """One transaction on the writer connection; the caller holds self._lock."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for sql, params in statements:
-                        if isinstance(params, list):
-                            self._conn.executemany(sql, params)
-                        else:
-                            self._conn.execute(sql, params)
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.IntegrityError as err:
-                raise RequestLogError(f"{where}: {err} (log {self.path})") from err
-            except sqlite3.Error as err:
-                raise RequestLogError(f"{where}: cannot write to request log {self.path}: {err}") from err
+                for sql, params in statements:
+                    if isinstance(params, list):
+                        self._conn.executemany(sql, params)
+                    else:
+                        self._conn.execute(sql, params)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as err:
+            raise RequestLogError(f"{where}: {err} (log {self.path})") from err
+        except sqlite3.Error as err:
+            raise RequestLogError(f"{where}: cannot write to request log {self.path}: {err}") from err
 
     @staticmethod
     def _request_rows(record: RequestRecord) -> tuple[tuple, list[tuple]]:
@@ -172,9 +195,50 @@ class RequestLog:
                 for rank, (item, score) in enumerate(zip(item_ids, scores, strict=True), 1)]
         return row, recs
 
+    @staticmethod
+    def _request_statements(rows: list[tuple], recs: list[tuple]) -> list[tuple[str, Any]]:
+        return [("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows),
+                ("INSERT INTO recommendations VALUES (?,?,?,?)", recs)]
+
     def append_request(self, record: RequestRecord) -> None:
-        """Log one request and its ranked response in one committed transaction."""
-        self.append_requests([record])
+        """Log one request and its ranked response; returns once a transaction holding it has committed.
+
+        Concurrent callers are group-committed (one transaction and one fsync for all requests queued while
+        the previous commit ran); a record that cannot be written raises here and does not fail the others.
+        """
+        row, recs = self._request_rows(record)
+        entry = _Pending(record.request_id, row, recs)
+        with self._queue_lock:
+            self._queue.append(entry)
+        with self._lock:
+            if not entry.done:  # nobody committed it yet: commit everything queued, this entry included
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit_group(batch)
+        if entry.error is not None:
+            raise entry.error
+
+    def _commit_group(self, batch: list[_Pending]) -> None:
+        """Commit queued requests in one transaction (caller holds self._lock); if that fails and the group
+        holds several, each is retried alone so only the faulty one gets the error."""
+        where = f"request {batch[0].request_id!r}" if len(batch) == 1 else f"{len(batch)} requests"
+        try:
+            self._write_locked(self._request_statements([e.row for e in batch], [r for e in batch for r in e.recs]),
+                               where)
+            self.commits += 1
+        except RequestLogError as err:
+            if len(batch) == 1:
+                batch[0].error = err
+            else:
+                for entry in batch:
+                    self._commit_group([entry])
+        except BaseException as err:  # e.g. interrupted: the waiting callers must not think they were logged
+            for entry in batch:
+                entry.error = entry.error or RequestLogError(f"request {entry.request_id!r} not logged: {err!r}")
+            raise
+        finally:
+            for entry in batch:
+                entry.done = True
 
     def append_requests(self, records: list[RequestRecord]) -> int:
         """Log several requests in one committed transaction (all or none); for replays and back-fills."""
@@ -186,8 +250,7 @@ class RequestLog:
             rows.append(row)
             recs += rec
         where = f"request {records[0].request_id!r}" if len(records) == 1 else f"{len(records)} requests"
-        self._write([("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows),
-                     ("INSERT INTO recommendations VALUES (?,?,?,?)", recs)], where)
+        self._write(self._request_statements(rows, recs), where)
         return len(rows)
 
     def append_interaction(self, user_id: int, item_id: int, rating: float | None,

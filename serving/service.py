@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 
 from components.config import Config, load_config
 from components.errors import RecsysError
-from components.features import feature_data_dir, online_features, open_store, push_interaction
+from components.features import feature_data_dir, online_feature_rows, open_store, push_interaction
 from components.request_log import RequestLog, RequestRecord
 from serving import triton_repo as tr
 from serving.api_models import (
@@ -211,23 +211,6 @@ class ModelState:
                 for i, j in enumerate(best)]
 
 
-class CachedServices:
-    """A FeatureStore whose feature services come from the registry cache (one registry read, not one per
-    look-up: `get_feature_service` without the cache costs ~1-30 ms); everything else goes to the store."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self._services: dict[str, Any] = {}
-
-    def get_feature_service(self, name: str, allow_cache: bool = True) -> Any:
-        if name not in self._services:
-            self._services[name] = self._store.get_feature_service(name, allow_cache=True)
-        return self._services[name]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
 class Breaker:
     """Up/down state of one dependency: requests skip it while it is down; the watcher re-checks it."""
 
@@ -265,7 +248,7 @@ class Engine:
         self._feast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-feast")
         self._store = None
         try:
-            self._store = CachedServices(open_store(config))  # first open imports Feast: no deadline here
+            self._store = open_store(config)  # first open imports Feast: no deadline here
         except Exception as err:  # noqa: BLE001 - the watcher retries
             self.feast.fail(err)
         self._client = self._new_client()
@@ -318,7 +301,7 @@ class Engine:
 
         def run() -> Any:
             if self._store is None:
-                self._store = CachedServices(open_store(self.config))
+                self._store = open_store(self.config)
             return fn(self._store, *args)
 
         try:
@@ -329,7 +312,7 @@ class Engine:
     def check_feast(self) -> bool:
         """The online store answers a look-up."""
         try:
-            self._feast(online_features, [0])
+            self._feast(online_feature_rows, [0])
             self.feast.ok()
             return True
         except Exception as err:  # noqa: BLE001 - the store's own client reconnects (redis); opening may retry
@@ -362,15 +345,17 @@ class Engine:
         if not self.feast.up:
             return None
         try:
-            row = self._feast(online_features, [user_id]).iloc[0]
+            row = self._feast(online_feature_rows, [user_id])[0]
         except Exception as err:  # noqa: BLE001
             self.feast.fail(err)
             return None
         age = row["age"]
-        return {"known": not pd.isna(age) or int(row["user_interaction_count"]) > 0,
-                "profile": {"age": None if pd.isna(age) else int(age), "gender": row["gender"],
+        if age is not None and age != age:  # NaN counts as missing, as None does
+            age = None
+        return {"known": age is not None or row["user_interaction_count"] > 0,
+                "profile": {"age": None if age is None else int(age), "gender": row["gender"],
                             "occupation": row["occupation"]},
-                "recent": [int(i) for i in row["recent_item_ids"]]}
+                "recent": row["recent_item_ids"]}
 
     def _rank(self, model: ModelState, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
               mask: np.ndarray | None) -> tuple[list[tuple[int, float]], int]:

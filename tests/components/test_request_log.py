@@ -118,3 +118,91 @@ def test_sigkill_right_after_append_loses_nothing(tmp_path: Path) -> None:
     inter = log.interactions_frame()
     assert set(inter["user_id"]) >= {int(a.split("-")[1]) for a in acknowledged}
     assert len(log.recommendations_frame()) == 2 * len(logged)  # no half-written request
+
+
+def _queued_behind_held_lock(log: RequestLog, records: list[RequestRecord]) -> tuple[list[threading.Thread], dict]:
+    """Start one appending thread per record while the test holds the writer lock, wait until all are queued."""
+    errors: dict[str, Exception] = {}
+
+    def append(rec: RequestRecord) -> None:
+        try:
+            log.append_request(rec)
+        except RequestLogError as err:
+            errors[rec.request_id] = err
+
+    threads = [threading.Thread(target=append, args=(rec,)) for rec in records]
+    for t in threads:
+        t.start()
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    while len(log._queue) < len(records):
+        assert datetime.now(UTC) < deadline, "appends were not queued"
+        threading.Event().wait(0.005)
+    return threads, errors
+
+
+def test_concurrent_appends_are_group_committed(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "log.sqlite")
+    with log._lock:  # a commit in progress: the next callers queue up behind it
+        threads, errors = _queued_behind_held_lock(log, [record(i) for i in range(12)])
+        assert all(t.is_alive() for t in threads)  # nobody returns before its entry is committed
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors and log.commits == 1  # twelve requests, one transaction
+    # each entry is durable: a fresh connection (another process would see the same) reads all of them
+    assert sorted(RequestLog(tmp_path / "log.sqlite").requests_frame()["request_id"]) == sorted(
+        f"r{i}" for i in range(12))
+    assert len(log.recommendations_frame()) == 36
+
+
+def test_bad_record_in_a_group_fails_alone(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "log.sqlite")
+    log.append_request(record(1))
+    with log._lock:
+        threads, errors = _queued_behind_held_lock(log, [record(2), record(1), record(3)])
+    for t in threads:
+        t.join(timeout=30)
+    assert list(errors) == ["r1"] and "r1" in str(errors["r1"])  # the duplicate id, and only it, is refused
+    assert list(log.requests_frame()["request_id"]) == ["r1", "r2", "r3"] and len(log.recommendations_frame()) == 9
+
+
+THREADED_CHILD = """
+import sys, threading
+from datetime import UTC, datetime
+from components.request_log import RequestLog, RequestRecord
+log = RequestLog(sys.argv[1])
+out = threading.Lock()
+def write(t):
+    i = 0
+    while True:
+        rid = f"t{t}-{i}"
+        log.append_request(RequestRecord(rid, datetime.now(UTC), i, 2, True, {}, {}, [1, 2], [0.2, 0.1],
+                                         "v1", False, False, 1.0))
+        with out:
+            print(rid, flush=True)  # acknowledged: append_request returned
+        i += 1
+for t in range(6):
+    threading.Thread(target=write, args=(t,)).start()
+"""
+
+
+def test_sigkill_during_group_commits_loses_no_acknowledged_request(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.Popen([sys.executable, "-c", THREADED_CHILD, str(path)], stdout=subprocess.PIPE, text=True,
+                             env=env)
+    acknowledged = []
+    try:
+        for line in child.stdout:
+            acknowledged.append(line.strip())
+            if len(acknowledged) >= 150:
+                child.send_signal(signal.SIGKILL)  # killed while six threads keep appending
+                break
+    finally:
+        child.kill()
+        rest, _ = child.communicate(timeout=30)
+    acknowledged += [line for line in rest.split() if line]
+    assert child.returncode == -signal.SIGKILL
+    log = RequestLog(path)
+    logged = set(log.requests_frame()["request_id"])
+    assert set(acknowledged) <= logged, f"lost: {sorted(set(acknowledged) - logged)}"
+    assert len(log.recommendations_frame()) == 2 * len(logged)
