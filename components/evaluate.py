@@ -8,6 +8,9 @@ Protocol (all recommenders, same run, same split from `components.splits`):
   training, so a model reaches them through their text), against `new-item-popularity`: for a user whose target
   happened at time t, a cold item scores its number of interactions by other users strictly before t. The target
   event itself and anything later are never counted. `random` is the exact expectation of a random ranking.
+  A model with `set_item_events` (the two-tower model) is handed the same cold-item events: it adds
+  w * log(1 + n) to its text-based score of items it has no trained ID for, n = that item's events by other users
+  strictly before the target within its rolling window (w and window chosen on validation at training time).
 - Gate: the candidate is promoted when its `evaluate.gate_metric` beats the champion's by more than
   `evaluate.gate_min_improvement` (relative). The champion is the registry's model re-evaluated on this split, or
   before the first promotion the strongest baseline.
@@ -227,6 +230,9 @@ def evaluate_main(recommender: Recommender, key: str, role: str, data: EvalData,
 
 
 def evaluate_cold(recommender: Recommender, key: str, role: str, data: EvalData, config: Config) -> ModelResult:
+    share = getattr(recommender, "set_item_events", None)
+    if share is not None:  # the same new-item interactions the new-item-popularity baseline counts (point in time)
+        share(data.split.cold_interactions)
     return evaluate_task(recommender, key, role, data.cold_users, data.cold_histories, data.cold_targets,
                          data.split.cold_items, config, exclude=data.cold_exclude, groups=False)
 

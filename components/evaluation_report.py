@@ -39,11 +39,15 @@ def _fmt(est: Any) -> str:
     return f"{est.value:.4f} [{est.low:.4f}, {est.high:.4f}]"
 
 
+def _param(value: object) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
 def overall_table(results: list[ModelResult], ks: list[int], with_coverage: bool = True) -> pd.DataFrame:
     rows = []
     for r in results:
         row = {"recommender": r.key, "model": r.name, "role": r.role,
-               "params": ", ".join(f"{k}={v:g}" for k, v in r.params.items()) or "-"}
+               "params": ", ".join(f"{k}={_param(v)}" for k, v in r.params.items()) or "-"}
         for k in ks:
             row[f"HR@{k}"] = _fmt(r.summary[f"hr@{k}"])
             row[f"NDCG@{k}"] = _fmt(r.summary[f"ndcg@{k}"])

@@ -281,7 +281,8 @@ class UserEncoder(nn.Module):
     def forward(self, history: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
         history = history[:, -self.user.max_seq_len :]
         valid = history > 0
-        return UserTower.last(self.user(self.table[history], valid, profile), valid)
+        # F.embedding exports as ONNX Gather, which dynamic int8 quantization covers (indexing exports as GatherND)
+        return UserTower.last(self.user(F.embedding(history, self.table), valid, profile), valid)
 
 
 # ---------------------------------------------------------------- artifact (contract C4) and Recommender (C3)
@@ -329,6 +330,12 @@ class TwoTowerRecommender:
         self.batch_size = batch_size
         self._encoder = UserEncoder(self.model, self.item_embeddings).eval()
         self._rows = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
+        self.new_item_popularity_weight = float(self.cfg.get("new_item_popularity_weight", 0.0))
+        self.new_item_popularity_window = self.cfg.get("new_item_popularity_window_days")
+        self._new = self.model.train_count[1:].numpy() == 0  # per catalogue row: no trained ID embedding
+        self._events: pd.DataFrame | None = None
+        self.params = {"new_item_popularity_weight": self.new_item_popularity_weight,
+                       "new_item_popularity_window_days": self.new_item_popularity_window}
 
     @property
     def max_seq_len(self) -> int:
@@ -367,7 +374,26 @@ class TwoTowerRecommender:
             log.warning("%d catalogue items have no embedding (not in the model's items); scored -inf", (~known).sum())
         scores = np.full((len(users), len(catalogue)), -np.inf, dtype=np.float32)
         scores[:, known] = self.user_embeddings(users, histories) @ self.item_embeddings[rows[known].astype(np.int64)].T
+        if self.new_item_popularity_weight > 0 and self._events is not None:
+            cols = np.flatnonzero(known)
+            cols = cols[self._new[rows[cols].astype(np.int64)]]
+            if len(cols):
+                counts = new_item_counts(self._events, users, catalogue[cols], self.new_item_popularity_window)
+                scores[:, cols] += self.new_item_popularity_weight * np.log1p(counts)
         return scores
+
+    def set_item_events(self, events: pd.DataFrame) -> None:
+        """Interactions (user_id, item_id, event_timestamp) the serving system has logged on new items.
+
+        Items without a trained ID embedding then score cosine + w * log(1 + n), n = the item's interactions by
+        other users strictly before the user's `as_of` (all of `events` when `users` has no `as_of`), within the
+        last `new_item_popularity_window_days` days when set; w and the window were chosen on the validation split
+        at training time (`new_item_popularity_weight`, 0 = off).
+        """
+        missing = {"user_id", "item_id", "event_timestamp"} - set(events.columns)
+        if missing:
+            raise ModelError(f"item events lack column(s) {sorted(missing)}")
+        self._events = events[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
 
     def add_items(self, items: pd.DataFrame, text_emb: np.ndarray | None = None) -> np.ndarray:
         """Embed new items (item_id, text, optional genres/year) from text + metadata alone; returns [n, D].
@@ -393,10 +419,33 @@ class TwoTowerRecommender:
             vec = m.content_vectors(torch.from_numpy(feats.text), g, torch.from_numpy(feats.year))
             emb = F.normalize(vec, p=2, dim=-1).numpy().astype(np.float32)
         self.item_ids = np.concatenate([self.item_ids, new["item_id"].to_numpy(dtype=np.int64)])
+        self._new = np.concatenate([self._new, np.ones(len(new), dtype=bool)])
         self.item_embeddings = np.concatenate([self.item_embeddings, emb])
         self._rows = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
         log.info("added %d new items (text + metadata only)", len(new))
         return emb
+
+
+def _epoch_us(values: Any) -> np.ndarray:
+    return pd.to_datetime(pd.Series(values), utc=True).dt.as_unit("us").astype("int64").to_numpy()
+
+
+def new_item_counts(events: pd.DataFrame, users: pd.DataFrame, catalogue: np.ndarray,
+                    window_days: float | None = None) -> np.ndarray:
+    """float32 [len(users), len(catalogue)]: events on each item by other users strictly before the user's `as_of`
+    (and, with `window_days`, at most that many days before it: the feature store's rolling-window popularity)."""
+    col = pd.Series(np.arange(len(catalogue)), index=np.asarray(catalogue, dtype=np.int64))
+    ev = events[events["item_id"].isin(col.index)]
+    ts, ev_user, ev_col = _epoch_us(ev["event_timestamp"]), ev["user_id"].to_numpy(), col[ev["item_id"]].to_numpy()
+    as_of = _epoch_us(users["as_of"]) if "as_of" in users else np.full(len(users), np.iinfo(np.int64).max)
+    out = np.zeros((len(users), len(catalogue)), dtype=np.float32)
+    span = np.iinfo(np.int64).max if window_days is None else int(window_days * 86_400 * 1_000_000)
+    for i, (user, t) in enumerate(zip(users["user_id"].to_numpy(), as_of, strict=True)):
+        seen = (ts < t) & (ev_user != user)
+        if window_days is not None:
+            seen &= ts >= t - span
+        np.add.at(out[i], ev_col[seen], 1.0)
+    return out
 
 
 def load_recommender(model_dir: str | Path) -> TwoTowerRecommender:
@@ -405,6 +454,17 @@ def load_recommender(model_dir: str | Path) -> TwoTowerRecommender:
 
 
 # ---------------------------------------------------------------- ONNX (contract C5)
+
+
+def _strip_debug_metadata(path: Path) -> None:
+    """Drop the exporter's per-node debug records (source stack traces, FX names): a third of the file, not needed."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(proto, str(path))
 
 
 def export_user_tower_onnx(model_dir: str | Path, out_path: str | Path, atol: float = 1e-4) -> Path:
@@ -429,6 +489,7 @@ def export_user_tower_onnx(model_dir: str | Path, out_path: str | Path, atol: fl
             input_names=["history", "profile"], output_names=["user_embedding"],
             dynamic_shapes={"history": {0: batch}, "profile": {0: batch}}, external_data=False,
         )
+        _strip_debug_metadata(out_path)
         expected = encoder(torch.from_numpy(history), torch.from_numpy(profile)).numpy()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

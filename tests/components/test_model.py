@@ -222,3 +222,53 @@ def test_sampled_softmax_loss_is_finite_and_trains_every_part(hard_negatives: in
     assert torch.isfinite(loss) and loss.item() > 0
     for name in ("text_mlp.0.weight", "item_id.weight", "user.profile.0.weight", "user.blocks.0.qkv.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+def test_int8_user_tower_quantizes_the_item_table(planted_model: Path, tmp_path: Path) -> None:
+    """The table lookup exports as Gather (quantizable), without the exporter's per-node debug records."""
+    import onnx
+
+    from components.compress import quantize_int8
+    from components.model import export_user_tower_onnx
+
+    fp32 = export_user_tower_onnx(planted_model, tmp_path / "fp32.onnx")
+    graph = onnx.load(str(fp32)).graph
+    assert "GatherND" not in {n.op_type for n in graph.node}
+    assert not any(len(n.metadata_props) for n in graph.node)
+    int8 = onnx.load(str(quantize_int8(fp32, tmp_path / "int8.onnx"))).graph
+    tables = {i.name: i.data_type for i in int8.initializer if i.name.startswith("table")}
+    assert "table" not in tables and tables.get("table_quantized") in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+
+
+def test_new_item_counts_are_point_in_time_by_other_users_and_windowed() -> None:
+    from components.model import new_item_counts
+
+    ts = pd.to_datetime(["2024-01-01", "2024-01-05", "2024-01-09", "2024-01-10", "2024-01-10"], utc=True)
+    events = pd.DataFrame({"user_id": [1, 2, 3, 1, 4], "item_id": [10, 10, 10, 20, 10], "event_timestamp": ts})
+    users = pd.DataFrame({"user_id": [1, 2], "as_of": pd.to_datetime(["2024-01-10", "2024-01-10"], utc=True)})
+    counts = new_item_counts(events, users, np.array([10, 20, 30]))
+    # user 1: item 10 by users 2, 3 (own event and the event at as_of not counted); user 2: by 1 and 3
+    np.testing.assert_array_equal(counts, [[2, 0, 0], [2, 0, 0]])
+    np.testing.assert_array_equal(new_item_counts(events, users, np.array([10]), window_days=3), [[1], [1]])
+    everything = new_item_counts(events, users[["user_id"]], np.array([10, 20]))  # no as_of: all events known
+    np.testing.assert_array_equal(everything, [[3, 0], [3, 1]])
+
+
+def test_new_item_prior_changes_only_new_items(planted_model: Path) -> None:
+    from components.model import load_recommender
+
+    rec = load_recommender(planted_model)
+    cfg = json.loads((planted_model / "model_config.json").read_text())
+    assert rec.new_item_popularity_weight == cfg["new_item_popularity_weight"] >= 0
+    rec.add_items(pd.DataFrame({"item_id": [1000, 1001], "title": ["A", "B"],
+                                "text": ["A space adventure.", "A haunted house at midnight."]}))
+    users = planted_tables()["users"].head(3).assign(as_of=pd.Timestamp("2025-01-01", tz="UTC"))
+    hist = [np.array([1, 2])] * 3
+    plain = rec.score(users, hist, rec.item_ids)
+    rec.new_item_popularity_weight = 0.5
+    rec.set_item_events(pd.DataFrame({"user_id": [50, 51, 52], "item_id": [1001, 1001, 5],
+                                      "event_timestamp": pd.Timestamp("2024-06-01", tz="UTC")}))
+    boosted = rec.score(users, hist, rec.item_ids)
+    np.testing.assert_allclose(boosted[:, :-2], plain[:, :-2])  # trained items: no prior
+    np.testing.assert_allclose(boosted[:, -2], plain[:, -2])  # new item without events
+    np.testing.assert_allclose(boosted[:, -1], plain[:, -1] + 0.5 * np.log1p(2), rtol=1e-5)

@@ -163,3 +163,28 @@ def test_train_op_is_a_kfp_component(tmp_path: Path) -> None:
     spec = (tmp_path / "train_op.yaml").read_text()
     for name in ("canonical", "examples", "model", "metrics", "curve", "config"):
         assert name in spec
+
+
+def test_new_item_prior_weight_is_chosen_on_validation(dataset) -> None:
+    from components.model import load_model
+    from components.train import (
+        POPULARITY_WEIGHTS,
+        POPULARITY_WINDOWS,
+        choose_new_item_popularity_weight,
+        prepare_data,
+        read_examples,
+    )
+    from tests.components.test_model import trained_model
+
+    data_dir, canonical, examples = dataset
+    model_dir = trained_model(data_dir.parent / "planted")
+    cfg = json.loads((model_dir / "model_config.json").read_text())
+    data = prepare_data(tiny_config(data_dir), planted_tables(), read_examples(examples))
+    model, _ = load_model(model_dir)
+    weight, window, curve = choose_new_item_popularity_weight(model, data, torch.device("cpu"))
+    assert (weight, window) == (cfg["new_item_popularity_weight"], cfg["new_item_popularity_window_days"])
+    assert weight in POPULARITY_WEIGHTS and window in POPULARITY_WINDOWS
+    assert len(curve) == len(POPULARITY_WEIGHTS) + (len(POPULARITY_WINDOWS) - 1) * (len(POPULARITY_WEIGHTS) - 1)
+    best = max(c["val_text_only_hr@10"] for c in curve)
+    chosen = [c for c in curve if c["weight"] == weight and (c["window_days"] == window or weight == 0)]
+    assert chosen[0]["val_text_only_hr@10"] == best
