@@ -32,3 +32,13 @@ def test_bad_override_is_a_clean_error():
     assert result.exit_code == 1
     assert "unknown config key 'train.epochz'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_submit_to_a_dead_host_fails_fast_and_clearly():
+    import time
+
+    started = time.monotonic()
+    result = runner.invoke(app, ["pipeline", "submit", "--host", "http://127.0.0.1:1", "--experiment", "x"])
+    assert result.exit_code == 1
+    assert "KFP host http://127.0.0.1:1 does not answer" in " ".join(result.output.split())
+    assert time.monotonic() - started < 1.0
