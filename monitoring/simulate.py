@@ -23,6 +23,7 @@ import json
 import logging
 import operator
 import re
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -641,13 +642,28 @@ def _monitor_and_decide(sim: Simulation, week: WeekRecord, reference_dir: Path) 
     return folder
 
 
+SIMULATION_MARKERS = ("summary.json", "request_log.sqlite", "policy", "kfp")
+
+
+def fresh_root(root: str | Path) -> Path:
+    """An empty output folder: a previous simulation's folder is cleared (its policy state, log and stores
+    would leak into this run); any other non-empty folder is refused."""
+    root = Path(root).resolve()
+    if root.exists() and any(root.iterdir()):
+        if not any((root / marker).exists() for marker in SIMULATION_MARKERS):
+            raise SimulationError(f"{root} is not empty and holds no previous simulation: choose another --out")
+        log.info("clearing the previous simulation in %s", root)
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def run_simulation(base: Config, root: str | Path, settings: SimSettings, tables_dir: str | Path,
                    progress: bool = True) -> dict[str, Any]:
     """The whole replay (see the module docstring); writes index.html, timeline.png and summary.json to `root`
     and returns the summary. Every server it starts is stopped before it returns."""
     started = time.monotonic()
-    root = Path(root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root = fresh_root(root)
     config = simulation_config(base, root, settings)
     plan = plan_replay(read_tables(tables_dir), settings)
     sim = Simulation(config, settings, root, plan)

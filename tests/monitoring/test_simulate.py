@@ -93,3 +93,18 @@ def test_replay_detects_the_shift_and_retrains_once(movielens_canonical, tmp_pat
     for week in summary["weeks"][1:]:
         assert (tmp_path / "sim" / "monitoring" / f"week_{week['index']:02d}" / "index.html").exists()
         assert f"monitoring/week_{week['index']:02d}/index.html" in index
+
+
+def test_a_new_run_starts_from_a_clean_folder(tmp_path):
+    from monitoring.simulate import SimulationError, fresh_root
+
+    previous = tmp_path / "sim"
+    (previous / "policy").mkdir(parents=True)
+    (previous / "policy" / "state.json").write_text('{"last_retrain": "1998-01-24"}')
+    assert list(fresh_root(previous).iterdir()) == []  # a previous run's policy state does not leak in
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.txt").write_text("keep me")
+    with pytest.raises(SimulationError, match="not empty"):
+        fresh_root(other)
+    assert (other / "thesis.txt").exists()
