@@ -41,7 +41,7 @@ from components.evaluate import evaluate_task  # imported up front: it reads the
 from components.kfp_support import step
 from components.metrics import paired_difference
 from components.recommender import top_k
-from components.schemas import read_tables
+from components.schemas import BUNDLE_FILES, BundleError, read_bundle, read_tables
 from components.splits import histories, temporal_split
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,7 @@ METRIC = "ndcg@10"
 TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_OUTPUT = "sentence_embedding"  # "embedding" collides with an internal name of the dynamo exporter
 TOKENIZER_DIR = "tokenizer"
-BUNDLE_FILES = ("user_tower.onnx", "text_encoder.onnx", "item_embeddings.npy", "item_ids.npy", "manifest.json",
-                "smoke.json")
+TEXT_ENCODER_FILE = "text_encoder.onnx"
 LATENCY_BATCHES = (1, 32)
 SIZE_TARGET, LATENCY_TARGET = 0.35, 0.7  # int8 file <= 35% of fp32; int8/fp32 latency at batch 32 <= 0.7
 
@@ -141,7 +140,7 @@ def encode_texts_onnx(bundle_dir: str | Path, texts: list[str], batch_size: int 
     from transformers import AutoTokenizer
 
     bundle = Path(bundle_dir)
-    model, tok_dir = bundle / "text_encoder.onnx", bundle / TOKENIZER_DIR
+    model, tok_dir = bundle / TEXT_ENCODER_FILE, bundle / TOKENIZER_DIR
     if not model.is_file() or not tok_dir.is_dir():
         raise CompressError(f"bundle {bundle} lacks text_encoder.onnx or {TOKENIZER_DIR}/")
     return encode_with(session(model), AutoTokenizer.from_pretrained(str(tok_dir)), list(texts), batch_size)
@@ -355,7 +354,8 @@ class BundleScorer:
 
     def __init__(self, bundle_dir: str | Path) -> None:
         self.path = Path(bundle_dir)
-        missing = [f for f in BUNDLE_FILES if f != "smoke.json" and not (self.path / f).is_file()]
+        needed = [f for f in (*BUNDLE_FILES, TEXT_ENCODER_FILE) if f != "smoke.json"]  # smoke.json is made from it
+        missing = [f for f in needed if not (self.path / f).is_file()]
         if missing:
             raise CompressError(f"bundle {self.path} lacks {missing}")
         self.manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
@@ -416,21 +416,11 @@ def write_smoke(bundle_dir: str | Path, requests: list[dict[str, Any]]) -> Path:
 
 
 def check_bundle(bundle_dir: str | Path) -> dict[str, Any]:
-    """Raise unless the bundle holds every C5 file with consistent shapes; returns the manifest."""
-    path = Path(bundle_dir)
-    missing = [f for f in BUNDLE_FILES if not (path / f).is_file()]
-    if missing:
-        raise CompressError(f"bundle {path} lacks {missing}")
-    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    need = {"model_version", "variant", "embedding_dim", "max_seq_len", "profile_fields", "profile_vocab",
-            "age_bands", "created_at"}
-    if need - set(manifest):
-        raise CompressError(f"{path / 'manifest.json'} lacks {sorted(need - set(manifest))}")
-    ids, emb = np.load(path / "item_ids.npy"), np.load(path / "item_embeddings.npy")
-    if ids.dtype != np.int64 or emb.dtype != np.float32 or emb.shape != (len(ids), int(manifest["embedding_dim"])):
-        raise CompressError(f"bundle {path}: item_ids {ids.dtype}{list(ids.shape)} / item_embeddings "
-                            f"{emb.dtype}{list(emb.shape)} do not match embedding_dim {manifest['embedding_dim']}")
-    return manifest
+    """Raise unless the bundle holds every C5 file (and the text encoder) with consistent shapes; the manifest."""
+    try:
+        return read_bundle(bundle_dir, extra_files=(TEXT_ENCODER_FILE,))[0]
+    except BundleError as err:
+        raise CompressError(str(err)) from err
 
 
 # ----------------------------------------------------------------------------------------------- the step
@@ -449,7 +439,7 @@ class Variant:
 
     @property
     def text_encoder(self) -> Path:
-        return self.dir / "text_encoder.onnx"
+        return self.dir / TEXT_ENCODER_FILE
 
 
 def _encoder_dir(model_dir: Path, cfg: dict) -> str | None:
@@ -674,7 +664,7 @@ def write_bundle(variant: Variant, tokenizer_dir: Path, model_dir: Path, bundle_
         shutil.rmtree(bundle_dir)
     bundle_dir.mkdir(parents=True)
     shutil.copyfile(variant.user_tower, bundle_dir / "user_tower.onnx")
-    shutil.copyfile(variant.text_encoder, bundle_dir / "text_encoder.onnx")
+    shutil.copyfile(variant.text_encoder, bundle_dir / TEXT_ENCODER_FILE)
     shutil.copytree(tokenizer_dir, bundle_dir / TOKENIZER_DIR)
     np.save(bundle_dir / "item_embeddings.npy", np.ascontiguousarray(variant.item_embeddings, dtype=np.float32))
     np.save(bundle_dir / "item_ids.npy", np.load(model_dir / "item_ids.npy").astype(np.int64))
@@ -685,7 +675,7 @@ def write_bundle(variant: Variant, tokenizer_dir: Path, model_dir: Path, bundle_
         "profile_fields": list(cfg["profile_fields"]),
         "profile_vocab": json.loads((model_dir / "profile_vocab.json").read_text(encoding="utf-8")),
         "age_bands": list(cfg["age_bands"]), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "text_encoder": {"file": "text_encoder.onnx", "tokenizer": TOKENIZER_DIR, "max_tokens": MAX_TOKENS,
+        "text_encoder": {"file": TEXT_ENCODER_FILE, "tokenizer": TOKENIZER_DIR, "max_tokens": MAX_TOKENS,
                          "inputs": list(TEXT_INPUTS), "output": TEXT_OUTPUT},
         "validation": {METRIC: chosen[METRIC], "reference_" + METRIC: comparison["variants"][REFERENCE][METRIC]},
         "gate": comparison["reason"],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from components.errors import RecsysError
@@ -33,6 +35,10 @@ KEYS = {INTERACTIONS: ("user_id", "item_id", "event_timestamp"), USERS: ("user_i
 # User age bands (exclusive upper bounds), shared by features, the model's profile vocabulary (the C5 manifest's
 # "age_bands"), evaluation groups and monitoring: "<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+".
 AGE_BANDS: tuple[int, ...] = (18, 25, 35, 45, 50, 56)
+# The serving bundle (contract C5) that `compress` writes and the Triton repository builder reads.
+BUNDLE_FILES = ("user_tower.onnx", "item_embeddings.npy", "item_ids.npy", "manifest.json", "smoke.json")
+BUNDLE_MANIFEST_KEYS = ("model_version", "variant", "embedding_dim", "max_seq_len", "profile_fields",
+                        "profile_vocab", "age_bands", "created_at")
 RECOMMENDATION_COLUMNS = {"user_id": "int64", "item_id": "int64", "rank": "int64", "score": "float64"}
 
 
@@ -95,3 +101,35 @@ def check_recommendations(df: pd.DataFrame, where: str = "recommendations") -> N
     ranks = df.sort_values(["user_id", "rank"]).groupby("user_id")["rank"]
     if not (ranks.apply(lambda r: list(r) == list(range(1, len(r) + 1)))).all():
         raise SchemaError(f"{where}: ranks of each user must be 1..n without gaps")
+
+
+class BundleError(SchemaError):
+    """A serving bundle is missing a file or its parts disagree."""
+
+
+def read_bundle(bundle_dir: str | Path, extra_files: tuple[str, ...] = ()) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Read and cross-check a serving bundle (C5): (manifest, item_ids, item_embeddings memory-mapped)."""
+    path = Path(bundle_dir)
+    missing = [name for name in (*BUNDLE_FILES, *extra_files) if not (path / name).is_file()]
+    if missing:
+        raise BundleError(f"serving bundle {path} lacks {', '.join(missing)}")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        ids = np.load(path / "item_ids.npy", mmap_mode="r")
+        emb = np.load(path / "item_embeddings.npy", mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise BundleError(f"serving bundle {path} cannot be read: {err}") from err
+    absent = [key for key in BUNDLE_MANIFEST_KEYS if key not in manifest]
+    if absent:
+        raise BundleError(f"{path / 'manifest.json'} lacks {', '.join(absent)}")
+    if ids.dtype != np.int64 or ids.ndim != 1:
+        raise BundleError(f"{path / 'item_ids.npy'} must be int64 [N], got {ids.dtype} {list(ids.shape)}")
+    if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[0] != ids.shape[0]:
+        raise BundleError(
+            f"{path / 'item_embeddings.npy'} must be float32 [{ids.shape[0]}, D], got {emb.dtype} {list(emb.shape)}"
+        )
+    if emb.shape[1] != int(manifest["embedding_dim"]):
+        raise BundleError(f"embedding_dim {manifest['embedding_dim']} in manifest, {emb.shape[1]} in item_embeddings")
+    if len(np.unique(ids)) != len(ids):
+        raise BundleError(f"{path / 'item_ids.npy'} holds duplicate item ids")
+    return manifest, ids, emb

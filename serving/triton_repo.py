@@ -23,6 +23,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from components.errors import RecsysError
+from components.schemas import read_bundle
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,7 @@ TOWER = "recommender_user_tower"
 TOPK = "recommender_topk"
 COMPOSING = (PREP, TOWER, TOPK)
 MODELS = (ENSEMBLE, *COMPOSING)
-BUNDLE_FILES = ("user_tower.onnx", "item_embeddings.npy", "item_ids.npy", "manifest.json", "smoke.json")
 Backend = Literal["python", "onnxruntime_onnx"]
-
-
-class BundleError(RecsysError):
-    """A serving bundle is missing a file or its parts disagree."""
 
 
 class RepositoryError(RecsysError):
@@ -74,29 +70,7 @@ class RepoSettings:
 def load_bundle(bundle_dir: str | Path) -> Bundle:
     """Read and cross-check a serving bundle; raises BundleError naming the file and the problem."""
     path = Path(bundle_dir)
-    missing = [name for name in BUNDLE_FILES if not (path / name).is_file()]
-    if missing:
-        raise BundleError(f"serving bundle {path} lacks {', '.join(missing)}")
-    try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        ids = np.load(path / "item_ids.npy", mmap_mode="r")
-        emb = np.load(path / "item_embeddings.npy", mmap_mode="r")
-    except (OSError, ValueError) as err:
-        raise BundleError(f"serving bundle {path} cannot be read: {err}") from err
-    need = ("model_version", "variant", "embedding_dim", "max_seq_len", "profile_fields", "profile_vocab")
-    absent = [key for key in need if key not in manifest]
-    if absent:
-        raise BundleError(f"{path / 'manifest.json'} lacks {', '.join(absent)}")
-    if ids.dtype != np.int64 or ids.ndim != 1:
-        raise BundleError(f"{path / 'item_ids.npy'} must be int64 [N], got {ids.dtype} {list(ids.shape)}")
-    if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[0] != ids.shape[0]:
-        raise BundleError(
-            f"{path / 'item_embeddings.npy'} must be float32 [{ids.shape[0]}, D], got {emb.dtype} {list(emb.shape)}"
-        )
-    if emb.shape[1] != int(manifest["embedding_dim"]):
-        raise BundleError(f"embedding_dim {manifest['embedding_dim']} in manifest, {emb.shape[1]} in item_embeddings")
-    if len(np.unique(ids)) != len(ids):
-        raise BundleError(f"{path / 'item_ids.npy'} holds duplicate item ids")
+    manifest, ids, emb = read_bundle(path)
     return Bundle(
         path=path,
         manifest=manifest,

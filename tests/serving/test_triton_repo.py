@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+from components.schemas import BundleError
 from serving import triton_repo as tr
 from serving.triton_client import encode_profile
 
@@ -70,14 +71,14 @@ def test_bundle_errors_name_the_problem(bundles, tmp_path):
     broken = tmp_path / "b"
     shutil.copytree(bundles["a"], broken)
     (broken / "smoke.json").unlink()
-    with pytest.raises(tr.BundleError, match="lacks smoke.json"):
+    with pytest.raises(BundleError, match="lacks smoke.json"):
         tr.load_bundle(broken)
     shutil.copy(bundles["a"] / "smoke.json", broken / "smoke.json")
     np.save(broken / "item_embeddings.npy", np.zeros((5, 16), np.float32))
-    with pytest.raises(tr.BundleError, match="item_embeddings.npy must be float32 \\[300, D\\]"):
+    with pytest.raises(BundleError, match="item_embeddings.npy must be float32 \\[300, D\\]"):
         tr.load_bundle(broken)
     np.save(broken / "item_embeddings.npy", np.zeros((300, 16), np.float64))
-    with pytest.raises(tr.BundleError, match="float32"):
+    with pytest.raises(BundleError, match="float32"):
         tr.load_bundle(broken)
     with pytest.raises(tr.RepositoryError, match="not a valid Triton model config"):
         tr.parse_config('name: "x" max_batch_size: "many"')
