@@ -42,7 +42,7 @@ from components.kfp_support import step
 from components.metrics import paired_difference
 from components.recommender import top_k
 from components.schemas import BUNDLE_FILES, BundleError, read_bundle, read_tables
-from components.splits import histories, temporal_split
+from components.splits import configured_split, histories
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ class ValidationTask:
 
 def validation_task(config: Config, tables: dict[str, pd.DataFrame]) -> ValidationTask:
     """The split of contract C2 (same seed and cold items as training/evaluation); validation rows by user."""
-    split = temporal_split(tables["interactions"], config.evaluate.cold_start_items, config.train.seed)
+    split = configured_split(tables["interactions"], config)
     val = split.validation.sort_values("user_id").reset_index(drop=True)
     if val.empty:
         raise CompressError("the split has no validation rows: every user has fewer than 3 interactions")
@@ -296,7 +296,7 @@ def validation_task(config: Config, tables: dict[str, pd.DataFrame]) -> Validati
         users=user_frame(val["user_id"].to_numpy(), tables["users"]),
         histories=[hist.get(int(u), empty) for u in val["user_id"]],
         targets=val["item_id"].to_numpy(dtype=np.int64),
-        catalogue=np.setdiff1d(tables["items"]["item_id"].to_numpy(dtype=np.int64), split.cold_items),
+        catalogue=np.setdiff1d(tables["items"]["item_id"].to_numpy(dtype=np.int64), split.held_out_items),
     )
 
 

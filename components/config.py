@@ -94,10 +94,16 @@ class Evaluate(_Section):
     ks: list[int]
     bootstrap_samples: int = Field(ge=10)
     cold_start_items: int = Field(ge=0)
+    cold_validation_items: int | None = Field(ge=0)
     gate_metric: str
     gate_min_improvement: float
     knn_neighbours: list[int] = Field(min_length=1)
     ease_lambdas: list[float] = Field(min_length=1)
+
+    @property
+    def cold_validation_count(self) -> int:
+        """Items held out to tune new-item scoring: `cold_validation_items`, by default as many as the report's."""
+        return self.cold_start_items if self.cold_validation_items is None else self.cold_validation_items
 
 
 class Compress(_Section):

@@ -2,15 +2,17 @@
 
 Protocol (all recommenders, same run, same split from `components.splits`):
 - Main ranking: each test user's last interaction is ranked against the whole warm catalogue (items table minus
-  the held-out cold items), excluding the items the user saw before (train + validation rows); HR@K, NDCG@K, MRR,
-  catalogue coverage@K, 95% bootstrap intervals over users, and the same per gender and age band.
+  the held-out cold-test and cold-validation items), excluding the items the user saw before (train + validation
+  rows); HR@K, NDCG@K, MRR, catalogue coverage@K, 95% bootstrap intervals over users, and the same per gender and
+  age band.
 - Cold start: each `cold_test` user's last cold-item interaction is ranked among the cold items only (never in
   training, so a model reaches them through their text), against `new-item-popularity`: for a user whose target
   happened at time t, a cold item scores its number of interactions by other users strictly before t. The target
   event itself and anything later are never counted. `random` is the exact expectation of a random ranking.
   A model with `set_item_events` (the two-tower model) is handed the same cold-item events: it adds
   w * log(1 + n) to its text-based score of items it has no trained ID for, n = that item's events by other users
-  strictly before the target within its rolling window (w and window chosen on validation at training time).
+  strictly before the target within its rolling window (w and window chosen at training time on the cold-validation
+  items: the next-newest items, held out of training too, never the report's).
 - Gate: the candidate is promoted when its `evaluate.gate_metric` beats the champion's by more than
   `evaluate.gate_min_improvement` (relative). The champion is the registry's model re-evaluated on this split, or
   before the first promotion the strongest baseline.
@@ -109,25 +111,19 @@ class Evaluation:
 def prepare(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
     """Split the interactions (contract C2) and build the test and cold-start tasks."""
     from components.baselines import user_frame
-    from components.splits import cold_histories, histories, temporal_split
+    from components.splits import cold_task, configured_split, histories
 
-    split = temporal_split(tables["interactions"], config.evaluate.cold_start_items, config.train.seed)
+    split = configured_split(tables["interactions"], config)
     items = tables["items"]
-    catalogue = np.setdiff1d(items["item_id"].to_numpy(dtype=np.int64), split.cold_items)
+    catalogue = np.setdiff1d(items["item_id"].to_numpy(dtype=np.int64), split.held_out_items)
     if split.test.empty:
         raise EvaluationError("no test rows: every user has fewer than 3 interactions on non-cold items")
     test = split.test.sort_values("user_id").reset_index(drop=True)
     hist = histories(split, "test")
     empty = np.empty(0, dtype=np.int64)
-    cold = split.cold_test.sort_values("user_id").reset_index(drop=True)
-    cold_hist = cold_histories(split)
-    earlier = split.cold_interactions
-    cold_exclude = [
-        earlier.loc[(earlier["user_id"] == u) & (earlier["event_timestamp"] < ts), "item_id"].to_numpy(np.int64)
-        for u, ts in zip(cold["user_id"], cold["event_timestamp"], strict=True)
-    ]
-    cold_users = user_frame(cold["user_id"].to_numpy(), tables["users"])
-    cold_users["as_of"] = cold["event_timestamp"]  # same row order (both 0..n-1, sorted by user)
+    cold = cold_task(split, "test")
+    cold_users = user_frame(cold.targets["user_id"].to_numpy(), tables["users"])
+    cold_users["as_of"] = cold.targets["event_timestamp"]  # same row order (both 0..n-1, sorted by user)
     return EvalData(
         split=split,
         items=items,
@@ -136,9 +132,9 @@ def prepare(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
         histories=[hist.get(int(u), empty) for u in test["user_id"]],
         targets=test["item_id"].to_numpy(dtype=np.int64),
         cold_users=cold_users,
-        cold_histories=[cold_hist.get(int(u), empty) for u in cold["user_id"]],
-        cold_exclude=cold_exclude,
-        cold_targets=cold["item_id"].to_numpy(dtype=np.int64),
+        cold_histories=cold.histories,
+        cold_exclude=cold.exclude,
+        cold_targets=cold.targets["item_id"].to_numpy(dtype=np.int64),
     )
 
 

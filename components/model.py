@@ -387,8 +387,8 @@ class TwoTowerRecommender:
 
         Items without a trained ID embedding then score cosine + w * log(1 + n), n = the item's interactions by
         other users strictly before the user's `as_of` (all of `events` when `users` has no `as_of`), within the
-        last `new_item_popularity_window_days` days when set; w and the window were chosen on the validation split
-        at training time (`new_item_popularity_weight`, 0 = off).
+        last `new_item_popularity_window_days` days when set; w and the window were chosen on the cold-validation
+        items at training time (`new_item_popularity_weight`, 0 = off).
         """
         missing = {"user_id", "item_id", "event_timestamp"} - set(events.columns)
         if missing:
@@ -422,6 +422,7 @@ class TwoTowerRecommender:
         self._new = np.concatenate([self._new, np.ones(len(new), dtype=bool)])
         self.item_embeddings = np.concatenate([self.item_embeddings, emb])
         self._rows = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
+        self._encoder = UserEncoder(self.model, self.item_embeddings).eval()  # histories may hold the new items
         log.info("added %d new items (text + metadata only)", len(new))
         return emb
 

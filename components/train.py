@@ -165,9 +165,9 @@ def make_windows(rows: pd.DataFrame, row_of: pd.Series, profile: np.ndarray, max
 
 def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.DataFrame) -> TrainData:
     from components.model import build_profile_vocab, profile_indices
-    from components.splits import temporal_split
+    from components.splits import configured_split
 
-    split = temporal_split(tables["interactions"], config.evaluate.cold_start_items, config.train.seed)
+    split = configured_split(tables["interactions"], config)
     items = tables["items"].sort_values("item_id").reset_index(drop=True)
     item_ids = items["item_id"].to_numpy(dtype=np.int64)
     row_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
@@ -211,25 +211,27 @@ def evaluate_stage(rec: Any, data: TrainData, stage: str) -> dict:
     hist = histories(data.split, stage)
     users = targets[["user_id"]].merge(data.users, on="user_id", how="left")
     user_hist = [hist.get(int(u), np.empty(0, np.int64)) for u in targets["user_id"]]
-    warm = np.setdiff1d(data.item_ids, data.split.cold_items)  # as components.evaluate ranks test targets
+    warm = np.setdiff1d(data.item_ids, data.split.held_out_items)  # as components.evaluate ranks test targets
     return _metrics_at(rec, users, user_hist, targets["item_id"].to_numpy(), warm, user_hist)
+
+
+def cold_users(data: TrainData, targets: pd.DataFrame) -> pd.DataFrame:
+    """The cold task's users with their profile, `as_of` = the target's time, and `_row` = their position."""
+    users = targets[["user_id"]].merge(data.users, on="user_id", how="left")
+    users["as_of"] = targets["event_timestamp"].to_numpy()
+    users["_row"] = np.arange(len(users))
+    return users
 
 
 def evaluate_cold(rec: Any, data: TrainData) -> dict:
     """HR@10/NDCG@10 of each cold-test user's cold target ranked among the cold items (text-only embeddings)."""
-    from components.splits import cold_histories
+    from components.splits import cold_task
 
-    cold = data.split.cold_test
-    if cold.empty:
+    task = cold_task(data.split, "test")
+    if task.targets.empty:
         return {}
-    hist = cold_histories(data.split)
-    users = cold[["user_id"]].merge(data.users, on="user_id", how="left")
-    user_hist = [hist.get(int(u), np.empty(0, np.int64)) for u in cold["user_id"]]
-    earlier = data.split.cold_interactions
-    exclude = [earlier[(earlier["user_id"] == u) & (earlier["event_timestamp"] < ts)]["item_id"].to_numpy(np.int64)
-               for u, ts in zip(cold["user_id"], cold["event_timestamp"], strict=True)]
-    catalogue = np.asarray(data.split.cold_items, dtype=np.int64)
-    out = _metrics_at(rec, users, user_hist, cold["item_id"].to_numpy(), catalogue, exclude)
+    out = _metrics_at(rec, cold_users(data, task.targets), task.histories, task.targets["item_id"].to_numpy(),
+                      task.items, task.exclude)
     return {f"cold_{k}": v for k, v in out.items()}
 
 
@@ -285,46 +287,38 @@ class _Fixed:
 @torch.no_grad()
 def choose_new_item_popularity_weight(model: Any, data: TrainData,
                                       device: torch.device) -> tuple[float, float | None, list[dict]]:
-    """Weight w and window of the new-item prior (cosine + w * log(1 + recent interactions)) chosen on VALIDATION.
+    """Weight w and window of the new-item prior (cosine + w * log(1 + recent interactions)) chosen on the COLD
+    VALIDATION items: the next-newest items, held out of training like the cold-start report's, never those.
 
-    New items have only text/metadata vectors, so validation is scored the same way: each validation target is
-    ranked over the warm catalogue with ID-free (text + metadata) item vectors, plus w * log(1 + n) where n counts
-    the item's training interactions by other users strictly before the target's timestamp (within the window:
-    all history, 30 or 7 days). Best HR@10 wins. Returns (w, window days or None, the validation curve).
+    Each cold-validation target is ranked among the cold-validation items (text + metadata vectors, as every new
+    item has), scored cosine + w * log(1 + n), n = the item's interactions by other users strictly before the
+    target (within the window: all history, 30 or 7 days). Best HR@10 wins, then NDCG@10, then the smaller w.
+    Returns (w, window days or None, the validation curve); (0, None, []) without cold-validation targets.
     """
     from components.metrics import per_user_metrics, rank_targets
     from components.model import new_item_counts
-    from components.splits import histories
+    from components.splits import cold_task
 
-    val = data.split.validation
-    if val.empty:
+    task = cold_task(data.split, "validation")
+    if task.targets.empty:
+        log.info("no cold-validation targets (evaluate.cold_validation_items=0): new-item popularity prior off")
         return 0.0, None, []
-    rec = _InMemoryRecommender(model, data, device)
-    hist = histories(data.split, "validation")
-    user_hist = [hist.get(int(u), np.empty(0, np.int64)) for u in val["user_id"]]
-    users = val[["user_id"]].merge(data.users, on="user_id", how="left")
-    users["as_of"] = val["event_timestamp"].to_numpy()
-    users["_row"] = np.arange(len(users))
-    warm = np.setdiff1d(data.item_ids, data.split.cold_items)
-    cols = rec.row_of.reindex(warm).to_numpy(np.int64)
-    rows = torch.from_numpy(cols + 1).to(device)
-    content = model.content_vectors(model.text[rows], model.genres[rows], model.year[rows])
-    rec.item_emb = rec.item_emb.copy()
-    rec.item_emb[cols] = torch.nn.functional.normalize(content, p=2, dim=-1).float().cpu().numpy()
-    cosine = rec.score(users, user_hist, warm)
+    users = cold_users(data, task.targets)
+    cosine = _InMemoryRecommender(model, data, device).score(users, task.histories, task.items)
+    targets = task.targets["item_id"].to_numpy()
     curve = []
     for window in POPULARITY_WINDOWS:
-        prior = np.log1p(new_item_counts(data.split.train, users, warm, window))
+        prior = np.log1p(new_item_counts(data.split.cold_validation_interactions, users, task.items, window))
         for w in POPULARITY_WEIGHTS if window is None else POPULARITY_WEIGHTS[1:]:
-            ranks, _ = rank_targets(_Fixed(cosine + w * prior), users, user_hist, val["item_id"].to_numpy(), warm,
-                                    EVAL_K)
+            ranks, _ = rank_targets(_Fixed(cosine + w * prior), users, task.histories, targets, task.items, EVAL_K,
+                                    exclude=task.exclude)
             values = per_user_metrics(ranks, [EVAL_K])
-            curve.append({"weight": w, "window_days": window, **{f"val_text_only_{k}": float(values[k].mean())
+            curve.append({"weight": w, "window_days": window, **{f"cold_val_{k}": float(values[k].mean())
                                                                  for k in (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")}})
-    best = max(curve, key=lambda c: (c[f"val_text_only_hr@{EVAL_K}"], c[f"val_text_only_ndcg@{EVAL_K}"]))
-    log.info("new-item popularity weight %.3g, window %s days chosen on validation (text-only HR@10 %.4f; w=0: %.4f)",
-             best["weight"], best["window_days"], best[f"val_text_only_hr@{EVAL_K}"],
-             curve[0][f"val_text_only_hr@{EVAL_K}"])
+    best = max(curve, key=lambda c: (c[f"cold_val_hr@{EVAL_K}"], c[f"cold_val_ndcg@{EVAL_K}"], -c["weight"]))
+    log.info("new-item popularity weight %.3g, window %s days chosen on %d cold-validation targets "
+             "(HR@10 %.4f; w=0: %.4f)", best["weight"], best["window_days"], len(targets),
+             best[f"cold_val_hr@{EVAL_K}"], curve[0][f"cold_val_hr@{EVAL_K}"])
     window = best["window_days"] if best["weight"] > 0 else None
     return float(best["weight"]), window, curve
 

@@ -122,13 +122,13 @@ def resolve_windows(config: Config, log_: RequestLog, *, reference_start: Stamp 
 
 def reference_interactions(config: Config, interactions: pd.DataFrame, window: Window) -> pd.DataFrame:
     """The training rows (contract C2 train split) inside the reference window."""
-    from components.splits import temporal_split
+    from components.splits import configured_split
 
     rows = interactions[window.mask(interactions["event_timestamp"])]
     if rows.empty:
         raise MonitoringError(f"no canonical interactions in the reference window {window.as_dict()}")
     try:
-        rows = temporal_split(rows, config.evaluate.cold_start_items, config.train.seed).train
+        rows = configured_split(rows, config).train
     except RecsysError as err:  # too little data for a split: the window itself is the reference
         log.warning("reference window kept whole (no training split possible: %s)", err)
     return rows.reset_index(drop=True)

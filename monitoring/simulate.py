@@ -5,7 +5,8 @@
 2. Serve the following weeks: for sampled events in time order, POST /recommend for the user, then POST
    /interactions with the real event (every request lands in the durable request log).
 3. A shift: a cohort of users held out so far (e.g. every student) and a batch of items never seen in
-   training (their text is in the items table) arrive together.
+   training (the shifted weeks' most wanted items, held back until then; their text is in the items table)
+   arrive together.
 4. After every replayed week, monitoring runs over that week of the log (baseline: the week before) and the
    retraining policy decides; a retrain runs the training pipeline on the data up to now (training tables +
    logged interactions), whose gate and deploy step put a new Triton version live; the API picks it up.
@@ -56,9 +57,9 @@ class SimSettings:
 
     train_weeks: float = 14.0  # the early period the first model is trained on
     serve_weeks: int = 2  # normal weeks served before the shift
-    shift_weeks: int = 4  # weeks of shifted traffic
-    events_per_week: int = 250  # replayed events per week (sampled by user, kept in time order)
-    events_per_user_week: int = 6  # at most this many events of one user per week (the first ones)
+    shift_weeks: int = 6  # weeks of shifted traffic
+    events_per_week: int = 1000  # replayed events per week (sampled by user, kept in time order)
+    events_per_user_week: int = 20  # at most this many events of one user per week (the first ones)
     cohort: str = "age<30"  # users held out until the shift: "<column><op><value>"
     new_items: int = 60  # items first seen at/after the training period, held back until the shift
     cohort_share: float = 0.8  # share of each shifted week's replayed events that come from the cohort
@@ -75,10 +76,15 @@ class Plan:
     train_end: pd.Timestamp
     shift_start: pd.Timestamp
     end: pd.Timestamp
-    train_tables: dict[str, pd.DataFrame]
+    train_tables: dict[str, pd.DataFrame]  # its items table lacks the new items: they launch with the shift
     weeks: list[pd.DataFrame]  # replayed events per week (user_id, item_id, rating, event_timestamp)
     cohort_users: np.ndarray
     new_items: np.ndarray
+    items: pd.DataFrame  # the whole catalogue, new items included
+
+    def items_at(self, now: pd.Timestamp) -> pd.DataFrame:
+        """The catalogue at sim time `now`: the new items join it when the shift starts."""
+        return self.items if now >= self.shift_start else self.train_tables[ITEMS]
 
     def week_start(self, i: int) -> pd.Timestamp:
         return self.train_end + i * WEEK
@@ -161,7 +167,11 @@ def _take_users(events: pd.DataFrame, cap: int, rng: np.random.Generator) -> pd.
 
 def plan_replay(tables: dict[str, pd.DataFrame], s: SimSettings) -> Plan:
     """Cut the data in time: training tables (early period, no cohort user, no new item), then the sampled
-    events of every served week (normal weeks: neither; shifted weeks: cohort-heavy, new items allowed)."""
+    events of every served week (normal weeks: neither; shifted weeks: cohort-heavy, new items allowed).
+
+    The new items are the shifted period's most wanted items (MovieLens has few genuinely new films late on:
+    2-5% of later events). Every earlier interaction on them is held back and they join the catalogue when the
+    shift starts, so to the platform they are a batch of new releases that only a retrain brings into serving."""
     inter = tables[INTERACTIONS].sort_values("event_timestamp", kind="stable").reset_index(drop=True)
     start = inter["event_timestamp"].min()
     train_end = start + pd.Timedelta(days=7 * s.train_weeks)
@@ -171,12 +181,10 @@ def plan_replay(tables: dict[str, pd.DataFrame], s: SimSettings) -> Plan:
         raise SimulationError(f"the replay ends at {end}, after the data ({inter['event_timestamp'].max()}); "
                               "use fewer weeks")
     cohort = cohort_users(tables[USERS], s.cohort)
-    first_seen = inter.groupby("item_id")["event_timestamp"].min()
-    late = first_seen[first_seen >= train_end].index
     shifted = inter[(inter["event_timestamp"] >= shift_start) & (inter["event_timestamp"] < end)]
-    new_items = shifted.loc[shifted["item_id"].isin(late), "item_id"].value_counts().index[: s.new_items]
-    new_items = np.sort(new_items.to_numpy(np.int64))
-    early = inter[(inter["event_timestamp"] < train_end) & ~inter["user_id"].isin(cohort)]
+    new_items = np.sort(shifted["item_id"].value_counts().index[: s.new_items].to_numpy(np.int64))
+    early = inter[(inter["event_timestamp"] < train_end) & ~inter["user_id"].isin(cohort)
+                  & ~inter["item_id"].isin(new_items)]
     if early.empty:
         raise SimulationError("no training interactions in the early period: raise train_weeks")
     rng = np.random.default_rng(s.seed)
@@ -189,8 +197,10 @@ def plan_replay(tables: dict[str, pd.DataFrame], s: SimSettings) -> Plan:
             weeks.append(sample_week(rows, s.events_per_week, s.events_per_user_week, rng))
         else:
             weeks.append(sample_week(rows, s.events_per_week, s.events_per_user_week, rng, cohort, s.cohort_share))
-    train_tables = {INTERACTIONS: early.reset_index(drop=True), USERS: tables[USERS], ITEMS: tables[ITEMS]}
-    return Plan(start, train_end, shift_start, end, train_tables, weeks, cohort, new_items)
+    items = tables[ITEMS]
+    launched = items[~items["item_id"].isin(new_items)].reset_index(drop=True)
+    train_tables = {INTERACTIONS: early.reset_index(drop=True), USERS: tables[USERS], ITEMS: launched}
+    return Plan(start, train_end, shift_start, end, train_tables, weeks, cohort, new_items, items)
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -216,6 +226,9 @@ def simulation_config(base: Config, root: str | Path, settings: SimSettings) -> 
                              cooldown_hours=settings.cooldown_weeks * 7 * 24, quality_k=settings.k,
                              window_hours=7 * 24)
     cfg["kfp"]["host"] = None  # the retrain runs here with the KFP local runner
+    # A retrain must learn every item the log has seen: the newest items are exactly the ones the shift brings,
+    # so none is held out of training for the cold-start report (that report is the offline evaluation's job).
+    cfg["evaluate"].update(cold_start_items=0)
     return Config.model_validate(cfg)
 
 
@@ -324,14 +337,15 @@ def logged_interactions_sim(log_path: str | Path, record: ReplayLog) -> pd.DataF
     return out.reset_index(drop=True)
 
 
-def tables_up_to_now(train_tables: dict[str, pd.DataFrame], log_path: str | Path, record: ReplayLog,
+def tables_up_to_now(plan: Plan, now: pd.Timestamp, log_path: str | Path, record: ReplayLog,
                      out_dir: str | Path) -> dict[str, int]:
-    """Write training tables + logged interactions (in sim time) as canonical tables; return row counts."""
+    """Write training tables + logged interactions (in sim time) + the catalogue at `now` as canonical tables;
+    return row counts."""
     logged = logged_interactions_sim(log_path, record)
-    inter = pd.concat([train_tables[INTERACTIONS], logged], ignore_index=True)
+    inter = pd.concat([plan.train_tables[INTERACTIONS], logged], ignore_index=True)
     inter = inter.drop_duplicates(["user_id", "item_id", "event_timestamp"]).sort_values("event_timestamp")
     inter["rating"] = inter["rating"].astype("float32")
-    tables = {INTERACTIONS: inter.reset_index(drop=True), USERS: train_tables[USERS], ITEMS: train_tables[ITEMS]}
+    tables = {INTERACTIONS: inter.reset_index(drop=True), USERS: plan.train_tables[USERS], ITEMS: plan.items_at(now)}
     write_tables(tables, out_dir)
     return {"interactions": len(inter), "logged": len(logged)}
 
@@ -606,7 +620,7 @@ def _monitor_and_decide(sim: Simulation, week: WeekRecord, reference_dir: Path) 
     out = Path(sim.config.monitoring.reports_dir) / f"week_{week.index:02d}"
     now = pd.Timestamp(week.sim_end)
     folder = sim.root / "data" / f"week_{week.index + 1:02d}"
-    counts = tables_up_to_now(sim.plan.train_tables, sim.config.serving.request_log, sim.record, folder)
+    counts = tables_up_to_now(sim.plan, now, sim.config.serving.request_log, sim.record, folder)
     if sim.monitor_config is None:
         sim.monitor_config = scaled_horizon(sim.config, sim.weeks[0])
     summary = monitor_week(sim.monitor_config, reference_dir, week, previous, out)

@@ -287,14 +287,24 @@ class Engine:
             if version is None:
                 raise ServiceError(f"Triton at {self.grpc_url} is not ready or has no '{tr.ENSEMBLE}' loaded")
             if self.model is None or self.model.version != version:
+                switched = self.model is not None
                 self.model = ModelState.load(self.repo_dir, version)
                 log.info("serving version %d (model %s)", version, self.model.model_version)
+                if switched:  # the pipeline that built it refreshed the item metadata (new items included)
+                    self._reload_catalogue()
             self.triton.ok()
             return True
         except Exception as err:  # noqa: BLE001 - any failure means "down"; the breaker keeps the reason
             self.triton.fail(err)
             self._reconnect()
             return False
+
+    def _reload_catalogue(self) -> None:
+        try:
+            self.catalogue = Catalogue.from_feature_dir(feature_data_dir(self.config))
+            log.info("item catalogue reloaded: %d items", len(self.catalogue.item_ids))
+        except Exception as err:  # noqa: BLE001 - keep serving with the catalogue it has
+            log.warning("item catalogue not reloaded, keeping %d items: %s", len(self.catalogue.item_ids), err)
 
     def _feast(self, fn: Any, *args: Any) -> Any:
         """fn(store, *args) on the Feast thread, opening the store if needed; TimeoutError after FEAST_TIMEOUT_S."""

@@ -21,7 +21,7 @@ from components.evaluate import (
 )
 from components.metrics import bootstrap, per_user_metrics
 from components.schemas import read_tables, write_tables
-from components.splits import temporal_split
+from components.splits import configured_split
 
 
 def planted_tables(n_users: int = 90, n_clusters: int = 6, per_cluster: int = 8) -> dict[str, pd.DataFrame]:
@@ -78,7 +78,7 @@ class Oracle:
 
 def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
     config = _config(tmp_path)
-    split = temporal_split(read_tables(canonical)["interactions"], 6, config.train.seed)
+    split = configured_split(read_tables(canonical)["interactions"], config)
     ev = run_evaluation(config, canonical, tmp_path / "out", candidate=EASE(5.0).fit(split.train))
     out = tmp_path / "out"
     for name in ("report.html", "report.md", "metrics.json", "decision.json", "plots/overall.png"):
@@ -104,7 +104,7 @@ def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
 
 def test_gate_promotes_better_and_keeps_worse(canonical, tmp_path) -> None:
     config = _config(tmp_path)
-    split = temporal_split(read_tables(canonical)["interactions"], 6, config.train.seed)
+    split = configured_split(read_tables(canonical)["interactions"], config)
     oracle = Oracle(dict(zip(split.test.user_id, split.test.item_id, strict=True)))
     better = run_evaluation(config, canonical, tmp_path / "better", candidate=oracle)
     assert better.decision["promote"] is True and better.result("candidate").value("hr@10") == 1.0
@@ -120,7 +120,7 @@ def test_registry_champion_that_cannot_load_falls_back_to_its_stored_metrics(can
     broken = tmp_path / "broken_model"
     broken.mkdir()
     promote_champion(config.paths.artifacts_dir, broken, {"ndcg@10": 0.99}, version="v1")
-    split = temporal_split(read_tables(canonical)["interactions"], 6, config.train.seed)
+    split = configured_split(read_tables(canonical)["interactions"], config)
     ev = run_evaluation(config, canonical, tmp_path / "out", candidate=EASE(5.0).fit(split.train))
     champion = ev.decision["champion"]
     assert champion["source"] == "registry" and champion["version"] == "v1" and "load_error" in champion

@@ -265,6 +265,9 @@ def test_new_item_prior_changes_only_new_items(planted_model: Path) -> None:
     users = planted_tables()["users"].head(3).assign(as_of=pd.Timestamp("2025-01-01", tz="UTC"))
     hist = [np.array([1, 2])] * 3
     plain = rec.score(users, hist, rec.item_ids)
+    # a user who already met a new item: it enters the user tower through its text vector
+    met = rec.score(users, [np.array([1, 2, 1001])] * 3, rec.item_ids)
+    assert np.isfinite(met).all() and not np.allclose(met, plain)
     rec.new_item_popularity_weight = 0.5
     rec.set_item_events(pd.DataFrame({"user_id": [50, 51, 52], "item_id": [1001, 1001, 5],
                                       "event_timestamp": pd.Timestamp("2024-06-01", tz="UTC")}))

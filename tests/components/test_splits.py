@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.splits import SplitError, cold_histories, histories, temporal_split
+from components.splits import SplitError, cold_task, histories, temporal_split
 
 
 def _frame(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
@@ -51,11 +51,32 @@ def test_histories_are_chronological(interactions: pd.DataFrame) -> None:
     assert histories(split, "validation")[1].tolist() == [10, 11]
     assert histories(split, "test")[1].tolist() == [10, 11, 12]
     assert histories(split, "test")[2].tolist() == [10, 12]
-    cold = cold_histories(split)
-    assert cold[1].tolist() == [10, 11, 12, 13]  # non-cold events strictly before the cold target
-    assert cold[3].tolist() == [11, 12, 13]
-    with pytest.raises(SplitError):
-        histories(split, "train")  # type: ignore[arg-type]
+    cold = cold_task(split, "test")
+    assert cold.targets["user_id"].tolist() == [1, 3] and cold.targets["item_id"].tolist() == [99, 99]
+    assert cold.histories[0].tolist() == [10, 11, 12, 13]  # non-cold events strictly before the cold target
+    assert cold.histories[1].tolist() == [11, 12, 13]
+    assert cold.exclude[0].tolist() == [98] and cold.exclude[1].tolist() == []  # earlier cold events of the user
+    assert cold.items.tolist() == [98, 99]
+    for stage in ("train", "cold"):
+        with pytest.raises(SplitError):
+            histories(split, stage)  # type: ignore[arg-type]
+        with pytest.raises(SplitError):
+            cold_task(split, stage)  # type: ignore[arg-type]
+
+
+def test_cold_validation_items_come_just_before_the_cold_test_items(interactions: pd.DataFrame) -> None:
+    split = temporal_split(interactions, cold_start_items=1, seed=0, cold_validation_items=1)
+    # first seen: 99 at second 9, 98 at second 10 -> 98 is the newest (test), 99 the one before (validation)
+    assert split.cold_items.tolist() == [98] and split.cold_validation_items.tolist() == [99]
+    assert split.held_out_items.tolist() == [98, 99]
+    for frame in (split.train, split.validation, split.test):
+        assert not frame["item_id"].isin([98, 99]).any()
+    assert split.cold_test.set_index("user_id")["item_id"].to_dict() == {1: 98}
+    assert split.cold_validation.set_index("user_id")["item_id"].to_dict() == {1: 99, 3: 99}
+    val = cold_task(split, "validation")
+    assert val.items.tolist() == [99] and val.targets["user_id"].tolist() == [1, 3]
+    assert val.histories[0].tolist() == [10, 11, 12, 13] and val.histories[1].tolist() == [11, 12, 13]
+    assert len(split.cold_validation_interactions) == 2 and split.summary()["cold_validation_items"] == 1
 
 
 def test_deterministic_and_order_independent(interactions: pd.DataFrame) -> None:
@@ -73,5 +94,9 @@ def test_no_cold_items_and_errors(interactions: pd.DataFrame) -> None:
     assert len(split.cold_items) == 0 and split.cold_test.empty
     with pytest.raises(SplitError, match="cold_start_items"):
         temporal_split(interactions, cold_start_items=7, seed=0)
+    with pytest.raises(SplitError, match="cold_validation_items"):
+        temporal_split(interactions, cold_start_items=2, seed=0, cold_validation_items=5)
+    with pytest.raises(SplitError, match="cold_validation_items must be >= 0"):
+        temporal_split(interactions, cold_start_items=0, seed=0, cold_validation_items=-1)
     with pytest.raises(SplitError, match="event_timestamp"):
         temporal_split(interactions.drop(columns="event_timestamp"), cold_start_items=0, seed=0)

@@ -36,10 +36,12 @@ def test_training_inputs_hold_no_validation_test_or_cold_rows(dataset) -> None:
     config = tiny_config(data_dir, **{"evaluate.cold_start_items": 3})
     tables = planted_tables()
     data = prepare_data(config, tables, read_examples(examples))
-    cold_rows = set(np.searchsorted(data.item_ids, data.split.cold_items) + 1)
+    held_out = data.split.held_out_items  # 3 cold-test + 3 cold-validation items (cold_validation_items: null)
+    assert len(data.split.cold_items) == len(data.split.cold_validation_items) == 3 and len(held_out) == 6
+    cold_rows = set(np.searchsorted(data.item_ids, held_out) + 1)
     used = set(np.unique(data.windows_in)) | set(np.unique(data.windows_out))
-    assert len(cold_rows) == 3 and not (cold_rows & used)
-    assert data.train_count[np.searchsorted(data.item_ids, data.split.cold_items)].sum() == 0
+    assert not (cold_rows & used)
+    assert data.train_count[np.searchsorted(data.item_ids, held_out)].sum() == 0
     # every training target is a train row; the held-out (validation, test) targets never are
     assert int((data.windows_out > 0).sum()) == len(data.split.train)
     per_user = {int(u): len(g) for u, g in data.split.train.groupby("user_id")}
@@ -165,7 +167,7 @@ def test_train_op_is_a_kfp_component(tmp_path: Path) -> None:
         assert name in spec
 
 
-def test_new_item_prior_weight_is_chosen_on_validation(dataset) -> None:
+def test_new_item_prior_weight_is_chosen_on_cold_validation_items(dataset, tmp_path: Path) -> None:
     from components.model import load_model
     from components.train import (
         POPULARITY_WEIGHTS,
@@ -173,18 +175,23 @@ def test_new_item_prior_weight_is_chosen_on_validation(dataset) -> None:
         choose_new_item_popularity_weight,
         prepare_data,
         read_examples,
+        train_model,
     )
-    from tests.components.test_model import trained_model
 
     data_dir, canonical, examples = dataset
-    model_dir = trained_model(data_dir.parent / "planted")
-    cfg = json.loads((model_dir / "model_config.json").read_text())
-    data = prepare_data(tiny_config(data_dir), planted_tables(), read_examples(examples))
-    model, _ = load_model(model_dir)
+    config = tiny_config(data_dir, **{"evaluate.cold_start_items": 3, "train.epochs": 8})
+    train_model(config, canonical, examples, tmp_path / "model", progress=False)
+    cfg = json.loads((tmp_path / "model" / "model_config.json").read_text())
+    data = prepare_data(config, planted_tables(), read_examples(examples))
+    assert not data.split.cold_validation.empty
+    model, _ = load_model(tmp_path / "model")
     weight, window, curve = choose_new_item_popularity_weight(model, data, torch.device("cpu"))
     assert (weight, window) == (cfg["new_item_popularity_weight"], cfg["new_item_popularity_window_days"])
     assert weight in POPULARITY_WEIGHTS and window in POPULARITY_WINDOWS
     assert len(curve) == len(POPULARITY_WEIGHTS) + (len(POPULARITY_WINDOWS) - 1) * (len(POPULARITY_WEIGHTS) - 1)
-    best = max(c["val_text_only_hr@10"] for c in curve)
+    best = max(c["cold_val_hr@10"] for c in curve)
     chosen = [c for c in curve if c["weight"] == weight and (c["window_days"] == window or weight == 0)]
-    assert chosen[0]["val_text_only_hr@10"] == best
+    assert chosen[0]["cold_val_hr@10"] == best
+    # without cold-validation items the prior stays off
+    off = prepare_data(tiny_config(data_dir), planted_tables(), read_examples(examples))
+    assert choose_new_item_popularity_weight(model, off, torch.device("cpu")) == (0.0, None, [])

@@ -57,6 +57,12 @@ def test_plan_holds_the_cohort_and_new_items_out_of_training(movielens_canonical
     assert train["event_timestamp"].max() < plan.train_end
     assert not train["user_id"].isin(plan.cohort_users).any()
     assert not train["item_id"].isin(plan.new_items).any() and len(plan.new_items) == TINY.new_items
+    # the new items are the shifted weeks' most wanted, and they join the catalogue when the shift starts
+    shifted = pd.concat([w for i, w in enumerate(plan.weeks) if plan.phase(i) == "shift"])
+    assert shifted["item_id"].isin(plan.new_items).mean() > 0.1
+    assert not plan.train_tables["items"]["item_id"].isin(plan.new_items).any()
+    assert not plan.items_at(plan.shift_start - pd.Timedelta(seconds=1))["item_id"].isin(plan.new_items).any()
+    assert plan.items_at(plan.shift_start)["item_id"].isin(plan.new_items).sum() == TINY.new_items
     for i, week in enumerate(plan.weeks):
         inside = week["user_id"].isin(plan.cohort_users) | week["item_id"].isin(plan.new_items)
         assert inside.any() == (plan.phase(i) == "shift")
@@ -86,6 +92,11 @@ def test_replay_detects_the_shift_and_retrains_once(movielens_canonical, tmp_pat
     assert promoted["registry_version"] is not None  # the pipeline's promote step made it the champion
     last = summary["weeks"][-1]
     assert list(last["model_versions"]) == [promoted["model_version"]]  # the API serves the new version
+    new_items = plan_replay(read_tables(tables_dir), TINY).new_items
+    topk = tmp_path / "sim" / "triton_models" / "recommender_topk"
+    before = np.load(topk / str(summary["initial_version"]["triton_version"]) / "item_ids.npy")
+    after = np.load(topk / str(promoted["triton_version"]) / "item_ids.npy")
+    assert not np.isin(new_items, before).any() and np.isin(new_items, after).all()  # the retrain brought them in
     saved = json.loads((tmp_path / "sim" / "summary.json").read_text())
     assert saved["retrains_triggered"] == 1
     assert (tmp_path / "sim" / "timeline.png").stat().st_size > 0
