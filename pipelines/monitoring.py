@@ -8,16 +8,19 @@ from collections.abc import Callable
 
 from kfp import dsl
 
+from components.config import Kfp
 from components.ingest import ingest_op
+from components.kfp_support import TaskImages
 from components.monitor import monitor_op, retrain_done_op
 from pipelines.training import build_training_pipeline, mount_shared
 
 NAME = "recsys-monitoring"
 
 
-def build_monitoring_pipeline(gpu: bool) -> Callable:
-    """The monitoring pipeline; `gpu` is passed on to the nested training pipeline."""
-    training_pipeline = build_training_pipeline(gpu)
+def build_monitoring_pipeline(kfp: Kfp, gpu: bool) -> Callable:
+    """The monitoring pipeline in the images of `kfp`; `gpu` is passed on to the nested training pipeline."""
+    training_pipeline = build_training_pipeline(kfp, gpu)
+    images = TaskImages(kfp)
 
     @dsl.pipeline(
         name=NAME,
@@ -26,13 +29,12 @@ def build_monitoring_pipeline(gpu: bool) -> Callable:
     )
     def monitoring_pipeline(config: str) -> None:
         """`config` is the resolved project configuration (one line of JSON)."""
-        collect = ingest_op(config=config).set_caching_options(False).set_display_name("collect reference")
-        monitor = mount_shared(monitor_op(config=config, canonical=collect.outputs["canonical"]))
+        collect = images.task(ingest_op, config=config).set_caching_options(False).set_display_name("collect reference")
+        monitor = mount_shared(images.task(monitor_op, config=config, canonical=collect.outputs["canonical"]))
         monitor.set_caching_options(False).set_display_name("reports + policy")
         with dsl.If(monitor.outputs["Output"] == True, name="retrain"):  # noqa: E712 (a KFP condition)
             retrain = training_pipeline(config=config).set_display_name("training pipeline")
-            retrain_done_op(config=config, summary=monitor.outputs["summary"]).after(retrain).set_display_name(
-                "release retrain lock"
-            )
+            done = images.task(retrain_done_op, config=config, summary=monitor.outputs["summary"]).after(retrain)
+            done.set_display_name("release retrain lock")
 
     return monitoring_pipeline

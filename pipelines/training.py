@@ -12,10 +12,12 @@ from collections.abc import Callable
 from kfp import dsl, kubernetes
 
 from components.compress import compress_op
+from components.config import Kfp
 from components.deploy import deploy_op
 from components.evaluate import evaluate_op
 from components.features import features_op
 from components.ingest import ingest_op
+from components.kfp_support import TaskImages
 from components.promote import promote_op
 from components.train import train_op
 from components.validate import validate_op
@@ -41,8 +43,10 @@ def request_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def build_training_pipeline(gpu: bool) -> Callable:
-    """The training pipeline; `gpu` (config model.fine_tune_encoder) puts the train step on a GPU node."""
+def build_training_pipeline(kfp: Kfp, gpu: bool) -> Callable:
+    """The training pipeline in the images of `kfp`; `gpu` (config model.fine_tune_encoder) puts the train
+    step on a GPU node."""
+    images = TaskImages(kfp)
 
     @dsl.pipeline(
         name=NAME,
@@ -51,23 +55,26 @@ def build_training_pipeline(gpu: bool) -> Callable:
     )
     def training_pipeline(config: str) -> None:
         """`config` is the resolved project configuration (one line of JSON)."""
-        ingest = ingest_op(config=config).set_caching_options(False).set_display_name("ingest")
-        validate = validate_op(config=config, canonical=ingest.outputs["canonical"]).set_display_name("validate")
+        ingest = images.task(ingest_op, config=config).set_caching_options(False).set_display_name("ingest")
+        validate = images.task(validate_op, config=config, canonical=ingest.outputs["canonical"])
+        validate.set_display_name("validate")
         validated = validate.outputs["validated"]
-        features = mount_shared(features_op(config=config, canonical=validated)).set_display_name("features")
+        features = mount_shared(images.task(features_op, config=config, canonical=validated))
+        features.set_display_name("features")
         features.set_retry(2)
-        train = train_op(config=config, canonical=validated, examples=features.outputs["examples"])
+        train = images.task(train_op, config=config, canonical=validated, examples=features.outputs["examples"])
         train.set_display_name("train").set_retry(1)
         if gpu:
             request_gpu(train)
         model = train.outputs["model"]
-        evaluate = mount_shared(evaluate_op(config=config, canonical=validated, model=model))
+        evaluate = mount_shared(images.task(evaluate_op, config=config, canonical=validated, model=model))
         evaluate.set_display_name("evaluate")
         with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-            compress = compress_op(config=config, canonical=validated, model=model).set_display_name("compress")
-            deploy = mount_shared(deploy_op(config=config, bundle=compress.outputs["bundle"]))
+            compress = images.task(compress_op, config=config, canonical=validated, model=model)
+            compress.set_display_name("compress")
+            deploy = mount_shared(images.task(deploy_op, config=config, bundle=compress.outputs["bundle"]))
             deploy.set_display_name("deploy").set_caching_options(False).set_retry(2)
-            promote = promote_op(config=config, model=model, decision=evaluate.outputs["decision"],
+            promote = images.task(promote_op, config=config, model=model, decision=evaluate.outputs["decision"],
                                  deployment=deploy.outputs["deployment"])
             mount_shared(promote).set_display_name("promote champion").set_caching_options(False)
 
