@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from components.dataset import DatasetSchema, resolve_dataset
 from components.errors import RecsysError
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
@@ -36,6 +37,7 @@ class Data(_Section):
     users_path: Path | None = None
     items_path: Path | None = None
     movielens_wheel: str
+    id_maps_dir: Path | None = None
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> Data:
@@ -48,8 +50,6 @@ class Validation(_Section):
     min_interactions: int = Field(ge=1)
     min_users: int = Field(ge=1)
     min_items: int = Field(ge=1)
-    rating_min: float
-    rating_max: float
     min_interactions_per_user: int = Field(ge=1)
     max_future_skew_seconds: int = Field(ge=0)
 
@@ -168,6 +168,7 @@ class Kfp(_Section):
 
 class Config(_Section):
     paths: Paths
+    dataset: DatasetSchema
     data: Data
     validation: Validation
     features: Features
@@ -198,12 +199,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any], where: str = "") -> dict[str, Any]:
+FREE_SECTIONS = {"dataset"}  # declared by the user; checked by their own model, not against the defaults' keys
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any], where: str = "", strict: bool = True) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():
         if key not in base:
-            raise ConfigError(f"unknown config key '{where}{key}'")
-        if isinstance(base[key], dict):
+            if strict:
+                raise ConfigError(f"unknown config key '{where}{key}'")
+            out[key] = value
+            continue
+        if not strict and isinstance(base[key], dict) and isinstance(value, dict):
+            out[key] = _merge(base[key], value, f"{where}{key}.", strict=False)
+        elif isinstance(base[key], dict) and where + key in FREE_SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{where}{key}' is a section; give it a mapping")
+            out[key] = _merge(base[key], value, f"{where}{key}.", strict=False)
+        elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{where}{key}' is a section; give it a mapping")
             out[key] = _merge(base[key], value, f"{where}{key}.")
@@ -236,6 +249,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         data = _merge(data, parse_overrides(overrides))
     try:
+        data["dataset"] = resolve_dataset(data.get("dataset") or {})
+    except ValueError as err:
+        raise ConfigError(f"dataset: {err}") from err
+    try:
         return Config.model_validate(data)
     except ValidationError as err:
         problems = "; ".join(
@@ -265,8 +282,13 @@ def config_from_text(text: str) -> Config:
         raise ConfigError(f"config text is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError("config text must hold a mapping")
+    merged = _merge(_read_yaml(DEFAULTS_PATH), data)
     try:
-        return Config.model_validate(_merge(_read_yaml(DEFAULTS_PATH), data))
+        merged["dataset"] = resolve_dataset(merged.get("dataset") or {})
+    except ValueError as err:
+        raise ConfigError(f"dataset: {err}") from err
+    try:
+        return Config.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(f"invalid configuration: {err}") from err
 

@@ -14,6 +14,7 @@ INTERACTIONS = "interactions"
 USERS = "users"
 ITEMS = "items"
 TABLES = (INTERACTIONS, USERS, ITEMS)
+ID_MAPS = "id_maps"  # the folder of a dataset that holds its id maps (components.id_maps)
 
 # Required columns and their pandas dtypes; extra profile/metadata columns are allowed.
 REQUIRED_COLUMNS: dict[str, dict[str, str]] = {

@@ -1,7 +1,9 @@
 """Step `validate`: the Great Expectations gate over the canonical tables.
 
-One expectation suite per table (plus a per-user activity table), Data Docs HTML, a JSON summary with
-the statistics that matter for recommenders. On failure nothing is written downstream.
+One expectation suite per table (plus a per-user activity table and one per multi-valued attribute), derived
+from the dataset declaration: each declared column present with its type, declared ranges and categories;
+the id maps intact and covering every key. Data Docs HTML and a JSON summary with the statistics that
+matter for recommenders. On failure nothing is written downstream, and the id maps are not committed.
 """
 
 import html
@@ -17,13 +19,17 @@ import pandas as pd
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
 from components.config import Config
+from components.dataset import MULTI_VALUE_SEPARATOR, Attribute
 from components.errors import RecsysError
+from components.id_maps import IdMap, IdMapError, load_id_maps, save_id_maps
+from components.ingest import id_maps_dir
 from components.kfp_support import step
-from components.schemas import INTERACTIONS, ITEMS, TABLES, USERS, read_tables, write_tables
+from components.schemas import ID_MAPS, INTERACTIONS, ITEMS, TABLES, USERS, read_tables, write_tables
 
 log = logging.getLogger(__name__)
 ACTIVITY = "user_activity"
 SAMPLE = 5
+NUMERIC_TYPES = ["int64", "Int64", "float64", "float32", "int32", "Int32", "Float64"]
 
 
 class ValidationFailed(RecsysError):
@@ -57,10 +63,38 @@ class ValidationReport:
         return {**asdict(self), "failures": [{**asdict(f), "message": str(f)} for f in self.failures]}
 
 
-def _expectations(config: Config, tables: dict[str, pd.DataFrame]) -> dict[str, list]:
+def _attribute_expectations(table: str, name: str, attr: Attribute, frame: pd.DataFrame) -> list:
+    """What the declaration says of one attribute column: present, typed, in range, in its categories."""
     import great_expectations.expectations as gxe
 
-    v = config.validation
+    out: list = [gxe.ExpectColumnToExist(column=name)]
+    if name not in frame.columns:
+        return out
+    if attr.is_numeric:
+        out.append(gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES))
+        if attr.min is not None or attr.max is not None:
+            out.append(gxe.ExpectColumnValuesToBeBetween(column=name, min_value=attr.min, max_value=attr.max))
+    elif attr.categories and attr.kind == "categorical":
+        allowed = [*attr.categories, *(["other"] if attr.on_unknown == "other" else [])]
+        out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=allowed))
+    return out
+
+
+def _multi_value_frames(config: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """One exploded frame per multi-valued item attribute with declared categories (`items.<name>` values)."""
+    frames = {}
+    for name, attr in config.dataset.item_attributes.items():
+        if attr.kind == "multi_categorical" and attr.categories and name in tables[ITEMS].columns:
+            values = tables[ITEMS][name].fillna("").str.split(MULTI_VALUE_SEPARATOR).explode()
+            frames[f"{ITEMS}.{name}"] = pd.DataFrame({name: values[values != ""].astype(str)})
+    return frames
+
+
+def _expectations(config: Config, tables: dict[str, pd.DataFrame]) -> dict[str, list]:
+    """The suites, derived from the dataset declaration and the validation thresholds."""
+    import great_expectations.expectations as gxe
+
+    v, schema = config.validation, config.dataset
     future = datetime.now(UTC) + timedelta(seconds=v.max_future_skew_seconds)
     int_types = ["int64", "Int64"]
 
@@ -70,6 +104,13 @@ def _expectations(config: Config, tables: dict[str, pd.DataFrame]) -> dict[str, 
             gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=types),
         ]
 
+    feedback = []
+    if schema.feedback.kind == "explicit":
+        feedback = [gxe.ExpectColumnValuesToNotBeNull(column="rating"),
+                    gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=schema.feedback.min,
+                                                      max_value=schema.feedback.max)]
+    elif schema.feedback.kind == "events":
+        feedback = [gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=sorted(schema.feedback.weights))]
     suites = {
         INTERACTIONS: [
             gxe.ExpectTableRowCountToBeBetween(min_value=v.min_interactions),
@@ -80,7 +121,7 @@ def _expectations(config: Config, tables: dict[str, pd.DataFrame]) -> dict[str, 
             gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="event_timestamp"),
-            gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=v.rating_min, max_value=v.rating_max),
+            *feedback,
             gxe.ExpectColumnMaxToBeBetween(column="event_timestamp", max_value=future),
             gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "event_timestamp"]),
             gxe.ExpectColumnValuesToBeInSet(column="user_id", value_set=tables[USERS]["user_id"].tolist()),
@@ -92,6 +133,8 @@ def _expectations(config: Config, tables: dict[str, pd.DataFrame]) -> dict[str, 
             gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
             gxe.ExpectColumnValuesToBeUnique(column="user_id"),
             gxe.ExpectColumnMaxToBeBetween(column="created_timestamp", max_value=future),
+            *[e for name, attr in schema.user_attributes.items()
+              for e in _attribute_expectations(USERS, name, attr, tables[USERS])],
         ],
         ITEMS: [
             gxe.ExpectTableRowCountToBeBetween(min_value=v.min_items),
@@ -101,14 +144,37 @@ def _expectations(config: Config, tables: dict[str, pd.DataFrame]) -> dict[str, 
             gxe.ExpectColumnValuesToNotBeNull(column="text"),
             gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
             gxe.ExpectColumnMaxToBeBetween(column="created_timestamp", max_value=future),
+            *[e for name, attr in schema.item_attributes.items()
+              for e in _attribute_expectations(ITEMS, name, attr, tables[ITEMS])],
         ],
         ACTIVITY: [
             gxe.ExpectColumnMinToBeBetween(column="interactions", min_value=v.min_interactions_per_user),
         ],
     }
-    if "age" in tables[USERS].columns:
-        suites[USERS].append(gxe.ExpectColumnValuesToBeBetween(column="age", min_value=0, max_value=120))
+    for frame_name in _multi_value_frames(config, tables):
+        name = frame_name.split(".", 1)[1]
+        suites[frame_name] = [gxe.ExpectColumnValuesToBeInSet(
+            column=name, value_set=config.dataset.item_attributes[name].categories)]
     return suites
+
+
+def id_map_failures(tables: dict[str, pd.DataFrame], maps: dict[str, IdMap], committed: dict[str, IdMap]
+                    ) -> list[Failure]:
+    """The id maps cover every key of the tables, and extend (never rewrite) the committed maps."""
+    failures = []
+    for entity, table in (("user", USERS), ("item", ITEMS)):
+        keys = set(maps[entity].table["key"].tolist())
+        missing = sorted(set(tables[table][f"{entity}_id"].tolist()) - keys)
+        if missing:
+            failures.append(Failure(ID_MAPS, "keys_in_id_map", f"{entity}_id", str(len(missing)),
+                                    [str(k) for k in missing[:SAMPLE]]))
+        old = committed[entity].table.reset_index(drop=True)
+        head = maps[entity].table.head(len(old)).reset_index(drop=True)
+        if len(head) < len(old) or not head.equals(old):
+            failures.append(Failure(ID_MAPS, "extends_committed_id_map", f"{entity}_id",
+                                    f"{len(old)} committed keys, {len(maps[entity])} in this dataset",
+                                    ["ingest again: the committed map changed since this dataset was made"]))
+    return failures
 
 
 def recommender_statistics(tables: dict[str, pd.DataFrame]) -> dict:
@@ -148,7 +214,8 @@ def _failures(table: str, result: dict) -> list[Failure]:
     return out
 
 
-def validate_tables(config: Config, tables: dict[str, pd.DataFrame], docs_dir: str | Path) -> ValidationReport:
+def validate_tables(config: Config, tables: dict[str, pd.DataFrame], docs_dir: str | Path,
+                    extra_failures: list[Failure] | None = None) -> ValidationReport:
     """Run every suite; build the Data Docs site into `docs_dir`; return the report (raises nothing)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -164,11 +231,13 @@ def validate_tables(config: Config, tables: dict[str, pd.DataFrame], docs_dir: s
     })
     frames = dict(tables)
     frames[ACTIVITY] = tables[INTERACTIONS].groupby("user_id").size().rename("interactions").reset_index()
+    frames.update(_multi_value_frames(config, tables))
     source = context.data_sources.add_pandas(name="canonical")
-    failures: list[Failure] = []
-    evaluated = 0
+    failures: list[Failure] = list(extra_failures or [])
+    evaluated = len(failures)
     for name, expectations in _expectations(config, tables).items():
-        batch_def = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(name=f"{name}_all")
+        asset = source.add_dataframe_asset(name=name.replace(".", "_"))
+        batch_def = asset.add_batch_definition_whole_dataframe(name=f"{name}_all")
         suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
         vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_vd", data=batch_def, suite=suite))
         checkpoint = context.checkpoints.add(gx.Checkpoint(
@@ -215,7 +284,14 @@ def validate(
     """
     tables = read_tables(canonical_dir)
     docs_dir = Path(docs_dir)
-    report = validate_tables(config, tables, docs_dir)
+    id_types = {"user": config.dataset.user_id.type, "item": config.dataset.item_id.type}
+    try:
+        maps = load_id_maps(Path(canonical_dir) / ID_MAPS, id_types)
+        committed = load_id_maps(id_maps_dir(config), id_types)
+        map_failures = id_map_failures(tables, maps, committed)
+    except IdMapError as err:
+        maps, map_failures = {}, [Failure(ID_MAPS, "id_map_intact", None, str(err))]
+    report = validate_tables(config, tables, docs_dir, map_failures)
     (docs_dir / "summary.json").write_text(json.dumps(report.to_json(), indent=2, default=str), encoding="utf-8")
     (docs_dir / "summary.html").write_text(summary_html(report), encoding="utf-8")
     if not report.success:
@@ -227,6 +303,8 @@ def validate(
             f"{len(report.failures)} expectation(s) failed:\n  {details}\nData Docs: {report.docs_index}"
         )
     write_tables(tables, validated_dir)
+    save_id_maps(Path(validated_dir) / ID_MAPS, maps)
+    save_id_maps(id_maps_dir(config), maps)  # the key space grows only with data that passed
     log.info("validation passed (%d expectations); Data Docs at %s", report.evaluated, report.docs_index)
     return report
 

@@ -1,0 +1,225 @@
+"""The dataset declaration: which columns a team's files hold and what each one means.
+
+A data set is a declaration, not code. One `dataset:` section of the configuration (or a schema file it
+names with `preset:`) says where the ids, the event time and the feedback are, which user and item
+attributes exist and of which kind, how the text the language model reads is composed, what the API may
+filter on and show, and which user attributes define fairness groups. Every step reads it from here.
+
+    dataset:
+      preset: movielens            # a packaged preset (components/datasets/NAME.yaml) or a schema file path
+      # any key below, given beside `preset`, replaces that key of the preset
+
+Presets live in `components/datasets/`; `recsys data synth` writes a schema file for the data it makes.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PRESETS_DIR = Path(__file__).with_name("datasets")
+MULTI_VALUE_SEPARATOR = "|"  # how multi-valued attributes are stored in the canonical tables
+RESERVED_COLUMNS = {"user_id", "item_id", "rating", "event_timestamp", "created_timestamp", "title", "text"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IdColumn(_Strict):
+    """An entity's external id column in the source files; mapped to dense int64 keys at ingest."""
+
+    column: str = Field(description="column holding the external id in the source file")
+    type: Literal["int", "string"] = Field(description="int: integral ids; string: any text id")
+
+
+class EventTime(_Strict):
+    column: str = "event_timestamp"
+    unit: Literal["s", "ms", "us"] = Field("s", description="unit of numeric (epoch) timestamps")
+    timezone: str = Field("UTC", description="zone of timestamps written without one (IANA name)")
+
+
+class Feedback(_Strict):
+    """explicit: a rating in [min, max]; implicit: every event counts 1; events: a weight per event type."""
+
+    kind: Literal["explicit", "implicit", "events"]
+    column: str | None = Field(None, description="rating column (explicit) or event-type column (events)")
+    min: float | None = None
+    max: float | None = None
+    weights: dict[str, float] | None = Field(None, description="events: weight of each event type")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Feedback:
+        if self.kind == "explicit" and (self.column is None or self.min is None or self.max is None):
+            raise ValueError("explicit feedback needs column, min and max")
+        if self.kind == "explicit" and self.min >= self.max:  # type: ignore[operator]
+            raise ValueError(f"explicit feedback: min {self.min} must be below max {self.max}")
+        if self.kind == "events" and (self.column is None or not self.weights):
+            raise ValueError("events feedback needs column and weights (event type -> weight)")
+        if self.kind == "events" and any(w <= 0 or not math.isfinite(w) for w in self.weights.values()):
+            raise ValueError("events feedback: every weight must be a positive number")
+        return self
+
+
+class Attribute(_Strict):
+    """A user or item attribute.
+
+    categorical: one value from `categories` (when declared; `on_unknown` says what other values do);
+    multi_categorical: several values in one cell, split on `separator` (items only);
+    numeric: a number, optionally within [min, max]; bucketed: a number grouped by the ascending `edges`.
+    """
+
+    kind: Literal["categorical", "multi_categorical", "numeric", "bucketed"]
+    column: str | None = Field(None, description="source column (default: the attribute's name)")
+    categories: list[str] | None = None
+    on_unknown: Literal["error", "other"] = Field(
+        "error", description="a value outside `categories`: fail validation, or map it to 'other'")
+    separator: str = "|"
+    min: float | None = None
+    max: float | None = None
+    edges: list[float] | None = None
+    missing_text: str = Field("unknown", description="what the text template shows for a missing value")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Attribute:
+        if self.kind == "bucketed" and (not self.edges or list(self.edges) != sorted(set(self.edges))):
+            raise ValueError("bucketed attributes need strictly ascending edges")
+        if self.kind != "bucketed" and self.edges:
+            raise ValueError(f"edges apply to bucketed attributes, not {self.kind}")
+        if self.kind in ("categorical", "multi_categorical") and (self.min is not None or self.max is not None):
+            raise ValueError(f"min/max apply to numbers, not {self.kind}")
+        if self.kind in ("numeric", "bucketed") and self.categories:
+            raise ValueError(f"categories apply to categorical attributes, not {self.kind}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        if self.categories and any(MULTI_VALUE_SEPARATOR in c for c in self.categories):
+            raise ValueError(f"categories may not contain '{MULTI_VALUE_SEPARATOR}'")
+        return self
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.kind in ("numeric", "bucketed")
+
+
+class DatasetSchema(_Strict):
+    """One data set's declaration (see the module docstring and components/datasets/movielens.yaml)."""
+
+    name: str
+    description: str = ""
+    user_id: IdColumn
+    item_id: IdColumn
+    event_time: EventTime = EventTime()
+    feedback: Feedback
+    item_title: str = Field("title", description="item column shown as the title")
+    user_attributes: dict[str, Attribute] = {}
+    item_attributes: dict[str, Attribute] = {}
+    text_template: str = Field(description="the text the language model reads: {title} and {attribute} fields")
+    filterable: dict[str, Literal["membership", "range"]] = Field(
+        {}, description="item attributes the API may filter on: membership (categorical) or range (numeric)")
+    displayed: list[str] = Field([], description="item attributes the API returns with each item")
+    fairness_groups: list[str] = Field([], description="user attributes whose groups fairness compares")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSchema:
+        for side, attrs in (("user_attributes", self.user_attributes), ("item_attributes", self.item_attributes)):
+            clash = sorted(set(attrs) & RESERVED_COLUMNS)
+            if clash:
+                raise ValueError(f"{side}: {clash} are canonical column names; pick other attribute names")
+        if any(a.kind == "multi_categorical" for a in self.user_attributes.values()):
+            raise ValueError("user_attributes: multi_categorical is for item attributes")
+        fields = template_fields(self.text_template)
+        unknown = sorted(fields - {"title"} - set(self.item_attributes))
+        if unknown:
+            raise ValueError(f"text_template names {unknown}, which are not declared item attributes")
+        for name, kind in self.filterable.items():
+            attr = self.item_attributes.get(name)
+            if attr is None:
+                raise ValueError(f"filterable: '{name}' is not a declared item attribute")
+            if (kind == "range") != attr.is_numeric:
+                raise ValueError(f"filterable: '{name}' is {attr.kind}; use "
+                                 f"{'range' if attr.is_numeric else 'membership'}")
+        unknown = sorted(set(self.displayed) - set(self.item_attributes))
+        if unknown:
+            raise ValueError(f"displayed: {unknown} are not declared item attributes")
+        for name in self.fairness_groups:
+            attr = self.user_attributes.get(name)
+            if attr is None:
+                raise ValueError(f"fairness_groups: '{name}' is not a declared user attribute")
+            if attr.kind == "numeric":
+                raise ValueError(f"fairness_groups: '{name}' is numeric; declare it bucketed with edges")
+        return self
+
+    def source_column(self, side: Literal["users", "items"], name: str) -> str:
+        """The column of the source file that holds attribute `name`."""
+        attrs = self.user_attributes if side == "users" else self.item_attributes
+        return attrs[name].column or name
+
+
+def template_fields(template: str) -> set[str]:
+    """The {field} names a text template uses."""
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError as err:
+        raise ValueError(f"text_template is not a valid template: {err}") from err
+
+
+def bucket_label(value: object, edges: list[float] | tuple[float, ...]) -> str | None:
+    """The band of `value` for exclusive upper `edges`: '<18', '18-24', ..., '56+'; None when unknown."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if number != number or not edges:
+        return None
+
+    def show(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+    lower: float | None = None
+    for upper in edges:
+        if number < upper:
+            if lower is None:
+                return f"<{show(upper)}"
+            integral = float(lower).is_integer() and float(upper).is_integer()
+            return f"{show(lower)}-{show(upper - 1)}" if integral else f"{show(lower)}-{show(upper)}"
+        lower = upper
+    return f"{show(edges[-1])}+"
+
+
+def bucket_labels(edges: list[float] | tuple[float, ...]) -> tuple[str, ...]:
+    """Every band label of `edges`, lowest first."""
+    return tuple(bucket_label(v, edges) for v in (edges[0] - 1, *edges))  # type: ignore[misc]
+
+
+def _read_schema_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as err:
+        raise ValueError(f"dataset schema file not found: {path}") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"dataset schema file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"dataset schema file {path} must hold a mapping")
+    return data.get("dataset", data) if isinstance(data.get("dataset"), dict) else data
+
+
+def preset_path(preset: str) -> Path:
+    """A packaged preset's file, or `preset` itself read as a path."""
+    packaged = PRESETS_DIR / f"{preset}.yaml"
+    return packaged if packaged.is_file() else Path(preset)
+
+
+def resolve_dataset(section: dict[str, Any]) -> dict[str, Any]:
+    """The `dataset:` section with its preset expanded: the preset's keys, replaced by those given beside it."""
+    section = dict(section or {})
+    preset = section.pop("preset", None)
+    if not preset:
+        return section
+    base = _read_schema_file(preset_path(str(preset)))
+    base.pop("preset", None)
+    return {**base, **section}

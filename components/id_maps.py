@@ -1,0 +1,159 @@
+"""Append-only maps between a data set's external ids (ints or strings) and the dense int64 keys every
+table, model, feature row and log entry uses. A key never changes once given: re-ingests and retrains
+append new ids after the last key, so Feast rows, model tables and logged requests stay joinable.
+
+Layout of a maps folder: `user_ids.parquet`, `item_ids.parquet` (columns `external_id`, `key`) and
+`manifest.json` with each file's row count and SHA-256, which catches a map edited by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from components.schemas import SchemaError
+
+Entity = Literal["user", "item"]
+ENTITIES: tuple[Entity, ...] = ("user", "item")
+MANIFEST = "manifest.json"
+FIRST_KEY = 1  # key 0 stays free: the model pads histories with it
+
+
+class IdMapError(SchemaError):
+    """An id map is inconsistent, was edited by hand, or does not cover an id; names the file and ids."""
+
+
+def map_path(folder: str | Path, entity: Entity) -> Path:
+    return Path(folder) / f"{entity}_ids.parquet"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def normalise_ids(values: pd.Series, id_type: Literal["int", "string"], where: str) -> pd.Series:
+    """External ids as int64 (type int) or str (type string); raises naming `where` for nulls or bad ints."""
+    if values.isna().any():
+        raise IdMapError(f"{where}: {int(values.isna().sum())} missing id(s)")
+    if id_type == "string":
+        out = values.astype(str)
+        empty = out[out.str.strip() == ""]
+        if len(empty):
+            raise IdMapError(f"{where}: {len(empty)} empty id(s)")
+        return out.astype(object)
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values[numbers.isna() | (numbers != numbers.round())]
+    if len(bad):
+        raise IdMapError(f"{where}: {len(bad)} id(s) are not integers, e.g. {bad.head(3).tolist()} "
+                         f"(declare type: string for text ids)")
+    return numbers.astype("int64")
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """One entity's map: `external[i]` has key `keys[i]`; keys are FIRST_KEY.. in order of arrival."""
+
+    entity: Entity
+    id_type: Literal["int", "string"]
+    table: pd.DataFrame  # external_id, key
+
+    @classmethod
+    def empty(cls, entity: Entity, id_type: Literal["int", "string"]) -> IdMap:
+        dtype = "int64" if id_type == "int" else object
+        return cls(entity, id_type, pd.DataFrame({"external_id": pd.Series([], dtype=dtype),
+                                                  "key": pd.Series([], dtype="int64")}))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def extended(self, external_ids: pd.Series) -> IdMap:
+        """This map plus any ids not in it yet, appended (sorted) after the last key."""
+        known = pd.Index(self.table["external_id"])
+        new = pd.Series(pd.unique(external_ids[~external_ids.isin(known)]))
+        if not len(new):
+            return self
+        new = new.sort_values(kind="stable").reset_index(drop=True)
+        start = int(self.table["key"].max()) + 1 if len(self.table) else FIRST_KEY
+        added = pd.DataFrame({"external_id": new.astype(self.table["external_id"].dtype),
+                              "key": np.arange(start, start + len(new), dtype=np.int64)})
+        return IdMap(self.entity, self.id_type, pd.concat([self.table, added], ignore_index=True))
+
+    def keys_of(self, external_ids: pd.Series, where: str) -> pd.Series:
+        """The key of each external id; raises naming `where` and the unknown ids."""
+        lookup = pd.Series(self.table["key"].to_numpy(), index=pd.Index(self.table["external_id"]))
+        keys = external_ids.map(lookup)
+        unknown = external_ids[keys.isna()]
+        if len(unknown):
+            raise IdMapError(f"{where}: {len(unknown)} id(s) not in the {self.entity} id map, "
+                             f"e.g. {pd.unique(unknown)[:3].tolist()}")
+        return keys.astype("int64")
+
+    def externals_of(self, keys: np.ndarray | list[int]) -> list:
+        """The external id of each key (what the API, the log and batch recommendations speak)."""
+        lookup = pd.Series(self.table["external_id"].to_numpy(), index=pd.Index(self.table["key"]))
+        found = lookup.reindex(np.asarray(keys, dtype=np.int64))
+        if found.isna().any():
+            raise IdMapError(f"keys {found[found.isna()].index[:3].tolist()} are not in the {self.entity} id map")
+        return found.tolist()
+
+    def check(self, where: str) -> None:
+        """Raise IdMapError unless external ids and keys are each unique and keys are FIRST_KEY..n."""
+        dup = self.table["external_id"][self.table["external_id"].duplicated()]
+        if len(dup):
+            raise IdMapError(f"{where}: external id(s) {dup.head(3).tolist()} appear more than once")
+        expected = np.arange(FIRST_KEY, FIRST_KEY + len(self.table), dtype=np.int64)
+        if not np.array_equal(np.sort(self.table["key"].to_numpy()), expected):
+            raise IdMapError(f"{where}: keys must be {FIRST_KEY}..{len(self.table)} each once")
+
+
+def load_id_maps(folder: str | Path, id_types: dict[Entity, Literal["int", "string"]]) -> dict[Entity, IdMap]:
+    """The maps in `folder` (empty maps when it has none), checked against their manifest and invariants."""
+    folder = Path(folder)
+    manifest_file = folder / MANIFEST
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
+    maps: dict[Entity, IdMap] = {}
+    for entity in ENTITIES:
+        path = map_path(folder, entity)
+        entry = manifest.get(entity)
+        if entry is None and not path.exists():
+            maps[entity] = IdMap.empty(entity, id_types[entity])
+            continue
+        if entry is None or not path.is_file():
+            raise IdMapError(f"{path}: the {entity} id map and {manifest_file} disagree (one of them is missing)")
+        if entry["sha256"] != _digest(path):
+            raise IdMapError(f"{path} was changed outside ingest (its SHA-256 differs from {manifest_file}): keys "
+                             "must never change; restore the file, or delete the folder to start a new key space "
+                             "(and retrain every model)")
+        if entry["type"] != id_types[entity]:
+            raise IdMapError(f"{path} holds {entry['type']} ids but the dataset declares {entity}_id type "
+                             f"{id_types[entity]}")
+        table = pd.read_parquet(path)
+        id_map = IdMap(entity, id_types[entity], table)
+        id_map.check(str(path))
+        maps[entity] = id_map
+    return maps
+
+
+def save_id_maps(folder: str | Path, maps: dict[Entity, IdMap]) -> Path:
+    """Write the maps and their manifest (each file written to a temporary name, then renamed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {}
+    for entity, id_map in maps.items():
+        id_map.check(f"{entity} id map")
+        path = map_path(folder, entity)
+        tmp = path.with_suffix(".parquet.tmp")
+        id_map.table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        manifest[entity] = {"rows": len(id_map), "type": id_map.id_type, "sha256": _digest(path)}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(tmp, folder / MANIFEST)
+    return folder
