@@ -7,7 +7,7 @@ filter on and show, and which user attributes define fairness groups. Every step
 
     dataset:
       preset: movielens            # a packaged preset (components/datasets/NAME.yaml) or a schema file path
-      # any key below, given beside `preset`, replaces that key of the preset
+      # keys given beside `preset` are merged into it; `preset: null` declares the data set from scratch
 
 Presets live in `components/datasets/`; `recsys data synth` writes a schema file for the data it makes.
 """
@@ -116,6 +116,8 @@ class DatasetSchema(_Strict):
     event_time: EventTime = EventTime()
     feedback: Feedback
     item_title: str = Field("title", description="item column shown as the title")
+    user_created: str = Field("created_timestamp", description="users column with the sign-up time, if any")
+    item_created: str = Field("created_timestamp", description="items column with the listing time, if any")
     user_attributes: dict[str, Attribute] = {}
     item_attributes: dict[str, Attribute] = {}
     text_template: str = Field(description="the text the language model reads: {title} and {attribute} fields")
@@ -214,12 +216,21 @@ def preset_path(preset: str) -> Path:
     return packaged if packaged.is_file() else Path(preset)
 
 
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) \
+            else value
+    return out
+
+
 def resolve_dataset(section: dict[str, Any]) -> dict[str, Any]:
-    """The `dataset:` section with its preset expanded: the preset's keys, replaced by those given beside it."""
+    """The `dataset:` section with its preset expanded: keys given beside `preset` are merged into the preset's
+    (mappings key by key, other values replaced); `preset: null` declares a data set from scratch."""
     section = dict(section or {})
     preset = section.pop("preset", None)
     if not preset:
         return section
     base = _read_schema_file(preset_path(str(preset)))
     base.pop("preset", None)
-    return {**base, **section}
+    return _deep_merge(base, section)

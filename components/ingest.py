@@ -216,9 +216,12 @@ def _entity_table(df: pd.DataFrame, table: str, schema: DatasetSchema, id_map: I
         column = schema.source_column(side, name)
         if column in df.columns:  # a declared column the file lacks fails at validate, naming it
             out[name] = _attribute(df[column], attr).reset_index(drop=True)
-    created = df["created_timestamp"] if "created_timestamp" in df.columns else None
-    out["created_timestamp"] = (_event_times(created, schema.event_time, f"{table}.created_timestamp").to_numpy()
-                                if created is not None else start)
+    created_column = schema.user_created if table == USERS else schema.item_created
+    if created_column in df.columns:  # without one, an entity exists from the first event on
+        created = _event_times(df[created_column], schema.event_time, f"{table}.{created_column}")
+        out["created_timestamp"] = created.reset_index(drop=True)
+    else:
+        out["created_timestamp"] = start
     if table == ITEMS:
         out["text"] = compose_text(out, schema)
     return out

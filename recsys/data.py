@@ -54,3 +54,20 @@ def validate(
     with errors_as_exit():
         report = run_validate(config, canonical, out, docs)
     console.print(f"[green]valid[/]: {report.evaluated} expectations; Data Docs: [bold]{report.docs_index}[/]")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(Path("data/synthetic"), help="Folder for the tables, schema.yaml and config.yaml."),
+    users: int = typer.Option(2_000, min=1, help="Customers."),
+    items: int = typer.Option(500, min=1, help="SKUs in the catalogue."),
+    events: int = typer.Option(50_000, min=1, help="View / cart / purchase events."),
+    days: int = typer.Option(120, min=1, help="Length of the period."),
+    seed: int = typer.Option(7, help="Random seed (same seed, same files)."),
+) -> None:
+    """Generate a seeded e-commerce data set (string ids, implicit sessions) with its dataset schema."""
+    from components.synth import SynthSpec, write_synthetic
+
+    with errors_as_exit():
+        paths = write_synthetic(SynthSpec(users=users, items=items, events=events, days=days, seed=seed), out)
+    console.print(f"synthetic shop in [bold]{out}[/]; use it with [bold]recsys --config {paths['config']} ...[/]")

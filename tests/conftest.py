@@ -8,11 +8,13 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 
 def small_tables(n_users: int = 20, n_items: int = 30, per_user: int = 10, seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -67,3 +69,42 @@ def movielens_canonical(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("movielens") / "canonical"
     ingest(load_config(overrides=["paths.data_dir=data"]), out)
     return out
+
+
+@dataclass(frozen=True)
+class SourceDataset:
+    """A data set of one shape in the form a team hands it over: its files and the config that declares them."""
+
+    name: str
+    config_path: Path
+    files: dict[str, Path]
+
+
+def movielens_shaped_source(folder: Path) -> SourceDataset:
+    """Small MovieLens-shaped files (int ids, explicit ratings) under the default `movielens` preset."""
+    files = write_csvs(small_tables(), folder)
+    config = {"data": {"source": "files", **{f"{k}_path": str(v) for k, v in files.items()}},
+              "paths": {"data_dir": str(folder / "data")}}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return SourceDataset("movielens", path, files)
+
+
+def shop_source(folder: Path) -> SourceDataset:
+    """A small synthetic shop (string ids, implicit events, its own attributes) from `recsys data synth`."""
+    from components.synth import SynthSpec, write_synthetic
+
+    paths = write_synthetic(SynthSpec(users=60, items=40, events=1_500, days=30, seed=3), folder)
+    config = yaml.safe_load(paths["config"].read_text(encoding="utf-8"))
+    config["paths"] = {"data_dir": str(folder / "data")}
+    paths["config"].write_text(yaml.safe_dump(config), encoding="utf-8")
+    return SourceDataset("shop", paths["config"], {k: paths[k] for k in ("interactions", "users", "items")})
+
+
+SOURCES = {"movielens": movielens_shaped_source, "shop": shop_source}
+
+
+@pytest.fixture(params=sorted(SOURCES))
+def source_dataset(request, tmp_path) -> SourceDataset:
+    """Each data set shape in turn (as Feast's universal tests run over every store)."""
+    return SOURCES[request.param](tmp_path / request.param)

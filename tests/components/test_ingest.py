@@ -82,3 +82,69 @@ def test_movielens_fetch_is_verified_and_cached(tmp_path):
     assert len(tables["interactions"]) == 100_000 and len(tables["users"]) == 943 and len(tables["items"]) == 1682
     toy = tables["items"].set_index("item_id").loc[1]
     assert toy["title"] == "Toy Story" and toy["year"] == 1995 and "Animation" in toy["text"]
+
+
+# ------------------------------------------------------------------ every data set shape (tests.conftest.SOURCES)
+def test_ingest_and_validate_over_each_data_set(source_dataset, tmp_path):
+    from components.validate import validate
+
+    config = load_config(source_dataset.config_path)
+    counts = ingest(config, tmp_path / "canonical")
+    report = validate(config, tmp_path / "canonical", tmp_path / "validated", tmp_path / "docs")
+    assert report.success and counts["interactions"] > 0
+    out = read_tables(tmp_path / "validated")
+    inter, users, items = out["interactions"], out["users"], out["items"]
+    assert str(inter["user_id"].dtype) == "int64" and str(inter["event_timestamp"].dtype) == "datetime64[us, UTC]"
+    assert inter["user_id"].min() >= 1 and set(inter["item_id"]) <= set(items["item_id"])
+    schema = config.dataset
+    assert set(schema.user_attributes) <= set(users.columns) and set(schema.item_attributes) <= set(items.columns)
+    assert (tmp_path / "validated" / "id_maps" / "manifest.json").is_file()
+    if source_dataset.name == "shop":
+        assert inter["rating"].isin([1.0, 3.0, 5.0]).all()  # event weights
+        assert items["text"].str.contains(" by brand-").all() and items["text"].str.contains("Tags: ").all()
+        raw = pd.read_parquet(source_dataset.files["interactions"]).iloc[0]
+        local = pd.Timestamp(raw["ts"]).tz_localize("Europe/Berlin").tz_convert("UTC")
+        assert local in set(inter["event_timestamp"])  # naive times read in the declared zone
+
+
+def _shop_break(change):
+    def run(source):
+        table, edit = change
+        frame = pd.read_parquet(source.files[table])
+        edit(frame).to_parquet(source.files[table], index=False)
+    return run
+
+
+SHOP_BAD_INPUTS = {
+    "declared column missing": (_shop_break(("users", lambda f: f.drop(columns=["segment"]))),
+                                "users.segment: expect_column_to_exist failed"),
+    "template column missing": (_shop_break(("items", lambda f: f.drop(columns=["brand"]))),
+                                "items: column 'brand' (dataset.item_attributes.brand (text_template))"),
+    "value outside declared range": (_shop_break(("items", lambda f: f.assign(price=-5.0))),
+                                     "items.price: expect_column_values_to_be_between failed"),
+    "unknown category": (_shop_break(("users", lambda f: f.assign(country="XX"))),
+                         "users.country: expect_column_values_to_be_in_set failed"),
+    "unknown multi-valued category": (_shop_break(("items", lambda f: f.assign(tags="eco,weird"))),
+                                      "items.tags.tags: expect_column_values_to_be_in_set failed"),
+    "unknown event type": (_shop_break(("interactions", lambda f: f.assign(event_type="refund"))),
+                           "interactions.event_type: event type(s) ['refund'] are not in dataset.feedback.weights"),
+    "id column missing": (_shop_break(("interactions", lambda f: f.drop(columns=["ts"]))),
+                          "interactions: column 'ts' (dataset.event_time.column) is not in the file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHOP_BAD_INPUTS))
+def test_shop_bad_inputs_are_named_and_nothing_is_written(tmp_path, case):
+    from components.errors import RecsysError
+    from components.validate import validate
+    from tests.conftest import shop_source
+
+    source = shop_source(tmp_path / "shop")
+    breaker, message = SHOP_BAD_INPUTS[case]
+    breaker(source)
+    config = load_config(source.config_path)
+    with pytest.raises(RecsysError) as err:
+        ingest(config, tmp_path / "canonical")
+        validate(config, tmp_path / "canonical", tmp_path / "validated", tmp_path / "docs")
+    assert message in str(err.value)
+    assert not (tmp_path / "validated").exists() and not (tmp_path / "shop" / "data" / "id_maps").exists()

@@ -74,7 +74,8 @@ def _future(df):
 
 
 CATALOGUE = {
-    "missing column": (_edit("interactions", lambda df: df.drop(columns=["item_id"])), "column 'item_id' (dataset.item_id.column) is not in the file"),
+    "missing column": (_edit("interactions", lambda df: df.drop(columns=["item_id"])),
+                       "column 'item_id' (dataset.item_id.column) is not in the file"),
     "wrong type": (_edit("interactions", lambda df: df.assign(rating="five")), "interactions.rating"),
     "negative rating": (_edit("interactions", lambda df: df.assign(rating=-1.0)), "interactions.rating"),
     "out-of-range rating": (_edit("interactions", lambda df: df.assign(rating=9.0)), "interactions.rating"),
