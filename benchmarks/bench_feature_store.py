@@ -51,7 +51,7 @@ def bench_backend(backend: str, config: Config, tables: dict, lookups: int, push
     examples_s = None
     if with_examples:
         started = time.perf_counter()
-        training_examples(store, tables["interactions"])
+        training_examples(store, tables["interactions"], config.dataset.user_attributes)
         examples_s = time.perf_counter() - started
     started = time.perf_counter()
     materialize(store)

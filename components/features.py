@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 from kfp.dsl import Dataset, Input, Metrics, Output
 
 from components.config import Config
+from components.dataset import MULTI_VALUE_SEPARATOR, Attribute, DatasetSchema, bucket_label
 from components.errors import RecsysError
 from components.kfp_support import step
-from components.schemas import age_band_label
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -47,8 +47,8 @@ UNKNOWN = "unknown"
 PUSH_SOURCE = "user_activity_push"  # definitions.USER_ACTIVITY_PUSH
 ONE_US = pd.Timedelta(microseconds=1)
 SECONDS_PER_DAY = 86400.0
-ONLINE_COLUMNS = ("user_id", "age", "age_band", "gender", "occupation", "user_interaction_count", "user_mean_rating",
-                  "user_days_since_last", "recent_item_ids")
+ACTIVITY_COLUMNS = ("user_interaction_count", "user_mean_rating", "user_days_since_last", "recent_item_ids")
+BAND_SUFFIX = "_band"  # a bucketed attribute `x` also has the feature `x_band` (its label)
 
 
 class FeatureStoreError(RecsysError):
@@ -121,9 +121,32 @@ def popularity_column(days: int) -> str:
     return f"item_popularity_{days}d"
 
 
-def age_band(age: int | float | None) -> str:
-    """Age band label of an age (UNKNOWN when missing)."""
-    return age_band_label(age) or UNKNOWN
+def band_column(name: str) -> str:
+    """The feature holding the band label of bucketed attribute `name`."""
+    return f"{name}{BAND_SUFFIX}"
+
+
+def profile_feature_names(schema: DatasetSchema) -> list[str]:
+    """The `user_profile` features of a data set: each declared attribute, and its band when bucketed."""
+    names = []
+    for name, attr in schema.user_attributes.items():
+        names.append(name)
+        if attr.kind == "bucketed":
+            names.append(band_column(name))
+    return names
+
+
+def _numeric(values: pd.Series) -> pd.Series:
+    """Integral numbers as nullable Int64, others as float64."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    present = numbers.dropna()
+    if (present == present.round()).all():
+        return pd.Series(pd.array(numbers.round(), dtype="Int64"), index=values.index)
+    return numbers.astype("float64")
+
+
+def _categories(values: pd.Series) -> np.ndarray:
+    return values.astype(object).where(values.notna(), UNKNOWN).astype(str).to_numpy()
 
 
 def _valid_from(created: pd.Series, first_event: pd.Series) -> pd.Series:
@@ -136,21 +159,23 @@ def _utc_us(ts: pd.Series) -> pd.Series:
     return pd.to_datetime(ts, utc=True).astype("datetime64[us, UTC]")
 
 
-def user_profile_table(users: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
-    """One row per user: age, age band, gender, occupation, valid from before the first event."""
-    for col in ("age", "gender", "occupation"):
-        if col not in users.columns:
-            raise FeatureStoreError(f"users table: missing profile column '{col}'")
+def user_profile_table(users: pd.DataFrame, interactions: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
+    """One row per user: the declared attributes (and band labels), valid from before the first event."""
+    for name in schema.user_attributes:
+        if name not in users.columns:
+            raise FeatureStoreError(f"users table: missing declared attribute column '{name}' "
+                                    f"(dataset.user_attributes.{name})")
     first = interactions.groupby("user_id")["event_timestamp"].min()
     users = users.set_index("user_id")
-    return pd.DataFrame({
-        "user_id": users.index.astype("int64"),
-        "age": pd.array(pd.to_numeric(users["age"], errors="coerce").round(), dtype="Int64"),
-        "age_band": [age_band(None if pd.isna(a) else a) for a in users["age"]],
-        "gender": users["gender"].fillna(UNKNOWN).astype(str).to_numpy(),
-        "occupation": users["occupation"].fillna(UNKNOWN).astype(str).to_numpy(),
-        "event_timestamp": _utc_us(_valid_from(users["created_timestamp"], first)).array,
-    })
+    out = pd.DataFrame({"user_id": users.index.astype("int64")})
+    for name, attr in schema.user_attributes.items():
+        out[name] = _numeric(users[name]).reset_index(drop=True) if attr.is_numeric else _categories(users[name])
+        if attr.kind == "bucketed":
+            out[band_column(name)] = [bucket_label(v, attr.edges) or UNKNOWN for v in users[name].tolist()]
+    if not schema.user_attributes:  # Feast needs one feature in the view
+        out["profile_known"] = 1
+    out["event_timestamp"] = _utc_us(_valid_from(users["created_timestamp"], first)).array
+    return out
 
 
 def user_activity_table(interactions: pd.DataFrame, last_n: int) -> pd.DataFrame:
@@ -188,20 +213,26 @@ def user_activity_table(interactions: pd.DataFrame, last_n: int) -> pd.DataFrame
     return out
 
 
-def item_metadata_table(items: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
-    """One row per item: title, text, year, genres (list), valid from before the first event."""
+def item_metadata_table(items: pd.DataFrame, interactions: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
+    """One row per item: title, text, the declared attributes (multi-valued ones as lists), valid from before
+    the first event."""
     first = interactions.groupby("item_id")["event_timestamp"].min()
     items = items.set_index("item_id")
-    year = items["year"] if "year" in items.columns else pd.Series(pd.NA, index=items.index)
-    genres = items["genres"] if "genres" in items.columns else pd.Series("", index=items.index)
-    return pd.DataFrame({
-        "item_id": items.index.astype("int64"),
-        "title": items["title"].astype(str).to_numpy(),
-        "text": items["text"].astype(str).to_numpy(),
-        "year": pd.array(year, dtype="Int64"),
-        "genres": [[g for g in str(v).split("|") if g] if isinstance(v, str) else [] for v in genres],
-        "event_timestamp": _utc_us(_valid_from(items["created_timestamp"], first)).array,
-    })
+    out = pd.DataFrame({"item_id": items.index.astype("int64"), "title": items["title"].astype(str).to_numpy(),
+                        "text": items["text"].astype(str).to_numpy()})
+    for name, attr in schema.item_attributes.items():
+        if name not in items.columns:
+            raise FeatureStoreError(f"items table: missing declared attribute column '{name}' "
+                                    f"(dataset.item_attributes.{name})")
+        if attr.is_numeric:
+            out[name] = _numeric(items[name]).reset_index(drop=True)
+        elif attr.kind == "multi_categorical":
+            out[name] = [[g for g in v.split(MULTI_VALUE_SEPARATOR) if g] if isinstance(v, str) else []
+                         for v in items[name]]
+        else:
+            out[name] = _categories(items[name])
+    out["event_timestamp"] = _utc_us(_valid_from(items["created_timestamp"], first)).array
+    return out
 
 
 def item_popularity_table(interactions: pd.DataFrame, windows_days: list[int] | tuple[int, ...]) -> pd.DataFrame:
@@ -221,26 +252,31 @@ def item_popularity_table(interactions: pd.DataFrame, windows_days: list[int] | 
     return counts[["item_id", "event_timestamp", *cols]]
 
 
-def compute_feature_tables(tables: dict[str, pd.DataFrame], last_n: int,
-                           windows_days: list[int] | tuple[int, ...]) -> dict[str, pd.DataFrame]:
-    """All derived feature tables from the validated canonical tables."""
+def compute_feature_tables(tables: dict[str, pd.DataFrame], last_n: int, windows_days: list[int] | tuple[int, ...],
+                           schema: DatasetSchema) -> dict[str, pd.DataFrame]:
+    """All derived feature tables from the validated canonical tables of a data set declared by `schema`."""
     inter = tables["interactions"]
     if inter.empty:
         raise FeatureStoreError("interactions table is empty: no features to compute")
     return {
-        "user_profile": user_profile_table(tables["users"], inter),
+        "user_profile": user_profile_table(tables["users"], inter, schema),
         "user_activity": user_activity_table(inter, last_n),
-        "item_metadata": item_metadata_table(tables["items"], inter),
+        "item_metadata": item_metadata_table(tables["items"], inter, schema),
         "item_popularity": item_popularity_table(inter, windows_days),
     }
 
 
+def _is_list_column(values: pd.Series) -> bool:
+    return values.dtype == object and any(isinstance(v, list) for v in values.head(1000))
+
+
 def _table_schema(name: str, df: pd.DataFrame) -> pa.Schema:
-    lists = {"recent_item_ids": pa.list_(pa.int64()), "genres": pa.list_(pa.string())}
     fields = []
     for col in df.columns:
-        if col in lists:
-            fields.append(pa.field(col, lists[col]))
+        if col == "recent_item_ids":
+            fields.append(pa.field(col, pa.list_(pa.int64())))
+        elif _is_list_column(df[col]):  # multi-valued attributes
+            fields.append(pa.field(col, pa.list_(pa.string())))
         elif col == "event_timestamp":
             fields.append(pa.field(col, pa.timestamp("us", tz="UTC")))
         else:
@@ -263,7 +299,10 @@ def apply_repository(config: Config) -> "FeatureStore":
     defs = load_definitions(config)
     store = open_store(config)
     windows = tuple(config.features.popularity_windows_days)
-    store.apply(defs.build_definitions(str(feature_data_dir(config)), windows))
+    data = feature_data_dir(config)
+    user_fields = defs.fields_in_data(data / defs.USER_PROFILE_FILE, {"user_id", "event_timestamp"})
+    item_fields = defs.fields_in_data(data / defs.ITEM_METADATA_FILE, {"item_id", "title", "text", "event_timestamp"})
+    store.apply(defs.build_definitions(str(data), windows, user_fields, item_fields))
     log.info("applied Feast repository %s (online store: %s, windows %s d)", repo_dir(config),
              config.features.online_store, list(windows))
     return store
@@ -273,7 +312,7 @@ def build_feature_store(config: Config, tables: dict[str, pd.DataFrame]) -> "Fea
     """Compute the feature tables from canonical tables, write them to the feature data dir, apply."""
     t0 = time.perf_counter()
     cfg = config.features
-    feature_tables = compute_feature_tables(tables, cfg.last_n_items, cfg.popularity_windows_days)
+    feature_tables = compute_feature_tables(tables, cfg.last_n_items, cfg.popularity_windows_days, config.dataset)
     write_feature_tables(feature_tables, feature_data_dir(config))
     log.info("feature tables in %s (%.1f s): %s", feature_data_dir(config), time.perf_counter() - t0,
              {k: len(v) for k, v in feature_tables.items()})
@@ -285,8 +324,22 @@ def _popularity_columns(store: "FeatureStore") -> list[str]:
     return [f.name for f in store.get_feature_view("item_popularity").features]
 
 
-def training_examples(store: "FeatureStore", interactions: pd.DataFrame) -> pd.DataFrame:
-    """Contract C1: one row per interaction with the `training` feature service joined point in time.
+def _profile_values(values: pd.Series, attr: Attribute) -> pd.Series:
+    """A profile column of the examples: integral numbers with -1 for unknown, other numbers with NaN,
+    categories with UNKNOWN."""
+    if not attr.is_numeric:
+        return values.astype(object).where(values.notna(), UNKNOWN).astype(str)
+    numbers = pd.to_numeric(values, errors="coerce")
+    present = numbers.dropna()
+    if (present == present.round()).all():
+        return numbers.fillna(-1).round().astype("int64")
+    return numbers.astype("float64")
+
+
+def training_examples(store: "FeatureStore", interactions: pd.DataFrame,
+                      profile: dict[str, Attribute]) -> pd.DataFrame:
+    """Contract C1: one row per interaction with the `training` feature service joined point in time;
+    `profile` = the declared user attributes (config.dataset.user_attributes).
 
     Each entity row is stamped 1 µs before its event, so only feature rows stamped strictly before the
     event (activity after earlier events, popularity of earlier events) can match.
@@ -300,18 +353,18 @@ def training_examples(store: "FeatureStore", interactions: pd.DataFrame) -> pd.D
     log.info("point-in-time join of %d examples in %.1f s", len(entity), time.perf_counter() - t0)
     hist = entity[["__row"]].merge(hist.drop(columns=["user_id", "item_id", "event_timestamp"])
                                    .drop_duplicates("__row"), on="__row", how="left")
-    missing_profile = int(hist["age"].isna().sum())
-    if missing_profile:
-        log.warning("%d examples have no user profile; age=-1 and gender/occupation=%s", missing_profile, UNKNOWN)
+    if profile:
+        missing_profile = int(hist[next(iter(profile))].isna().sum())
+        if missing_profile:
+            log.warning("%d examples have no user profile: numbers -1 (or NaN), categories '%s'", missing_profile,
+                        UNKNOWN)
     last = hist["user_last_event_epoch_s"].astype("float64")
     out = pd.DataFrame({
         "user_id": inter["user_id"].astype("int64"),
         "item_id": inter["item_id"].astype("int64"),
         "event_timestamp": event_ts,
         "rating": inter["rating"].astype("float32"),
-        "age": hist["age"].fillna(-1).astype("int64"),
-        "gender": hist["gender"].fillna(UNKNOWN).astype(str),
-        "occupation": hist["occupation"].fillna(UNKNOWN).astype(str),
+        **{name: _profile_values(hist[name], attr).to_numpy() for name, attr in profile.items()},
         "user_interaction_count": hist["user_interaction_count"].fillna(0).astype("int64"),
         "user_mean_rating": hist["user_mean_rating"].astype("float64"),
         "user_days_since_last": (event_ts.astype("int64").to_numpy() / 1e6 - last.to_numpy()) / SECONDS_PER_DAY,
@@ -380,18 +433,20 @@ def online_feature_rows(store: "FeatureStore", user_ids: list[int] | int,
                         as_of: datetime | None = None) -> list[dict[str, Any]]:
     """The `serving` feature service for one or more users, as plain dicts (the API's fast path).
 
-    Unknown users come back with profile fields None, count 0, mean/recency NaN and `recent_item_ids` [];
+    Each row holds the `user_profile` features (the declared attributes and band labels; None for unknown
+    users), then count (0), mean rating and recency (NaN) and `recent_item_ids` ([]);
     `user_days_since_last` is measured to `as_of` (default now).
     """
     ids = [int(user_ids)] if isinstance(user_ids, int | np.integer) else [int(u) for u in user_ids]
     raw = _online_dict(store, feature_service(store, "serving"), [{"user_id": u} for u in ids])
+    profile = profile_features(store)
     now_s = (as_of or datetime.now(UTC)).timestamp()
     rows = []
     for i, uid in enumerate(ids):
         last = raw["user_last_event_epoch_s"][i]
         rows.append({
-            "user_id": uid, "age": raw["age"][i], "age_band": raw["age_band"][i], "gender": raw["gender"][i],
-            "occupation": raw["occupation"][i], "user_interaction_count": int(raw["user_interaction_count"][i] or 0),
+            "user_id": uid, **{name: raw[name][i] for name in profile},
+            "user_interaction_count": int(raw["user_interaction_count"][i] or 0),
             "user_mean_rating": _float_or_nan(raw["user_mean_rating"][i]),
             "user_days_since_last": math.nan if last is None else (now_s - last) / SECONDS_PER_DAY,
             "recent_item_ids": _int_list(raw["recent_item_ids"][i]),
@@ -399,10 +454,23 @@ def online_feature_rows(store: "FeatureStore", user_ids: list[int] | int,
     return rows
 
 
+def profile_features(store: "FeatureStore") -> dict[str, str]:
+    """The `user_profile` features of the registered repository: name -> Feast value type name."""
+    services = _SERVICES.setdefault(store, {})
+    if "__profile__" not in services:
+        view = store.get_feature_view("user_profile", allow_registry_cache=True)
+        services["__profile__"] = {f.name: str(f.dtype) for f in view.features if f.name != "profile_known"}
+    return services["__profile__"]
+
+
 def online_features(store: "FeatureStore", user_ids: list[int] | int, as_of: datetime | None = None) -> pd.DataFrame:
-    """`online_feature_rows` as a DataFrame (age as nullable Int64)."""
-    frame = pd.DataFrame(online_feature_rows(store, user_ids, as_of), columns=list(ONLINE_COLUMNS))
-    frame["age"] = frame["age"].astype("Int64")
+    """`online_feature_rows` as a DataFrame (integer profile features as nullable Int64)."""
+    profile = profile_features(store)
+    frame = pd.DataFrame(online_feature_rows(store, user_ids, as_of),
+                         columns=["user_id", *profile, *ACTIVITY_COLUMNS])
+    for name, dtype in profile.items():
+        if "Int" in dtype:
+            frame[name] = frame[name].astype("Int64")
     return frame
 
 
@@ -416,7 +484,8 @@ def online_item_features(store: "FeatureStore", item_ids: list[int]) -> pd.DataF
     for key, values in raw.items():
         if key.startswith("item_popularity_"):  # no change point within the TTL = no events in the windows
             values = [0 if v is None and k else v for v, k in zip(values, known, strict=True)]
-        if key == "year" or key.startswith("item_popularity_"):
+        if key.startswith("item_popularity_") or (values and all(isinstance(v, int) or v is None for v in values)
+                                                   and any(isinstance(v, int) for v in values)):
             out[key] = pd.array(values, dtype="Int64")
         elif key != "item_id":
             out[key] = values
@@ -505,14 +574,14 @@ def run_features(config: Config, canonical_dir: str | Path, examples_dir: str | 
         for file in feature_data_dir(config).glob("*.parquet"):
             shutil.copy2(file, tables_dir / file.name)
     t1 = time.perf_counter()
-    examples = training_examples(store, tables["interactions"])
+    examples = training_examples(store, tables["interactions"], config.dataset.user_attributes)
     write_examples(examples, examples_dir)
     t2 = time.perf_counter()
     materialize(store)
     t3 = time.perf_counter()
-    probe = online_features(store, [int(examples["user_id"].iloc[0])])
-    if probe["age"].isna().all():
-        raise FeatureStoreError(f"materialized user {int(examples['user_id'].iloc[0])} has no online profile")
+    probe = online_features(store, [int(examples["user_id"].iloc[-1])])
+    if int(probe["user_interaction_count"].iloc[0]) == 0:
+        raise FeatureStoreError(f"materialized user {int(examples['user_id'].iloc[-1])} has no online activity")
     return {"examples": float(len(examples)), "users": float(tables["users"].shape[0]),
             "items": float(tables["items"].shape[0]), "tables_seconds": round(t1 - t0, 3),
             "examples_seconds": round(t2 - t1, 3), "materialize_seconds": round(t3 - t2, 3),

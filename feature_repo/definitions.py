@@ -1,8 +1,10 @@
 """Feast definitions of the recommender's features: entities, sources, feature views, feature services.
 
 `feast apply` imports this file and registers the module-level objects (sources under ./data, relative
-to this repository). Python code calls `build_definitions(source_dir, popularity_windows)` to get the same
-objects pointing at any folder. This module imports nothing of the project: only Feast and pyarrow.
+to this repository). Python code calls `build_definitions(source_dir, popularity_windows, user_fields,
+item_fields)` to get the same objects pointing at any folder. The profile and metadata fields are the data
+set's declared attributes: the features step passes them; `feast apply` reads them from the feature tables
+under ./data. This module imports nothing of the project: only Feast and pyarrow.
 
 Every feature row is stamped with the time from which its value holds, so a point-in-time join never
 lets a later value reach an earlier event:
@@ -19,6 +21,9 @@ import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float64, Int64, String
 
+# A declared attribute's value type in the feature tables, by name (what the features step passes).
+FIELD_TYPES = {"int64": Int64, "float64": Float64, "string": String, "string_list": Array(String)}
+
 PROJECT = "recsys"
 DEFAULT_POPULARITY_WINDOWS = (7, 30)
 USER_PROFILE_FILE = "user_profile.parquet"
@@ -34,8 +39,14 @@ def popularity_feature(days: int) -> str:
     return f"item_popularity_{days}d"
 
 
-def build_definitions(source_dir: str = "data", popularity_windows: tuple[int, ...] = DEFAULT_POPULARITY_WINDOWS):
-    """All Feast objects, with file sources in `source_dir` (relative paths resolve against the repo)."""
+def build_definitions(source_dir: str = "data", popularity_windows: tuple[int, ...] = DEFAULT_POPULARITY_WINDOWS,
+                      user_fields: tuple[tuple[str, str], ...] = (), item_fields: tuple[tuple[str, str], ...] = ()):
+    """All Feast objects, with file sources in `source_dir` (relative paths resolve against the repo).
+
+    `user_fields` / `item_fields`: (name, type) of the profile and metadata columns, type one of FIELD_TYPES.
+    """
+    def fields(pairs: tuple[tuple[str, str], ...]) -> list[Field]:
+        return [Field(name=name, dtype=FIELD_TYPES[kind]) for name, kind in pairs]
 
     def source(name: str, file: str) -> FileSource:
         return FileSource(name=f"{name}_source", path=str(Path(source_dir) / file),
@@ -47,9 +58,8 @@ def build_definitions(source_dir: str = "data", popularity_windows: tuple[int, .
     user_profile = FeatureView(
         name="user_profile", entities=[user], ttl=NO_TTL, online=True,
         source=source("user_profile", USER_PROFILE_FILE),
-        schema=[Field(name="age", dtype=Int64), Field(name="age_band", dtype=String),
-                Field(name="gender", dtype=String), Field(name="occupation", dtype=String)],
-        description="Demographic profile of a user.",
+        schema=fields(user_fields) or [Field(name="profile_known", dtype=Int64)],
+        description="The declared attributes of a user (and the band of each bucketed one).",
     )
     activity_batch = source("user_activity", USER_ACTIVITY_FILE)
     activity_push = PushSource(name=USER_ACTIVITY_PUSH, batch_source=activity_batch,
@@ -66,9 +76,8 @@ def build_definitions(source_dir: str = "data", popularity_windows: tuple[int, .
     item_metadata = FeatureView(
         name="item_metadata", entities=[item], ttl=NO_TTL, online=True,
         source=source("item_metadata", ITEM_METADATA_FILE),
-        schema=[Field(name="title", dtype=String), Field(name="text", dtype=String),
-                Field(name="year", dtype=Int64), Field(name="genres", dtype=Array(String))],
-        description="Catalogue metadata of an item.",
+        schema=[Field(name="title", dtype=String), Field(name="text", dtype=String), *fields(item_fields)],
+        description="Catalogue metadata of an item: title, text and the declared attributes.",
     )
     # A TTL of the longest window loses nothing (with no change point inside it, every count is 0: the
     # consumer reads a missing value as 0) and bounds the point-in-time join to one window of rows.
@@ -80,7 +89,7 @@ def build_definitions(source_dir: str = "data", popularity_windows: tuple[int, .
     )
     training = FeatureService(
         name="training",
-        features=[user_profile[["age", "gender", "occupation"]],
+        features=[user_profile,
                   user_activity[["user_interaction_count", "user_mean_rating", "user_last_event_epoch_s",
                                  "recent_item_ids"]],
                   item_popularity],
@@ -96,6 +105,26 @@ def build_definitions(source_dir: str = "data", popularity_windows: tuple[int, .
             training, serving, items]
 
 
+def fields_in_data(path: Path, skip: set[str]) -> tuple[tuple[str, str], ...]:
+    """(name, type) of a feature table's attribute columns (none before any data exists)."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, ValueError):
+        return ()
+    out = []
+    for field in schema:
+        if field.name in skip:
+            continue
+        if str(field.type).startswith("list"):
+            out.append((field.name, "string_list"))
+        elif str(field.type) in ("string", "large_string"):
+            out.append((field.name, "string"))
+        else:
+            out.append((field.name, "float64" if "double" in str(field.type) or "float" in str(field.type)
+                        else "int64"))
+    return tuple(out)
+
+
 def _windows_in_data(source_dir: Path) -> tuple[int, ...]:
     """The popularity windows the data was computed with (the defaults before any data exists)."""
     try:
@@ -107,5 +136,8 @@ def _windows_in_data(source_dir: Path) -> tuple[int, ...]:
 
 
 # Module-level objects for `feast apply` run inside this folder.
+_DATA = Path(__file__).parent / "data"
 (user, item, user_profile, user_activity_source, user_activity_push, user_activity, item_metadata, item_popularity,
- training, serving, items) = build_definitions("data", _windows_in_data(Path(__file__).parent / "data"))
+ training, serving, items) = build_definitions(
+    "data", _windows_in_data(_DATA), fields_in_data(_DATA / USER_PROFILE_FILE, {"user_id", "event_timestamp"}),
+    fields_in_data(_DATA / ITEM_METADATA_FILE, {"item_id", "title", "text", "event_timestamp"}))

@@ -27,7 +27,8 @@ def apply(
         tables = read_tables(canonical)
         store = build_feature_store(config, tables)
         if examples is not None:
-            path = write_examples(training_examples(store, tables["interactions"]), examples)
+            frame = training_examples(store, tables["interactions"], config.dataset.user_attributes)
+            path = write_examples(frame, examples)
             console.print(f"training examples in [bold]{path}[/]")
     console.print(f"feature repository applied; tables in [bold]{feature_data_dir(config)}[/]")
 

@@ -14,7 +14,6 @@ import pytest
 from components.config import load_config
 from components.features import (
     FeatureStoreError,
-    age_band,
     build_feature_store,
     compute_feature_tables,
     materialize,
@@ -31,6 +30,8 @@ WINDOWS = (1, 3)  # days
 NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = pd.Timestamp(NOW - timedelta(days=6))
 H, D = pd.Timedelta(hours=1), pd.Timedelta(days=1)
+DATASET = load_config().dataset  # the MovieLens declaration: age (bucketed), gender, occupation; year, genres
+PROFILE = DATASET.user_attributes
 
 
 def tiny_tables() -> dict[str, pd.DataFrame]:
@@ -109,14 +110,16 @@ def online_store(request, tmp_path):
     return store
 
 
-def test_age_bands():
-    assert [age_band(a) for a in (1, 17, 18, 24, 25, 55, 56, 90)] == [
-        "<18", "<18", "18-24", "18-24", "25-34", "50-55", "56+", "56+"]
-    assert age_band(None) == age_band(float("nan")) == "unknown"
+def test_profile_holds_declared_attributes_and_bands():
+    profile = compute_feature_tables(tiny_tables(), LAST_N, WINDOWS, DATASET)["user_profile"]
+    assert list(profile.columns) == ["user_id", "age", "age_band", "gender", "occupation", "event_timestamp"]
+    assert profile["age_band"].tolist() == ["<18", "25-34", "56+", "45-49"]
+    metadata = compute_feature_tables(tiny_tables(), LAST_N, WINDOWS, DATASET)["item_metadata"]
+    assert metadata["genres"].iloc[1] == ["Comedy", "Drama"] and str(metadata["year"].dtype) == "Int64"
 
 
 def test_activity_rows_hold_state_after_each_distinct_time():
-    tables = compute_feature_tables(tiny_tables(), LAST_N, WINDOWS)
+    tables = compute_feature_tables(tiny_tables(), LAST_N, WINDOWS, DATASET)
     act = tables["user_activity"]
     user1 = act[act.user_id == 1].reset_index(drop=True)
     assert len(user1) == 4  # the two events at T0 + 1h share one row
@@ -133,7 +136,7 @@ def test_training_examples_are_point_in_time_correct(tmp_path):
     entity time at the event itself) gives different counts, means, histories and popularities here."""
     tables = tiny_tables()
     store = build_feature_store(make_config(tmp_path), tables)
-    got = training_examples(store, tables["interactions"])
+    got = training_examples(store, tables["interactions"], PROFILE)
     want = reference_examples(tables["interactions"])
     assert len(got) == len(tables["interactions"])
     pd.testing.assert_frame_equal(got[want.columns.drop("recent_item_ids")],
@@ -151,7 +154,7 @@ def test_training_examples_are_point_in_time_correct(tmp_path):
 def test_examples_file_has_contract_types(tmp_path):
     tables = tiny_tables()
     store = build_feature_store(make_config(tmp_path), tables)
-    path = write_examples(training_examples(store, tables["interactions"]), tmp_path / "examples")
+    path = write_examples(training_examples(store, tables["interactions"], PROFILE), tmp_path / "examples")
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)
@@ -290,3 +293,37 @@ def test_features_op_runs_in_the_kfp_local_runner(tmp_path):
     from components.features import open_store
 
     assert online_features(open_store(config), [3]).iloc[0].occupation == "writer"
+
+
+# ------------------------------------------------------------------ every data set shape (tests.conftest.SOURCES)
+@pytest.mark.integration
+def test_features_step_over_each_data_set(source_dataset, tmp_path):
+    """ingest -> validate -> the features step (real Feast, SQLite online): the declared attributes are the
+    profile and metadata features, offline in the examples and online for the API."""
+    from components.features import online_feature_rows, open_store, run_features
+    from components.ingest import ingest
+    from components.schemas import read_tables
+    from components.validate import validate
+
+    config = load_config(source_dataset.config_path, [f"features.data_dir={tmp_path / 'features'}"])
+    ingest(config, tmp_path / "canonical")
+    validate(config, tmp_path / "canonical", tmp_path / "validated", tmp_path / "docs")
+    metrics = run_features(config, tmp_path / "validated", tmp_path / "examples", tmp_path / "tables")
+    schema = config.dataset
+    examples = pd.read_parquet(tmp_path / "examples" / "examples.parquet")
+    assert metrics["examples"] == len(examples) > 0
+    assert set(schema.user_attributes) <= set(examples.columns)
+    tables = read_tables(tmp_path / "validated")
+    user = tables["users"].iloc[0]
+    row = online_feature_rows(open_store(config), [int(user["user_id"])])[0]
+    for name, attr in schema.user_attributes.items():
+        assert str(row[name]) == str(user[name])
+        if attr.kind == "bucketed":
+            from components.dataset import bucket_label
+
+            assert row[f"{name}_band"] == bucket_label(user[name], attr.edges)
+    items = online_item_features(open_store(config), [int(tables["items"]["item_id"].iloc[0])])
+    assert set(schema.item_attributes) <= set(items.columns)
+    multi = [n for n, a in schema.item_attributes.items() if a.kind == "multi_categorical"]
+    for name in multi:
+        assert isinstance(items[name].iloc[0], list)

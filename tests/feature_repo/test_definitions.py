@@ -32,7 +32,9 @@ def test_definitions_import_nothing_of_the_project():
 
 def test_objects_and_services():
     defs = load(REPO / "definitions.py")
-    objects = {o.name: o for o in defs.build_definitions("/somewhere", (2, 14))}
+    user_fields = (("age", "int64"), ("age_band", "string"), ("gender", "string"), ("occupation", "string"))
+    item_fields = (("brand", "string"), ("tags", "string_list"), ("price", "float64"))
+    objects = {o.name: o for o in defs.build_definitions("/somewhere", (2, 14), user_fields, item_fields)}
     assert {"user", "item", "user_profile", "user_activity", "item_metadata", "item_popularity", "training",
             "serving", "user_activity_push"} <= set(objects)
     assert [f.name for f in objects["item_popularity"].features] == ["item_popularity_2d", "item_popularity_14d"]
@@ -41,6 +43,9 @@ def test_objects_and_services():
     served = {p.name: [f.name for f in p.features] for p in objects["serving"].feature_view_projections}
     assert served["user_profile"] == ["age", "age_band", "gender", "occupation"]
     assert {"recent_item_ids", "user_rated_count"} <= set(served["user_activity"])  # push_interaction reads these
+    assert [(f.name, str(f.dtype)) for f in objects["item_metadata"].features] == [
+        ("title", "String"), ("text", "String"), ("brand", "String"), ("tags", "Array(String)"),
+        ("price", "Float64")]
     trained = {p.name for p in objects["training"].feature_view_projections}
     assert trained == {"user_profile", "user_activity", "item_popularity"}
 
@@ -76,3 +81,28 @@ def test_production_variant_uses_redis():
     assert "${REDIS_CONNECTION}" in prod["online_store"]["connection_string"]
     assert prod["offline_store"]["type"] not in ("file", "duckdb")
     assert default["online_store"]["type"] == "sqlite" and default["offline_store"]["type"] == "duckdb"
+
+
+@pytest.mark.integration
+def test_feast_apply_registers_each_data_sets_attributes(source_dataset, tmp_path):
+    """`feast apply` inside the repository, with the feature tables of a data set in ./data: its declared
+    attributes become the profile and metadata features."""
+    from components.config import load_config
+    from components.features import compute_feature_tables, write_feature_tables
+    from components.ingest import ingest
+    from components.schemas import read_tables
+
+    config = load_config(source_dataset.config_path)
+    ingest(config, tmp_path / "canonical")
+    tables = compute_feature_tables(read_tables(tmp_path / "canonical"), 5, (7,), config.dataset)
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    write_feature_tables(tables, repo / "data")
+    feast = Path(sys.executable).with_name("feast")
+    done = subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = subprocess.run([str(feast), "feature-views", "describe", "user_profile"], cwd=repo,
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for name in config.dataset.user_attributes:
+        assert f"name: {name}" in listed.stdout, listed.stdout[:2000]
