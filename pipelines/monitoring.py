@@ -29,7 +29,8 @@ def build_monitoring_pipeline(kfp: Kfp, gpu: bool) -> Callable:
     )
     def monitoring_pipeline(config: str) -> None:
         """`config` is the resolved project configuration (one line of JSON)."""
-        collect = images.task(ingest_op, config=config).set_caching_options(False).set_display_name("collect reference")
+        collect = mount_shared(images.task(ingest_op, config=config))
+        collect.set_caching_options(False).set_display_name("collect reference")
         monitor = mount_shared(images.task(monitor_op, config=config, canonical=collect.outputs["canonical"]))
         monitor.set_caching_options(False).set_display_name("reports + policy")
         with dsl.If(monitor.outputs["Output"] == True, name="retrain"):  # noqa: E712 (a KFP condition)

@@ -29,7 +29,8 @@ SHARED_MOUNT = "/var/lib/recsys"
 
 
 def mount_shared(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Steps that read or write state outside their artifacts (Feast store, registry, Triton repository)."""
+    """Steps that read or write state outside their artifacts (id maps, Feast store, registry, Triton
+    repository)."""
     kubernetes.mount_pvc(task, pvc_name=SHARED_PVC, mount_path=SHARED_MOUNT)
     return task
 
@@ -55,8 +56,9 @@ def build_training_pipeline(kfp: Kfp, gpu: bool) -> Callable:
     )
     def training_pipeline(config: str) -> None:
         """`config` is the resolved project configuration (one line of JSON)."""
-        ingest = images.task(ingest_op, config=config).set_caching_options(False).set_display_name("ingest")
-        validate = images.task(validate_op, config=config, canonical=ingest.outputs["canonical"])
+        ingest = mount_shared(images.task(ingest_op, config=config))  # reads the committed id maps
+        ingest.set_caching_options(False).set_display_name("ingest")
+        validate = mount_shared(images.task(validate_op, config=config, canonical=ingest.outputs["canonical"]))
         validate.set_display_name("validate")
         validated = validate.outputs["validated"]
         features = mount_shared(images.task(features_op, config=config, canonical=validated))
