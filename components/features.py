@@ -1,5 +1,5 @@
-"""Feature step (Feast): derived feature tables, the feature repository, point-in-time training examples
-(contract C1), materialization, online look-ups and pushes of new interactions.
+"""Feature step (Feast): the feature repository over the feature tables (components.feature_tables),
+point-in-time training examples (contract C1), materialization, online look-ups and pushes of new interactions.
 
 One place for the logic: the CLI (`recsys features`), the KFP component `features_op` and the serving API
 call these functions. Feast is imported lazily (it takes seconds); the definitions live in
@@ -16,7 +16,6 @@ import sys
 import time
 import warnings
 import weakref
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -31,8 +30,9 @@ import pyarrow.parquet as pq
 from kfp.dsl import Dataset, Input, Metrics, Output
 
 from components.config import Config
-from components.dataset import MULTI_VALUE_SEPARATOR, Attribute, DatasetSchema, bucket_label
+from components.dataset import Attribute
 from components.errors import RecsysError
+from components.feature_tables import UNKNOWN, compute_feature_tables, utc_us, write_feature_tables
 from components.kfp_support import step
 
 if TYPE_CHECKING:
@@ -43,12 +43,10 @@ _SERVICES: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_FILE = "examples.parquet"
-UNKNOWN = "unknown"
 PUSH_SOURCE = "user_activity_push"  # definitions.USER_ACTIVITY_PUSH
 ONE_US = pd.Timedelta(microseconds=1)
 SECONDS_PER_DAY = 86400.0
 ACTIVITY_COLUMNS = ("user_interaction_count", "user_mean_rating", "user_days_since_last", "recent_item_ids")
-BAND_SUFFIX = "_band"  # a bucketed attribute `x` also has the feature `x_band` (its label)
 
 
 class FeatureStoreError(RecsysError):
@@ -115,185 +113,6 @@ def open_store(config: Config) -> "FeatureStore":
     return FeatureStore(config=repo_config(config))
 
 
-# ---------------------------------------------------------------------------------------- feature tables
-def popularity_column(days: int) -> str:
-    """Name of the popularity feature over `days` days (as in definitions.popularity_feature)."""
-    return f"item_popularity_{days}d"
-
-
-def band_column(name: str) -> str:
-    """The feature holding the band label of bucketed attribute `name`."""
-    return f"{name}{BAND_SUFFIX}"
-
-
-def profile_feature_names(schema: DatasetSchema) -> list[str]:
-    """The `user_profile` features of a data set: each declared attribute, and its band when bucketed."""
-    names = []
-    for name, attr in schema.user_attributes.items():
-        names.append(name)
-        if attr.kind == "bucketed":
-            names.append(band_column(name))
-    return names
-
-
-def _numeric(values: pd.Series) -> pd.Series:
-    """Integral numbers as nullable Int64, others as float64."""
-    numbers = pd.to_numeric(values, errors="coerce")
-    present = numbers.dropna()
-    if (present == present.round()).all():
-        return pd.Series(pd.array(numbers.round(), dtype="Int64"), index=values.index)
-    return numbers.astype("float64")
-
-
-def _categories(values: pd.Series) -> np.ndarray:
-    return values.astype(object).where(values.notna(), UNKNOWN).astype(str).to_numpy()
-
-
-def _valid_from(created: pd.Series, first_event: pd.Series) -> pd.Series:
-    """Profiles and metadata hold from before the entity's first event (its creation precedes it)."""
-    first = first_event.reindex(created.index)
-    return created.where(first.isna() | (created < first), first) - pd.Timedelta(seconds=1)
-
-
-def _utc_us(ts: pd.Series) -> pd.Series:
-    return pd.to_datetime(ts, utc=True).astype("datetime64[us, UTC]")
-
-
-def user_profile_table(users: pd.DataFrame, interactions: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
-    """One row per user: the declared attributes (and band labels), valid from before the first event."""
-    for name in schema.user_attributes:
-        if name not in users.columns:
-            raise FeatureStoreError(f"users table: missing declared attribute column '{name}' "
-                                    f"(dataset.user_attributes.{name})")
-    first = interactions.groupby("user_id")["event_timestamp"].min()
-    users = users.set_index("user_id")
-    out = pd.DataFrame({"user_id": users.index.astype("int64")})
-    for name, attr in schema.user_attributes.items():
-        out[name] = _numeric(users[name]).reset_index(drop=True) if attr.is_numeric else _categories(users[name])
-        if attr.kind == "bucketed":
-            out[band_column(name)] = [bucket_label(v, attr.edges) or UNKNOWN for v in users[name].tolist()]
-    if not schema.user_attributes:  # Feast needs one feature in the view
-        out["profile_known"] = 1
-    out["event_timestamp"] = _utc_us(_valid_from(users["created_timestamp"], first)).array
-    return out
-
-
-def user_activity_table(interactions: pd.DataFrame, last_n: int) -> pd.DataFrame:
-    """One row per (user, distinct event time): the user's activity AFTER all events at that time."""
-    df = interactions.sort_values(["user_id", "event_timestamp", "item_id"], kind="stable").reset_index(drop=True)
-    by_user = df.groupby("user_id", sort=False)
-    rated = df["rating"].notna()
-    count = by_user.cumcount().to_numpy() + 1
-    rated_count = rated.astype("int64").groupby(df["user_id"]).cumsum().to_numpy()
-    rating_sum = df["rating"].astype("float64").fillna(0.0).groupby(df["user_id"]).cumsum().to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(rated_count > 0, rating_sum / np.maximum(rated_count, 1), np.nan)
-    keep = ~df.duplicated(["user_id", "event_timestamp"], keep="last").to_numpy()
-    users, items = df["user_id"].to_numpy(), df["item_id"].to_numpy()
-    recent: list[list[int]] = []
-    window: deque[int] = deque(maxlen=last_n)
-    previous = None
-    for i in range(len(df)):
-        if users[i] != previous:
-            window.clear()
-            previous = users[i]
-        window.append(int(items[i]))
-        if keep[i]:
-            recent.append(list(window))
-    ts = _utc_us(df["event_timestamp"])
-    out = pd.DataFrame({
-        "user_id": users[keep].astype("int64"),
-        "event_timestamp": ts[keep].array,
-        "user_interaction_count": count[keep].astype("int64"),
-        "user_rated_count": rated_count[keep].astype("int64"),
-        "user_mean_rating": mean[keep].astype("float64"),
-        "user_last_event_epoch_s": (ts[keep].astype("int64") / 1e6).to_numpy(),
-    })
-    out["recent_item_ids"] = recent
-    return out
-
-
-def item_metadata_table(items: pd.DataFrame, interactions: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
-    """One row per item: title, text, the declared attributes (multi-valued ones as lists), valid from before
-    the first event."""
-    first = interactions.groupby("item_id")["event_timestamp"].min()
-    items = items.set_index("item_id")
-    out = pd.DataFrame({"item_id": items.index.astype("int64"), "title": items["title"].astype(str).to_numpy(),
-                        "text": items["text"].astype(str).to_numpy()})
-    for name, attr in schema.item_attributes.items():
-        if name not in items.columns:
-            raise FeatureStoreError(f"items table: missing declared attribute column '{name}' "
-                                    f"(dataset.item_attributes.{name})")
-        if attr.is_numeric:
-            out[name] = _numeric(items[name]).reset_index(drop=True)
-        elif attr.kind == "multi_categorical":
-            out[name] = [[g for g in v.split(MULTI_VALUE_SEPARATOR) if g] if isinstance(v, str) else []
-                         for v in items[name]]
-        else:
-            out[name] = _categories(items[name])
-    out["event_timestamp"] = _utc_us(_valid_from(items["created_timestamp"], first)).array
-    return out
-
-
-def item_popularity_table(interactions: pd.DataFrame, windows_days: list[int] | tuple[int, ...]) -> pd.DataFrame:
-    """Rows at every change point of each item's event counts in windows [t - w, t): an event at time e adds
-    one from e on and removes it from e + w on, so a point-in-time look-up strictly before t is exact."""
-    if not windows_days:
-        raise FeatureStoreError("features.popularity_windows_days is empty: give at least one window")
-    base = interactions.groupby(["item_id", "event_timestamp"]).size().rename("n").reset_index()
-    cols = [popularity_column(w) for w in windows_days]
-    parts = [base.assign(**{c: base["n"] for c in cols})]
-    for w, col in zip(windows_days, cols, strict=True):
-        leave = base.assign(event_timestamp=base["event_timestamp"] + pd.Timedelta(days=w))
-        parts.append(leave.assign(**{c: (-leave["n"] if c == col else 0) for c in cols}))
-    deltas = pd.concat(parts, ignore_index=True).groupby(["item_id", "event_timestamp"], sort=True)[cols].sum()
-    counts = deltas.groupby(level="item_id").cumsum().astype("int64").reset_index()
-    counts["event_timestamp"] = _utc_us(counts["event_timestamp"])
-    return counts[["item_id", "event_timestamp", *cols]]
-
-
-def compute_feature_tables(tables: dict[str, pd.DataFrame], last_n: int, windows_days: list[int] | tuple[int, ...],
-                           schema: DatasetSchema) -> dict[str, pd.DataFrame]:
-    """All derived feature tables from the validated canonical tables of a data set declared by `schema`."""
-    inter = tables["interactions"]
-    if inter.empty:
-        raise FeatureStoreError("interactions table is empty: no features to compute")
-    return {
-        "user_profile": user_profile_table(tables["users"], inter, schema),
-        "user_activity": user_activity_table(inter, last_n),
-        "item_metadata": item_metadata_table(tables["items"], inter, schema),
-        "item_popularity": item_popularity_table(inter, windows_days),
-    }
-
-
-def _is_list_column(values: pd.Series) -> bool:
-    return values.dtype == object and any(isinstance(v, list) for v in values.head(1000))
-
-
-def _table_schema(name: str, df: pd.DataFrame) -> pa.Schema:
-    fields = []
-    for col in df.columns:
-        if col == "recent_item_ids":
-            fields.append(pa.field(col, pa.list_(pa.int64())))
-        elif _is_list_column(df[col]):  # multi-valued attributes
-            fields.append(pa.field(col, pa.list_(pa.string())))
-        elif col == "event_timestamp":
-            fields.append(pa.field(col, pa.timestamp("us", tz="UTC")))
-        else:
-            fields.append(pa.field(col, pa.Schema.from_pandas(df[[col]], preserve_index=False).field(col).type))
-    return pa.schema(fields)
-
-
-def write_feature_tables(feature_tables: dict[str, pd.DataFrame], folder: str | Path) -> Path:
-    """Write each table as `<name>.parquet` (µs UTC timestamps, typed list columns)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, df in feature_tables.items():
-        table = pa.Table.from_pandas(df, schema=_table_schema(name, df), preserve_index=False)
-        pq.write_table(table, folder / f"{name}.parquet")
-    return folder
-
-
 def apply_repository(config: Config) -> "FeatureStore":
     """Register entities, views and services (sources in the feature data dir) and create online tables."""
     defs = load_definitions(config)
@@ -345,7 +164,7 @@ def training_examples(store: "FeatureStore", interactions: pd.DataFrame,
     event (activity after earlier events, popularity of earlier events) can match.
     """
     inter = interactions.reset_index(drop=True)
-    event_ts = _utc_us(inter["event_timestamp"])
+    event_ts = utc_us(inter["event_timestamp"])
     entity = pd.DataFrame({"user_id": inter["user_id"].astype("int64"), "item_id": inter["item_id"].astype("int64"),
                            "event_timestamp": event_ts - ONE_US, "__row": np.arange(len(inter), dtype="int64")})
     t0 = time.perf_counter()
@@ -518,7 +337,7 @@ def push_interaction(store: "FeatureStore", user_id: int, item_id: int, rating: 
            "user_rated_count": rated, "user_mean_rating": float("nan") if mean is None else float(mean),
            "user_last_event_epoch_s": float(last), "recent_item_ids": recent}
     frame = pd.DataFrame([row])
-    frame["event_timestamp"] = _utc_us(frame["event_timestamp"])
+    frame["event_timestamp"] = utc_us(frame["event_timestamp"])
     store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
     return row
 

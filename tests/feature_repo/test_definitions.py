@@ -88,7 +88,7 @@ def test_feast_apply_registers_each_data_sets_attributes(source_dataset, tmp_pat
     """`feast apply` inside the repository, with the feature tables of a data set in ./data: its declared
     attributes become the profile and metadata features."""
     from components.config import load_config
-    from components.features import compute_feature_tables, write_feature_tables
+    from components.feature_tables import compute_feature_tables, write_feature_tables
     from components.ingest import ingest
     from components.schemas import read_tables
 
