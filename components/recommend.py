@@ -1,10 +1,13 @@
 """Batch recommendations: top-K items per user from a trained model, in the DESIGN format (user_id,item_id,rank,score).
 
+The users file and the output speak the data set's external ids (through the id maps beside the tables).
+
 `recommend` is what `recsys recommend` calls; the top-K step itself is `components.recommender.recommend_frame`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from components.errors import RecsysError
+from components.id_maps import normalise_ids
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +90,30 @@ def recommend(model_dir: str | Path, users_path: str | Path, canonical_dir: str 
     inter_path, users_table = table_path(canonical_dir, INTERACTIONS), table_path(canonical_dir, USERS)
     if not inter_path.is_file():
         raise RecommendError(f"no interactions table at {inter_path} (pass --canonical DIR)")
+    if "user_id" not in users:
+        raise RecommendError(f"{users_path}: the users file needs a user_id column")
     interactions = pd.read_parquet(inter_path)
     profiles = pd.read_parquet(users_table) if users_table.is_file() else None
+    maps = _id_maps(canonical_dir, interactions)
+    if maps is not None:  # the users file speaks external ids, like the API and the log
+        external = normalise_ids(users["user_id"], maps["user"].id_type, f"{users_path}: user_id")
+        maps["user"] = maps["user"].extended(external)  # new users get keys for this run only (cold start)
+        users = users.assign(user_id=maps["user"].keys_of(external, f"{users_path}: user_id").to_numpy())
     recs = recommend_users(load_recommender(model_dir), users, interactions, k, exclude_seen, profiles)
+    if maps is not None:
+        recs = recs.assign(user_id=maps["user"].externals_of(recs["user_id"].to_numpy()),
+                           item_id=maps["item"].externals_of(recs["item_id"].to_numpy()))
     write_frame(recs, out_path)
     return recs
+
+
+def _id_maps(canonical_dir: str | Path, interactions: pd.DataFrame) -> dict | None:
+    """The data set's id maps beside its tables (None for tables made without them: keys are the ids)."""
+    from components.id_maps import load_id_maps
+    from components.schemas import ID_MAPS
+
+    folder = Path(canonical_dir) / ID_MAPS
+    if not (folder / "manifest.json").is_file():
+        return None
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    return load_id_maps(folder, {entity: manifest[entity]["type"] for entity in ("user", "item")})

@@ -40,7 +40,7 @@ AGE_BANDS: tuple[int, ...] = (18, 25, 35, 45, 50, 56)
 BUNDLE_FILES = ("user_tower.onnx", "item_embeddings.npy", "item_ids.npy", "manifest.json", "smoke.json")
 BUNDLE_MANIFEST_KEYS = ("model_version", "variant", "embedding_dim", "max_seq_len", "profile_fields",
                         "profile_vocab", "age_bands", "created_at")
-RECOMMENDATION_COLUMNS = {"user_id": "int64", "item_id": "int64", "rank": "int64", "score": "float64"}
+RECOMMENDATION_COLUMNS = {"user_id": "int64|string", "item_id": "int64|string", "rank": "int64", "score": "float64"}
 
 
 def age_band_label(age: object, bands: tuple[int, ...] | list[int] = AGE_BANDS) -> str | None:
@@ -90,9 +90,11 @@ def check_recommendations(df: pd.DataFrame, where: str = "recommendations") -> N
     missing = [c for c in RECOMMENDATION_COLUMNS if c not in df.columns]
     if missing:
         raise SchemaError(f"{where}: missing column(s) {missing}")
-    for col in ("user_id", "item_id", "rank"):
-        if not pd.api.types.is_integer_dtype(df[col]):
-            raise SchemaError(f"{where}: column '{col}' must be integer, got {df[col].dtype}")
+    for col in ("user_id", "item_id"):  # external ids: integers or strings
+        if not (pd.api.types.is_integer_dtype(df[col]) or pd.api.types.is_string_dtype(df[col])):
+            raise SchemaError(f"{where}: column '{col}' must hold integer or string ids, got {df[col].dtype}")
+    if not pd.api.types.is_integer_dtype(df["rank"]):
+        raise SchemaError(f"{where}: column 'rank' must be integer, got {df['rank'].dtype}")
     if not pd.api.types.is_float_dtype(df["score"]):
         raise SchemaError(f"{where}: column 'score' must be float, got {df['score'].dtype}")
     if (df["rank"] < 1).any():

@@ -92,3 +92,36 @@ def test_train_cli_from_an_interactions_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model" / "item_embeddings.npy").is_file()
     assert len(np.load(tmp_path / "model" / "item_ids.npy")) == 36
+
+
+def test_users_file_and_output_speak_external_ids(planted_model: Path, canonical: Path,  # noqa: F811
+                                                  tmp_path: Path) -> None:
+    """With id maps beside the tables, batch recommendations read and write the data set's own ids."""
+    import shutil
+
+    from components.id_maps import IdMap, save_id_maps
+    from components.recommend import recommend
+    from components.schemas import read_tables
+
+    folder = tmp_path / "canonical"
+    shutil.copytree(canonical, folder)
+    tables = read_tables(folder)
+    users, items = sorted(tables["users"]["user_id"]), sorted(tables["items"]["item_id"])
+    save_id_maps(folder / "id_maps", {
+        "user": IdMap("user", "string", pd.DataFrame({"external_id": [f"u-{k}" for k in users], "key": users})),
+        "item": IdMap("item", "string", pd.DataFrame({"external_id": [f"SKU-{k}" for k in items], "key": items})),
+    })
+    pd.DataFrame({"user_id": ["u-1", "u-2", "u-brand-new"]}).to_csv(tmp_path / "users.csv", index=False)
+    recs = recommend(planted_model, tmp_path / "users.csv", folder, 5, True, tmp_path / "recs.csv")
+    check_recommendations(recs)
+    assert set(recs["user_id"]) == {"u-1", "u-2", "u-brand-new"}  # an unknown id is a cold-start user
+    assert recs["item_id"].str.match(r"^SKU-\d+$").all()
+    by_key = recommend(planted_model, _write_users(tmp_path, [1, 2]), canonical, 5, True, tmp_path / "k.csv")
+    assert [f"SKU-{i}" for i in by_key[by_key.user_id == 1]["item_id"]] == recs[recs.user_id == "u-1"][
+        "item_id"].tolist()  # the same ranking, in external ids
+
+
+def _write_users(folder: Path, ids: list) -> Path:
+    path = folder / "users_by_key.csv"
+    pd.DataFrame({"user_id": ids}).to_csv(path, index=False)
+    return path
