@@ -1,6 +1,10 @@
-"""Append-only maps between a data set's external ids (ints or strings) and the dense int64 keys every
-table, model, feature row and log entry uses. A key never changes once given: re-ingests and retrains
-append new ids after the last key, so Feast rows, model tables and logged requests stay joinable.
+"""Append-only maps between a data set's external ids (ints or strings) and the int64 keys every table,
+model, feature row and log entry uses. A key never changes once given: re-ingests and retrains append new
+ids, so Feast rows, model tables and logged requests stay joinable.
+
+String ids get dense keys 1, 2, ... in order of arrival (sorted within one ingest). Integer ids are their
+own keys (they must be >= 1: key 0 pads histories), so a team's integer ids read the same in every table;
+the map still records them and catches a hand edit.
 
 Layout of a maps folder: `user_ids.parquet`, `item_ids.parquet` (columns `external_id`, `key`) and
 `manifest.json` with each file's row count and SHA-256, which catches a map edited by hand.
@@ -53,12 +57,16 @@ def normalise_ids(values: pd.Series, id_type: Literal["int", "string"], where: s
     if len(bad):
         raise IdMapError(f"{where}: {len(bad)} id(s) are not integers, e.g. {bad.head(3).tolist()} "
                          f"(declare type: string for text ids)")
+    small = values[numbers < FIRST_KEY]
+    if len(small):
+        raise IdMapError(f"{where}: integer ids must be >= {FIRST_KEY} (0 pads histories), e.g. "
+                         f"{small.head(3).tolist()}; declare type: string to map them to keys")
     return numbers.astype("int64")
 
 
 @dataclass(frozen=True)
 class IdMap:
-    """One entity's map: `external[i]` has key `keys[i]`; keys are FIRST_KEY.. in order of arrival."""
+    """One entity's map (`table`: external_id, key): dense keys for string ids, the ids themselves for ints."""
 
     entity: Entity
     id_type: Literal["int", "string"]
@@ -80,9 +88,12 @@ class IdMap:
         if not len(new):
             return self
         new = new.sort_values(kind="stable").reset_index(drop=True)
-        start = int(self.table["key"].max()) + 1 if len(self.table) else FIRST_KEY
-        added = pd.DataFrame({"external_id": new.astype(self.table["external_id"].dtype),
-                              "key": np.arange(start, start + len(new), dtype=np.int64)})
+        if self.id_type == "int":
+            keys = new.to_numpy(dtype=np.int64)
+        else:
+            start = int(self.table["key"].max()) + 1 if len(self.table) else FIRST_KEY
+            keys = np.arange(start, start + len(new), dtype=np.int64)
+        added = pd.DataFrame({"external_id": new.astype(self.table["external_id"].dtype), "key": keys})
         return IdMap(self.entity, self.id_type, pd.concat([self.table, added], ignore_index=True))
 
     def keys_of(self, external_ids: pd.Series, where: str) -> pd.Series:
@@ -104,13 +115,17 @@ class IdMap:
         return found.tolist()
 
     def check(self, where: str) -> None:
-        """Raise IdMapError unless external ids and keys are each unique and keys are FIRST_KEY..n."""
+        """Raise IdMapError unless external ids and keys are each unique, keys >= FIRST_KEY, and keys are
+        the ids (int) or FIRST_KEY..n (string)."""
         dup = self.table["external_id"][self.table["external_id"].duplicated()]
         if len(dup):
             raise IdMapError(f"{where}: external id(s) {dup.head(3).tolist()} appear more than once")
-        expected = np.arange(FIRST_KEY, FIRST_KEY + len(self.table), dtype=np.int64)
-        if not np.array_equal(np.sort(self.table["key"].to_numpy()), expected):
-            raise IdMapError(f"{where}: keys must be {FIRST_KEY}..{len(self.table)} each once")
+        keys = self.table["key"].to_numpy()
+        if self.id_type == "int":
+            if not np.array_equal(keys, self.table["external_id"].to_numpy(dtype=np.int64)):
+                raise IdMapError(f"{where}: an integer id must be its own key")
+        elif not np.array_equal(np.sort(keys), np.arange(FIRST_KEY, FIRST_KEY + len(keys), dtype=np.int64)):
+            raise IdMapError(f"{where}: keys must be {FIRST_KEY}..{len(keys)} each once")
 
 
 def load_id_maps(folder: str | Path, id_types: dict[Entity, Literal["int", "string"]]) -> dict[Entity, IdMap]:

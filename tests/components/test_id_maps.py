@@ -60,12 +60,20 @@ def test_duplicate_external_ids_are_named(tmp_path):
     assert not (tmp_path / "canonical").exists()
 
 
-def test_int_ids_must_be_integers_and_maps_check_their_invariants(tmp_path):
-    id_map = IdMap.empty("user", "int").extended(pd.Series([30, 10, 20]))
-    assert id_map.keys_of(pd.Series([10, 20, 30]), "t").tolist() == [1, 2, 3]  # sorted on first ingest
-    assert id_map.extended(pd.Series([5, 10])).keys_of(pd.Series([5]), "t").tolist() == [4]
-    broken = IdMap("user", "int", pd.DataFrame({"external_id": [1, 1], "key": [1, 2]}))
-    with pytest.raises(IdMapError, match=r"external id\(s\) \[1\] appear more than once"):
+def test_string_ids_get_dense_keys_and_int_ids_are_their_own_keys(tmp_path):
+    from components.id_maps import normalise_ids
+
+    strings = IdMap.empty("user", "string").extended(pd.Series(["c", "a", "b"]))
+    assert strings.keys_of(pd.Series(["a", "b", "c"]), "t").tolist() == [1, 2, 3]  # sorted on first ingest
+    assert strings.extended(pd.Series(["0", "a"])).keys_of(pd.Series(["0"]), "t").tolist() == [4]  # appended
+    ints = IdMap.empty("item", "int").extended(pd.Series([30, 10, 20]))
+    assert ints.keys_of(pd.Series([10, 20, 30]), "t").tolist() == [10, 20, 30]
+    with pytest.raises(IdMapError, match=r"items.sku: integer ids must be >= 1"):
+        normalise_ids(pd.Series([0, 3]), "int", "items.sku")
+    with pytest.raises(IdMapError, match=r"not integers, e.g. \['x'\] \(declare type: string"):
+        normalise_ids(pd.Series(["x", 3]), "int", "items.sku")
+    broken = IdMap("user", "string", pd.DataFrame({"external_id": ["a", "a"], "key": [1, 2]}))
+    with pytest.raises(IdMapError, match=r"external id\(s\) \['a'\] appear more than once"):
         save_id_maps(tmp_path, {"user": broken})
     with pytest.raises(IdMapError, match="not in the user id map"):
-        id_map.keys_of(pd.Series([99]), "interactions.user_id")
+        strings.keys_of(pd.Series(["zz"]), "interactions.user_id")
