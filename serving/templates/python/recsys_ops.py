@@ -76,6 +76,48 @@ def top_k(
     return index.item_ids[best].copy(), scores[best].astype(np.float32)
 
 
+def load_ann(path: str, ef_search: int) -> Any:
+    """The item ANN index written at deploy time (faiss HNSW, inner product), or None when there is none."""
+    import os
+
+    if not os.path.isfile(path):
+        return None
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one compute thread per server process
+    ann = faiss.read_index(path)
+    ann.hnsw.efSearch = int(ef_search)
+    return ann
+
+
+def ann_top_k(
+    ann: Any, index: ItemIndex, item_embeddings: np.ndarray, user_embedding: np.ndarray,
+    exclude_item_ids: np.ndarray, k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`top_k` through the ANN index: fetch k + |excluded| candidates, drop excluded ones, order them by
+    their exact dot product (same tie-break as `top_k`); exact search when too few candidates survive."""
+    if k < 1:
+        raise RequestError(f"k must be at least 1, got {k}")
+    user = np.asarray(user_embedding, dtype=np.float32).reshape(1, -1)
+    if user.shape[1] != item_embeddings.shape[1]:
+        raise RequestError(f"user embedding has {user.shape[1]} values, the item table {item_embeddings.shape[1]}")
+    excluded = index.rows(exclude_item_ids)
+    excluded = np.unique(excluded[excluded >= 0])
+    want = min(int(k), item_embeddings.shape[0] - excluded.size)
+    if want <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    fetch = min(item_embeddings.shape[0], int(k) + excluded.size)
+    _, rows = ann.search(user, fetch)
+    rows = rows[0][rows[0] >= 0]
+    rows = rows[~np.isin(rows, excluded)]
+    if rows.size < want:  # the graph ran out of candidates: exact is cheap compared with a wrong answer
+        return top_k(index, item_embeddings, user, exclude_item_ids, k)
+    scores = item_embeddings[rows] @ user[0]
+    order = np.lexsort((rows, -scores))[:want]
+    best = rows[order]
+    return index.item_ids[best].copy(), scores[order].astype(np.float32)
+
+
 _USED_NAME = ctypes.c_char_p(b"used_dltensor")  # kept alive: the capsule keeps pointing at it
 _SET_NAME = ctypes.pythonapi.PyCapsule_SetName
 _SET_NAME.argtypes = [ctypes.py_object, ctypes.c_char_p]

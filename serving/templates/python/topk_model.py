@@ -1,6 +1,7 @@
 """Triton Python model `recommender_topk`: user embedding -> best-first item ids and scores, exclusions removed."""
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -29,6 +30,12 @@ class TritonPythonModel:
         self.ops = _load_ops(version_dir)
         self.index = self.ops.ItemIndex(np.load(os.path.join(version_dir, "item_ids.npy")))
         self.embeddings = np.ascontiguousarray(np.load(os.path.join(version_dir, "item_embeddings.npy")), np.float32)
+        meta_path = os.path.join(version_dir, "item_index.json")  # written with the ANN index at deploy time
+        ef_search = 64
+        if os.path.isfile(meta_path):
+            with open(meta_path) as meta:
+                ef_search = json.load(meta)["ef_search"]
+        self.ann = self.ops.load_ann(os.path.join(version_dir, "item_index.faiss"), ef_search)
 
     def execute(self, requests):
         responses = []
@@ -39,7 +46,10 @@ class TritonPythonModel:
                 k = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "k")).reshape(-1)
                 if k.size != 1:
                     raise self.ops.RequestError(f"k must hold exactly one value, got {k.size}")
-                ids, scores = self.ops.top_k(self.index, self.embeddings, user, exclude, int(k[0]))
+                if self.ann is not None:
+                    ids, scores = self.ops.ann_top_k(self.ann, self.index, self.embeddings, user, exclude, int(k[0]))
+                else:
+                    ids, scores = self.ops.top_k(self.index, self.embeddings, user, exclude, int(k[0]))
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[
