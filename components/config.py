@@ -60,6 +60,9 @@ class Features(_Section):
     online_store: Literal["sqlite", "redis"]
     redis_connection: str
     last_n_items: int = Field(ge=1, le=200)
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    spark_master: str = "local[1]"
+    duckdb_memory_limit: str = "4GB"
     popularity_windows_days: list[int]
 
 

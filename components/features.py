@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 import weakref
@@ -32,8 +33,9 @@ from kfp.dsl import Dataset, Input, Metrics, Output
 from components.config import Config
 from components.dataset import Attribute
 from components.errors import RecsysError
-from components.feature_tables import UNKNOWN, compute_feature_tables, utc_us, write_feature_tables
+from components.feature_tables import UNKNOWN, duckdb_feature_tables, spark_feature_tables, spark_session, utc_us
 from components.kfp_support import step
+from components.schemas import write_tables
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -127,14 +129,27 @@ def apply_repository(config: Config) -> "FeatureStore":
     return store
 
 
-def build_feature_store(config: Config, tables: dict[str, pd.DataFrame]) -> "FeatureStore":
-    """Compute the feature tables from canonical tables, write them to the feature data dir, apply."""
-    t0 = time.perf_counter()
+def write_feature_tables(config: Config, canonical: str | Path | dict[str, pd.DataFrame]) -> dict[str, int]:
+    """The feature tables of a canonical dataset folder (or in-memory tables) into the feature data dir, computed
+    by the configured engine (features.engine: duckdb here, spark on a cluster). Returns rows per table."""
     cfg = config.features
-    feature_tables = compute_feature_tables(tables, cfg.last_n_items, cfg.popularity_windows_days, config.dataset)
-    write_feature_tables(feature_tables, feature_data_dir(config))
-    log.info("feature tables in %s (%.1f s): %s", feature_data_dir(config), time.perf_counter() - t0,
-             {k: len(v) for k, v in feature_tables.items()})
+    out = feature_data_dir(config)
+    with tempfile.TemporaryDirectory(prefix="canonical-") as tmp:
+        if isinstance(canonical, dict):
+            canonical = write_tables(canonical, Path(tmp))
+        if cfg.engine == "spark":
+            return spark_feature_tables(spark_session(cfg.spark_master), canonical, out, config.dataset,
+                                        cfg.last_n_items, cfg.popularity_windows_days)
+        return duckdb_feature_tables(canonical, out, config.dataset, cfg.last_n_items, cfg.popularity_windows_days,
+                                     memory_limit=cfg.duckdb_memory_limit)
+
+
+def build_feature_store(config: Config, canonical: str | Path | dict[str, pd.DataFrame]) -> "FeatureStore":
+    """Compute the feature tables (from a canonical folder or in-memory tables), write them, apply the repo."""
+    t0 = time.perf_counter()
+    counts = write_feature_tables(config, canonical)
+    log.info("feature tables in %s (%s, %.1f s): %s", feature_data_dir(config), config.features.engine,
+             time.perf_counter() - t0, counts)
     return apply_repository(config)
 
 
@@ -386,7 +401,7 @@ def run_features(config: Config, canonical_dir: str | Path, examples_dir: str | 
 
     t0 = time.perf_counter()
     tables = read_tables(canonical_dir)
-    store = build_feature_store(config, tables)
+    store = build_feature_store(config, canonical_dir)
     if tables_dir is not None:
         tables_dir = Path(tables_dir)
         tables_dir.mkdir(parents=True, exist_ok=True)

@@ -88,16 +88,13 @@ def test_feast_apply_registers_each_data_sets_attributes(source_dataset, tmp_pat
     """`feast apply` inside the repository, with the feature tables of a data set in ./data: its declared
     attributes become the profile and metadata features."""
     from components.config import load_config
-    from components.feature_tables import compute_feature_tables, write_feature_tables
+    from components.feature_tables import duckdb_feature_tables
     from components.ingest import ingest
-    from components.schemas import read_tables
-
     config = load_config(source_dataset.config_path)
     ingest(config, tmp_path / "canonical")
-    tables = compute_feature_tables(read_tables(tmp_path / "canonical"), 5, (7,), config.dataset)
     repo = tmp_path / "feature_repo"
     shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    write_feature_tables(tables, repo / "data")
+    duckdb_feature_tables(tmp_path / "canonical", repo / "data", config.dataset, 5, (7,))
     feast = Path(sys.executable).with_name("feast")
     done = subprocess.run([str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
