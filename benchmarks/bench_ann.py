@@ -1,9 +1,9 @@
 """ANN benchmark: the top-K step over a large catalogue, approximate (HNSW, inner product) beside exact.
 
-Item embeddings are unit vectors around cluster centres (as trained embeddings are); queries come from the
-same distribution. One compute thread throughout (faiss and numpy), as a server process gets. For each
-efSearch: recall@10 of the ANN step against exact search, and per-request latency (p50/p99) of the serving
-step itself (`recsys_ops.ann_top_k`: search, drop excluded items, exact re-score) beside the exact step
+Item embeddings are unit vectors of a latent-factor model (16 factors in 64 dimensions plus noise, as trained
+embeddings are); queries come from the same model. One compute thread throughout (faiss and numpy), as a
+server process gets. For each efSearch: recall@10 of the ANN step against exact search, and per-request
+latency (p50/p99) of the serving step itself (`recsys_ops.ann_top_k`: search, drop excluded items, exact re-score) beside the exact step
 (`recsys_ops.top_k`, a full scan) on the same requests, in the same run.
 
     python -m benchmarks.bench_ann [--items 1000000] [--dim 64] [--queries 500] [--ef 64 128 256 512]
@@ -28,14 +28,17 @@ import numpy as np  # noqa: E402
 log = logging.getLogger("bench_ann")
 
 
-def clustered(n: int, dim: int, clusters: int, seed: int, chunk: int = 200_000) -> np.ndarray:
-    """float32 [n, dim] unit vectors: cluster centre + unit Gaussian noise, normalised."""
+def embeddings(n: int, dim: int, rank: int, noise: float, seed: int, chunk: int = 200_000) -> np.ndarray:
+    """float32 [n, dim] unit vectors of a latent-factor model: `rank` factors mapped to `dim` (one fixed map for
+    items and queries) plus isotropic noise, as trained embeddings are (a few directions carry most variance).
+    rank = dim and a large noise give near-isotropic vectors: the hard case for any ANN index."""
+    mapping = np.random.default_rng(12345).normal(size=(rank, dim)).astype(np.float32)
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        x = centres[rng.integers(0, clusters, m)] + rng.normal(size=(m, dim)).astype(np.float32)
+        x = rng.normal(size=(m, rank)).astype(np.float32) @ mapping + noise * rng.normal(size=(m, dim)).astype(
+            np.float32)
         out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
@@ -50,7 +53,8 @@ def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--clusters", type=int, default=1_000)
+    parser.add_argument("--rank", type=int, default=16, help="latent factors behind the embeddings")
+    parser.add_argument("--noise", type=float, default=0.3, help="isotropic noise added to each embedding")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--exclude", type=int, default=20, help="excluded (seen) items per request")
     parser.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256, 512])
@@ -68,8 +72,8 @@ def main() -> dict:
 
     faiss.omp_set_num_threads(1)
     ops = ops_module()
-    items = clustered(args.items, args.dim, args.clusters, seed=0)
-    queries = clustered(args.queries, args.dim, args.clusters, seed=1)
+    items = embeddings(args.items, args.dim, args.rank, args.noise, seed=0)
+    queries = embeddings(args.queries, args.dim, args.rank, args.noise, seed=1)
     item_ids = np.arange(1, args.items + 1, dtype=np.int64)
     index = ops.ItemIndex(item_ids)
     rng = np.random.default_rng(2)
@@ -111,7 +115,7 @@ def main() -> dict:
     result = {
         "benchmark": "top-K step over a large catalogue: HNSW (inner product) beside exact, one thread",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 thread",
-        "items": args.items, "dim": args.dim, "clusters": args.clusters, "queries": args.queries,
+        "items": args.items, "dim": args.dim, "rank": args.rank, "noise": args.noise, "queries": args.queries,
         "excluded_per_request": args.exclude, "m": args.m, "ef_construction": args.ef_construction,
         "build_seconds": round(build_s, 1), "exact_batch_seconds": round(exact_batch_s, 2),
         "exact_step": exact, "ann_steps": rows,
