@@ -1,12 +1,12 @@
 """ANN benchmark: the top-K step over a large catalogue, approximate (HNSW, inner product) beside exact.
 
-Item embeddings are unit vectors of a latent-factor model (16 factors in 64 dimensions plus noise, as trained
-embeddings are); queries come from the same model. One compute thread throughout (faiss and numpy), as a
-server process gets. For each efSearch: recall@10 of the ANN step against exact search, and per-request
-latency (p50/p99) of the serving step itself (`recsys_ops.ann_top_k`: search, drop excluded items, exact re-score) beside the exact step
-(`recsys_ops.top_k`, a full scan) on the same requests, in the same run.
+Item embeddings are unit vectors of a latent-factor model (16 factors in 64 dimensions plus noise, as
+trained embeddings are); queries come from the same model. One compute thread throughout (faiss and numpy),
+as a server process gets. For each efSearch: recall@10 of the ANN step against exact search, and the
+per-request latency (p50/p99) of the serving step itself (`recsys_ops.ann_top_k`: search, drop excluded
+items, exact re-score) beside the exact step (`recsys_ops.top_k`, a full scan), same requests, same run.
 
-    python -m benchmarks.bench_ann [--items 1000000] [--dim 64] [--queries 500] [--ef 64 128 256 512]
+    python -m benchmarks.bench_ann [--items 1000000] [--dim 64] [--queries 500] [--ef 32 64 128 256]
 
 Writes artifacts/benchmarks/ann.json and ann.png (recall against p99 latency) and prints a README row.
 """
