@@ -48,3 +48,22 @@ def test_writes_files_schema_and_config(tmp_path):
     assert config["dataset"]["preset"] == str(paths["schema"])
     assert yaml.safe_load(paths["schema"].read_text())["user_id"] == {"column": "customer_id", "type": "string"}
     assert all(paths[n].is_file() for n in ("interactions", "users", "items"))
+
+
+def test_synth_command_writes_a_data_set_that_ingests(tmp_path):
+    """`recsys data synth` then `recsys --config <out>/config.yaml data ingest`, as the README says."""
+    from typer.testing import CliRunner
+
+    from recsys.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "shop"
+    made = runner.invoke(app, ["data", "synth", "--out", str(out), "--users", "40", "--items", "30", "--events",
+                               "600", "--seed", "4"])
+    assert made.exit_code == 0, made.output
+    ingested = runner.invoke(app, ["--config", str(out / "config.yaml"), "--set", f"paths.data_dir={tmp_path}",
+                                   "data", "ingest", "--out", str(tmp_path / "canonical")])
+    assert ingested.exit_code == 0, ingested.output
+    assert (tmp_path / "canonical" / "id_maps" / "user_ids.parquet").is_file()
+    bad = runner.invoke(app, ["data", "synth", "--out", str(out), "--users", "0"])
+    assert bad.exit_code != 0 and "users" in bad.output.lower()
