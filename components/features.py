@@ -7,6 +7,7 @@ call these functions. Feast is imported lazily (it takes seconds); the definitio
 """
 
 import importlib.util
+import json
 import logging
 import math
 import shutil
@@ -121,8 +122,9 @@ def apply_repository(config: Config) -> "FeatureStore":
     store = open_store(config)
     windows = tuple(config.features.popularity_windows_days)
     data = feature_data_dir(config)
-    user_fields = defs.fields_in_data(data / defs.USER_PROFILE_FILE, {"user_id", "event_timestamp"})
-    item_fields = defs.fields_in_data(data / defs.ITEM_METADATA_FILE, {"item_id", "title", "text", "event_timestamp"})
+    manifest = defs.fields_manifest(data)
+    user_fields = tuple(tuple(f) for f in manifest["user_fields"])
+    item_fields = tuple(tuple(f) for f in manifest["item_fields"])
     store.apply(defs.build_definitions(str(data), windows, user_fields, item_fields))
     log.info("applied Feast repository %s (online store: %s, windows %s d)", repo_dir(config),
              config.features.online_store, list(windows))
@@ -138,10 +140,15 @@ def write_feature_tables(config: Config, canonical: str | Path | dict[str, pd.Da
         if isinstance(canonical, dict):
             canonical = write_tables(canonical, Path(tmp))
         if cfg.engine == "spark":
-            return spark_feature_tables(spark_session(cfg.spark_master), canonical, out, config.dataset,
-                                        cfg.last_n_items, cfg.popularity_windows_days)
-        return duckdb_feature_tables(canonical, out, config.dataset, cfg.last_n_items, cfg.popularity_windows_days,
-                                     memory_limit=cfg.duckdb_memory_limit)
+            counts = spark_feature_tables(spark_session(cfg.spark_master), canonical, out, config.dataset,
+                                          cfg.last_n_items, cfg.popularity_windows_days)
+        else:
+            counts = duckdb_feature_tables(canonical, out, config.dataset, cfg.last_n_items,
+                                           cfg.popularity_windows_days, memory_limit=cfg.duckdb_memory_limit)
+    defs = load_definitions(config)
+    manifest = defs.fields_manifest(out)
+    (out / defs.FIELDS_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return counts
 
 
 def build_feature_store(config: Config, canonical: str | Path | dict[str, pd.DataFrame]) -> "FeatureStore":

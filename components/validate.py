@@ -198,6 +198,18 @@ def recommender_statistics(tables: dict[str, pd.DataFrame]) -> dict:
     }
 
 
+def _numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame GX checks: pandas' nullable integers as NumPy dtypes (GX's type check does not know them)."""
+    nullable = [c for c in frame.columns if isinstance(frame[c].dtype, pd.api.extensions.ExtensionDtype)
+                and pd.api.types.is_integer_dtype(frame[c].dtype)]
+    if not nullable:
+        return frame
+    out = frame.copy()
+    for column in nullable:
+        out[column] = out[column].astype("float64" if out[column].isna().any() else "int64")
+    return out
+
+
 def _failures(table: str, result: dict) -> list[Failure]:
     out = []
     for r in result["results"]:
@@ -229,7 +241,7 @@ def validate_tables(config: Config, tables: dict[str, pd.DataFrame], docs_dir: s
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
     })
-    frames = dict(tables)
+    frames = {name: _numpy_dtypes(frame) for name, frame in tables.items()}
     frames[ACTIVITY] = tables[INTERACTIONS].groupby("user_id").size().rename("interactions").reset_index()
     frames.update(_multi_value_frames(config, tables))
     source = context.data_sources.add_pandas(name="canonical")

@@ -14,6 +14,8 @@ lets a later value reach an earlier event:
   no row within the longest window (TTL) means every count is 0.
 """
 
+import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,6 +32,8 @@ USER_PROFILE_FILE = "user_profile.parquet"
 USER_ACTIVITY_FILE = "user_activity.parquet"
 ITEM_METADATA_FILE = "item_metadata.parquet"
 ITEM_POPULARITY_FILE = "item_popularity.parquet"
+FIELDS_FILE = "feature_fields.json"  # the declared fields, written beside the tables by the features step
+FIELDS_ENV = "RECSYS_FEATURE_FIELDS"  # where a deployment without the tables (a feature server) reads them
 USER_ACTIVITY_PUSH = "user_activity_push"
 NO_TTL = timedelta(0)  # values hold until replaced; rows are stamped exactly where they change
 
@@ -135,9 +139,33 @@ def _windows_in_data(source_dir: Path) -> tuple[int, ...]:
     return tuple(days) or DEFAULT_POPULARITY_WINDOWS
 
 
+def fields_manifest(source_dir: Path) -> dict:
+    """The popularity windows and the profile and metadata fields of the feature tables in `source_dir`."""
+    return {
+        "popularity_windows": list(_windows_in_data(source_dir)),
+        "user_fields": [list(f) for f in fields_in_data(source_dir / USER_PROFILE_FILE,
+                                                       {"user_id", "event_timestamp"})],
+        "item_fields": [list(f) for f in fields_in_data(source_dir / ITEM_METADATA_FILE,
+                                                       {"item_id", "title", "text", "event_timestamp"})],
+    }
+
+
+Fields = tuple[tuple[str, str], ...]
+
+
+def declared_fields(source_dir: Path) -> tuple[tuple[int, ...], Fields, Fields]:
+    """(windows, user fields, item fields): from the file named by $RECSYS_FEATURE_FIELDS, else the manifest
+    beside the tables, else the tables' own schemas (nothing declared before any data exists)."""
+    path = Path(os.environ.get(FIELDS_ENV) or source_dir / FIELDS_FILE)
+    if path.is_file():
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        manifest = fields_manifest(source_dir)
+    return (tuple(manifest["popularity_windows"]), tuple(tuple(f) for f in manifest["user_fields"]),
+            tuple(tuple(f) for f in manifest["item_fields"]))
+
+
 # Module-level objects for `feast apply` run inside this folder.
-_DATA = Path(__file__).parent / "data"
+_WINDOWS, _USER_FIELDS, _ITEM_FIELDS = declared_fields(Path(__file__).parent / "data")
 (user, item, user_profile, user_activity_source, user_activity_push, user_activity, item_metadata, item_popularity,
- training, serving, items) = build_definitions(
-    "data", _windows_in_data(_DATA), fields_in_data(_DATA / USER_PROFILE_FILE, {"user_id", "event_timestamp"}),
-    fields_in_data(_DATA / ITEM_METADATA_FILE, {"item_id", "title", "text", "event_timestamp"}))
+ training, serving, items) = build_definitions("data", _WINDOWS, _USER_FIELDS, _ITEM_FIELDS)

@@ -35,6 +35,7 @@ def planted_tables(n_users: int = 60, seed: int = 0) -> dict[str, pd.DataFrame]:
                       for i, g in zip(items["item_id"], items["group"], strict=True)]
     items["text"] = [f"{t}. {GROUPS[g]}" for t, g in zip(items["title"], items["group"], strict=True)]
     items["year"] = pd.array(rng.integers(1980, 2000, len(items)), dtype="Int64")
+    items["genres"] = items["group"].str.title()  # the declared attribute the MovieLens text template reads
     items["created_timestamp"] = start
     rows = []
     for user in range(1, n_users + 1):

@@ -2,6 +2,7 @@
 
 import ast
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2] / "feature_repo"
-ALLOWED_IMPORTS = {"datetime", "pathlib", "feast", "pyarrow"}
+ALLOWED_IMPORTS = {"datetime", "json", "os", "pathlib", "feast", "pyarrow"}
 
 
 def load(path: Path):
@@ -59,6 +60,36 @@ def test_windows_follow_the_data(tmp_path):
         repo / "data" / "item_popularity.parquet")
     defs = load(repo / "definitions.py")
     assert [f.name for f in defs.item_popularity.features] == ["item_popularity_3d", "item_popularity_90d"]
+
+
+def test_declared_fields_come_from_the_named_file(tmp_path, monkeypatch):
+    """A feature server without the tables (the cluster's) reads the declared fields from $RECSYS_FEATURE_FIELDS."""
+    manifest = {"popularity_windows": [5], "user_fields": [["segment", "string"]],
+                "item_fields": [["price", "float64"], ["tags", "string_list"]]}
+    path = tmp_path / "fields.json"
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+    monkeypatch.setenv("RECSYS_FEATURE_FIELDS", str(path))
+    defs = load(REPO / "definitions.py")
+    assert [f.name for f in defs.user_profile.features] == ["segment"]
+    assert [(f.name, str(f.dtype)) for f in defs.item_metadata.features][2:] == [
+        ("price", "Float64"), ("tags", "Array(String)")]
+    assert [f.name for f in defs.item_popularity.features] == ["item_popularity_5d"]
+
+
+def test_cluster_feature_fields_match_the_default_declaration(tmp_path):
+    """k8s/base/feature_fields.json is what the features step writes for the default (MovieLens) declaration."""
+    from components.config import load_config
+    from components.features import write_feature_tables
+    from components.ingest import ingest
+    from tests.conftest import movielens_shaped_source
+
+    source = movielens_shaped_source(tmp_path / "source")
+    config = load_config(source.config_path, overrides=[f"features.data_dir={tmp_path / 'features'}"])
+    ingest(config, tmp_path / "canonical")
+    write_feature_tables(config, tmp_path / "canonical")
+    written = json.loads((tmp_path / "features" / "feature_fields.json").read_text(encoding="utf-8"))
+    committed = json.loads((REPO.parent / "k8s" / "base" / "feature_fields.json").read_text(encoding="utf-8"))
+    assert written == committed
 
 
 @pytest.mark.integration

@@ -108,8 +108,12 @@ def test_feast_deployment_applies_serves_and_reads_redis(tmp_path, redis_port):
     (tmp_path / "registry").mkdir()
     fs_file = tmp_path / "feature_store.yaml"
     fs_file.write_text(yaml.safe_dump(store_yaml), encoding="utf-8")
+    fields_file = tmp_path / "feature_fields.json"
+    fields_file.write_text(config_map["data"]["feature_fields.json"], encoding="utf-8")
     env = {**os.environ, **{e["name"]: e["value"] for e in server["env"]}}
-    env.update(FEAST_FS_YAML_FILE_PATH=str(fs_file), HOME=str(tmp_path), PATH=f"{BIN}:{os.environ['PATH']}")
+    assert env["RECSYS_FEATURE_FIELDS"] == "/etc/feast/feature_fields.json"
+    env.update(FEAST_FS_YAML_FILE_PATH=str(fs_file), RECSYS_FEATURE_FIELDS=str(fields_file), HOME=str(tmp_path),
+               PATH=f"{BIN}:{os.environ['PATH']}")
 
     applied = subprocess.run(local_command(init["command"], repo), env=env, capture_output=True, text=True,
                              timeout=180, cwd=tmp_path)  # fmt: skip
