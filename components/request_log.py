@@ -25,8 +25,6 @@ import pandas as pd
 
 from components.errors import RecsysError
 
-PROFILE_FIELDS = ("age", "gender", "occupation")
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT PRIMARY KEY,
@@ -302,7 +300,7 @@ class RequestLog:
             raise RequestLogError(f"cannot read request log {self.path}: {err}") from err
 
     def requests_frame(self, since: Any = None, until: Any = None) -> pd.DataFrame:
-        """Requests with since <= ts < until; profile fields age/gender/occupation also as columns."""
+        """Requests with since <= ts < until (the logged profile as a dict per request)."""
         df = self._read("SELECT * FROM requests", since, until, "ts_us")
         df = df.sort_values(["ts_us", "request_id"]).reset_index(drop=True)
         out = pd.DataFrame({"request_id": df["request_id"].astype(str), "ts": _us_to_ts(df["ts_us"]),
@@ -316,9 +314,6 @@ class RequestLog:
         for name in ("degraded", "cold_start"):
             out[name] = df[name].astype(bool).to_numpy()
         out["latency_ms"] = df["latency_ms"].astype("float64").to_numpy()
-        for name in PROFILE_FIELDS:
-            out[name] = [p.get(name) for p in out["profile"]]
-        out["age"] = pd.to_numeric(out["age"], errors="coerce")
         return out.reset_index(drop=True)
 
     def recommendations_frame(self, since: Any = None, until: Any = None) -> pd.DataFrame:

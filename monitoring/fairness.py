@@ -1,24 +1,39 @@
-"""Fairness by user group (quality per gender / age band, worst/best ratio) and item exposure (long tail, Gini)."""
+"""Fairness by user group (quality per group of each declared fairness attribute, worst/best ratio) and item
+exposure (long tail, Gini)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from components.metrics import UNKNOWN_GROUP, age_band
+from components.dataset import DatasetSchema, bucket_label
+from components.metrics import UNKNOWN_GROUP
 
 
-def user_groups(requests: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
-    """gender and age_band per request: from the logged profile, else from the users table."""
-    table = users.set_index("user_id")
+def attribute_values(requests: pd.DataFrame, users: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Each named user attribute per request: the logged profile's value first, else the users table's."""
+    table = users.drop_duplicates("user_id").set_index("user_id")
+    profiles = requests["profile"] if "profile" in requests.columns else pd.Series([{}] * len(requests))
     out = pd.DataFrame({"request_id": requests["request_id"].to_numpy()})
-    for name in ("gender", "age"):
-        logged = requests[name] if name in requests.columns else pd.Series([None] * len(requests))
-        known = requests["user_id"].map(table[name]) if name in table.columns else pd.Series([None] * len(requests))
-        out[name] = logged.where(logged.notna(), known).to_numpy()
-    out["gender"] = out["gender"].fillna(UNKNOWN_GROUP).astype(str)
-    out["age_band"] = age_band(pd.to_numeric(out["age"], errors="coerce").to_numpy())
-    return out.drop(columns="age")
+    for name in names:
+        logged = pd.Series([p.get(name) if isinstance(p, dict) else None for p in profiles], dtype=object)
+        known = (requests["user_id"].map(table[name]) if name in table.columns
+                 else pd.Series([None] * len(requests))).astype(object)
+        out[name] = logged.where(logged.notna(), known.to_numpy()).to_numpy()
+    return out
+
+
+def user_groups(requests: pd.DataFrame, users: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
+    """The group of each request in every declared fairness attribute (bucketed numbers by their bands)."""
+    out = attribute_values(requests, users, schema.fairness_groups)
+    for name in schema.fairness_groups:
+        attr = schema.user_attributes[name]
+        if attr.kind == "bucketed":
+            labels = [bucket_label(v, attr.edges or []) for v in out[name]]
+            out[name] = [label or UNKNOWN_GROUP for label in labels]
+        else:
+            out[name] = [UNKNOWN_GROUP if v is None or v != v else str(v) for v in out[name]]
+    return out
 
 
 def group_quality(per_request: pd.DataFrame, groups: pd.DataFrame, attribute: str,

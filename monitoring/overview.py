@@ -84,10 +84,13 @@ def _quality_section(summary: dict[str, Any], cur_q: pd.DataFrame, base_q: pd.Da
 def _fairness_section(summary: dict[str, Any]) -> str:
     plt = _plt()
     f = summary["fairness"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    attributes = list(f["groups"])
+    if not attributes:
+        return "<h2>Fairness</h2><p>No fairness groups declared (dataset.fairness_groups).</p>"
+    fig, axes = plt.subplots(1, len(attributes), figsize=(5.5 * len(attributes), 3.6), squeeze=False)
     html = []
-    for ax, attr in zip(axes, ("gender", "age_band"), strict=True):
-        groups = f[attr]["groups"]
+    for ax, attr in zip(axes[0], attributes, strict=True):
+        groups = f["groups"][attr]["groups"]
         names = sorted(groups)
         ax.bar(names, [groups[g]["hit_rate"] for g in names],
                color=["#4c72b0" if groups[g]["counted"] else "#bbbbbb" for g in names])
@@ -95,8 +98,9 @@ def _fairness_section(summary: dict[str, Any]) -> str:
         ax.tick_params(axis="x", rotation=30)
         rows = [(g, groups[g]["requests"], groups[g]["hit_rate"], groups[g]["ndcg"], groups[g]["counted"])
                 for g in names]
-        html.append(f"<h3>{escape(attr)}: worst/best = {fmt(f[attr]['ratio'])} "
-                    f"({escape(str(f[attr]['worst']))} / {escape(str(f[attr]['best']))})</h3>"
+        result = f["groups"][attr]
+        html.append(f"<h3>{escape(attr)}: worst/best = {fmt(result['ratio'])} "
+                    f"({escape(str(result['worst']))} / {escape(str(result['best']))})</h3>"
                     + table(["group", "evaluable requests", "hit rate", "NDCG", "in ratio"], rows))
     fig.tight_layout()
     return "".join(html) + figure_png(fig)

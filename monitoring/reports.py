@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import Config
+from components.dataset import DatasetSchema
 from monitoring import fairness, quality
 from monitoring.data import MonitoringData, Stamp, load_monitoring_data
 from monitoring.drift import DriftResult, DriftSettings, drift_share, embedding_drift, feature_drift
@@ -25,27 +26,31 @@ from monitoring.drift import DriftResult, DriftSettings, drift_share, embedding_
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 INDEX_FILE = "index.html"
-USER_NUM, USER_CAT = ["age"], ["gender", "occupation"]
 
 
 # ---- feature frames --------------------------------------------------------------------------------------
-def requesting_users(requests: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
-    """One row per requesting user: age, gender, occupation (logged profile first, else the users table)."""
-    last = requests.drop_duplicates("user_id", keep="last").set_index("user_id")
-    table = users.drop_duplicates("user_id").set_index("user_id").reindex(last.index)
-    out = pd.DataFrame(index=last.index)
-    for col in USER_NUM + USER_CAT:
-        logged = last[col] if col in last.columns else pd.Series(np.nan, index=last.index)
-        known = table[col] if col in table.columns else pd.Series(np.nan, index=last.index)
-        out[col] = logged.where(logged.notna(), known)
-    out["age"] = pd.to_numeric(out["age"], errors="coerce")
-    return out.reset_index()
+def user_drift_columns(schema: DatasetSchema) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) declared user attributes: the columns of the user-feature drift report."""
+    attrs = schema.user_attributes
+    return ([n for n, a in attrs.items() if a.is_numeric], [n for n, a in attrs.items() if not a.is_numeric])
 
 
-def active_users(interactions: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
-    """Profiles of the users active in the interactions."""
+def requesting_users(requests: pd.DataFrame, users: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
+    """One row per requesting user with the declared attributes (logged profile first, else the users table)."""
+    numeric, categorical = user_drift_columns(schema)
+    last = requests.drop_duplicates("user_id", keep="last").reset_index(drop=True)
+    out = fairness.attribute_values(last, users, numeric + categorical).drop(columns="request_id")
+    for name in numeric:
+        out[name] = pd.to_numeric(out[name], errors="coerce")
+    out.insert(0, "user_id", last["user_id"].to_numpy())
+    return out
+
+
+def active_users(interactions: pd.DataFrame, users: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
+    """Declared attributes of the users active in the interactions."""
+    numeric, categorical = user_drift_columns(schema)
     ids = interactions["user_id"].unique()
-    cols = ["user_id"] + [c for c in USER_NUM + USER_CAT if c in users.columns]
+    cols = ["user_id"] + [c for c in numeric + categorical if c in users.columns]
     return users.loc[users["user_id"].isin(ids), cols].reset_index(drop=True)
 
 
@@ -106,13 +111,15 @@ def item_vectors(interactions: pd.DataFrame, item_ids: np.ndarray, vectors: np.n
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
-def drift_reports(data: MonitoringData, settings: DriftSettings, out_dir: Path) -> list[DriftResult]:
+def drift_reports(data: MonitoringData, schema: DatasetSchema, settings: DriftSettings,
+                  out_dir: Path) -> list[DriftResult]:
     """All drift reports of one run (skipped ones say why)."""
+    numeric, categorical = user_drift_columns(schema)
     pop = popularity(data.reference_interactions)
     span = None if data.windows.current.hours is None else pd.Timedelta(hours=data.windows.current.hours)
     results = [
-        feature_drift("user_features", active_users(data.reference_interactions, data.users),
-                      requesting_users(data.current_requests, data.users), USER_NUM, USER_CAT, settings,
+        feature_drift("user_features", active_users(data.reference_interactions, data.users, schema),
+                      requesting_users(data.current_requests, data.users, schema), numeric, categorical, settings,
                       out_dir / "drift_user_features.html"),
         feature_drift("interaction_features", interaction_features(data.reference_interactions, pop),
                       interaction_features(data.current_interactions, pop), ["rating", "item_popularity"], [],
@@ -147,7 +154,7 @@ def build_summary(config: Config, data: MonitoringData, out_dir: str | Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     m = config.monitoring
     settings = DriftSettings.from_config(config)
-    drift = drift_reports(data, settings, out)
+    drift = drift_reports(data, config.dataset, settings, out)
     share, drifted, total = drift_share(drift)
 
     horizon = pd.Timedelta(hours=m.quality_horizon_hours)
@@ -161,9 +168,10 @@ def build_summary(config: Config, data: MonitoringData, out_dir: str | Path) -> 
     base_enough = base_s["evaluable_requests"] >= m.min_requests
     drop = quality.relative_drop(base_s["hit_rate"], cur_s["hit_rate"]) if enough and base_enough else None
 
-    groups = fairness.user_groups(data.current_requests, data.users) if not data.current_requests.empty else None
+    groups = (fairness.user_groups(data.current_requests, data.users, config.dataset)
+              if not data.current_requests.empty else None)
     fair = {attr: fairness.group_quality(cur_q, groups, attr, m.min_group_size) if groups is not None else
-            {"groups": {}, "ratio": None, "worst": None, "best": None} for attr in ("gender", "age_band")}
+            {"groups": {}, "ratio": None, "worst": None, "best": None} for attr in config.dataset.fairness_groups}
     ratios = [v["ratio"] for v in fair.values() if v["ratio"] is not None]
     catalogue = data.items["item_id"].to_numpy()
     expo = fairness.exposure(data.current_recommendations, data.reference_interactions, catalogue,
@@ -183,7 +191,7 @@ def build_summary(config: Config, data: MonitoringData, out_dir: str | Path) -> 
                     "baseline": base_s, "relative_hit_rate_drop": drop,
                     "relative_ndcg_drop": quality.relative_drop(base_s["ndcg"], cur_s["ndcg"])
                     if enough and base_enough else None},
-        "fairness": {**fair, "min_ratio": min(ratios) if ratios and enough else None,
+        "fairness": {"groups": fair, "min_ratio": min(ratios) if ratios and enough else None,
                      "min_group_size": m.min_group_size},
         "exposure": expo,
         "signals": {"drift_share": share, "quality_drop": drop,

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import Config, absolute_paths
+from components.dataset import DatasetSchema
 from components.errors import RecsysError
 from components.schemas import INTERACTIONS, ITEMS, USERS, read_tables, table_path, write_tables
 
@@ -283,11 +284,14 @@ class ApiClient:
         self._http.close()
 
 
-def user_profiles(users: pd.DataFrame) -> dict[int, dict[str, Any]]:
-    """The profile a client app would send along (used by the API only for users the feature store lacks)."""
-    out = {}
-    for row in users.itertuples(index=False):
-        out[int(row.user_id)] = {"age": int(row.age), "gender": str(row.gender), "occupation": str(row.occupation)}
+def user_profiles(users: pd.DataFrame, schema: DatasetSchema) -> dict[int, dict[str, Any]]:
+    """The profile a client app would send along: the declared user attributes it knows (used by the API only
+    for users the feature store lacks)."""
+    names = [n for n in schema.user_attributes if n in users.columns]
+    out: dict[int, dict[str, Any]] = {}
+    for row in users[["user_id", *names]].to_dict("records"):
+        out[int(row.pop("user_id"))] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
+                                        if v is not None and v == v}
     return out
 
 
@@ -685,7 +689,7 @@ def run_simulation(base: Config, root: str | Path, settings: SimSettings, tables
     log.info("replay plan: train until %s, %d normal + %d shifted weeks (%d events), cohort %s (%d users), "
              "%d new items", plan.train_end, settings.serve_weeks, settings.shift_weeks,
              sum(len(w) for w in plan.weeks), settings.cohort, len(plan.cohort_users), len(plan.new_items))
-    profiles = user_profiles(plan.train_tables[USERS])
+    profiles = user_profiles(plan.train_tables[USERS], config.dataset)
     reference = root / "data" / "week_00"
     retrain_live_at: pd.Timestamp | None = None
     try:

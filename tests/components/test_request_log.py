@@ -33,7 +33,7 @@ def test_round_trip_and_windows(tmp_path: Path) -> None:
         assert list(req["request_id"]) == [f"r{i}" for i in range(5)]
         assert str(req["ts"].dtype) == "datetime64[us, UTC]" and req["ts"].iloc[0] == pd.Timestamp(T0)
         assert req["item_ids"].iloc[2] == [12, 20, 30] and req["scores"].iloc[0] == [0.9, 0.5, 0.1]
-        assert req["profile"].iloc[0]["occupation"] == "writer" and req["gender"].iloc[0] == "F"
+        assert req["profile"].iloc[0]["occupation"] == "writer" and req["profile"].iloc[0]["gender"] == "F"
         assert req["filters"].iloc[0] == {"genre": "Drama"} and bool(req["exclude_seen"].iloc[0])
         recs = log.recommendations_frame(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=3))
         assert list(recs.columns) == ["request_id", "ts", "user_id", "item_id", "rank", "score", "model_version"]

@@ -64,7 +64,7 @@ def test_shifted_world_fires_every_signal(shifted_world: tuple[Path, dict, str])
     assert reports["recommendations"]["columns"]["score"]["drifted"]
     assert reports["user_embeddings"]["columns"]["user_embeddings"]["drifted"]
     assert s["signals"]["drift_share"] >= 0.5 and s["signals"]["quality_drop"] >= 0.2
-    assert s["fairness"]["gender"]["worst"] == "F" and s["signals"]["fairness_ratio"] < 0.5
+    assert s["fairness"]["groups"]["gender"]["worst"] == "F" and s["signals"]["fairness_ratio"] < 0.5
     assert s["exposure"]["long_tail_share"] > 0.9 > s["exposure"]["reference_long_tail_share"]
 
 
