@@ -138,6 +138,8 @@ class Serving(_Section):
     max_batch_size: int = Field(ge=1, le=4096)
     max_queue_delay_us: int = Field(ge=0)
     tower_instances: int = Field(ge=1, le=64)
+    ann_min_items: int = Field(ge=0)
+    ann_ef_search: int = Field(ge=1, le=10_000)
 
 
 class Monitoring(_Section):

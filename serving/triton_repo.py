@@ -22,6 +22,7 @@ import numpy as np
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from components.ann import AnnParams, write_item_index
 from components.errors import RecsysError
 from components.schemas import read_bundle
 
@@ -64,6 +65,8 @@ class RepoSettings:
     tower_instances: int = 1
     step_instances: int = 1
     gpus: tuple[int, ...] = (0,)
+    ann_min_items: int = 100_000  # catalogues from this size get an HNSW item index (components.ann)
+    ann_ef_search: int = 256
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,6 +208,9 @@ def write_version(
             staged.append((stage, repo / model / str(version)))
             for name, source in _version_files(bundle, model, settings).items():
                 shutil.copy2(source, stage / name)
+            if model == TOPK and bundle.n_items >= settings.ann_min_items:
+                write_item_index(stage, np.load(stage / "item_embeddings.npy"),
+                                 AnnParams(ef_search=settings.ann_ef_search))
         for stage, final in staged:
             os.rename(stage, final)
     except OSError as err:

@@ -36,6 +36,8 @@ class TritonPythonModel:
             with open(meta_path) as meta:
                 ef_search = json.load(meta)["ef_search"]
         self.ann = self.ops.load_ann(os.path.join(version_dir, "item_index.faiss"), ef_search)
+        search = f"HNSW item index, ef_search {ef_search}" if self.ann is not None else "exact scan"
+        pb_utils.Logger.log_info(f"top-K over {len(self.embeddings)} items: {search}")
 
     def execute(self, requests):
         responses = []

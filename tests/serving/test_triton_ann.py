@@ -1,0 +1,40 @@
+"""A large-catalogue deployment on a real Triton server: the top-K step searches the HNSW item index."""
+
+import numpy as np
+import pytest
+
+from components import deploy
+from components.ann import ANN_FILE, ANN_META_FILE
+from serving import triton_repo as tr
+from serving.triton_client import RecommenderClient
+
+pytestmark = pytest.mark.integration
+
+
+def test_top_k_searches_the_item_index_and_answers_like_the_exact_reference(triton, bundles):
+    config, _ = triton
+    config = config.model_copy(update={"serving": config.serving.model_copy(update={"ann_min_items": 0})})
+    result = deploy.deploy_bundle(config, bundles["a"])
+    assert result.status == "active"
+    version = config.serving.model_repository / tr.TOPK / str(result.version)
+    assert (version / ANN_FILE).is_file() and (version / ANN_META_FILE).is_file()
+    log = config.serving.triton_log_file.read_text(encoding="utf-8", errors="replace")
+    assert "top-K over 300 items: HNSW item index, ef_search 256" in log
+    reference = tr.Reference(bundles["a"])  # exact top-K in process
+    ids_all = np.load(bundles["a"] / "item_ids.npy")
+    rng = np.random.default_rng(3)
+    s = config.serving
+    with RecommenderClient(f"{s.host}:{s.triton_grpc_port}", timeout_s=10, retries=2) as client:
+        for n in (0, 3, 12):
+            history = rng.choice(ids_all, size=n, replace=False).tolist()
+            exclude = history[:2]
+            got = client.recommend(history, [1, 1, 1], exclude, 10)
+            want = reference.recommend(history, [1, 1, 1], exclude, 10)
+            assert not set(got[0].tolist()) & set(exclude)
+            np.testing.assert_array_equal(got[0], want[0])  # 300 items: the graph search finds the exact top 10
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+
+
+def test_small_catalogues_get_no_index(tmp_path, bundles):
+    version = tr.write_version(bundles["a"], tmp_path / "models", tr.RepoSettings(ann_min_items=10_000))
+    assert not (tmp_path / "models" / tr.TOPK / str(version) / ANN_FILE).exists()
