@@ -27,6 +27,7 @@ import numpy as np
 from components.config import load_config
 from components.deploy import deploy_bundle
 from serving import triton_server as ts
+from serving.triton_repo import ops_module
 
 log = logging.getLogger("bench_triton")
 
@@ -41,7 +42,7 @@ def _requests(bundle: Path, n: int, k: int, seed: int) -> list[dict[str, np.ndar
     """Random but realistic requests: a history of known items, a profile, the history excluded."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     ids = np.load(bundle / "item_ids.npy")
-    sizes = [max([0, *manifest["profile_vocab"].get(f, {}).values()]) + 1 for f in manifest["profile_fields"]]
+    sizes = ops_module().profile_sizes(manifest)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):

@@ -36,6 +36,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components.baselines import user_frame
 from components.config import Config
+from components.encoders import PROFILE_ENCODER_FILE, ProfileEncoder
 from components.errors import RecsysError
 from components.evaluate import evaluate_task  # imported up front: it reads the config defaults at import
 from components.kfp_support import step
@@ -373,8 +374,7 @@ class BundleScorer:
         history = np.zeros((1, length), dtype=np.int64)
         if len(rows):
             history[0, -len(rows):] = rows + 1
-        vocab = self.manifest["profile_vocab"]
-        sizes = np.array([max([0, *vocab.get(f, {}).values()]) + 1 for f in self.manifest["profile_fields"]])
+        sizes = np.array([len(f["vocab"]) + 1 for f in self.manifest["profile_encoder"]["fields"]])
         prof = np.asarray(profile, dtype=np.int64).reshape(1, -1)
         if prof.shape[1] != len(sizes):
             raise CompressError(f"profile must hold {len(sizes)} values, got {prof.shape[1]}")
@@ -466,8 +466,8 @@ def _variant_tower(model: Any, model_dir: Path, out: Path, item_embeddings: np.n
     from components.model import export_user_tower_onnx, save_artifact
 
     with tempfile.TemporaryDirectory(prefix="compress-model-") as tmp:
-        vocab = json.loads((model_dir / "profile_vocab.json").read_text(encoding="utf-8"))
-        save_artifact(model, tmp, np.load(model_dir / "item_ids.npy"), item_embeddings, vocab, [])
+        encoder = ProfileEncoder.from_dict(json.loads((model_dir / PROFILE_ENCODER_FILE).read_text(encoding="utf-8")))
+        save_artifact(model, tmp, np.load(model_dir / "item_ids.npy"), item_embeddings, encoder, [])
         return export_user_tower_onnx(tmp, out / "user_tower.onnx")
 
 
@@ -673,8 +673,8 @@ def write_bundle(variant: Variant, tokenizer_dir: Path, model_dir: Path, bundle_
         "model_version": comparison["model_version"], "variant": variant.name,
         "embedding_dim": int(variant.item_embeddings.shape[1]), "max_seq_len": int(cfg["max_seq_len"]),
         "profile_fields": list(cfg["profile_fields"]),
-        "profile_vocab": json.loads((model_dir / "profile_vocab.json").read_text(encoding="utf-8")),
-        "age_bands": list(cfg["age_bands"]), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile_encoder": json.loads((model_dir / PROFILE_ENCODER_FILE).read_text(encoding="utf-8")),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "text_encoder": {"file": TEXT_ENCODER_FILE, "tokenizer": TOKENIZER_DIR, "max_tokens": MAX_TOKENS,
                          "inputs": list(TEXT_INPUTS), "output": TEXT_OUTPUT},
         "validation": {METRIC: chosen[METRIC], "reference_" + METRIC: comparison["variants"][REFERENCE][METRIC]},

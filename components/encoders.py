@@ -20,6 +20,7 @@ import pandas as pd
 
 from components.dataset import MULTI_VALUE_SEPARATOR, Attribute, DatasetSchema, bucket_label
 
+PROFILE_ENCODER_FILE = "profile_encoder.json"  # a model artifact's ProfileEncoder (to_dict)
 UNKNOWN_VALUES = {"", "unknown", "nan", "None", "<NA>"}
 QUANTILE_BANDS = 16  # bands of a numeric attribute without declared edges
 MAX_VALUE_CATEGORIES = 200  # an integral numeric attribute with at most this many values is a category

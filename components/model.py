@@ -21,54 +21,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from components.encoders import PROFILE_ENCODER_FILE, ProfileEncoder
 from components.errors import RecsysError
 
 log = logging.getLogger(__name__)
 
-PROFILE_FIELDS = ["age_band", "gender", "occupation"]
-AGE_BANDS = [18, 25, 35, 45, 50, 56]  # exclusive upper bounds: "<18", "18-24", ..., "50-55", then "56+"
 UNKNOWN_VALUES = {"", "unknown", "nan", "None"}
-ARTIFACT_FILES = ("model.pt", "model_config.json", "item_ids.npy", "item_embeddings.npy", "profile_vocab.json")
+ARTIFACT_FILES = ("model.pt", "model_config.json", "item_ids.npy", "item_embeddings.npy", PROFILE_ENCODER_FILE)
 
 
 class ModelError(RecsysError, ValueError):
     """A model artifact or its inputs are unusable; the message says what and where."""
-
-
-# ---------------------------------------------------------------- profile features
-
-
-def age_band_label(age: Any, bands: list[int] = AGE_BANDS) -> str | None:
-    """'<18', '18-24', ... for an age; None when unknown."""
-    if age is None or pd.isna(age) or float(age) < 0:
-        return None
-    lower = 0
-    for upper in bands:
-        if float(age) < upper:
-            return f"<{upper}" if lower == 0 else f"{lower}-{upper - 1}"
-        lower = upper
-    return f"{bands[-1]}+"
-
-
-def build_profile_vocab(users: pd.DataFrame, bands: list[int] = AGE_BANDS) -> dict[str, dict[str, int]]:
-    """{field: {value: index}} with index 0 = unknown; age bands are fixed, gender/occupation from the data."""
-    labels = [age_band_label(b - 1, bands) for b in bands] + [f"{bands[-1]}+"]
-    vocab = {"age_band": {label: i + 1 for i, label in enumerate(labels)}}
-    for field in ("gender", "occupation"):
-        values = sorted({str(v) for v in users[field].dropna()} - UNKNOWN_VALUES) if field in users else []
-        vocab[field] = {v: i + 1 for i, v in enumerate(values)}
-    return vocab
-
-
-def profile_indices(users: pd.DataFrame, vocab: dict[str, dict[str, int]], bands: list[int] = AGE_BANDS) -> np.ndarray:
-    """int64 [len(users), 3] profile vocab indices (age band, gender, occupation); 0 where missing/unseen."""
-    out = np.zeros((len(users), len(PROFILE_FIELDS)), dtype=np.int64)
-    if "age" in users:
-        out[:, 0] = [vocab["age_band"].get(age_band_label(a, bands) or "", 0) for a in users["age"].tolist()]
-    for j, field in enumerate(PROFILE_FIELDS[1:], start=1):
-        if field in users:
-            out[:, j] = [vocab[field].get(str(v), 0) if not pd.isna(v) else 0 for v in users[field].tolist()]
-    return out
 
 
 # ---------------------------------------------------------------- item features
@@ -289,8 +252,8 @@ class UserEncoder(nn.Module):
 
 
 def save_artifact(model: TwoTowerModel, out_dir: str | Path, item_ids: np.ndarray, item_embeddings: np.ndarray,
-                  profile_vocab: dict, history: list[dict]) -> Path:
-    """Write model.pt, model_config.json, item_ids.npy, item_embeddings.npy, profile_vocab.json, history.json."""
+                  profile_encoder: ProfileEncoder, history: list[dict]) -> Path:
+    """Write model.pt, model_config.json, item_ids.npy, item_embeddings.npy, profile_encoder.json, history.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
@@ -298,13 +261,13 @@ def save_artifact(model: TwoTowerModel, out_dir: str | Path, item_ids: np.ndarra
     (out / "model_config.json").write_text(json.dumps(model.cfg, indent=2), encoding="utf-8")
     np.save(out / "item_ids.npy", np.asarray(item_ids, dtype=np.int64))
     np.save(out / "item_embeddings.npy", np.asarray(item_embeddings, dtype=np.float32))
-    (out / "profile_vocab.json").write_text(json.dumps(profile_vocab, indent=2), encoding="utf-8")
+    (out / PROFILE_ENCODER_FILE).write_text(json.dumps(profile_encoder.to_dict(), indent=2), encoding="utf-8")
     (out / "history.json").write_text(json.dumps(history, indent=2), encoding="utf-8")
     return out
 
 
-def load_model(model_dir: str | Path) -> tuple[TwoTowerModel, dict]:
-    """The trained network (eval mode, no text encoder) and its profile vocabulary."""
+def load_model(model_dir: str | Path) -> tuple[TwoTowerModel, ProfileEncoder]:
+    """The trained network (eval mode, no text encoder) and its profile encoder."""
     folder = Path(model_dir)
     missing = [f for f in ARTIFACT_FILES if not (folder / f).is_file()]
     if missing:
@@ -312,8 +275,8 @@ def load_model(model_dir: str | Path) -> tuple[TwoTowerModel, dict]:
     cfg = json.loads((folder / "model_config.json").read_text(encoding="utf-8"))
     model = TwoTowerModel(cfg)
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    vocab = json.loads((folder / "profile_vocab.json").read_text(encoding="utf-8"))
-    return model.eval(), vocab
+    encoder = ProfileEncoder.from_dict(json.loads((folder / PROFILE_ENCODER_FILE).read_text(encoding="utf-8")))
+    return model.eval(), encoder
 
 
 class TwoTowerRecommender:
@@ -323,7 +286,7 @@ class TwoTowerRecommender:
 
     def __init__(self, model_dir: str | Path, batch_size: int = 512) -> None:
         self.model_dir = Path(model_dir)
-        self.model, self.profile_vocab = load_model(model_dir)
+        self.model, self.profile_encoder = load_model(model_dir)
         self.cfg = self.model.cfg
         self.item_ids = np.load(self.model_dir / "item_ids.npy").astype(np.int64)
         self.item_embeddings = np.load(self.model_dir / "item_embeddings.npy").astype(np.float32)
@@ -352,7 +315,7 @@ class TwoTowerRecommender:
         return out
 
     def profile_rows(self, users: pd.DataFrame) -> np.ndarray:
-        return profile_indices(users, self.profile_vocab, self.cfg["age_bands"])
+        return self.profile_encoder.encode(users)
 
     @torch.no_grad()
     def user_embeddings(self, users: pd.DataFrame, histories: list[np.ndarray]) -> np.ndarray:
@@ -474,7 +437,7 @@ def export_user_tower_onnx(model_dir: str | Path, out_path: str | Path, atol: fl
 
     rec = load_recommender(model_dir)
     encoder = rec._encoder.eval()
-    length, fields = rec.max_seq_len, len(PROFILE_FIELDS)
+    length, fields = rec.max_seq_len, len(rec.cfg["profile_fields"])
     rng = np.random.default_rng(0)
     n = len(rec.item_ids)
     history = rng.integers(0, n + 1, size=(4, length)).astype(np.int64)

@@ -39,7 +39,7 @@ AGE_BANDS: tuple[int, ...] = (18, 25, 35, 45, 50, 56)
 # The serving bundle (contract C5) that `compress` writes and the Triton repository builder reads.
 BUNDLE_FILES = ("user_tower.onnx", "item_embeddings.npy", "item_ids.npy", "manifest.json", "smoke.json")
 BUNDLE_MANIFEST_KEYS = ("model_version", "variant", "embedding_dim", "max_seq_len", "profile_fields",
-                        "profile_vocab", "age_bands", "created_at")
+                        "profile_encoder", "created_at")
 RECOMMENDATION_COLUMNS = {"user_id": "int64|string", "item_id": "int64|string", "rank": "int64", "score": "float64"}
 
 

@@ -21,6 +21,7 @@ import torch
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from components.config import Config
+from components.encoders import ProfileEncoder
 from components.errors import RecsysError
 from components.kfp_support import step
 
@@ -85,7 +86,7 @@ class TrainData:
     windows_out: np.ndarray  # int64 [W, L+1] targets per token (0 = none); token 0 = profile token
     window_profile: np.ndarray  # int64 [W, P]
     train_count: np.ndarray  # float [N] training interactions per catalogue row
-    profile_vocab: dict
+    profile_encoder: ProfileEncoder
     split: Any
     users: pd.DataFrame
 
@@ -164,7 +165,6 @@ def make_windows(rows: pd.DataFrame, row_of: pd.Series, profile: np.ndarray, max
 
 
 def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.DataFrame) -> TrainData:
-    from components.model import build_profile_vocab, profile_indices
     from components.splits import configured_split
 
     split = configured_split(tables["interactions"], config)
@@ -175,18 +175,18 @@ def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.D
     rows = rows[rows["item_id"].isin(row_of.index)].reset_index(drop=True)
     if rows.empty:
         raise TrainError("no training examples left after removing validation/test targets and cold items")
-    profile_source = rows if {"gender", "occupation"} <= set(rows.columns) else tables["users"]
-    vocab = build_profile_vocab(profile_source)
     users = tables["users"]
-    if not {"age", "gender", "occupation"} <= set(rows.columns):
-        rows = rows.drop(columns=[c for c in ("age", "gender", "occupation") if c in rows]).merge(
-            users, on="user_id", how="left")
-    profile = profile_indices(rows, vocab)
+    declared = list(config.dataset.user_attributes)
+    if not set(declared) <= set(rows.columns):  # examples without point-in-time profiles: the users table's
+        rows = rows.drop(columns=[c for c in declared if c in rows]).merge(
+            users[["user_id", *[c for c in declared if c in users]]], on="user_id", how="left")
+    encoder = ProfileEncoder.fit(users, config.dataset)
+    profile = encoder.encode(rows)
     w_in, w_out, w_prof = make_windows(rows, row_of, profile, config.model.max_seq_len)
     counts = rows["item_id"].map(row_of).value_counts()
     train_count = np.zeros(len(item_ids))
     train_count[counts.index.to_numpy()] = counts.to_numpy()
-    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, vocab, split, users)
+    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, encoder, split, users)
 
 
 # ---------------------------------------------------------------- evaluation (full-catalogue ranking)
@@ -241,14 +241,13 @@ class _InMemoryRecommender:
     name = "two_tower"
 
     def __init__(self, model: Any, data: TrainData, device: torch.device) -> None:
-        from components.model import UserEncoder, profile_indices
+        from components.model import UserEncoder
 
         self.model, self.data, self.device = model, data, device
         with torch.no_grad():
             self.item_emb = model.item_table(text=None)[1:].float().cpu().numpy()
         self.encoder = UserEncoder(model, self.item_emb).to(device).eval()
         self.row_of = pd.Series(np.arange(len(data.item_ids)), index=data.item_ids)
-        self._profile = profile_indices
         self.max_len = model.cfg["max_seq_len"]
 
     @torch.no_grad()
@@ -258,7 +257,7 @@ class _InMemoryRecommender:
             r = (self.row_of.reindex(h).dropna().to_numpy(np.int64) + 1)[-self.max_len :]
             if len(r):
                 hist[i, -len(r) :] = r
-        prof = self._profile(users, self.data.profile_vocab, self.model.cfg["age_bands"])
+        prof = self.data.profile_encoder.encode(users)
         outs = []
         for s in range(0, len(hist), 1024):
             outs.append(self.encoder(torch.from_numpy(hist[s : s + 1024]).to(self.device),
@@ -336,7 +335,7 @@ def _device(config: Config) -> torch.device:
 
 
 def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
-    from components.model import AGE_BANDS, PROFILE_FIELDS, TwoTowerModel, build_meta_vocab, item_features
+    from components.model import TwoTowerModel, build_meta_vocab, item_features
 
     meta_vocab = build_meta_vocab(data.items)
     feats = item_features(data.items, text_emb, meta_vocab)
@@ -346,8 +345,9 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
         "user_layers": m.user_layers, "user_heads": m.user_heads, "dropout": m.dropout, "id_dropout": m.id_dropout,
         "temperature": m.temperature, "text_dim": int(text_emb.shape[1]), "genre_width": int(feats.genres.shape[1]),
         "n_genres": len(meta_vocab["genres"]), "n_years": len(meta_vocab["year"]), "meta_vocab": meta_vocab,
-        "profile_fields": PROFILE_FIELDS, "profile_sizes": [len(data.profile_vocab[f]) for f in PROFILE_FIELDS],
-        "age_bands": AGE_BANDS, "encoder_dir": str(m.encoder_dir) if m.encoder_dir else None,
+        "profile_fields": data.profile_encoder.fields,
+        "profile_sizes": [size - 1 for size in data.profile_encoder.sizes],
+        "encoder_dir": str(m.encoder_dir) if m.encoder_dir else None,
         "fine_tuned_encoder": m.fine_tune_encoder,
     }
     model = TwoTowerModel(cfg)
@@ -511,7 +511,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
                    f"val_ndcg@{EVAL_K}": best, **{f"test_{k}": v for k, v in evaluate_stage(rec, data, "test").items()},
                    **evaluate_cold(rec, data), "epochs": len(history),
                    "train_seconds": time.monotonic() - started, "train_positions": int((data.windows_out > 0).sum())}
-        save_artifact(model.cpu(), out, data.item_ids, rec.item_emb, data.profile_vocab, history)
+        save_artifact(model.cpu(), out, data.item_ids, rec.item_emb, data.profile_encoder, history)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         _plot_curve(history, out / "training_curve.png")
         log.info("model written to %s: %s", out, {k: round(v, 4) for k, v in metrics.items()})

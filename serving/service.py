@@ -359,13 +359,11 @@ class Engine:
         except Exception as err:  # noqa: BLE001
             self.feast.fail(err)
             return None
-        age = row["age"]
-        if age is not None and age != age:  # NaN counts as missing, as None does
-            age = None
-        return {"known": age is not None or row["user_interaction_count"] > 0,
-                "profile": {"age": None if age is None else int(age), "gender": row["gender"],
-                            "occupation": row["occupation"]},
-                "recent": row["recent_item_ids"]}
+        profile = {name: row.get(name) for name in self.config.dataset.user_attributes}
+        profile = {name: None if value is not None and value != value else value  # NaN is missing, as None
+                   for name, value in profile.items()}
+        known = any(v is not None for v in profile.values()) or (row["user_interaction_count"] or 0) > 0
+        return {"known": known, "profile": profile, "recent": row["recent_item_ids"]}
 
     def _rank(self, model: ModelState, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
               mask: np.ndarray | None) -> tuple[list[tuple[int, float]], int]:
@@ -375,7 +373,7 @@ class Engine:
             selectivity = float(mask[rows[rows >= 0]].sum()) / max(model.n_items, 1)
             fetch = model.n_items if selectivity <= 0 else math.ceil(k / selectivity * OVERFETCH_SLACK)
         fetch = max(1, min(fetch, model.n_items))
-        codes = encode_profile(model.manifest, profile.get("age"), profile.get("gender"), profile.get("occupation"))
+        codes = encode_profile(model.manifest, profile)
         ids, scores = self._client.recommend(recent, codes, exclude, fetch)
         if mask is not None:
             rows = self.catalogue.rows(ids)

@@ -6,15 +6,15 @@ Triton answers UNAVAILABLE, and errors that name the model and the gRPC status.
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from components.encoders import ProfileEncoder
 from components.errors import RecsysError
-from components.schemas import age_band_label
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +31,10 @@ class TritonClientError(RecsysError):
         super().__init__(f"Triton model '{model}' failed ({self.status}): {message}")
 
 
-def encode_profile(
-    manifest: dict[str, Any], age: float | None, gender: str | None, occupation: str | None
-) -> list[int]:
-    """Profile vocab indices in manifest["profile_fields"] order; 0 (unknown) for missing or unseen values.
-
-    The age band's vocabulary key is its label built from manifest["age_bands"] (exclusive upper bounds),
-    exactly as the model's training code labels it.
-    """
-    vocab = manifest.get("profile_vocab", {})
-    values: dict[str, str | None] = {
-        "age_band": age_band_label(age, manifest.get("age_bands", [])),
-        "gender": None if gender is None else str(gender),
-        "occupation": None if occupation is None else str(occupation),
-    }
-    return [
-        int(vocab.get(name, {}).get(values[name], 0)) if values.get(name) is not None else 0
-        for name in manifest.get("profile_fields", [])
-    ]
+def encode_profile(manifest: dict[str, Any], profile: Mapping[str, Any]) -> list[int]:
+    """Profile indices in manifest["profile_fields"] order, by the bundle's own encoder (components.encoders);
+    0 (unknown) for missing or unseen values."""
+    return ProfileEncoder.from_dict(manifest["profile_encoder"]).encode([dict(profile)])[0].tolist()
 
 
 def _status(err: InferenceServerException) -> str | None:

@@ -270,8 +270,7 @@ class Reference:
         ops = ops_module()
         self.index = ops.ItemIndex(np.load(self.bundle.path / "item_ids.npy"))
         self.embeddings = np.load(self.bundle.path / "item_embeddings.npy")
-        vocab = self.bundle.manifest["profile_vocab"]
-        self.sizes = [max([0, *vocab.get(f, {}).values()]) + 1 for f in self.bundle.manifest["profile_fields"]]
+        self.sizes = ops.profile_sizes(self.bundle.manifest)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         self.session = ort.InferenceSession(

@@ -46,9 +46,9 @@ def test_bundle_is_complete_and_follows_c5(run) -> None:
     manifest = check_bundle(run.bundle)
     assert load_bundle(run.bundle).n_items == 36  # the Triton repository builder accepts it
     assert manifest["variant"] == run.result["chosen"] and manifest["model_version"].startswith("m-")
-    assert manifest["profile_fields"] == ["age_band", "gender", "occupation"]
-    assert manifest["profile_vocab"] == json.loads((run.model / "profile_vocab.json").read_text())
-    assert manifest["max_seq_len"] == 8 and manifest["embedding_dim"] == 32 and manifest["age_bands"]
+    assert manifest["profile_fields"] == ["age", "gender", "occupation"]  # the declared user attributes
+    assert manifest["profile_encoder"] == json.loads((run.model / "profile_encoder.json").read_text())
+    assert manifest["max_seq_len"] == 8 and manifest["embedding_dim"] == 32
     np.testing.assert_array_equal(np.load(run.bundle / "item_ids.npy"), np.load(run.model / "item_ids.npy"))
     sess = session(run.bundle / "user_tower.onnx")
     inputs = {i.name: i for i in sess.get_inputs()}

@@ -35,7 +35,6 @@ def planted_tables(n_users: int = 60, seed: int = 0) -> dict[str, pd.DataFrame]:
                       for i, g in zip(items["item_id"], items["group"], strict=True)]
     items["text"] = [f"{t}. {GROUPS[g]}" for t, g in zip(items["title"], items["group"], strict=True)]
     items["year"] = pd.array(rng.integers(1980, 2000, len(items)), dtype="Int64")
-    items["genres"] = items["group"].str.title()  # the declared attribute the MovieLens text template reads
     items["created_timestamp"] = start
     rows = []
     for user in range(1, n_users + 1):
@@ -123,8 +122,9 @@ def test_artifact_follows_contract_c4(planted_model: Path) -> None:
     emb = np.load(planted_model / "item_embeddings.npy")
     assert ids.dtype == np.int64 and emb.dtype == np.float32 and emb.shape == (len(ids), 32)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    vocab = json.loads((planted_model / "profile_vocab.json").read_text())
-    assert set(vocab) == {"age_band", "gender", "occupation"} and 0 not in vocab["gender"].values()
+    encoder = json.loads((planted_model / "profile_encoder.json").read_text())
+    fields = {f["source"]: f for f in encoder["fields"]}
+    assert list(fields) == ["age", "gender", "occupation"] and 0 not in fields["gender"]["vocab"].values()
     rec = load_recommender(planted_model)
     assert isinstance(rec, Recommender)
     tables = planted_tables()
@@ -188,16 +188,16 @@ def test_onnx_user_tower_equals_torch(planted_model: Path, tmp_path: Path) -> No
     assert got.dtype == np.float32 and got.shape == (5, 32)
 
 
-def test_profile_indices_map_unknowns_to_zero() -> None:
-    from components.model import age_band_label, build_profile_vocab, profile_indices
+def test_profile_rows_use_the_declared_attributes(planted_model: Path) -> None:
+    """The trained model encodes the declared user attributes (MovieLens: age bands, gender, occupation)."""
+    from components.model import load_recommender
 
-    users = pd.DataFrame({"age": [17, 30, 60, -1], "gender": ["F", "M", "unknown", None],
-                          "occupation": ["artist", "x", "artist", "artist"]})
-    vocab = build_profile_vocab(users.head(2))
-    idx = profile_indices(users, vocab)
-    assert [age_band_label(a) for a in (17, 18, 55, 56)] == ["<18", "18-24", "50-55", "56+"]
-    assert idx[3, 0] == 0 and idx[2, 1] == 0 and idx[3, 1] == 0 and idx[2, 2] == vocab["occupation"]["artist"]
-    assert idx.dtype == np.int64 and idx.shape == (4, 3)
+    rec = load_recommender(planted_model)
+    assert rec.cfg["profile_fields"] == ["age", "gender", "occupation"]
+    users = pd.DataFrame({"age": [17, 30, None], "gender": ["F", "M", None], "occupation": ["student", "x", None]})
+    idx = rec.profile_rows(users)
+    assert idx.dtype == np.int64 and idx.shape == (3, 3)
+    assert idx[0, 0] != idx[1, 0] and (idx[0] > 0).all() and idx[1, 2] == 0 and (idx[2] == 0).all()
 
 
 @pytest.mark.parametrize("hard_negatives,logq", [(0, False), (3, True)])

@@ -106,7 +106,9 @@ def test_full_pipeline_on_a_tiny_configuration(tmp_path):
         "serving.triton_metrics_port": free_port(), "serving.model_repository": tmp_path / "models",
         "serving.triton_build_dir": tmp_path / "triton", "serving.triton_log_file": tmp_path / "triton" / "log",
     }
-    config = _files_config(tmp_path, planted_tables(), *[f"{k}={v}" for k, v in tiny.items()])
+    tables = planted_tables()
+    tables["items"]["genres"] = tables["items"]["title"].str.split().str[0]  # the template's declared field
+    config = _files_config(tmp_path, tables, *[f"{k}={v}" for k, v in tiny.items()])
     try:
         result = run_pipeline("training", config)
         tasks = result["artifacts"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PROFILE_FIELDS = ["age_band", "gender", "occupation"]
-AGE_BANDS = [18, 25, 35, 45, 50, 56]  # exclusive upper bounds, as the model's training code
+PROFILE_FIELDS = ["age", "gender", "occupation"]
+AGE_BANDS = [18, 25, 35, 45, 50, 56]  # exclusive upper bounds, as the MovieLens preset declares
 GENDERS = ["F", "M"]
 OCCUPATIONS = ["artist", "doctor", "engineer", "student", "other"]
 AGE_LABELS = ["<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"]
@@ -32,10 +32,20 @@ class TinyUserTower(torch.nn.Module):
 
 def profile_vocab() -> dict[str, dict[str, int]]:
     return {
-        "age_band": {label: i + 1 for i, label in enumerate(AGE_LABELS)},
+        "age": {label: i + 1 for i, label in enumerate(AGE_LABELS)},
         "gender": {g: i + 1 for i, g in enumerate(GENDERS)},
         "occupation": {o: i + 1 for i, o in enumerate(OCCUPATIONS)},
     }
+
+
+def profile_encoder() -> dict:
+    """The manifest's profile encoder (components.encoders.ProfileEncoder.to_dict) over profile_vocab()."""
+    vocab = profile_vocab()
+    return {"fields": [
+        {"source": "age", "kind": "band", "vocab": vocab["age"], "edges": [float(b) for b in AGE_BANDS]},
+        {"source": "gender", "kind": "value", "vocab": vocab["gender"], "edges": []},
+        {"source": "occupation", "kind": "value", "vocab": vocab["occupation"], "edges": []},
+    ]}
 
 
 def _torch_recommend(model, item_ids, emb, max_seq_len, history_ids, profile, exclude, k):
@@ -85,8 +95,7 @@ def make_bundle(
         "embedding_dim": dim,
         "max_seq_len": max_seq_len,
         "profile_fields": PROFILE_FIELDS,
-        "profile_vocab": vocab,
-        "age_bands": AGE_BANDS,
+        "profile_encoder": profile_encoder(),
         "created_at": datetime.now(UTC).isoformat(),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")

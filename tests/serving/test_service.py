@@ -68,8 +68,7 @@ def user_state(stack, user_id: int) -> tuple[list[int], dict]:
 
 
 def expected(reference, history, profile, exclude, k):
-    codes = encode_profile(reference.bundle.manifest, profile.get("age"), profile.get("gender"),
-                           profile.get("occupation"))
+    codes = encode_profile(reference.bundle.manifest, profile)
     return reference.recommend(history, codes, exclude, k)
 
 

@@ -110,17 +110,23 @@ def test_ops_history_profile_and_top_k():
 
 def test_encode_profile(bundles):
     manifest = json.loads((bundles["a"] / "manifest.json").read_text())
-    assert encode_profile(manifest, 30, "M", "doctor") == [3, 2, 2]  # 25-34 is band 3
-    assert encode_profile(manifest, 17, "F", "student") == [1, 1, 4]
-    assert encode_profile(manifest, 56, "F", "other") == [7, 1, 5]
-    assert encode_profile(manifest, None, "X", None) == [0, 0, 0]
-    assert encode_profile(manifest, float("nan"), None, "nobody") == [0, 0, 0]
+    def codes(age, gender, occupation):
+        return encode_profile(manifest, {"age": age, "gender": gender, "occupation": occupation})
+
+    assert codes(30, "M", "doctor") == [3, 2, 2]  # 25-34 is band 3
+    assert codes(17, "F", "student") == [1, 1, 4]
+    assert codes(56, "F", "other") == [7, 1, 5]
+    assert codes(None, "X", None) == [0, 0, 0]
+    assert codes(float("nan"), None, "nobody") == [0, 0, 0]
+    assert encode_profile(manifest, {}) == [0, 0, 0]
 
 
 def test_encode_profile_agrees_with_the_training_code():
+    """The API encodes a profile from the manifest exactly as training encoded the users table."""
     import pandas as pd
 
-    from components.model import AGE_BANDS, PROFILE_FIELDS, build_profile_vocab, profile_indices
+    from components.config import load_config
+    from components.encoders import ProfileEncoder
 
     users = pd.DataFrame(
         {
@@ -129,8 +135,9 @@ def test_encode_profile_agrees_with_the_training_code():
             "occupation": ["artist", "doctor", "none", "writer", "artist", None, "doctor", "artist", "x", "doctor"],
         }
     )
-    vocab = build_profile_vocab(users.iloc[:-2])
-    manifest = {"profile_fields": PROFILE_FIELDS, "profile_vocab": vocab, "age_bands": AGE_BANDS}
-    want = profile_indices(users, vocab).tolist()
-    got = [encode_profile(manifest, r.age, r.gender, r.occupation) for r in users.itertuples()]
-    assert got == want
+    encoder = ProfileEncoder.fit(users.iloc[:-2], load_config().dataset)
+    manifest = {"profile_fields": encoder.fields, "profile_encoder": encoder.to_dict()}
+    want = encoder.encode(users).tolist()
+    got = [encode_profile(manifest, {"age": r.age, "gender": r.gender, "occupation": r.occupation})
+           for r in users.itertuples()]
+    assert got == want and want[8][2] == 0 and want[0][0] != want[1][0]  # 'x' unseen; <18 vs 18-24

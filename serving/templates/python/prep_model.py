@@ -31,8 +31,7 @@ class TritonPythonModel:
         with open(os.path.join(version_dir, "manifest.json"), encoding="utf-8") as fh:
             manifest = json.load(fh)
         self.max_seq_len = int(manifest["max_seq_len"])
-        vocab = manifest["profile_vocab"]
-        self.sizes = [max([0, *vocab.get(field, {}).values()]) + 1 for field in manifest["profile_fields"]]
+        self.sizes = self.ops.profile_sizes(manifest)
         self.index = self.ops.ItemIndex(np.load(os.path.join(version_dir, "item_ids.npy")))
 
     def execute(self, requests):

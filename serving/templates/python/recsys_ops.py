@@ -42,6 +42,11 @@ def history_tensor(index: ItemIndex, history_item_ids: np.ndarray, max_seq_len: 
     return out
 
 
+def profile_sizes(manifest: dict) -> list[int]:
+    """Index range of each profile field of a bundle (its vocabulary + the unknown index 0)."""
+    return [len(field["vocab"]) + 1 for field in manifest["profile_encoder"]["fields"]]
+
+
 def profile_tensor(profile: np.ndarray, sizes: list[int]) -> np.ndarray:
     """[1, P] tower input: vocab indices, anything outside a field's vocabulary becomes 0 (unknown)."""
     profile = np.asarray(profile, dtype=np.int64).reshape(-1)
