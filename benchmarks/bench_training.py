@@ -55,7 +55,8 @@ def main() -> dict:
     tables = read_tables(canonical)
     examples_dir = bench_dir / "examples"
     examples_dir.mkdir(parents=True, exist_ok=True)
-    examples_from_tables(tables, config.features.last_n_items).to_parquet(examples_dir / "examples.parquet")
+    examples = examples_from_tables(tables, config.features.last_n_items, config.dataset)
+    examples.to_parquet(examples_dir / "examples.parquet")
 
     started = time.perf_counter()
     metrics = train_model(config, canonical, examples_dir, model_dir, progress=False)

@@ -15,10 +15,12 @@ Presets live in `components/datasets/`; `recsys data synth` writes a schema file
 from __future__ import annotations
 
 import math
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -191,6 +193,31 @@ def bucket_label(value: object, edges: list[float] | tuple[float, ...]) -> str |
             return f"{show(lower)}-{show(upper - 1)}" if integral else f"{show(lower)}-{show(upper)}"
         lower = upper
     return f"{show(edges[-1])}+"
+
+
+UNKNOWN_GROUP = "unknown"  # the group of users whose attribute value is missing
+
+
+def group_labels(values: pd.Series | list, attr: Attribute) -> list[str]:
+    """The group of each value of a user attribute (evaluation and monitoring fairness): the band of a
+    bucketed number, the value itself otherwise, UNKNOWN_GROUP where it is missing."""
+    out = []
+    for value in values:
+        if attr.kind == "bucketed":
+            out.append(bucket_label(value, attr.edges or []) or UNKNOWN_GROUP)
+        elif value is None or (isinstance(value, float) and math.isnan(value)):
+            out.append(UNKNOWN_GROUP)
+        else:
+            out.append(str(value.item() if hasattr(value, "item") else value))
+    return out
+
+
+def group_order(label: str) -> tuple[int, float, str]:
+    """Sort key of group labels: bands by their lower edge, then other values alphabetically, unknown last."""
+    band = re.fullmatch(r"<(-?[\d.]+)|(-?[\d.]+)(?:-(-?[\d.]+)|\+)", label)
+    if band:
+        return (0, -math.inf if band.group(1) else float(band.group(2)), label)
+    return (2 if label == UNKNOWN_GROUP else 1, 0.0, label)
 
 
 def bucket_labels(edges: list[float] | tuple[float, ...]) -> tuple[str, ...]:

@@ -3,8 +3,8 @@
 Protocol (all recommenders, same run, same split from `components.splits`):
 - Main ranking: each test user's last interaction is ranked against the whole warm catalogue (items table minus
   the held-out cold-test and cold-validation items), excluding the items the user saw before (train + validation
-  rows); HR@K, NDCG@K, MRR, catalogue coverage@K, 95% bootstrap intervals over users, and the same per gender and
-  age band.
+  rows); HR@K, NDCG@K, MRR, catalogue coverage@K, 95% bootstrap intervals over users, and the same per group of each
+  declared fairness attribute (`dataset.fairness_groups`; bucketed numbers by their bands).
 - Cold start: each `cold_test` user's last cold-item interaction is ranked among the cold items only (never in
   training, so a model reaches them through their text), against `new-item-popularity`: for a user whose target
   happened at time t, a cold item scores its number of interactions by other users strictly before t. The target
@@ -29,11 +29,11 @@ import pandas as pd
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components.config import Config
+from components.dataset import group_labels
 from components.errors import RecsysError
 from components.kfp_support import step
 from components.metrics import (
     Estimate,
-    age_band,
     bootstrap,
     coverage,
     expected_rank,
@@ -209,11 +209,9 @@ def evaluate_task(
     cov = {f"coverage@{k}": coverage(top[:, :k], catalogue) for k in ks}
     breakdown = pd.DataFrame()
     if groups:
-        attrs = {}
-        if "gender" in users:
-            attrs["gender"] = users["gender"].to_numpy(dtype=object)
-        if "age" in users:
-            attrs["age_band"] = age_band(users["age"].to_numpy())
+        schema = config.dataset
+        attrs = {name: np.asarray(group_labels(users[name], schema.user_attributes[name]), dtype=object)
+                 for name in schema.fairness_groups if name in users}
         breakdown = group_breakdown(per_user, attrs, cfg.bootstrap_samples, config.train.seed)
     params = dict(getattr(recommender, "params", {}) or {})
     return ModelResult(key, recommender.name, role, summary, cov, per_user, expected_rank(ranks), breakdown, params)
@@ -396,7 +394,7 @@ def run_evaluation(
         "seed": config.train.seed,
         "model_dir": str(model_dir) if model_dir else None,
         "champion_key": champion.key if champion is not None else None,
-        "group_ratio": {attr: group_ratio(results[0].groups, attr, metric) for attr in ("gender", "age_band")},
+        "group_ratio": {attr: group_ratio(results[0].groups, attr, metric) for attr in config.dataset.fairness_groups},
         "baseline_tuning": {name: getattr(rec, "tuning", []) for name, rec in baselines.items()},
     }
     evaluation = Evaluation(results, cold, decision, info)

@@ -127,8 +127,7 @@ def _plots(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str, Path
     plt.close(fig)
 
     shown = [r for r in res if r.role == "candidate" or r.key == evaluation.info.get("champion_key")] or res[:1]
-    attrs = [a for a in ("gender", "age_band") if any((r.groups.get("attribute") == a).any() for r in shown
-                                                      if not r.groups.empty)]
+    attrs = list(dict.fromkeys(a for r in shown if not r.groups.empty for a in r.groups["attribute"]))
     if attrs:
         fig, axes = plt.subplots(1, len(attrs), figsize=(5 * len(attrs), 3.6), squeeze=False)
         for ax, attr in zip(axes[0], attrs, strict=True):

@@ -172,3 +172,41 @@ def save_id_maps(folder: str | Path, maps: dict[Entity, IdMap]) -> Path:
     tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     os.replace(tmp, folder / MANIFEST)
     return folder
+
+
+class ExternalIds:
+    """External id <-> key look-ups for one entity where ids arrive one at a time (the API, the log reader):
+    an integer id is its own key, a string id goes through the map; an unknown string id has no key."""
+
+    def __init__(self, id_map: IdMap) -> None:
+        self.entity, self.id_type = id_map.entity, id_map.id_type
+        if self.id_type == "string":
+            externals = id_map.table["external_id"].astype(str).tolist()
+            keys = id_map.table["key"].astype("int64").tolist()
+            self._keys = dict(zip(externals, keys, strict=True))
+            self._externals = dict(zip(keys, externals, strict=True))
+
+    def __len__(self) -> int:
+        return len(self._keys) if self.id_type == "string" else 0
+
+    def key(self, external: int | str) -> int | None:
+        """The key of an external id; None for a string id the map does not hold yet."""
+        if self.id_type == "int":
+            return int(external) if int(external) >= FIRST_KEY else None
+        return self._keys.get(str(external))
+
+    def external(self, key: int) -> int | str:
+        """The external id of a key (KeyError naming the key when the map lacks it)."""
+        if self.id_type == "int":
+            return int(key)
+        try:
+            return self._externals[int(key)]
+        except KeyError:
+            raise IdMapError(f"key {key} is not in the {self.entity} id map") from None
+
+    def keys(self, externals: pd.Series) -> pd.Series:
+        """The key of each external id, -1 where it has none (never joins a canonical row)."""
+        if self.id_type == "int":
+            numbers = pd.to_numeric(externals, errors="coerce")
+            return numbers.where(numbers >= FIRST_KEY, -1).fillna(-1).astype("int64")
+        return externals.astype(str).map(self._keys).fillna(-1).astype("int64")

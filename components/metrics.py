@@ -15,11 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from components.dataset import UNKNOWN_GROUP, group_order
 from components.errors import RecsysError
 from components.recommender import Recommender, catalogue_positions, check_scores, exclusion_mask, top_k
-from components.schemas import AGE_BAND_LABELS, AGE_BANDS
-
-UNKNOWN_GROUP = "unknown"
 
 
 class MetricsError(RecsysError, ValueError):
@@ -36,19 +34,6 @@ class Estimate:
 
     def as_dict(self) -> dict[str, float]:
         return {"value": self.value, "low": self.low, "high": self.high}
-
-
-def age_band_index(ages: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Band index 0..len(AGE_BANDS) of each age (bands of AGE_BAND_LABELS); -1 where the age is missing."""
-    ages = np.asarray(pd.to_numeric(pd.Series(ages), errors="coerce"), dtype=np.float64)
-    idx = np.searchsorted(np.asarray(AGE_BANDS, dtype=np.float64), ages, side="right")
-    return np.where(np.isnan(ages), -1, idx).astype(np.int64)
-
-
-def age_band(ages: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Age-band label of each age ('unknown' where missing)."""
-    labels = np.array(AGE_BAND_LABELS + (UNKNOWN_GROUP,), dtype=object)
-    return labels[age_band_index(ages)]  # index -1 picks 'unknown'
 
 
 def target_ranks(
@@ -175,13 +160,6 @@ def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int, alp
     return bootstrap({"diff": a - b}, samples, seed, alpha)["diff"]
 
 
-def _group_order(label: str) -> tuple[int, str]:
-    """Age bands in age order, 'unknown' last, everything else alphabetical."""
-    if label in AGE_BAND_LABELS:
-        return (AGE_BAND_LABELS.index(label), label)
-    return (len(AGE_BAND_LABELS) + (1 if label == UNKNOWN_GROUP else 0), label)
-
-
 def group_breakdown(
     per_user: dict[str, np.ndarray], groups: dict[str, np.ndarray], samples: int, seed: int
 ) -> pd.DataFrame:
@@ -189,7 +167,7 @@ def group_breakdown(
     rows = []
     for attribute, labels in groups.items():
         labels = pd.Series(labels).fillna(UNKNOWN_GROUP).astype(str).to_numpy()
-        for group in sorted(set(labels), key=_group_order):
+        for group in sorted(set(labels), key=group_order):
             members = labels == group
             sub = {name: np.asarray(v)[members] for name, v in per_user.items()}
             for name, est in bootstrap(sub, samples, seed).items():

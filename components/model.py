@@ -2,7 +2,8 @@
 
 Item rows: catalogue row r (0-based, `item_ids[r]`) is model row r + 1; model row 0 is padding.
 Item tower: normalize(MLP(text) + ID embedding (dropped out in training, absent for never-trained items)
-+ mean genre embedding + year embedding). User tower: a causal transformer over [profile token, recent items]
++ one embedding per declared item attribute, averaged over a multi-valued attribute's values).
+User tower: a causal transformer over [profile token, recent items]
 (left-padded, positions counted from the right); the user vector is the output at the most recent item,
 or at the profile token when there is no history. Score = dot(user, item) of unit vectors.
 """
@@ -21,12 +22,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.encoders import PROFILE_ENCODER_FILE, ProfileEncoder
+from components.encoders import PROFILE_ENCODER_FILE, ItemEncoder, ProfileEncoder
 from components.errors import RecsysError
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_VALUES = {"", "unknown", "nan", "None"}
 ARTIFACT_FILES = ("model.pt", "model_config.json", "item_ids.npy", "item_embeddings.npy", PROFILE_ENCODER_FILE)
 
 
@@ -39,39 +39,15 @@ class ModelError(RecsysError, ValueError):
 
 @dataclass
 class ItemFeatures:
-    """Per catalogue row (0-based): text embedding, genre indices (0-padded), year index (0 = unknown)."""
+    """Per catalogue row (0-based): text embedding and the declared item attributes as indices."""
 
     text: np.ndarray  # float32 [N, T]
-    genres: np.ndarray  # int64 [N, G]
-    year: np.ndarray  # int64 [N]
+    attributes: list[np.ndarray]  # per declared attribute (ItemEncoder order): int64 [N, width], 0 = unknown/pad
 
 
-def build_meta_vocab(items: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """Vocabularies of the metadata columns present (genres split on '|', year as a category); 0 = unknown."""
-    vocab: dict[str, dict[str, int]] = {"genres": {}, "year": {}}
-    if "genres" in items:
-        names = sorted({g for s in items["genres"].dropna() for g in str(s).split("|") if g})
-        vocab["genres"] = {g: i + 1 for i, g in enumerate(names)}
-    if "year" in items:
-        years = sorted({str(int(y)) for y in items["year"].dropna()})
-        vocab["year"] = {y: i + 1 for i, y in enumerate(years)}
-    return vocab
-
-
-def item_features(items: pd.DataFrame, text_emb: np.ndarray, vocab: dict[str, dict[str, int]]) -> ItemFeatures:
-    """Features of `items` rows (in their order) under a fixed metadata vocabulary."""
-    n = len(items)
-    genre_lists = [
-        [vocab["genres"][g] for g in str(s).split("|") if g in vocab["genres"]] if not pd.isna(s) else []
-        for s in (items["genres"] if "genres" in items else [None] * n)
-    ]
-    width = max([1] + [len(g) for g in genre_lists])
-    genres = np.zeros((n, width), dtype=np.int64)
-    for i, g in enumerate(genre_lists):
-        genres[i, : len(g)] = g
-    years = items["year"] if "year" in items else [None] * n
-    year = np.array([0 if pd.isna(y) else vocab["year"].get(str(int(y)), 0) for y in years], dtype=np.int64)
-    return ItemFeatures(np.asarray(text_emb, dtype=np.float32), genres, year)
+def item_features(items: pd.DataFrame, text_emb: np.ndarray, encoder: ItemEncoder) -> ItemFeatures:
+    """Features of `items` rows (in their order) under the fitted attribute vocabularies."""
+    return ItemFeatures(np.asarray(text_emb, dtype=np.float32), encoder.encode(items))
 
 
 # ---------------------------------------------------------------- network
@@ -143,14 +119,15 @@ class TwoTowerModel(nn.Module):
         self.cfg = cfg
         n, dim, text_dim = cfg["n_items"], cfg["embedding_dim"], cfg["text_dim"]
         self.register_buffer("text", torch.zeros(n + 1, text_dim))
-        self.register_buffer("genres", torch.zeros(n + 1, cfg["genre_width"], dtype=torch.long))
-        self.register_buffer("year", torch.zeros(n + 1, dtype=torch.long))
+        widths, sizes = cfg["item_attribute_widths"], cfg["item_attribute_sizes"]
+        self.attribute_buffers = [f"item_attribute_{i}" for i in range(len(widths))]
+        for name, width in zip(self.attribute_buffers, widths, strict=True):
+            self.register_buffer(name, torch.zeros(n + 1, width, dtype=torch.long))
         self.register_buffer("train_count", torch.zeros(n + 1))  # training interactions per row (0 = cold)
         self.text_mlp = nn.Sequential(nn.Linear(text_dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.item_id = nn.Embedding(n + 1, dim)
         nn.init.normal_(self.item_id.weight, std=0.01)
-        self.genre = nn.Embedding(cfg["n_genres"] + 1, dim, padding_idx=0)
-        self.year_emb = nn.Embedding(cfg["n_years"] + 1, dim, padding_idx=0)
+        self.attribute_emb = nn.ModuleList(nn.Embedding(size, dim, padding_idx=0) for size in sizes)
         self.user = UserTower(dim, cfg["max_seq_len"], cfg["user_layers"], cfg["user_heads"], cfg["dropout"],
                               cfg["profile_sizes"])
         self.encoder: nn.Module | None = None  # set by the trainer when fine-tuning the text encoder
@@ -161,10 +138,12 @@ class TwoTowerModel(nn.Module):
         if n != self.cfg["n_items"]:
             raise ModelError(f"{n} item feature rows for a model of {self.cfg['n_items']} items")
         self.text[1:] = torch.from_numpy(feats.text)
-        g = min(feats.genres.shape[1], self.genres.shape[1])
-        self.genres.zero_()
-        self.genres[1:, :g] = torch.from_numpy(feats.genres[:, :g])
-        self.year[1:] = torch.from_numpy(feats.year)
+        if len(feats.attributes) != len(self.attribute_buffers):
+            raise ModelError(f"{len(feats.attributes)} item attributes for a model of {len(self.attribute_buffers)}")
+        for buffer, block in zip(self.attributes(), feats.attributes, strict=True):
+            width = min(block.shape[1], buffer.shape[1])
+            buffer.zero_()
+            buffer[1:, :width] = torch.from_numpy(block[:, :width])
         if train_count is not None:
             self.train_count[1:] = torch.from_numpy(np.asarray(train_count, dtype=np.float32))
 
@@ -175,13 +154,20 @@ class TwoTowerModel(nn.Module):
         if self.training and self.cfg["id_dropout"] > 0:
             keep = torch.rand(rows.shape[0], 1, device=rows.device) >= self.cfg["id_dropout"]
             id_vec = id_vec * keep
-        content = self.content_vectors(text, self.genres[rows], self.year[rows])
+        content = self.content_vectors(text, [buffer[rows] for buffer in self.attributes()])
         return F.normalize(content + id_vec, p=2, dim=-1)
 
-    def content_vectors(self, text: torch.Tensor, genres: torch.Tensor, year: torch.Tensor) -> torch.Tensor:
-        """The ID-free part of the item tower (all a never-trained item has), before normalization."""
-        genre_vec = self.genre(genres).sum(1) / (genres > 0).sum(1, keepdim=True).clamp(min=1)
-        return self.text_mlp(text.float()) + genre_vec + self.year_emb(year)
+    def attributes(self) -> list[torch.Tensor]:
+        """The item attribute index buffers, [N+1, width] each."""
+        return [getattr(self, name) for name in self.attribute_buffers]
+
+    def content_vectors(self, text: torch.Tensor, attributes: list[torch.Tensor]) -> torch.Tensor:
+        """The ID-free part of the item tower (all a never-trained item has), before normalization: text MLP plus
+        each attribute's embedding (the mean over its values; nothing for unknown)."""
+        out = self.text_mlp(text.float())
+        for emb, codes in zip(self.attribute_emb, attributes, strict=True):
+            out = out + emb(codes).sum(1) / (codes > 0).sum(1, keepdim=True).clamp(min=1)
+        return out
 
     def item_table(self, rows: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
         """[N+1, D] item vectors with row 0 = 0; only `rows` filled when given (others 0)."""
@@ -359,7 +345,7 @@ class TwoTowerRecommender:
         self._events = events[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
 
     def add_items(self, items: pd.DataFrame, text_emb: np.ndarray | None = None) -> np.ndarray:
-        """Embed new items (item_id, text, optional genres/year) from text + metadata alone; returns [n, D].
+        """Embed new items (item_id, text, the declared attributes) from text + attributes alone; returns [n, D].
 
         `text_emb` are precomputed encoder outputs; by default the model's text encoder encodes `items.text`.
         """
@@ -373,13 +359,16 @@ class TwoTowerRecommender:
             if encoder_dir and not Path(encoder_dir).is_absolute():
                 encoder_dir = self.model_dir / encoder_dir
             text_emb = SentenceEncoder(encoder_dir).encode(new["text"].astype(str).tolist())
-        feats = item_features(new, text_emb, self.cfg["meta_vocab"])
+        feats = item_features(new, text_emb, ItemEncoder.from_dict(self.cfg["item_encoder"]))
         m = self.model
-        g = torch.zeros(len(new), m.genres.shape[1], dtype=torch.long)
-        width = min(g.shape[1], feats.genres.shape[1])
-        g[:, :width] = torch.from_numpy(feats.genres[:, :width])
+        attributes = []
+        for buffer, block in zip(m.attributes(), feats.attributes, strict=True):
+            codes = torch.zeros(len(new), buffer.shape[1], dtype=torch.long)  # the trained width
+            width = min(codes.shape[1], block.shape[1])
+            codes[:, :width] = torch.from_numpy(block[:, :width])
+            attributes.append(codes)
         with torch.no_grad():
-            vec = m.content_vectors(torch.from_numpy(feats.text), g, torch.from_numpy(feats.year))
+            vec = m.content_vectors(torch.from_numpy(feats.text), attributes)
             emb = F.normalize(vec, p=2, dim=-1).numpy().astype(np.float32)
         self.item_ids = np.concatenate([self.item_ids, new["item_id"].to_numpy(dtype=np.int64)])
         self._new = np.concatenate([self._new, np.ones(len(new), dtype=bool)])

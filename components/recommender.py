@@ -24,7 +24,7 @@ class Recommender(Protocol):
     def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
         """float32 [len(users), len(catalogue)], higher = better.
 
-        `users` has user_id and the profile columns (age, gender, occupation); `histories[i]` holds the item ids
+        `users` has user_id and the declared user attributes; `histories[i]` holds the item ids
         user i saw, oldest -> newest; `catalogue` is an int64 array of item ids.
         """
         ...

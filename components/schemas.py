@@ -33,33 +33,11 @@ REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
     },
 }
 KEYS = {INTERACTIONS: ("user_id", "item_id", "event_timestamp"), USERS: ("user_id",), ITEMS: ("item_id",)}
-# User age bands (exclusive upper bounds), shared by features, the model's profile vocabulary (the C5 manifest's
-# "age_bands"), evaluation groups and monitoring: "<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+".
-AGE_BANDS: tuple[int, ...] = (18, 25, 35, 45, 50, 56)
 # The serving bundle (contract C5) that `compress` writes and the Triton repository builder reads.
 BUNDLE_FILES = ("user_tower.onnx", "item_embeddings.npy", "item_ids.npy", "manifest.json", "smoke.json")
 BUNDLE_MANIFEST_KEYS = ("model_version", "variant", "embedding_dim", "max_seq_len", "profile_fields",
                         "profile_encoder", "created_at")
 RECOMMENDATION_COLUMNS = {"user_id": "int64|string", "item_id": "int64|string", "rank": "int64", "score": "float64"}
-
-
-def age_band_label(age: object, bands: tuple[int, ...] | list[int] = AGE_BANDS) -> str | None:
-    """'<18', '18-24', ..., '56+' for exclusive upper bounds `bands`; None when the age is unknown."""
-    try:
-        value = float(age)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    if value != value or value < 0 or not bands:  # NaN or negative
-        return None
-    lower = 0
-    for upper in bands:
-        if value < upper:
-            return f"<{upper}" if lower == 0 else f"{lower}-{upper - 1}"
-        lower = upper
-    return f"{bands[-1]}+"
-
-
-AGE_BAND_LABELS: tuple[str, ...] = tuple(age_band_label(b - 1) for b in AGE_BANDS) + (f"{AGE_BANDS[-1]}+",)
 
 
 class SchemaError(RecsysError, ValueError):

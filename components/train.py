@@ -21,6 +21,7 @@ import torch
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from components.config import Config
+from components.dataset import DatasetSchema
 from components.encoders import ProfileEncoder
 from components.errors import RecsysError
 from components.kfp_support import step
@@ -100,18 +101,15 @@ def read_examples(examples_dir: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def examples_from_tables(tables: dict[str, pd.DataFrame], last_n: int) -> pd.DataFrame:
+def examples_from_tables(tables: dict[str, pd.DataFrame], last_n: int, schema: DatasetSchema) -> pd.DataFrame:
     """C1-shaped examples straight from canonical tables (no feature store): profile + recent items strictly before.
 
     The path for `recsys train --interactions FILE`; the pipeline's `features` step (Feast) is the reference.
     """
     inter = tables["interactions"].sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
     users = tables["users"]
-    profile = [c for c in ("age", "gender", "occupation") if c in users]
+    profile = [name for name in schema.user_attributes if name in users]  # missing values stay missing
     df = inter.merge(users[["user_id", *profile]], on="user_id", how="left")
-    df["age"] = df["age"].fillna(-1).astype("int64") if "age" in df else -1
-    for col in ("gender", "occupation"):
-        df[col] = df[col].fillna("unknown").astype(str) if col in df else "unknown"
     recent, counts = [], []
     for _, g in df.groupby("user_id", sort=False):
         items, ts = g["item_id"].to_numpy(np.int64), g["event_timestamp"].to_numpy()
@@ -335,16 +333,18 @@ def _device(config: Config) -> torch.device:
 
 
 def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
-    from components.model import TwoTowerModel, build_meta_vocab, item_features
+    from components.encoders import ItemEncoder
+    from components.model import TwoTowerModel, item_features
 
-    meta_vocab = build_meta_vocab(data.items)
-    feats = item_features(data.items, text_emb, meta_vocab)
+    item_encoder = ItemEncoder.fit(data.items, config.dataset)
+    feats = item_features(data.items, text_emb, item_encoder)
     m = config.model
     cfg = {
         "n_items": len(data.item_ids), "embedding_dim": m.embedding_dim, "max_seq_len": m.max_seq_len,
         "user_layers": m.user_layers, "user_heads": m.user_heads, "dropout": m.dropout, "id_dropout": m.id_dropout,
-        "temperature": m.temperature, "text_dim": int(text_emb.shape[1]), "genre_width": int(feats.genres.shape[1]),
-        "n_genres": len(meta_vocab["genres"]), "n_years": len(meta_vocab["year"]), "meta_vocab": meta_vocab,
+        "temperature": m.temperature, "text_dim": int(text_emb.shape[1]),
+        "item_encoder": item_encoder.to_dict(), "item_attribute_sizes": item_encoder.sizes,
+        "item_attribute_widths": item_encoder.widths,
         "profile_fields": data.profile_encoder.fields,
         "profile_sizes": [size - 1 for size in data.profile_encoder.sizes],
         "encoder_dir": str(m.encoder_dir) if m.encoder_dir else None,

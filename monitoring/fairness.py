@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from components.dataset import DatasetSchema, bucket_label
-from components.metrics import UNKNOWN_GROUP
+from components.dataset import UNKNOWN_GROUP, DatasetSchema, group_labels
 
 
 def attribute_values(requests: pd.DataFrame, users: pd.DataFrame, names: list[str]) -> pd.DataFrame:
@@ -27,12 +26,7 @@ def user_groups(requests: pd.DataFrame, users: pd.DataFrame, schema: DatasetSche
     """The group of each request in every declared fairness attribute (bucketed numbers by their bands)."""
     out = attribute_values(requests, users, schema.fairness_groups)
     for name in schema.fairness_groups:
-        attr = schema.user_attributes[name]
-        if attr.kind == "bucketed":
-            labels = [bucket_label(v, attr.edges or []) for v in out[name]]
-            out[name] = [label or UNKNOWN_GROUP for label in labels]
-        else:
-            out[name] = [UNKNOWN_GROUP if v is None or v != v else str(v) for v in out[name]]
+        out[name] = group_labels(out[name], schema.user_attributes[name])
     return out
 
 

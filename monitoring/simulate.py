@@ -119,7 +119,7 @@ class WeekRecord:
 
 # ------------------------------------------------------------------------------------------------ planning
 def parse_cohort(spec: str) -> tuple[str, Callable[[Any, Any], Any], str]:
-    """'occupation=student', 'age<25', 'gender=F' -> (column, operator, value)."""
+    """'tier=gold', 'age<25' -> (column, operator, value): a cohort of users by one of their attributes."""
     match = re.fullmatch(r"\s*(\w+)\s*(<=|>=|!=|=|<|>)\s*(.+?)\s*", spec)
     if not match:
         raise SimulationError(f"cohort {spec!r} is not '<column><op><value>' (op one of = != < <= > >=)")
@@ -290,8 +290,8 @@ def user_profiles(users: pd.DataFrame, schema: DatasetSchema) -> dict[int, dict[
     names = [n for n in schema.user_attributes if n in users.columns]
     out: dict[int, dict[str, Any]] = {}
     for row in users[["user_id", *names]].to_dict("records"):
-        out[int(row.pop("user_id"))] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()
-                                        if v is not None and v == v}
+        user = int(row.pop("user_id"))  # before the profile is built from what remains
+        out[user] = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if v is not None and v == v}
     return out
 
 

@@ -28,7 +28,8 @@ def _training_inputs(config, canonical: Path, examples: Path | None, interaction
             raise TrainError(f"no {name} table: pass --{name} FILE or --canonical DIR holding {name}.parquet")
     canonical = write_tables(tables, work / "canonical")
     (work / "examples").mkdir(parents=True, exist_ok=True)
-    examples_from_tables(tables, config.features.last_n_items).to_parquet(work / "examples" / EXAMPLES_FILE)
+    examples = examples_from_tables(tables, config.features.last_n_items, config.dataset)
+    examples.to_parquet(work / "examples" / EXAMPLES_FILE)
     return canonical, work / "examples"
 
 

@@ -1,91 +1,189 @@
-"""Request and response models of the recommendation API (pydantic, unknown fields refused)."""
+"""Request and response models of the recommendation API, generated from the dataset declaration.
 
+`api_models(schema)` builds them once per data set (pydantic, unknown fields refused, strict types):
+- ids are the data set's external ids: integers or strings, as `user_id.type` / `item_id.type` declare;
+- `filters` has one field per declared filterable item attribute: `NAME: [values]` for membership (any of),
+  `NAME_min` / `NAME_max` for a numeric range;
+- `profile` (cold start) has one optional field per declared user attribute, numbers within the declared
+  [min, max];
+- each recommended item carries its title and the declared `displayed` attributes.
+An unknown filter or profile field is a 422 that names it; all of it appears in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model, model_validator
+
+from components.dataset import Attribute, DatasetSchema, IdColumn
 
 MAX_K = 100
-MAX_ID = 2**62  # ids are int64 in every table; keeps JSON numbers inside what SQLite and Triton accept
+MAX_ID = 2**62  # integer ids are int64 in every table; keeps JSON numbers inside what SQLite and Triton accept
+MAX_ID_LENGTH = 128  # string ids
+MAX_VALUES = 32  # values of one membership filter
+MAX_TEXT = 64  # length of one categorical value
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class Filters(_Strict):
-    """Which items may be recommended: any of `genres`, released in [year_min, year_max]."""
+Number = StrictInt | StrictFloat
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 
-    genres: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
-        default=None, max_length=32, description="Keep items that have at least one of these genres.")
-    year_min: int | None = Field(default=None, ge=0, le=9999, description="Earliest release year (inclusive).")
-    year_max: int | None = Field(default=None, ge=0, le=9999, description="Latest release year (inclusive).")
 
-    @model_validator(mode="after")
-    def _ordered_years(self) -> "Filters":
-        if self.year_min is not None and self.year_max is not None and self.year_min > self.year_max:
-            raise ValueError(f"filters.year_min ({self.year_min}) is after filters.year_max ({self.year_max})")
-        return self
+def id_type(column: IdColumn) -> Any:
+    """The API type of an external id column."""
+    if column.type == "int":
+        return Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
+    return Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, strict=True)]
+
+
+def _bounds(attr: Attribute) -> dict[str, float]:
+    out = {"allow_inf_nan": False}
+    if attr.min is not None:
+        out["ge"] = attr.min
+    if attr.max is not None:
+        out["le"] = attr.max
+    return out
+
+
+class FiltersBase(_Strict):
+    """Which items may be recommended (every given condition holds)."""
 
     def active(self) -> bool:
-        return bool(self.genres) or self.year_min is not None or self.year_max is not None
+        return any(v is not None and v != [] for v in self.model_dump().values())
+
+    def ranges(self) -> dict[str, tuple[float | None, float | None]]:
+        """attribute -> (min, max) of the range filters given."""
+        out = {}
+        for name in type(self).range_attributes:
+            low, high = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+            if low is not None or high is not None:
+                out[name] = (low, high)
+        return out
+
+    def memberships(self) -> dict[str, list[str]]:
+        """attribute -> accepted values of the membership filters given."""
+        return {name: getattr(self, name) for name in type(self).membership_attributes if getattr(self, name)}
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FiltersBase:
+        for name, (low, high) in self.ranges().items():
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"filters.{name}_min ({low}) is above filters.{name}_max ({high})")
+        return self
 
 
-class Profile(_Strict):
-    """A profile for users the feature store does not know (cold start); every field optional."""
-
-    age: int | None = Field(default=None, ge=0, le=130)
-    gender: str | None = Field(default=None, min_length=1, max_length=32)
-    occupation: str | None = Field(default=None, min_length=1, max_length=64)
-
-
-class RecommendRequest(_Strict):
-    """POST /recommend body."""
-
-    user_id: int = Field(ge=0, le=MAX_ID, description="The user to recommend for.")
-    k: int = Field(default=10, ge=1, le=MAX_K, description=f"How many items (1..{MAX_K}).")
-    exclude_seen: bool = Field(default=True, description="Leave out the user's recent items.")
-    filters: Filters | None = None
-    profile: Profile | None = Field(default=None, description="Used when the user is unknown (cold start).")
-
-
-class InteractionRequest(_Strict):
-    """POST /interactions body: one user-item event."""
-
-    user_id: int = Field(ge=0, le=MAX_ID)
-    item_id: int = Field(ge=0, le=MAX_ID)
-    rating: float | None = Field(default=None, ge=0.0, le=10.0, allow_inf_nan=False)
-    event_timestamp: datetime | None = Field(default=None, description="ISO time with zone; default now (UTC).")
+def filters_model(schema: DatasetSchema) -> type[FiltersBase]:
+    fields: dict[str, Any] = {}
+    for name, kind in schema.filterable.items():
+        attr = schema.item_attributes[name]
+        if kind == "membership":
+            fields[name] = (list[Text] | None, Field(None, max_length=MAX_VALUES,
+                                                     description=f"Keep items with at least one of these {name}."))
+        else:
+            fields[f"{name}_min"] = (Number | None, Field(None, description=f"Lowest {name} (inclusive).",
+                                                          **_bounds(attr)))
+            fields[f"{name}_max"] = (Number | None, Field(None, description=f"Highest {name} (inclusive).",
+                                                          **_bounds(attr)))
+    model = create_model("Filters", __base__=FiltersBase, **fields)
+    model.membership_attributes = tuple(n for n, k in schema.filterable.items() if k == "membership")
+    model.range_attributes = tuple(n for n, k in schema.filterable.items() if k == "range")
+    return model
 
 
-class RecommendedItem(BaseModel):
-    item_id: int
-    rank: int
-    score: float
-    title: str | None = None
-    year: int | None = None
-    genres: list[str] = Field(default_factory=list)
-    explanation: str
-    closest_recent_item_id: int | None = None
-    source: str = Field(description="model | popularity")
+def profile_model(schema: DatasetSchema) -> type[_Strict]:
+    fields: dict[str, Any] = {}
+    for name, attr in schema.user_attributes.items():
+        if attr.is_numeric:
+            fields[name] = (Number | None, Field(None, **_bounds(attr)))
+        else:
+            hint = f" ({', '.join(attr.categories)})" if attr.categories else ""
+            fields[name] = (Text | None, Field(None, description=f"{name}{hint}"))
+    return create_model("Profile", __base__=_Strict, __doc__="The declared user attributes of a user the feature "
+                        "store does not know (cold start); every field optional.", **fields)
 
 
-class RecommendResponse(BaseModel):
-    request_id: str
-    user_id: int
-    model_version: str
-    cold_start: bool
-    degraded: bool
-    reasons: list[str] = Field(default_factory=list, description="Why the response is degraded or cold start.")
-    items: list[RecommendedItem]
-    timings_ms: dict[str, float]
+def displayed_type(attr: Attribute) -> Any:
+    if attr.kind == "multi_categorical":
+        return list[str]
+    return (int | float | None) if attr.is_numeric else (str | None)
 
 
-class InteractionResponse(BaseModel):
-    user_id: int
-    item_id: int
-    logged: bool
-    pushed: bool
-    degraded: bool
-    recent_item_ids: list[int] = Field(default_factory=list)
-    reason: str | None = None
+def display_value(attr: Attribute, value: Any) -> Any:
+    """A table cell as the API shows it: lists for multi-valued, ints for integral numbers, None for missing."""
+    if attr.kind == "multi_categorical":
+        return [str(v) for v in value] if value is not None and not isinstance(value, float) else []
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if attr.is_numeric:
+        number = float(value)
+        return int(number) if number.is_integer() else number
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ApiModels:
+    """The API's request and response models for one data set."""
+
+    Filters: type[FiltersBase]
+    Profile: type[BaseModel]
+    RecommendRequest: type[BaseModel]
+    InteractionRequest: type[BaseModel]
+    RecommendedItem: type[BaseModel]
+    RecommendResponse: type[BaseModel]
+    InteractionResponse: type[BaseModel]
+
+
+_BUILT: dict[str, ApiModels] = {}
+
+
+def api_models(schema: DatasetSchema) -> ApiModels:
+    """The models for `schema` (built once per declaration: the same schema gives the same classes)."""
+    key = schema.model_dump_json()
+    if key not in _BUILT:
+        _BUILT[key] = _build(schema)
+    return _BUILT[key]
+
+
+def _build(schema: DatasetSchema) -> ApiModels:
+    user_id, item_id = id_type(schema.user_id), id_type(schema.item_id)
+    filters, profile = filters_model(schema), profile_model(schema)
+    recommend = create_model(
+        "RecommendRequest", __base__=_Strict, __doc__="POST /recommend body.",
+        user_id=(user_id, Field(description="The user to recommend for (the data set's own id).")),
+        k=(Annotated[StrictInt, Field(ge=1, le=MAX_K)], Field(10, description=f"How many items (1..{MAX_K}).")),
+        exclude_seen=(StrictBool, Field(True, description="Leave out the user's recent items.")),
+        filters=(filters | None, None),
+        profile=(profile | None, Field(None, description="Used when the user is unknown (cold start).")))
+    rating = schema.feedback
+    interaction = create_model(
+        "InteractionRequest", __base__=_Strict, __doc__="POST /interactions body: one user-item event.",
+        user_id=(user_id, ...), item_id=(item_id, ...),
+        rating=(Number | None, Field(None, ge=rating.min if rating.min is not None else 0.0,
+                                     le=rating.max if rating.max is not None else 10.0, allow_inf_nan=False)),
+        event_timestamp=(datetime | None, Field(None, strict=False,
+                                                description="ISO time with zone; default now (UTC).")))
+    shown = {name: (displayed_type(schema.item_attributes[name]), Field(default_factory=list)
+                    if schema.item_attributes[name].kind == "multi_categorical" else None)
+             for name in schema.displayed}
+    item = create_model(
+        "RecommendedItem", item_id=(id_type(schema.item_id), ...), rank=(int, ...), score=(float, ...),
+        title=(str | None, None), **shown, explanation=(str, ...),
+        closest_recent_item_id=(id_type(schema.item_id) | None, None),
+        source=(str, Field(description="model | popularity")))
+    response = create_model(
+        "RecommendResponse", request_id=(str, ...), user_id=(user_id, ...), model_version=(str, ...),
+        cold_start=(bool, ...), degraded=(bool, ...),
+        reasons=(list[str], Field(default_factory=list, description="Why the response is degraded or cold start.")),
+        items=(list[item], ...), timings_ms=(dict[str, float], ...))
+    interaction_response = create_model(
+        "InteractionResponse", user_id=(user_id, ...), item_id=(item_id, ...), logged=(bool, ...),
+        pushed=(bool, ...), degraded=(bool, ...), recent_item_ids=(list[item_id], Field(default_factory=list)),
+        reason=(str | None, None))
+    return ApiModels(filters, profile, recommend, interaction, item, response, interaction_response)

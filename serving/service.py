@@ -22,22 +22,19 @@ from typing import Any
 import bentoml
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from components.config import Config, load_config
+from components.dataset import DatasetSchema
 from components.errors import RecsysError
 from components.features import feature_data_dir, online_feature_rows, open_store, push_interaction
+from components.id_maps import ExternalIds, load_id_maps
+from components.ingest import id_maps_dir
 from components.request_log import RequestLog, RequestRecord
 from serving import triton_repo as tr
-from serving.api_models import (
-    Filters,
-    InteractionRequest,
-    InteractionResponse,
-    Profile,
-    RecommendedItem,
-    RecommendRequest,
-    RecommendResponse,
-)
+from serving.api_models import ApiModels, FiltersBase, api_models, display_value
 from serving.triton_client import RecommenderClient, encode_profile
 
 log = logging.getLogger("recsys.api")
@@ -68,61 +65,75 @@ class ServiceError(RecsysError):
 
 # ------------------------------------------------------------------------------------------------ catalogue
 class Catalogue:
-    """Item metadata (title, year, genres) and a popularity ranking from the feature tables, as numpy arrays."""
+    """Item titles, the declared displayed and filterable attributes, and a popularity ranking, as numpy arrays."""
 
-    def __init__(self, metadata: pd.DataFrame, popularity: np.ndarray) -> None:
-        """`metadata` sorted by item_id; `popularity` aligned with its rows."""
+    def __init__(self, metadata: pd.DataFrame, popularity: np.ndarray, schema: DatasetSchema) -> None:
+        """`metadata` sorted by item_id with title and the declared attributes; `popularity` aligned with it."""
         if not metadata["item_id"].is_monotonic_increasing:
             raise ServiceError("item metadata must be sorted by item_id")
+        self.schema = schema
         self.item_ids = metadata["item_id"].to_numpy(np.int64)
-        self.titles = metadata["title"].astype(str).tolist()
-        self.years = pd.to_numeric(metadata["year"], errors="coerce").to_numpy(np.float64)
-        self.genres = [[str(g) for g in (v if v is not None else [])] for v in metadata["genres"]]
-        self.genre_masks: dict[str, np.ndarray] = {}
-        for row, names in enumerate(self.genres):
-            for name in names:
-                self.genre_masks.setdefault(name.lower(), np.zeros(len(self.item_ids), bool))[row] = True
+        self.titles = metadata["title"].astype(str).tolist() if "title" in metadata else [None] * len(metadata)
+        self.numbers: dict[str, np.ndarray] = {}  # range filters
+        self.value_masks: dict[str, dict[str, np.ndarray]] = {}  # membership filters: value (lower case) -> rows
+        for name, kind in schema.filterable.items():
+            column = metadata[name] if name in metadata else pd.Series([None] * len(metadata))
+            if kind == "range":
+                self.numbers[name] = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+                continue
+            masks: dict[str, np.ndarray] = {}
+            for row, cell in enumerate(column):
+                for value in _values(cell):
+                    masks.setdefault(value.lower(), np.zeros(len(self.item_ids), bool))[row] = True
+            self.value_masks[name] = masks
+        self.shown = {name: [display_value(schema.item_attributes[name], v)
+                             for v in (metadata[name] if name in metadata else [None] * len(metadata))]
+                      for name in schema.displayed}
         self.popularity = np.asarray(popularity, np.float64)
         self.popular_rows = np.argsort(-self.popularity, kind="stable")
 
     @classmethod
-    def from_feature_dir(cls, folder: str | Path) -> "Catalogue":
+    def from_feature_dir(cls, folder: str | Path, schema: DatasetSchema) -> "Catalogue":
         """Read item_metadata.parquet and item_popularity.parquet written by the features step."""
         folder = Path(folder)
         try:
-            meta = pd.read_parquet(folder / "item_metadata.parquet", columns=["item_id", "title", "year", "genres"])
+            present = set(pq.read_schema(folder / "item_metadata.parquet").names)
+            wanted = ["item_id", "title", *schema.filterable, *schema.displayed]
+            meta = pd.read_parquet(folder / "item_metadata.parquet",
+                                   columns=[c for c in dict.fromkeys(wanted) if c in present])
             meta = meta.sort_values("item_id").reset_index(drop=True)
             pop = pd.read_parquet(folder / "item_popularity.parquet")
             activity_ts = pd.read_parquet(folder / "user_activity.parquet", columns=["event_timestamp"])
         except (OSError, ValueError) as err:
             raise ServiceError(f"cannot read the item tables in {folder} (run `recsys features` first): {err}") from err
         return cls(meta, popularity_scores(meta["item_id"].to_numpy(np.int64), pop,
-                                           activity_ts["event_timestamp"].max()))
+                                           activity_ts["event_timestamp"].max()), schema)
 
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
-        """Catalogue row of each item id, -1 for ids without metadata."""
+        """Catalogue row of each item key, -1 for keys without metadata."""
         ids = np.asarray(item_ids, np.int64)
         pos = np.searchsorted(self.item_ids, ids).clip(0, max(len(self.item_ids) - 1, 0))
         found = (self.item_ids[pos] == ids) if len(self.item_ids) else np.zeros(len(ids), bool)
         return np.where(found, pos, -1)
 
-    def mask(self, filters: Filters | None) -> np.ndarray | None:
+    def mask(self, filters: FiltersBase | None) -> np.ndarray | None:
         """Rows that pass the filters (None when no filter is set)."""
         if filters is None or not filters.active():
             return None
         keep = np.ones(len(self.item_ids), bool)
-        if filters.genres:
-            any_genre = np.zeros(len(self.item_ids), bool)
-            for name in filters.genres:
-                found = self.genre_masks.get(name.lower())
+        for name, accepted in filters.memberships().items():
+            any_value = np.zeros(len(self.item_ids), bool)
+            for value in accepted:
+                found = self.value_masks[name].get(value.lower())
                 if found is not None:
-                    any_genre |= found
-            keep &= any_genre
+                    any_value |= found
+            keep &= any_value
         with np.errstate(invalid="ignore"):
-            if filters.year_min is not None:
-                keep &= self.years >= filters.year_min
-            if filters.year_max is not None:
-                keep &= self.years <= filters.year_max
+            for name, (low, high) in filters.ranges().items():
+                if low is not None:
+                    keep &= self.numbers[name] >= low
+                if high is not None:
+                    keep &= self.numbers[name] <= high
         return keep
 
     def popular(self, k: int, exclude: set[int], mask: np.ndarray | None) -> list[tuple[int, float]]:
@@ -139,12 +150,25 @@ class Catalogue:
                 break
         return out
 
-    def describe(self, item_id: int) -> dict[str, Any]:
+    def title(self, item_id: int) -> str | None:
         row = int(self.rows(np.array([item_id]))[0])
-        if row < 0:
-            return {"title": None, "year": None, "genres": []}
-        year = self.years[row]
-        return {"title": self.titles[row], "year": None if math.isnan(year) else int(year), "genres": self.genres[row]}
+        return None if row < 0 else self.titles[row]
+
+    def describe(self, item_id: int) -> dict[str, Any]:
+        """Title and displayed attributes of an item key (empty values for keys without metadata)."""
+        row = int(self.rows(np.array([item_id]))[0])
+        shown = {name: (values[row] if row >= 0 else display_value(self.schema.item_attributes[name], None))
+                 for name, values in self.shown.items()}
+        return {"title": self.titles[row] if row >= 0 else None, **shown}
+
+
+def _values(cell: Any) -> list[str]:
+    """The values of a categorical or multi-valued cell."""
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return []
+    if isinstance(cell, str):
+        return [cell]
+    return [str(v) for v in cell]
 
 
 def popularity_scores(item_ids: np.ndarray, table: pd.DataFrame, as_of: Any) -> np.ndarray:
@@ -239,7 +263,10 @@ class Engine:
         s = config.serving
         self.repo_dir = Path(s.model_repository)
         self.grpc_url = f"{s.host}:{s.triton_grpc_port}"
-        self.catalogue = Catalogue.from_feature_dir(feature_data_dir(config))
+        self.schema = config.dataset
+        self.models: ApiModels = api_models(self.schema)
+        self.catalogue = Catalogue.from_feature_dir(feature_data_dir(config), self.schema)
+        self.users, self.items = self._load_ids()
         self.request_log = RequestLog(s.request_log)
         self.feast = Breaker("feature store")
         self.triton = Breaker(f"Triton at {self.grpc_url}")
@@ -299,9 +326,19 @@ class Engine:
             self._reconnect()
             return False
 
+    def _load_ids(self) -> tuple[ExternalIds, ExternalIds]:
+        """The committed id maps (the ones validate extended): external ids of requests <-> keys."""
+        folder = id_maps_dir(self.config)
+        try:
+            maps = load_id_maps(folder, {"user": self.schema.user_id.type, "item": self.schema.item_id.type})
+        except (OSError, ValueError) as err:
+            raise ServiceError(f"cannot read the id maps in {folder}: {err}") from err
+        return ExternalIds(maps["user"]), ExternalIds(maps["item"])
+
     def _reload_catalogue(self) -> None:
         try:
-            self.catalogue = Catalogue.from_feature_dir(feature_data_dir(self.config))
+            self.users, self.items = self._load_ids()
+            self.catalogue = Catalogue.from_feature_dir(feature_data_dir(self.config), self.schema)
             log.info("item catalogue reloaded: %d items", len(self.catalogue.item_ids))
         except Exception as err:  # noqa: BLE001 - keep serving with the catalogue it has
             log.warning("item catalogue not reloaded, keeping %d items: %s", len(self.catalogue.item_ids), err)
@@ -351,7 +388,11 @@ class Engine:
         self.request_log.close()
 
     # ---- /recommend ----------------------------------------------------------------------------------
-    def _features(self, user_id: int) -> dict[str, Any] | None:
+    def _features(self, user_id: int | None) -> dict[str, Any] | None:
+        """Profile and recent items of a user key from the online store (None when the store is down); a user
+        without a key (a string id the id map does not hold yet) is unknown without a look-up."""
+        if user_id is None:
+            return {"known": False, "profile": {}, "recent": []}
         if not self.feast.up:
             return None
         try:
@@ -381,13 +422,15 @@ class Engine:
             ids, scores = ids[keep], scores[keep]
         return [(int(i), float(s)) for i, s in zip(ids[:k], scores[:k], strict=True)], fetch
 
-    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+    def recommend(self, req: BaseModel) -> BaseModel:
+        """Answer one RecommendRequest (of `self.models`) with a RecommendResponse; never raises for Triton
+        or Feast failures (popularity answers, `degraded: true`)."""
         t0 = time.perf_counter()
         timings = dict.fromkeys(STAGES, 0.0)
         reasons: list[str] = []
-        feats = self._features(req.user_id)
+        feats = self._features(self.users.key(req.user_id))
         timings["feast"] = time.perf_counter() - t0
-        request_profile = (req.profile or Profile()).model_dump()
+        request_profile = (req.profile or self.models.Profile()).model_dump()
         if feats is None:
             reasons.append(f"feature store unavailable: {self.feast.error or 'skipped after a recent failure'}")
             known, recent, profile = False, [], request_profile
@@ -421,14 +464,14 @@ class Engine:
         degraded = use_model and source != "model" or feats is None
         items = self._items(ranked, "model", model, recent)
         if len(items) < req.k:  # fallback, or too few items passed the filters: popular items fill up
-            taken = {i.item_id for i in items} | set(exclude)
+            taken = {item for item, _ in ranked} | set(exclude)
             extra = self.catalogue.popular(req.k - len(items), taken, mask)
             items += self._items(extra, "popularity", None, recent, start=len(items))
             if source == "model" and extra:
                 reasons.append(f"only {len(ranked)} ranked items passed the filters; popular items fill up")
         if degraded or not use_model:
             FALLBACKS.labels(reason="degraded" if degraded else "cold_start_popularity").inc()
-        response = RecommendResponse(
+        response = self.models.RecommendResponse(
             request_id=uuid.uuid4().hex, user_id=req.user_id,
             model_version=model.model_version if source == "model" and model else POPULARITY_VERSION,
             cold_start=cold_start, degraded=degraded, reasons=reasons, items=items, timings_ms={})
@@ -449,7 +492,8 @@ class Engine:
         return response
 
     def _items(self, ranked: list[tuple[int, float]], source: str, model: ModelState | None, recent: list[int],
-               start: int = 0) -> list[RecommendedItem]:
+               start: int = 0) -> list[BaseModel]:
+        """Response items (external ids, title, displayed attributes, explanation) of ranked item keys."""
         near = model.closest([i for i, _ in ranked], recent) if model is not None and ranked else []
         out = []
         for n, (item, score) in enumerate(ranked):
@@ -458,25 +502,33 @@ class Engine:
             if source == "popularity":
                 why = "popular in the latest window of interactions"
             elif closest is not None:
-                title = self.catalogue.describe(closest)["title"] or f"item {closest}"
+                title = self.catalogue.title(closest) or f"item {self.items.external(closest)}"
                 why = f"closest to your recent '{title}' (similarity {sim:.2f})"
             else:
                 why = "matches your profile"
-            out.append(RecommendedItem(item_id=item, rank=start + n + 1, score=round(score, 6), explanation=why,
-                                       closest_recent_item_id=closest, source=source, **meta))
+            out.append(self.models.RecommendedItem(
+                item_id=self.items.external(item), rank=start + n + 1, score=round(score, 6), explanation=why,
+                closest_recent_item_id=None if closest is None else self.items.external(closest), source=source,
+                **meta))
         return out
 
     # ---- /interactions -------------------------------------------------------------------------------
-    def interaction(self, req: InteractionRequest) -> InteractionResponse:
+    def interaction(self, req: BaseModel) -> BaseModel:
+        """Log one InteractionRequest (external ids) and push it to the online store under the ids' keys; an
+        id the id maps do not hold yet is logged only (the next ingest gives it a key)."""
         ts = req.event_timestamp or datetime.now(UTC)
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=UTC)
         pushed, recent, reason = False, [], None
-        if self.feast.up:
+        user_key, item_key = self.users.key(req.user_id), self.items.key(req.item_id)
+        if user_key is None or item_key is None:
+            which = "user_id" if user_key is None else "item_id"
+            reason = f"{which} {getattr(req, which)!r} is not in the id map yet: logged, pushed after the next ingest"
+        elif self.feast.up:
             try:
-                row = self._feast(push_interaction, req.user_id, req.item_id, req.rating, ts,
+                row = self._feast(push_interaction, user_key, item_key, req.rating, ts,
                                   self.config.features.last_n_items)
-                pushed, recent = True, [int(i) for i in row["recent_item_ids"]]
+                pushed, recent = True, [self.items.external(int(i)) for i in row["recent_item_ids"]]
             except Exception as err:  # noqa: BLE001
                 self.feast.fail(err)
                 reason = f"feature store unavailable: {err}"
@@ -485,7 +537,7 @@ class Engine:
         self.request_log.append_interaction(req.user_id, req.item_id, req.rating, ts)
         if not pushed:
             FALLBACKS.labels(reason="push_failed").inc()
-        return InteractionResponse(user_id=req.user_id, item_id=req.item_id, logged=True, pushed=pushed,
+        return self.models.InteractionResponse(user_id=req.user_id, item_id=req.item_id, logged=True, pushed=pushed,
                                    degraded=not pushed, recent_item_ids=recent, reason=reason)
 
 
@@ -521,6 +573,9 @@ class JsonOnly:
         await self.app(scope, receive, send)
 
 
+MODELS = api_models(load_config().dataset)  # the declared data set's request and response models ($RECSYS_CONFIG)
+
+
 @bentoml.service(name="recsys_recommender", workers=1, threads=8, resources={"cpu": "1"},
                  traffic={"timeout": 30}, logging={"access": {"enabled": False}})
 class RecommendationService:
@@ -532,12 +587,12 @@ class RecommendationService:
     def __is_ready__(self) -> bool:
         return self.engine.ready()
 
-    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, ctx: bentoml.Context, **body: Any) -> RecommendResponse:
+    @bentoml.api(route="/recommend", input_spec=MODELS.RecommendRequest)
+    def recommend(self, ctx: bentoml.Context, **body: Any) -> MODELS.RecommendResponse:
         """Top-k items for a user: Feast features, one Triton call, metadata and an explanation per item."""
         t0 = time.perf_counter()
         try:
-            response = self.engine.recommend(RecommendRequest.model_construct(**body))
+            response = self.engine.recommend(MODELS.RecommendRequest.model_construct(**body))
         except RecsysError as err:
             return _unavailable("recommend", err)
         ctx.response.headers["Server-Timing"] = _server_timing(response.timings_ms)
@@ -546,12 +601,12 @@ class RecommendationService:
         LATENCY.labels(endpoint="recommend").observe(time.perf_counter() - t0)
         return response
 
-    @bentoml.api(route="/interactions", input_spec=InteractionRequest)
-    def interactions(self, **body: Any) -> InteractionResponse:
+    @bentoml.api(route="/interactions", input_spec=MODELS.InteractionRequest)
+    def interactions(self, **body: Any) -> MODELS.InteractionResponse:
         """Record one interaction: pushed to Feast's online store at once and appended to the log."""
         t0 = time.perf_counter()
         try:
-            response = self.engine.interaction(InteractionRequest.model_construct(**body))
+            response = self.engine.interaction(MODELS.InteractionRequest.model_construct(**body))
         except RecsysError as err:
             return _unavailable("interactions", err)
         REQUESTS.labels(endpoint="interactions", outcome="degraded" if response.degraded else "ok").inc()

@@ -96,7 +96,7 @@ def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
         for est in r.summary.values():
             assert est.low <= est.value <= est.high
     assert ev.result("ease").value("ndcg@10") > ev.result("most-popular").value("ndcg@10")
-    assert set(ev.result("candidate").groups["attribute"]) == {"gender", "age_band"}
+    assert set(ev.result("candidate").groups["attribute"]) == {"gender", "age"}  # the declared fairness_groups
     metrics = kfp_metrics(ev)
     assert metrics["ndcg@10"] == ev.result("candidate").value("ndcg@10") and "ease_ndcg@10" in metrics
     assert json.loads((out / "metrics.json").read_text())["results"]["ease"]["params"]["lambda"] == 50.0

@@ -6,12 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.dataset import Attribute, group_labels, group_order
 from components.metrics import (
-    AGE_BAND_LABELS,
-    AGE_BANDS,
     MetricsError,
-    age_band,
-    age_band_index,
     bootstrap,
     coverage,
     group_breakdown,
@@ -85,10 +82,14 @@ def test_paired_difference_detects_a_real_gap() -> None:
     assert diff.value == pytest.approx(0.05) and diff.low > 0
 
 
-def test_age_bands() -> None:
-    assert len(AGE_BAND_LABELS) == len(AGE_BANDS) + 1
-    assert age_band_index([7, 18, 24, 25, 55, 56, 73, None]).tolist() == [0, 1, 1, 2, 5, 6, 6, -1]
-    assert age_band([17, 30, float("nan")]).tolist() == ["<18", "25-34", "unknown"]
+def test_groups_of_declared_attributes_in_order() -> None:
+    bands = Attribute(kind="bucketed", edges=[18, 25, 35, 45, 50, 56])
+    assert group_labels([7, 18, 24, 25, 55, 56, 73, None], bands) == [
+        "<18", "18-24", "18-24", "25-34", "50-55", "56+", "56+", "unknown"]
+    tiers = Attribute(kind="categorical", categories=["gold", "silver"])
+    assert group_labels(["gold", None, float("nan")], tiers) == ["gold", "unknown", "unknown"]
+    labels = ["unknown", "56+", "silver", "25-34", "<18", "gold"]
+    assert sorted(labels, key=group_order) == ["<18", "25-34", "56+", "gold", "silver", "unknown"]
 
 
 def test_group_breakdown_and_ratio() -> None:

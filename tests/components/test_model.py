@@ -79,7 +79,7 @@ def write_dataset(root: Path, tables: dict[str, pd.DataFrame] | None = None) -> 
     canonical = write_tables(tables, root / "canonical")
     examples_dir = root / "examples"
     examples_dir.mkdir(parents=True, exist_ok=True)
-    examples_from_tables(tables, 20).to_parquet(examples_dir / "examples.parquet", index=False)
+    examples_from_tables(tables, 20, load_config().dataset).to_parquet(examples_dir / "examples.parquet", index=False)
     return canonical, examples_dir
 
 
@@ -208,10 +208,11 @@ def test_sampled_softmax_loss_is_finite_and_trains_every_part(hard_negatives: in
 
     torch.manual_seed(0)
     cfg = {"n_items": 20, "embedding_dim": 8, "max_seq_len": 4, "user_layers": 1, "user_heads": 2, "dropout": 0.0,
-           "id_dropout": 0.5, "temperature": 0.1, "text_dim": 6, "genre_width": 2, "n_genres": 3, "n_years": 2,
-           "profile_sizes": [7, 2, 3]}
+           "id_dropout": 0.5, "temperature": 0.1, "text_dim": 6, "item_attribute_widths": [2, 1],
+           "item_attribute_sizes": [4, 3], "profile_sizes": [7, 2, 3]}
     model = TwoTowerModel(cfg)
     model.text[1:] = torch.randn(20, 6)
+    model.item_attribute_0[1:, 0] = torch.randint(1, 4, (20,))  # a multi-valued attribute, one value each
     model.train_count[1:] = 1.0
     history = torch.tensor([[0, 1, 2, 3], [0, 0, 5, 6]])
     targets = torch.tensor([[0, 2, 3, 4, 0], [0, 0, 0, 6, 7]])
@@ -221,7 +222,8 @@ def test_sampled_softmax_loss_is_finite_and_trains_every_part(hard_negatives: in
     loss = sampled_softmax_loss(model, history, targets, profile, log_pop, opts)
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0
-    for name in ("text_mlp.0.weight", "item_id.weight", "user.profile.0.weight", "user.blocks.0.qkv.weight"):
+    for name in ("text_mlp.0.weight", "item_id.weight", "attribute_emb.0.weight", "user.profile.0.weight",
+                 "user.blocks.0.qkv.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 

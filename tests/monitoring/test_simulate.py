@@ -8,7 +8,15 @@ import pytest
 
 from components.config import load_config
 from components.schemas import read_tables, write_tables
-from monitoring.simulate import SimSettings, cohort_users, parse_cohort, plan_replay, run_simulation, sample_week
+from monitoring.simulate import (
+    SimSettings,
+    cohort_users,
+    parse_cohort,
+    plan_replay,
+    run_simulation,
+    sample_week,
+    user_profiles,
+)
 from recsys.simulate_cmd import SIMULATION_DEFAULTS
 
 TINY = SimSettings(train_weeks=14, serve_weeks=2, shift_weeks=2, events_per_week=150, events_per_user_week=5,
@@ -27,6 +35,13 @@ def _tiny_tables(movielens_canonical, out, n_items=250, n_late=50):
     tables["items"] = tables["items"][tables["items"]["item_id"].isin(top)]
     write_tables(tables, out)
     return tables
+
+
+def test_user_profiles_hold_the_declared_attributes_only():
+    users = pd.DataFrame({"user_id": [850, 851], "age": [34, None], "gender": ["M", "F"],
+                          "occupation": ["technician", None], "zip_code": ["1", "2"]})
+    profiles = user_profiles(users, load_config().dataset)
+    assert profiles == {850: {"age": 34.0, "gender": "M", "occupation": "technician"}, 851: {"gender": "F"}}
 
 
 def test_cohort_expressions():
