@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.dataset import DatasetSchema, resolve_dataset
 from components.errors import RecsysError
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 CONFIG_ENV = "RECSYS_CONFIG"  # a config file path every process of a run picks up
 
@@ -55,7 +56,8 @@ class Validation(_Section):
 
 
 class Features(_Section):
-    repo_path: Path
+    repo_path: Path = Field(description="the Feast repository (project code: a relative path is anchored at the "
+                            "project root, not the working directory)")
     data_dir: Path | None = None
     online_store: Literal["sqlite", "redis"]
     redis_connection: str
@@ -64,6 +66,11 @@ class Features(_Section):
     spark_master: str = "local[1]"
     duckdb_memory_limit: str = "4GB"
     popularity_windows_days: list[int]
+
+    @field_validator("repo_path")
+    @classmethod
+    def _anchored(cls, value: Path) -> Path:
+        return value if value.is_absolute() else PROJECT_ROOT / value
 
 
 class Model(_Section):
@@ -298,15 +305,23 @@ def config_from_text(text: str) -> Config:
         raise ConfigError(f"invalid configuration: {err}") from err
 
 
+def resolved(config: Config) -> dict[str, Any]:
+    """The config as a mapping that reloads to itself: its dataset is marked complete (`preset: null`), so
+    merging it over the defaults does not merge the default preset into it."""
+    data = config.dump()
+    data["dataset"] = {"preset": None, **data["dataset"]}
+    return data
+
+
 def config_to_text(config: Config) -> str:
     """The full resolved config as one line of JSON (valid YAML): KFP copies parameter defaults into a
     comment header of the compiled file, which a multi-line value would break."""
-    return json.dumps(config.dump())
+    return json.dumps(resolved(config))
 
 
 def write_config(config: Config, path: str | Path) -> Path:
     """Write the full resolved config, so a subprocess can load exactly the same one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.dump(), sort_keys=False), encoding="utf-8")
+    path.write_text(yaml.safe_dump(resolved(config), sort_keys=False), encoding="utf-8")
     return path

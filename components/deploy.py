@@ -347,10 +347,11 @@ def deploy_op(config: str, bundle: Input[Artifact], deployment: Output[Artifact]
 
     from components.config import config_from_text
     from components.deploy import deploy_bundle, ensure_server
+    from components.errors import retry_transient
 
     cfg = config_from_text(config)
-    started = ensure_server(cfg)
-    result = deploy_bundle(cfg, bundle.path)
+    started = retry_transient(lambda: ensure_server(cfg), what="starting Triton")
+    result = retry_transient(lambda: deploy_bundle(cfg, bundle.path), what="deploy")
     Path(deployment.path).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     deployment.metadata.update({"version": result.version, "grpc_url": result.grpc_url, "server_started": started})
     metrics.log_metric("deployed_version", result.version)

@@ -436,11 +436,14 @@ def features_op(config: str, canonical: Input[Dataset], examples: Output[Dataset
     import os
 
     from components.config import config_from_text
+    from components.errors import retry_transient
     from components.features import run_features
 
     os.makedirs(examples.path, exist_ok=True)
     os.makedirs(feature_tables.path, exist_ok=True)
-    result = run_features(config_from_text(config), canonical.path, examples.path, feature_tables.path)
+    cfg = config_from_text(config)
+    result = retry_transient(lambda: run_features(cfg, canonical.path, examples.path, feature_tables.path),
+                             what="features")
     for key, value in result.items():
         metrics.log_metric(key, value)
     examples.metadata["rows"] = int(result["examples"])

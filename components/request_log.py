@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from components.errors import RecsysError
@@ -29,7 +30,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT PRIMARY KEY,
     ts_us INTEGER NOT NULL,
-    user_id INTEGER NOT NULL,
+    user_id NOT NULL,  -- external ids: integers or text (no type affinity keeps '00123' a string)
     k INTEGER NOT NULL,
     exclude_seen INTEGER NOT NULL,
     filters TEXT NOT NULL,
@@ -45,14 +46,14 @@ CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_us);
 CREATE TABLE IF NOT EXISTS recommendations (
     request_id TEXT NOT NULL REFERENCES requests (request_id),
     rank INTEGER NOT NULL,
-    item_id INTEGER NOT NULL,
+    item_id NOT NULL,
     score REAL NOT NULL,
     PRIMARY KEY (request_id, rank)
 );
 CREATE TABLE IF NOT EXISTS interactions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_id INTEGER NOT NULL,
-    item_id INTEGER NOT NULL,
+    user_id NOT NULL,
+    item_id NOT NULL,
     rating REAL,
     ts_us INTEGER NOT NULL,
     logged_us INTEGER NOT NULL
@@ -71,12 +72,12 @@ class RequestRecord:
 
     request_id: str
     ts: datetime
-    user_id: int
+    user_id: int | str  # the data set's external ids
     k: int
     exclude_seen: bool
     filters: dict[str, Any]
     profile: dict[str, Any]
-    item_ids: list[int]
+    item_ids: list[int | str]
     scores: list[float]
     model_version: str
     degraded: bool
@@ -110,6 +111,22 @@ def _bound_us(value: datetime | pd.Timestamp | str | None, what: str) -> int | N
     if stamp.tzinfo is None:  # window bounds given without zone are read as UTC
         stamp = stamp.tz_localize("UTC")
     return _to_us(stamp, what)
+
+
+def _external_id(value: Any, where: str) -> int | str:
+    """An external id as logged: an integer or a non-empty string (bools and other types refused)."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, str) and value:
+        return value
+    raise RequestLogError(f"{where}: an id must be an integer or a non-empty string, got {value!r}")
+
+
+def _ids(series: pd.Series) -> pd.Series:
+    """Logged external ids: int64 when every id is an integer, else strings."""
+    if series.map(lambda v: isinstance(v, int | np.integer)).all():
+        return series.astype("int64")
+    return series.astype(str)
 
 
 def _us_to_ts(series: pd.Series) -> pd.Series:
@@ -179,13 +196,13 @@ class RequestLog:
         where = f"request {record.request_id!r}"
         if len(record.item_ids) != len(record.scores):
             raise RequestLogError(f"{where}: {len(record.item_ids)} item_ids but {len(record.scores)} scores")
-        item_ids = [int(i) for i in record.item_ids]
+        item_ids = [_external_id(i, where) for i in record.item_ids]
         scores = [float(s) for s in record.scores]
         try:
             filters, profile = json.dumps(record.filters, default=str), json.dumps(record.profile, default=str)
         except (TypeError, ValueError) as err:
             raise RequestLogError(f"{where}: filters/profile must be JSON-serialisable: {err}") from err
-        row = (record.request_id, _to_us(record.ts, where), int(record.user_id), int(record.k),
+        row = (record.request_id, _to_us(record.ts, where), _external_id(record.user_id, where), int(record.k),
                int(bool(record.exclude_seen)), filters, profile, json.dumps(item_ids), json.dumps(scores),
                str(record.model_version), int(bool(record.degraded)), int(bool(record.cold_start)),
                float(record.latency_ms))
@@ -251,12 +268,12 @@ class RequestLog:
         self._write(self._request_statements(rows, recs), where)
         return len(rows)
 
-    def append_interaction(self, user_id: int, item_id: int, rating: float | None,
+    def append_interaction(self, user_id: int | str, item_id: int | str, rating: float | None,
                            event_timestamp: datetime | pd.Timestamp | str) -> None:
         """Log one user-item interaction (feedback) in one committed transaction."""
         where = f"interaction user {user_id} item {item_id}"
         rating_value = None if rating is None or pd.isna(rating) else float(rating)
-        row = (int(user_id), int(item_id), rating_value, _to_us(event_timestamp, where),
+        row = (_external_id(user_id, where), _external_id(item_id, where), rating_value, _to_us(event_timestamp, where),
                _to_us(datetime.now(UTC), where))
         self._write([("INSERT INTO interactions (user_id, item_id, rating, ts_us, logged_us) VALUES (?,?,?,?,?)",
                       row)], where)
@@ -272,7 +289,9 @@ class RequestLog:
         now = _to_us(datetime.now(UTC), "append_interactions")
         ratings = frame["rating"] if "rating" in frame.columns else pd.Series([None] * len(frame))
         columns = (frame["user_id"], frame["item_id"], ratings, ts.dt.tz_convert("UTC"))
-        rows = [(int(u), int(i), None if r is None or pd.isna(r) else float(r), int(t.value // 1000), now)
+        where = "append_interactions"
+        rows = [(_external_id(u, where), _external_id(i, where), None if r is None or pd.isna(r) else float(r),
+                 int(t.value // 1000), now)
                 for u, i, r, t in zip(*columns, strict=True)]
         self._write([("INSERT INTO interactions (user_id, item_id, rating, ts_us, logged_us) VALUES (?,?,?,?,?)",
                       rows)], "append_interactions")
@@ -304,7 +323,7 @@ class RequestLog:
         df = self._read("SELECT * FROM requests", since, until, "ts_us")
         df = df.sort_values(["ts_us", "request_id"]).reset_index(drop=True)
         out = pd.DataFrame({"request_id": df["request_id"].astype(str), "ts": _us_to_ts(df["ts_us"]),
-                            "user_id": df["user_id"].astype("int64"), "k": df["k"].astype("int64"),
+                            "user_id": _ids(df["user_id"]), "k": df["k"].astype("int64"),
                             "exclude_seen": df["exclude_seen"].astype(bool)})
         out["filters"] = [json.loads(v) for v in df["filters"]]
         out["profile"] = [json.loads(v) for v in df["profile"]]
@@ -324,7 +343,7 @@ class RequestLog:
         df = df.sort_values(["ts_us", "request_id", "rank"]).reset_index(drop=True)
         return pd.DataFrame({
             "request_id": df["request_id"].astype(str), "ts": _us_to_ts(df["ts_us"]),
-            "user_id": df["user_id"].astype("int64"), "item_id": df["item_id"].astype("int64"),
+            "user_id": _ids(df["user_id"]), "item_id": _ids(df["item_id"]),
             "rank": df["rank"].astype("int64"), "score": df["score"].astype("float64"),
             "model_version": df["model_version"].astype(str),
         })
@@ -334,6 +353,6 @@ class RequestLog:
         df = self._read("SELECT user_id, item_id, rating, ts_us, seq FROM interactions", since, until, "ts_us")
         df = df.sort_values(["ts_us", "seq"]).reset_index(drop=True)
         return pd.DataFrame({
-            "user_id": df["user_id"].astype("int64"), "item_id": df["item_id"].astype("int64"),
+            "user_id": _ids(df["user_id"]), "item_id": _ids(df["item_id"]),
             "rating": df["rating"].astype("float32"), "event_timestamp": _us_to_ts(df["ts_us"]),
         })

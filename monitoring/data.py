@@ -17,8 +17,9 @@ import pandas as pd
 
 from components.config import Config
 from components.errors import RecsysError
+from components.id_maps import ExternalIds, load_id_maps
 from components.request_log import RequestLog
-from components.schemas import INTERACTIONS, ITEMS, USERS, table_path
+from components.schemas import ID_MAPS, INTERACTIONS, ITEMS, USERS, table_path
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,28 @@ def load_embeddings(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | No
     return item_ids.astype(np.int64), matrix.astype(np.float32)
 
 
+def log_id_translators(config: Config, reference_dir: str | Path) -> tuple[ExternalIds, ExternalIds]:
+    """The id maps that turn the log's external ids into the canonical tables' keys: the committed maps
+    (the latest key space), else the reference data set's own."""
+    from components.ingest import id_maps_dir
+
+    types = {"user": config.dataset.user_id.type, "item": config.dataset.item_id.type}
+    folder = id_maps_dir(config)
+    if not (folder / "manifest.json").exists():
+        folder = Path(reference_dir) / ID_MAPS
+    maps = load_id_maps(folder, types)
+    return ExternalIds(maps["user"]), ExternalIds(maps["item"])
+
+
+def keyed(frame: pd.DataFrame, users: ExternalIds, items: ExternalIds) -> pd.DataFrame:
+    """A log frame with its external user_id / item_id replaced by keys (-1 for ids the maps lack)."""
+    out = frame.copy()
+    for column, ids in (("user_id", users), ("item_id", items)):
+        if column in out.columns:
+            out[column] = ids.keys(out[column]) if len(out) else out[column].astype("int64")
+    return out
+
+
 def load_monitoring_data(config: Config, reference_dir: str | Path, log_path: str | Path,
                          windows: Windows | None = None, embeddings_dir: str | Path | None = None,
                          **bounds: Stamp) -> MonitoringData:
@@ -172,16 +195,21 @@ def load_monitoring_data(config: Config, reference_dir: str | Path, log_path: st
         w = windows
         canonical = pd.read_parquet(table_path(reference_dir, INTERACTIONS))
         ref = reference_interactions(config, canonical, w.reference)
-        logged = log_.interactions_frame(since=w.baseline.start)
+        users_ids, item_ids = log_id_translators(config, reference_dir)
+
+        def log_frame(frame: pd.DataFrame) -> pd.DataFrame:
+            return keyed(frame, users_ids, item_ids)
+
+        logged = log_frame(log_.interactions_frame(since=w.baseline.start))
         data = MonitoringData(
             windows=w, reference_interactions=ref,
             reference_window=canonical[w.reference.mask(canonical["event_timestamp"])].reset_index(drop=True),
             users=pd.read_parquet(table_path(reference_dir, USERS)),
             items=pd.read_parquet(table_path(reference_dir, ITEMS)),
-            current_requests=log_.requests_frame(w.current.start, w.current.end),
-            current_recommendations=log_.recommendations_frame(w.current.start, w.current.end),
-            baseline_requests=log_.requests_frame(w.baseline.start, w.baseline.end),
-            baseline_recommendations=log_.recommendations_frame(w.baseline.start, w.baseline.end),
+            current_requests=log_frame(log_.requests_frame(w.current.start, w.current.end)),
+            current_recommendations=log_frame(log_.recommendations_frame(w.current.start, w.current.end)),
+            baseline_requests=log_frame(log_.requests_frame(w.baseline.start, w.baseline.end)),
+            baseline_recommendations=log_frame(log_.recommendations_frame(w.baseline.start, w.baseline.end)),
             current_interactions=logged[w.current.mask(logged["event_timestamp"])].reset_index(drop=True),
             outcome_interactions=logged,
             item_embeddings=load_embeddings(embeddings_dir) if embeddings_dir else champion_embeddings(config),

@@ -65,6 +65,12 @@ def interaction_features(interactions: pd.DataFrame, pop: pd.Series) -> pd.DataF
                          "item_popularity": interactions["item_id"].map(pop).fillna(0).to_numpy(dtype=np.float64)})
 
 
+def interaction_columns(schema: DatasetSchema) -> list[str]:
+    """Interaction drift columns: the rating only where feedback is an explicit rating (implicit events carry
+    none in the log), always the consumed item's reference popularity."""
+    return ["rating", "item_popularity"] if schema.feedback.kind == "explicit" else ["item_popularity"]
+
+
 def activity(interactions: pd.DataFrame, span: pd.Timedelta | None, end: pd.Timestamp | None = None) -> pd.DataFrame:
     """Interactions per active user per window of length `span` (the current window's length).
 
@@ -122,7 +128,7 @@ def drift_reports(data: MonitoringData, schema: DatasetSchema, settings: DriftSe
                       requesting_users(data.current_requests, data.users, schema), numeric, categorical, settings,
                       out_dir / "drift_user_features.html"),
         feature_drift("interaction_features", interaction_features(data.reference_interactions, pop),
-                      interaction_features(data.current_interactions, pop), ["rating", "item_popularity"], [],
+                      interaction_features(data.current_interactions, pop), interaction_columns(schema), [],
                       settings, out_dir / "drift_interaction_features.html"),
         feature_drift("user_activity", activity(data.reference_window, span, data.windows.reference.end),
                       activity(data.current_interactions, None), ["interactions_per_user"], [], settings,

@@ -3,8 +3,9 @@
 ingest -> validate -> features -> train -> evaluate -> [gate] -> compress -> deploy -> promote
 
 The gate is a KFP condition on evaluate's output: a candidate that does not beat the champion is
-neither compressed nor deployed. Cluster-only settings (GPU request, node selector, toleration,
-retries) are compiled in; the local runner ignores them.
+neither compressed nor deployed. Cluster-only settings (GPU request, node selector, toleration) are
+compiled in. No task has a KFP retry policy (it would re-run a data or configuration error too): the steps
+that talk to servers retry transient failures themselves (`components.errors.retry_transient`).
 """
 
 from collections.abc import Callable
@@ -62,10 +63,9 @@ def build_training_pipeline(kfp: Kfp, gpu: bool) -> Callable:
         validate.set_display_name("validate")
         validated = validate.outputs["validated"]
         features = mount_shared(images.task(features_op, config=config, canonical=validated))
-        features.set_display_name("features")
-        features.set_retry(2)
+        features.set_display_name("features")  # transient failures are retried inside the step, never bad data
         train = images.task(train_op, config=config, canonical=validated, examples=features.outputs["examples"])
-        train.set_display_name("train").set_retry(1)
+        train.set_display_name("train")
         if gpu:
             request_gpu(train)
         model = train.outputs["model"]
@@ -75,7 +75,7 @@ def build_training_pipeline(kfp: Kfp, gpu: bool) -> Callable:
             compress = images.task(compress_op, config=config, canonical=validated, model=model)
             compress.set_display_name("compress")
             deploy = mount_shared(images.task(deploy_op, config=config, bundle=compress.outputs["bundle"]))
-            deploy.set_display_name("deploy").set_caching_options(False).set_retry(2)
+            deploy.set_display_name("deploy").set_caching_options(False)
             promote = images.task(promote_op, config=config, model=model, decision=evaluate.outputs["decision"],
                                  deployment=deploy.outputs["deployment"])
             mount_shared(promote).set_display_name("promote champion").set_caching_options(False)

@@ -11,7 +11,8 @@ from recsys.common import console, errors_as_exit, state
 def compress(
     ctx: typer.Context,
     model: Path = typer.Option(..., "--model", help="Trained model directory (output of `recsys train`)."),
-    canonical: Path = typer.Option(Path("data/canonical"), "--canonical", help="Folder with the canonical tables."),
+    canonical: Path | None = typer.Option(
+        None, "--canonical", help="Folder with the canonical tables (default <data_dir>/canonical)"),
     out: Path = typer.Option(Path("artifacts/compress"), "--out",
                              help="Output folder: bundle/ (serving bundle), report/ (HTML, PNG, JSON), variants/."),
 ) -> None:
@@ -19,6 +20,7 @@ def compress(
     from components.compress import run_compress
 
     config = state(ctx).config
+    canonical = canonical or Path(config.paths.data_dir) / "canonical"
     with errors_as_exit():
         result = run_compress(config, canonical, model, out / "bundle", out / "report", work_dir=out / "variants")
     for name, m in result["variants"].items():

@@ -23,7 +23,8 @@ def fetch(ctx: typer.Context) -> None:
 @app.command()
 def ingest(
     ctx: typer.Context,
-    out: Path = typer.Option(Path("data/canonical"), help="Folder for interactions/users/items parquet."),
+    out: Path | None = typer.Option(
+        None, help="Folder for interactions/users/items parquet (default <data_dir>/canonical)"),
     interactions: Path | None = typer.Option(None, help="Your interactions CSV/parquet (instead of MovieLens)."),
     users: Path | None = typer.Option(None, help="Your users CSV/parquet."),
     items: Path | None = typer.Option(None, help="Your items CSV/parquet."),
@@ -35,6 +36,7 @@ def ingest(
     if interactions or users or items:
         st.overrides += ["data.source=files", f"data.interactions_path={interactions}",
                          f"data.users_path={users}", f"data.items_path={items}"]
+    out = out or Path(st.config.paths.data_dir) / "canonical"
     with errors_as_exit():
         counts = run_ingest(st.config, out)
     console.print(f"canonical tables in [bold]{out}[/]: {counts}")
@@ -43,14 +45,17 @@ def ingest(
 @app.command()
 def validate(
     ctx: typer.Context,
-    canonical: Path = typer.Option(Path("data/canonical"), help="Folder with the canonical tables."),
-    out: Path = typer.Option(Path("data/validated"), help="Where validated tables go (only if valid)."),
+    canonical: Path | None = typer.Option(None, help="Folder with the canonical tables (default <data_dir>/canonical)"),
+    out: Path | None = typer.Option(
+        None, help="Where validated tables go (only if valid) (default <data_dir>/validated)"),
     docs: Path = typer.Option(Path("artifacts/data_docs"), help="Data Docs site and summary.json."),
 ) -> None:
     """Run the Great Expectations gate; exits non-zero naming every failed expectation."""
     from components.validate import validate as run_validate
 
     config = state(ctx).config
+    canonical = canonical or Path(config.paths.data_dir) / "canonical"
+    out = out or Path(config.paths.data_dir) / "validated"
     with errors_as_exit():
         report = run_validate(config, canonical, out, docs)
     console.print(f"[green]valid[/]: {report.evaluated} expectations; Data Docs: [bold]{report.docs_index}[/]")

@@ -35,7 +35,7 @@ def demo(
     """Run the training pipeline on MovieLens-100K, then start the API and show a sample call."""
     from components.deploy import ensure_server
     from pipelines.runner import run_pipeline
-    from recsys.serve_api import api_url, sample_curl, start_api, stop_api
+    from recsys.serve_api import api_url, sample_curl, sample_request, start_api, stop_api
 
     config = state(ctx).config
     with errors_as_exit():
@@ -58,6 +58,6 @@ def demo(
         stop_api(config)
         pid = start_api(config, detach=True)
     console.rule(f"recommendation API on {api_url(config)} (pid {pid}; stop: recsys serve api-stop)")
-    body = {"user_id": 1, "k": 5, "filters": {"year_min": 1990}}
-    console.print(sample_curl(config, user_id=1, k=5), soft_wrap=True, markup=False)
+    body = sample_request(config)
+    console.print(sample_curl(config, body), soft_wrap=True, markup=False)
     console.print_json(json.dumps(_sample_call(api_url(config), body)))

@@ -12,13 +12,15 @@ from recsys.common import console, errors_as_exit, state
 def evaluate(
     ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Trained model directory (or baseline:ease|item-knn|most-popular)."),
-    canonical: Path = typer.Option(Path("data/canonical"), "--canonical", help="Folder with the canonical tables."),
+    canonical: Path | None = typer.Option(
+        None, "--canonical", help="Folder with the canonical tables (default <data_dir>/canonical)"),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default <artifacts>/evaluation/<time>)."),
 ) -> None:
     """Rank test targets over the whole catalogue; HR/NDCG/MRR/coverage with CIs, groups, cold start, gate."""
     from components.evaluate import BASELINE_PREFIX, baseline_candidate, run_evaluation
 
     config = state(ctx).config
+    canonical = canonical or Path(config.paths.data_dir) / "canonical"
     out = out or Path(config.paths.artifacts_dir) / "evaluation" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     with errors_as_exit():
         if model.startswith(BASELINE_PREFIX):

@@ -15,7 +15,7 @@ app = typer.Typer(help="Feast feature store: apply, materialize, online look-ups
 @app.command()
 def apply(
     ctx: typer.Context,
-    canonical: Path = typer.Option(Path("data/canonical"), help="Folder with the canonical tables."),
+    canonical: Path | None = typer.Option(None, help="Folder with the canonical tables (default <data_dir>/canonical)"),
     examples: Path | None = typer.Option(None, help="Also write the training examples (C1) to this folder."),
 ) -> None:
     """Compute the feature tables from the canonical tables and register the repository."""
@@ -23,6 +23,7 @@ def apply(
     from components.schemas import read_tables
 
     config = state(ctx).config
+    canonical = canonical or Path(config.paths.data_dir) / "canonical"
     with errors_as_exit():
         tables = read_tables(canonical)
         store = build_feature_store(config, tables)

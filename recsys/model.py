@@ -35,7 +35,8 @@ def _training_inputs(config, canonical: Path, examples: Path | None, interaction
 
 def train(
     ctx: typer.Context,
-    canonical: Path = typer.Option(Path("data/canonical"), help="Canonical tables (interactions/users/items)."),
+    canonical: Path | None = typer.Option(
+        None, help="Canonical tables (interactions/users/items) (default <data_dir>/canonical)"),
     examples: Path | None = typer.Option(None, help="Training examples (contract C1) from the features step."),
     interactions: Path | None = typer.Option(None, help="Any interactions CSV/parquet in the canonical schema."),
     users: Path | None = typer.Option(None, help="Users file (with --interactions; else from --canonical)."),
@@ -47,6 +48,7 @@ def train(
     from components.train import train_model
 
     config = state(ctx).config
+    canonical = canonical or Path(config.paths.data_dir) / "canonical"
     out = out or Path(config.paths.artifacts_dir) / "model"
     with errors_as_exit():
         canonical_dir, examples_dir = _training_inputs(config, canonical, examples, interactions, users, items,
@@ -59,7 +61,8 @@ def recommend(
     ctx: typer.Context,
     users: Path = typer.Option(..., help="CSV/parquet with a user_id column (profile columns optional)."),
     model: Path | None = typer.Option(None, help="Model directory (default <artifacts_dir>/model)."),
-    canonical: Path = typer.Option(Path("data/canonical"), help="Canonical tables: histories and profiles."),
+    canonical: Path | None = typer.Option(
+        None, help="Canonical tables: histories and profiles (default <data_dir>/canonical)"),
     k: int = typer.Option(10, help="Items per user."),
     exclude_seen: bool = typer.Option(True, "--exclude-seen/--include-seen", help="Skip items a user has seen."),
     out: Path = typer.Option(Path("recommendations.parquet"), help="Output .parquet or .csv."),
@@ -68,6 +71,7 @@ def recommend(
     from components.recommend import recommend as run_recommend
 
     config = state(ctx).config
+    canonical = canonical or Path(config.paths.data_dir) / "canonical"
     with errors_as_exit():
         recs = run_recommend(model or Path(config.paths.artifacts_dir) / "model", users, canonical, k, exclude_seen,
                              out)

@@ -19,7 +19,8 @@ def _windows(**bounds: str | None) -> dict[str, str]:
 @app.command()
 def report(
     ctx: typer.Context,
-    reference: Path = typer.Option(Path("data/canonical"), help="Canonical tables (the training reference)."),
+    reference: Path | None = typer.Option(
+        None, help="Canonical tables (the training reference) (default <data_dir>/canonical)"),
     log: Path | None = typer.Option(None, help="Request log (default: serving.request_log)."),
     out: Path | None = typer.Option(None, help="Report folder (default: monitoring.reports_dir/<timestamp>)."),
     embeddings: Path | None = typer.Option(None, help="Folder with item_ids.npy + item_embeddings.npy."),
@@ -36,6 +37,7 @@ def report(
     from components.monitor import run_monitoring
 
     config = state(ctx).config
+    reference = reference or Path(config.paths.data_dir) / "canonical"
     out = out or Path(config.monitoring.reports_dir) / pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S")
     with errors_as_exit():
         summary = run_monitoring(config, reference, log or config.serving.request_log, out, embeddings_dir=embeddings,

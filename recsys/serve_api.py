@@ -150,10 +150,37 @@ def stop_api(config: Config) -> bool:
     return running
 
 
-def sample_curl(config: Config, user_id: int = 1, k: int = 5) -> str:
+def sample_request(config: Config, k: int = 5) -> dict:
+    """A /recommend body for this data set: its first known user and a filter on its first filterable
+    attribute (two declared categories, or items at or above the catalogue's median)."""
+    import pandas as pd
+
+    from components.features import feature_data_dir
+    from components.id_maps import load_id_maps
+    from components.ingest import id_maps_dir
+
+    schema = config.dataset
+    users = load_id_maps(id_maps_dir(config), {"user": schema.user_id.type, "item": schema.item_id.type})["user"]
+    user = users.table["external_id"].iloc[0] if len(users) else (1 if schema.user_id.type == "int" else "u-1")
+    body: dict = {"user_id": user.item() if hasattr(user, "item") else user, "k": k}
+    for name, kind in schema.filterable.items():
+        attr = schema.item_attributes[name]
+        if kind == "membership" and attr.categories:
+            body["filters"] = {name: attr.categories[:2]}
+            break
+        metadata = feature_data_dir(config) / "item_metadata.parquet"
+        if kind == "range" and metadata.is_file():
+            median = pd.to_numeric(pd.read_parquet(metadata, columns=[name])[name], errors="coerce").median()
+            if median == median:
+                body["filters"] = {f"{name}_min": int(median) if float(median).is_integer() else float(median)}
+                break
+    return body
+
+
+def sample_curl(config: Config, body: dict | None = None) -> str:
     """A curl line that asks the running API for recommendations (printed by the demo)."""
-    body = json.dumps({"user_id": user_id, "k": k, "filters": {"year_min": 1990}})
-    return f"curl -s -X POST {api_url(config)}/recommend -H 'Content-Type: application/json' -d '{body}'"
+    payload = json.dumps(body or sample_request(config))
+    return f"curl -s -X POST {api_url(config)}/recommend -H 'Content-Type: application/json' -d '{payload}'"
 
 
 def register(app: typer.Typer) -> None:

@@ -27,7 +27,8 @@ SIMULATION_DEFAULTS = [
 def simulate(
     ctx: typer.Context,
     out: Path = typer.Option(Path("artifacts/simulation"), help="Folder for every artifact, store, log and report."),
-    tables: Path = typer.Option(Path("data/canonical"), help="Canonical MovieLens tables (ingested if missing)."),
+    tables: Path | None = typer.Option(
+        None, help="Canonical MovieLens tables (ingested if missing) (default <data_dir>/canonical)"),
     train_weeks: float = typer.Option(DEFAULTS.train_weeks, help="Weeks of data the first model is trained on."),
     serve_weeks: int = typer.Option(DEFAULTS.serve_weeks, help="Normal weeks served before the shift."),
     shift_weeks: int = typer.Option(DEFAULTS.shift_weeks, help="Weeks of shifted traffic (cohort + new items)."),
@@ -52,10 +53,10 @@ def simulate(
     st = state(ctx)
     with errors_as_exit():
         config = load_config(st.config_path, [*SIMULATION_DEFAULTS, *st.overrides])
-        if not (tables / "interactions.parquet").exists():
+        tables = tables or Path(config.paths.data_dir) / "canonical"
+        if not (tables / "interactions.parquet").exists():  # ingested beside the data, never into `out`
             from components.ingest import ingest
 
-            tables = out / "canonical"
             ingest(config, tables)
         settings = SimSettings(train_weeks=train_weeks, serve_weeks=serve_weeks, shift_weeks=shift_weeks,
                                events_per_week=events_per_week, events_per_user_week=events_per_user_week,

@@ -7,6 +7,7 @@ from components.config import (
     config_to_text,
     load_config,
     parse_overrides,
+    write_config,
 )
 
 
@@ -14,7 +15,7 @@ def test_defaults_are_the_documented_values():
     """Every key of components/defaults.yaml reaches the loaded config with the value written there."""
     import yaml
 
-    from components.config import DEFAULTS_PATH
+    from components.config import DEFAULTS_PATH, PROJECT_ROOT
 
     written = yaml.safe_load(DEFAULTS_PATH.read_text())
     dumped = load_config().dump()
@@ -23,9 +24,16 @@ def test_defaults_are_the_documented_values():
             continue
         for key, value in values.items():
             got = dumped[section][key]
+            if (section, key) == ("features", "repo_path"):  # project code: anchored at the project root
+                value = str(PROJECT_ROOT / value)
             assert got == value or str(got) == str(value), f"{section}.{key}: {got!r} != {value!r}"
     assert set(dumped) == set(written)
     assert load_config().dataset.name == "movielens-100k"
+
+
+def test_the_feature_repository_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (load_config().features.repo_path / "definitions.py").is_file()
 
 
 def test_file_then_overrides_layering(tmp_path):
@@ -71,3 +79,15 @@ def test_text_round_trip_and_absolute_paths(tmp_path):
     anchored = absolute_paths(config, tmp_path)
     assert anchored.paths.data_dir == tmp_path / "data"
     assert anchored.train.epochs == 2
+
+
+def test_a_declared_data_set_survives_the_round_trips_to_pipeline_steps(tmp_path):
+    """A step reloads the resolved config over the defaults: the default preset must not leak back in."""
+    from components.synth import SynthSpec, write_synthetic
+
+    paths = write_synthetic(SynthSpec(users=30, items=20, events=200, days=10), tmp_path / "shop")
+    config = load_config(paths["config"])
+    assert config.dataset.name == "synthetic-shop"
+    for again in (config_from_text(config_to_text(config)), load_config(write_config(config, tmp_path / "c.yaml"))):
+        assert again.dataset == config.dataset
+        assert "gender" not in again.dataset.user_attributes

@@ -34,6 +34,7 @@ def test_compiled_yaml_loads_back_and_names_every_component(tmp_path, name):
     assert yaml.safe_load(default)["train"]["epochs"] == 2
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {config.kfp.image, config.kfp.gpu_image}
+    assert "retryPolicy" not in path.read_text()  # KFP would retry bad data too; steps retry transient errors
 
 
 def test_gate_is_a_condition_and_gpu_is_requested_only_when_fine_tuning(tmp_path):

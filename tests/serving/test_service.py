@@ -19,7 +19,7 @@ import pytest
 
 from components.config import write_config
 from components.request_log import RequestLog
-from recsys.serve_api import sample_curl
+from recsys.serve_api import sample_curl, sample_request
 from serving import triton_repo as tr
 from serving.triton_client import encode_profile
 from tests.serving.conftest import free_port
@@ -198,10 +198,14 @@ def test_malformed_json_and_interactions_are_4xx(http):
 
 
 def test_sample_curl_line_works(stack):
-    line = sample_curl(stack.config, user_id=2, k=3)
-    proc = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=60, check=True)  # noqa: S602
+    body = sample_request(stack.config, k=3)
+    (attribute, low), = body["filters"].items()  # the planted items' year: a declared range filter
+    assert attribute == "year_min"
+    proc = subprocess.run(sample_curl(stack.config, body), shell=True, capture_output=True, text=True, timeout=60,
+                          check=True)  # noqa: S602
     data = json.loads(proc.stdout)
-    assert data["user_id"] == 2 and len(data["items"]) == 3 and all(i["year"] >= 1990 for i in data["items"])
+    assert data["user_id"] == body["user_id"] and len(data["items"]) == 3
+    assert all(i["year"] >= low for i in data["items"])
 
 
 def test_cli_serve_api_detached_and_stop(stack, tmp_path):
