@@ -17,7 +17,7 @@ import pandas as pd
 
 from components.config import Config
 from components.errors import RecsysError
-from components.request_log import RequestLog
+from components.request_log import RequestLog, is_postgres_url
 from components.schemas import INTERACTIONS, ITEMS, USERS, table_path
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def load_monitoring_data(config: Config, reference_dir: str | Path, log_path: st
     for table in (INTERACTIONS, USERS, ITEMS):
         if not table_path(reference_dir, table).exists():
             raise MonitoringError(f"canonical table '{table}' missing in {reference_dir}")
-    if not Path(log_path).exists():
+    if not is_postgres_url(log_path) and not Path(log_path).exists():
         raise MonitoringError(f"request log {log_path} does not exist")
     log_ = RequestLog(log_path)
     try:

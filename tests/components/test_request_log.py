@@ -206,3 +206,44 @@ def test_sigkill_during_group_commits_loses_no_acknowledged_request(log_target: 
     logged = set(log.requests_frame()["request_id"])
     assert set(acknowledged) <= logged, f"lost: {sorted(set(acknowledged) - logged)}"
     assert len(log.recommendations_frame()) == 2 * len(logged)
+
+
+def test_external_ids_round_trip_with_their_type(log_target: str) -> None:
+    with RequestLog(log_target) as log:
+        log.append_request(record(0, user=7))
+        assert log.requests_frame()["user_id"].dtype == "int64"  # all ids integers: int64 columns
+        assert log.recommendations_frame()["item_id"].dtype == "int64"
+        shop = record(1)
+        shop.user_id, shop.item_ids = "u-42", ["sku-1", "10", 10]
+        log.append_request(shop)
+        log.append_interaction("u-42", "sku-1", None, T0)
+        log.append_interactions(pd.DataFrame({"user_id": ["10", 10], "item_id": ["sku-2", "sku-3"],
+                                              "event_timestamp": pd.to_datetime([T0, T0], utc=True)}))
+        req = log.requests_frame()
+        assert list(req["user_id"]) == [7, "u-42"] and req["item_ids"].iloc[1] == ["sku-1", "10", 10]
+        recs = log.recommendations_frame(since=T0 + timedelta(minutes=1))
+        assert list(recs["item_id"]) == ["sku-1", "10", 10]  # "10" and 10 stay different ids
+        assert [type(v) for v in recs["item_id"]] == [str, str, int]
+        inter = log.interactions_frame()
+        assert list(inter["user_id"]) == ["u-42", "10", 10] and list(inter["item_id"]) == ["sku-1", "sku-2", "sku-3"]
+        for bad in (True, 1.5, "", None):
+            with pytest.raises(RequestLogError, match="id"):
+                log.append_interaction(bad, 1, None, T0)  # no coercion: bools and floats are not ids
+        assert len(log.interactions_frame()) == 3
+
+
+def test_prune_deletes_only_entries_past_retention(log_target: str) -> None:
+    now = T0 + timedelta(days=30)
+    with RequestLog(log_target) as log:
+        for day in (1, 10, 25, 29):
+            log.append_request(record(day, ts=T0 + timedelta(days=day)))
+            log.append_interaction(day, 5, 1.0, T0 + timedelta(days=day))
+        result = log.prune(timedelta(days=14), now=now)
+        assert (result.requests, result.recommendations, result.interactions) == (2, 6, 2)
+        assert result.cutoff == pd.Timestamp(T0 + timedelta(days=16))
+        assert list(log.requests_frame()["request_id"]) == ["r25", "r29"] and len(log.recommendations_frame()) == 6
+        assert list(log.interactions_frame()["user_id"]) == [25, 29]
+        assert log.prune(timedelta(days=14), now=now).requests == 0  # idempotent
+        log.append_request(record(30, ts=now))  # the log keeps working after a prune
+        with pytest.raises(RequestLogError, match="positive"):
+            log.prune(timedelta(0))
