@@ -38,6 +38,7 @@ from components.request_log import (
 )
 
 PASSWORD_ENV = "RECSYS_REQUEST_LOG_PASSWORD"
+PASSWORD_SECRET = "recsys-request-log-db"  # the cluster's Secret (key `password`), k8s/base/postgres.yaml
 PG_BIN_DIRS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
 _SCHEMA_LOCK = 0x5EC5_1061  # advisory lock: replicas starting together create the tables once
 
