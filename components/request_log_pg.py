@@ -124,17 +124,27 @@ class PostgresRequestLog(RequestLog):
         self.url = check_url(str(target))
         self._conn: Any = None
         try:
-            conn = self._writer()
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                for statement in _SCHEMA:
-                    conn.execute(statement)
+            self._create_schema(self._writer())
         except psycopg.Error as err:
             self._drop_writer()
             raise RequestLogError(f"cannot open request log {redact_url(self.url)}: {_first_line(err)}") from err
 
     def __repr__(self) -> str:
         return f"PostgresRequestLog({redact_url(self.url)!r})"
+
+    @staticmethod
+    def _create_schema(conn: Any) -> None:
+        """Create the tables once: skipped when they exist (DDL, even IF NOT EXISTS, would lock tables that
+        other writers are inserting into and could deadlock with them); serialised by an advisory lock."""
+        done = "SELECT to_regclass('request_log_commits_ts') IS NOT NULL"  # the last object the schema creates
+        if conn.execute(done).fetchone()[0]:
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            if conn.execute(done).fetchone()[0]:
+                return
+            for statement in _SCHEMA:
+                conn.execute(statement)
 
     # ---- connections --------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -172,7 +182,9 @@ class PostgresRequestLog(RequestLog):
 
     def _run(self, txn: uuid.UUID, requests: list[tuple], recs: list[tuple], interactions: list[tuple]) -> None:
         conn = self._writer()
-        with conn.transaction(), conn.cursor() as cur:
+        # pipeline mode: BEGIN, the inserts and COMMIT go out together (one round trip); leaving the block
+        # waits for every result, so COMMIT has succeeded when this returns
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
             cur.execute("INSERT INTO request_log_commits VALUES (%s, %s)", (txn, _now_us()))
             if requests:
                 cur.executemany(_INSERT_REQUEST, requests)

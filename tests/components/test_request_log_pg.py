@@ -85,6 +85,22 @@ def test_two_writer_processes_one_killed_lose_no_acknowledged_entry(pg_url: str)
         assert set(acknowledged) <= set(counts.index)
 
 
+def test_opening_the_log_does_not_wait_for_writers_in_flight(pg_url: str, postgres) -> None:
+    """A replica starting while others write: no DDL on existing tables (it would queue behind their
+    transactions, or deadlock with them)."""
+    RequestLog(pg_url).close()  # the schema exists
+    with psycopg.connect(pg_url, password=postgres.password) as writer:
+        writer.execute("INSERT INTO interactions (user_id, item_id, rating, ts_us, logged_us) "
+                       "VALUES ('1', '2', NULL, 0, 0)")  # a transaction in flight, holding its table locks
+        opened: list[RequestLog] = []
+        thread = threading.Thread(target=lambda: opened.append(RequestLog(pg_url)), daemon=True)
+        thread.start()
+        thread.join(timeout=10)
+        assert opened, "opening the log waited for another writer's transaction"
+        opened[0].close()
+        writer.rollback()
+
+
 def test_writer_reconnects_after_its_connection_is_killed(pg_url: str, postgres) -> None:
     with RequestLog(pg_url) as log:
         log.append_request(record(1))
