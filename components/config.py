@@ -262,11 +262,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_QUERY_PASSWORD = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
 
 
 def _redacted(value: Any) -> Any:
     """A rejected value as an error message may show it: passwords in URLs replaced by ***."""
-    return _URL_PASSWORD.sub(r"\1***@", value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", value))
 
 
 def _problems(err: ValidationError) -> str:

@@ -20,6 +20,7 @@ frames hold int64 id columns when every id is an integer. Timestamps are integer
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 from components.errors import RecsysError
+
+log = logging.getLogger(__name__)
 
 LogId = int | str
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -426,8 +429,12 @@ class SQLiteRequestLog(RequestLog):
             self._conn = self._connect()
             with self._conn:
                 self._conn.executescript(_SQLITE_SCHEMA)
+            declared = {row[1]: row[2] for row in self._conn.execute("PRAGMA table_info(requests)")}
         except sqlite3.Error as err:
             raise RequestLogError(f"cannot open request log {self.path}: {err}") from err
+        if declared.get("user_id", "").upper() == "INTEGER":
+            log.warning("request log %s was created before string ids: a string id of digits comes back as an "
+                        "int; start a new log file for data sets with string ids", self.path)
 
     def __repr__(self) -> str:
         return f"SQLiteRequestLog({str(self.path)!r})"

@@ -85,19 +85,19 @@ _INSERT_INTERACTION = f"INSERT INTO interactions ({', '.join(INTERACTION_COLUMNS
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for messages."""
+    """The URL with any password (user info or `password=` query parameter) replaced by ***, for messages."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    if parts.password is not None:
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}")
+    query = "&".join("password=***" if q.lower().startswith("password=") else q for q in parts.query.split("&"))
+    return urlunsplit(parts._replace(query=query))
 
 
 def check_url(url: str) -> str:
     """Refuse a log URL that carries a password (it would end up in a ConfigMap or a log line)."""
     parts = urlsplit(url)
     if parts.password is not None or "password" in parse_qs(parts.query):
-        raise RequestLogError(f"request log URL {redact_url(url).split('?')[0]} carries a password: remove it and "
+        raise RequestLogError(f"request log URL {redact_url(url)} carries a password: remove it and "
                               f"set {PASSWORD_ENV} (or PGPASSWORD) in the environment instead")
     return url
 
