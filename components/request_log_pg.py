@@ -40,6 +40,8 @@ from components.request_log import (
 PASSWORD_ENV = "RECSYS_REQUEST_LOG_PASSWORD"
 PASSWORD_SECRET = "recsys-request-log-db"  # the cluster's Secret (key `password`), k8s/base/postgres.yaml
 PG_BIN_DIRS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
+CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_S = 10  # per statement of the request path; the prune job lifts it for its deletes
 _SCHEMA_LOCK = 0x5EC5_1061  # advisory lock: replicas starting together create the tables once
 
 # Ids are JSONB so that ints and strings keep their type (5 and "5" differ).
@@ -150,9 +152,13 @@ class PostgresRequestLog(RequestLog):
     def _connect(self) -> Any:
         password = os.environ.get(PASSWORD_ENV)
         extra = {"password": password} if password else {}
-        return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10,
+        # a server that hangs must not hang the API: statements time out, dead peers are noticed by keepalives
+        # and the TCP user timeout (unacknowledged writes)
+        return self._psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                      application_name="recsys-request-log",
-                                     options="-c synchronous_commit=on", **extra)
+                                     options=f"-c synchronous_commit=on -c statement_timeout={STATEMENT_TIMEOUT_S}s",
+                                     keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                                     tcp_user_timeout=STATEMENT_TIMEOUT_S * 1000, **extra)
 
     def _writer(self) -> Any:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -228,6 +234,7 @@ class PostgresRequestLog(RequestLog):
         try:
             conn = self._writer()
             with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET LOCAL statement_timeout = 0")  # a large prune may take long; it only deletes
                 for sql in (f"DELETE FROM recommendations WHERE request_id IN ({old})",
                             "DELETE FROM requests WHERE ts_us < %s", "DELETE FROM interactions WHERE ts_us < %s",
                             "DELETE FROM request_log_commits WHERE committed_us < %s"):
