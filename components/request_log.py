@@ -323,7 +323,7 @@ class RequestLog:
         return PruneResult(cutoff.tz_convert("UTC"), requests, recs, interactions)
 
     # ---- reading ----------------------------------------------------------------------------------------
-    def _read(self, sql: str, since: Any, until: Any, column: str) -> list[tuple]:
+    def _read(self, sql: str, since: Any, until: Any, column: str, order: str) -> list[tuple]:
         clauses, params = [], []
         lo, hi = _bound_us(since, "since"), _bound_us(until, "until")
         if lo is not None:
@@ -334,11 +334,11 @@ class RequestLog:
             params.append(hi)
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        return self._select(sql, params)
+        return self._select(f"{sql} ORDER BY {order}", params)
 
     def requests_frame(self, since: Any = None, until: Any = None) -> pd.DataFrame:
         """Requests with since <= ts < until (the logged profile as a dict per request)."""
-        rows = sorted(self._read(SELECT_REQUESTS, since, until, "ts_us"), key=lambda r: (r[1], r[0]))
+        rows = self._read(SELECT_REQUESTS, since, until, "ts_us", "ts_us, request_id")
         cols = dict(zip(REQUEST_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {
             c: () for c in REQUEST_COLUMNS}
         out = pd.DataFrame({"request_id": pd.Series(cols["request_id"], dtype=object).astype(str),
@@ -355,7 +355,7 @@ class RequestLog:
 
     def recommendations_frame(self, since: Any = None, until: Any = None) -> pd.DataFrame:
         """Long format: request_id, ts, user_id, item_id, rank (1 = best), score, model_version."""
-        rows = sorted(self._read(SELECT_RECOMMENDATIONS, since, until, "q.ts_us"), key=lambda r: (r[1], r[0], r[4]))
+        rows = self._read(SELECT_RECOMMENDATIONS, since, until, "q.ts_us", "q.ts_us, r.request_id, r.rank")
         names = ("request_id", "ts_us", "user_id", "item_id", "rank", "score", "model_version")
         cols = dict(zip(names, zip(*rows, strict=True), strict=True)) if rows else {c: () for c in names}
         return pd.DataFrame({
@@ -367,7 +367,7 @@ class RequestLog:
 
     def interactions_frame(self, since: Any = None, until: Any = None) -> pd.DataFrame:
         """Logged interactions in the canonical shape (user_id, item_id, rating, event_timestamp)."""
-        rows = sorted(self._read(SELECT_INTERACTIONS, since, until, "ts_us"), key=lambda r: (r[3], r[4]))
+        rows = self._read(SELECT_INTERACTIONS, since, until, "ts_us", "ts_us, seq")
         names = ("user_id", "item_id", "rating", "ts_us", "seq")
         cols = dict(zip(names, zip(*rows, strict=True), strict=True)) if rows else {c: () for c in names}
         return pd.DataFrame({
