@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -136,7 +138,8 @@ class Serving(_Section):
     model_repository: Path
     api_port: int = Field(ge=1, le=65535)
     top_k: int = Field(ge=1, le=1000)
-    request_log: Path
+    request_log: Path | str  # an SQLite file, or a postgresql:// URL (no password in it) when replicas share it
+    request_log_retention_days: float = Field(gt=0.0)
     grpc_timeout_s: float = Field(gt=0.0)
     grpc_retries: int = Field(ge=0, le=10)
     triton_build_dir: Path
@@ -147,6 +150,19 @@ class Serving(_Section):
     tower_instances: int = Field(ge=1, le=64)
     ann_min_items: int = Field(ge=0)
     ann_ef_search: int = Field(ge=1, le=10_000)
+
+    @field_validator("request_log", mode="after")
+    @classmethod
+    def _log_target(cls, value: Path | str) -> Path | str:
+        """A postgresql:// URL stays a string (and must not carry a password); anything else is a path."""
+        text = str(value)
+        if not text.startswith(("postgresql://", "postgres://")):
+            return Path(value)
+        parts = urlsplit(text)
+        if parts.password is not None or "password=" in parts.query:
+            raise ValueError("the PostgreSQL URL carries a password: remove it and set RECSYS_REQUEST_LOG_PASSWORD "
+                             "(or PGPASSWORD) in the environment instead")
+        return text
 
 
 class Monitoring(_Section):
@@ -252,6 +268,22 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return nested
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_QUERY_PASSWORD = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
+
+
+def _redacted(value: Any) -> Any:
+    """A rejected value as an error message may show it: passwords in URLs replaced by ***."""
+    if not isinstance(value, str):
+        return value
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", value))
+
+
+def _problems(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {_redacted(e.get('input'))!r})"
+                     for e in err.errors())
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the file at `path` (or $RECSYS_CONFIG), then KEY=VALUE overrides; validated."""
     data = _read_yaml(DEFAULTS_PATH)
@@ -267,10 +299,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from err
+        raise ConfigError(f"invalid configuration: {_problems(err)}") from err
 
 
 def absolute_paths(config: Config, base: str | Path | None = None) -> Config:
@@ -302,7 +331,7 @@ def config_from_text(text: str) -> Config:
     try:
         return Config.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(f"invalid configuration: {err}") from err
+        raise ConfigError(f"invalid configuration: {_problems(err)}") from err
 
 
 def resolved(config: Config) -> dict[str, Any]:

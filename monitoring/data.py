@@ -18,7 +18,7 @@ import pandas as pd
 from components.config import Config
 from components.errors import RecsysError
 from components.id_maps import ExternalIds, load_id_maps
-from components.request_log import RequestLog
+from components.request_log import RequestLog, is_postgres_url
 from components.schemas import ID_MAPS, INTERACTIONS, ITEMS, USERS, table_path
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def load_monitoring_data(config: Config, reference_dir: str | Path, log_path: st
     for table in (INTERACTIONS, USERS, ITEMS):
         if not table_path(reference_dir, table).exists():
             raise MonitoringError(f"canonical table '{table}' missing in {reference_dir}")
-    if not Path(log_path).exists():
+    if not is_postgres_url(log_path) and not Path(log_path).exists():
         raise MonitoringError(f"request log {log_path} does not exist")
     log_ = RequestLog(log_path)
     try:

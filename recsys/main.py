@@ -4,7 +4,19 @@ from pathlib import Path
 
 import typer
 
-from recsys import compress_cmd, data, demo, evaluate_cmd, features, model, monitor, pipeline, serve, serve_api
+from recsys import (
+    compress_cmd,
+    data,
+    demo,
+    evaluate_cmd,
+    features,
+    log_cmd,
+    model,
+    monitor,
+    pipeline,
+    serve,
+    serve_api,
+)
 from recsys.common import State, setup_logging
 from recsys.simulate_cmd import simulate
 
@@ -38,6 +50,7 @@ app.add_typer(serve.app, name="serve")
 serve_api.register(serve.app)
 app.add_typer(serve.deploy_app, name="deploy")
 app.add_typer(monitor.app, name="monitor")
+app.add_typer(log_cmd.app, name="log")
 app.command("train")(model.train)
 app.command("recommend")(model.recommend)
 app.command("compress")(compress_cmd.compress)

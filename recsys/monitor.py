@@ -21,7 +21,8 @@ def report(
     ctx: typer.Context,
     reference: Path | None = typer.Option(
         None, help="Canonical tables (the training reference) (default <data_dir>/canonical)"),
-    log: Path | None = typer.Option(None, help="Request log (default: serving.request_log)."),
+    log: str | None = typer.Option(None, help="Request log, SQLite file or postgresql:// URL "
+                                               "(default: serving.request_log)."),
     out: Path | None = typer.Option(None, help="Report folder (default: monitoring.reports_dir/<timestamp>)."),
     embeddings: Path | None = typer.Option(None, help="Folder with item_ids.npy + item_embeddings.npy."),
     current_start: str | None = typer.Option(None, help=_WINDOW_HELP),

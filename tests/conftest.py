@@ -108,3 +108,40 @@ SOURCES = {"movielens": movielens_shaped_source, "shop": shop_source}
 def source_dataset(request, tmp_path) -> SourceDataset:
     """Each data set shape in turn (as Feast's universal tests run over every store)."""
     return SOURCES[request.param](tmp_path / request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throw-away PostgreSQL server for the session (skipped without Debian's postgresql); its password is
+    in the environment as the request log reads it, so child processes inherit it."""
+    from components.request_log import RequestLogError
+    from components.request_log_pg import PASSWORD_ENV, pg_bin, postgres_server
+
+    try:
+        pg_bin("initdb")
+    except RequestLogError as err:
+        pytest.skip(str(err))
+    before = os.environ.get(PASSWORD_ENV)
+    with postgres_server() as server:
+        os.environ[PASSWORD_ENV] = server.password
+        try:
+            yield server
+        finally:
+            if before is None:
+                os.environ.pop(PASSWORD_ENV, None)
+            else:
+                os.environ[PASSWORD_ENV] = before
+
+
+LOG_BACKENDS = [pytest.param("sqlite", id="sqlite"),
+                pytest.param("postgresql", id="postgresql", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=LOG_BACKENDS)
+def log_target(request, tmp_path) -> str:
+    """A fresh, empty request log of each backend in turn: an SQLite path, a PostgreSQL database URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "log.sqlite")
+    import uuid
+
+    return request.getfixturevalue("postgres").create_database(f"log_{uuid.uuid4().hex[:12]}")

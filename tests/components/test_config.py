@@ -91,3 +91,19 @@ def test_a_declared_data_set_survives_the_round_trips_to_pipeline_steps(tmp_path
     for again in (config_from_text(config_to_text(config)), load_config(write_config(config, tmp_path / "c.yaml"))):
         assert again.dataset == config.dataset
         assert "gender" not in again.dataset.user_attributes
+
+
+def test_request_log_is_a_path_or_a_postgres_url_without_password(tmp_path):
+    from pathlib import Path
+
+    assert load_config().serving.request_log == Path("artifacts/request_log.sqlite")
+    url = "postgresql://recsys@db.example:5432/recsys"
+    config = load_config(overrides=[f"serving.request_log={url}"])
+    assert config.serving.request_log == url and absolute_paths(config, tmp_path).serving.request_log == url
+    assert config_from_text(config_to_text(config)).serving.request_log == url
+    for leaky in ("postgresql://recsys:hunter2@db.example/recsys", "postgresql://db.example/recsys?password=hunter2"):
+        with pytest.raises(ConfigError, match="carries a password") as err:
+            load_config(overrides=[f"serving.request_log={leaky}"])
+        assert "hunter2" not in str(err.value)
+    with pytest.raises(ConfigError, match="request_log_retention_days"):
+        load_config(overrides=["serving.request_log_retention_days=0"])

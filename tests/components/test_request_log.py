@@ -1,4 +1,6 @@
-"""The request log (contract C6): round trip, windows, thread safety, and durability under SIGKILL."""
+"""The request log (contract C6): round trip, windows, ids, retention, thread safety, durability under SIGKILL.
+
+One suite over both backends (`log_target`: SQLite file, PostgreSQL database), as Feast's universal tests."""
 
 import os
 import signal
@@ -23,8 +25,8 @@ def record(i: int, user: int = 1, ts: datetime | None = None) -> RequestRecord:
                          cold_start=False, latency_ms=3.5)
 
 
-def test_round_trip_and_windows(tmp_path: Path) -> None:
-    with RequestLog(tmp_path / "log.sqlite") as log:
+def test_round_trip_and_windows(log_target: str) -> None:
+    with RequestLog(log_target) as log:
         for i in range(5):
             log.append_request(record(i, user=i % 2))
         log.append_interaction(1, 20, 4.0, T0 + timedelta(minutes=2))
@@ -46,26 +48,26 @@ def test_round_trip_and_windows(tmp_path: Path) -> None:
             log.append_request(record(1))  # request ids are unique
         with pytest.raises(RequestLogError, match="time zone"):
             log.append_interaction(1, 2, 3.0, datetime(2026, 1, 1))
-    assert RequestLog(tmp_path / "log.sqlite").requests_frame(since=T0 + timedelta(hours=1)).empty
+    assert RequestLog(log_target).requests_frame(since=T0 + timedelta(hours=1)).empty
 
 
-def test_mismatched_scores_are_refused(tmp_path: Path) -> None:
+def test_mismatched_scores_are_refused(log_target: str) -> None:
     bad = record(0)
     bad.scores = [1.0]
     with pytest.raises(RequestLogError, match="3 item_ids but 1 scores"):
-        RequestLog(tmp_path / "log.sqlite").append_request(bad)
+        RequestLog(log_target).append_request(bad)
 
 
-def test_batch_append_is_all_or_nothing(tmp_path: Path) -> None:
-    log = RequestLog(tmp_path / "log.sqlite")
+def test_batch_append_is_all_or_nothing(log_target: str) -> None:
+    log = RequestLog(log_target)
     assert log.append_requests([record(0), record(1)]) == 2
     with pytest.raises(RequestLogError, match="3 requests"):
         log.append_requests([record(2), record(3), record(1)])  # r1 exists: the whole batch is rolled back
     assert list(log.requests_frame()["request_id"]) == ["r0", "r1"] and len(log.recommendations_frame()) == 6
 
 
-def test_concurrent_writers(tmp_path: Path) -> None:
-    log = RequestLog(tmp_path / "log.sqlite")
+def test_concurrent_writers(log_target: str) -> None:
+    log = RequestLog(log_target)
 
     def write(start: int) -> None:
         for i in range(start, start + 50):
@@ -96,10 +98,9 @@ while True:
 """
 
 
-def test_sigkill_right_after_append_loses_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_sigkill_right_after_append_loses_nothing(log_target: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, log_target], stdout=subprocess.PIPE, text=True, env=env)
     acknowledged = []
     try:
         for line in child.stdout:
@@ -112,7 +113,7 @@ def test_sigkill_right_after_append_loses_nothing(tmp_path: Path) -> None:
         rest, _ = child.communicate(timeout=30)
     acknowledged += [line for line in rest.split() if line]
     assert child.returncode == -signal.SIGKILL
-    log = RequestLog(path)
+    log = RequestLog(log_target)
     logged = set(log.requests_frame()["request_id"])
     assert set(acknowledged) <= logged, f"lost: {sorted(set(acknowledged) - logged)}"
     inter = log.interactions_frame()
@@ -140,8 +141,8 @@ def _queued_behind_held_lock(log: RequestLog, records: list[RequestRecord]) -> t
     return threads, errors
 
 
-def test_concurrent_appends_are_group_committed(tmp_path: Path) -> None:
-    log = RequestLog(tmp_path / "log.sqlite")
+def test_concurrent_appends_are_group_committed(log_target: str) -> None:
+    log = RequestLog(log_target)
     with log._lock:  # a commit in progress: the next callers queue up behind it
         threads, errors = _queued_behind_held_lock(log, [record(i) for i in range(12)])
         assert all(t.is_alive() for t in threads)  # nobody returns before its entry is committed
@@ -149,13 +150,13 @@ def test_concurrent_appends_are_group_committed(tmp_path: Path) -> None:
         t.join(timeout=30)
     assert not errors and log.commits == 1  # twelve requests, one transaction
     # each entry is durable: a fresh connection (another process would see the same) reads all of them
-    assert sorted(RequestLog(tmp_path / "log.sqlite").requests_frame()["request_id"]) == sorted(
+    assert sorted(RequestLog(log_target).requests_frame()["request_id"]) == sorted(
         f"r{i}" for i in range(12))
     assert len(log.recommendations_frame()) == 36
 
 
-def test_bad_record_in_a_group_fails_alone(tmp_path: Path) -> None:
-    log = RequestLog(tmp_path / "log.sqlite")
+def test_bad_record_in_a_group_fails_alone(log_target: str) -> None:
+    log = RequestLog(log_target)
     log.append_request(record(1))
     with log._lock:
         threads, errors = _queued_behind_held_lock(log, [record(2), record(1), record(3)])
@@ -185,10 +186,9 @@ for t in range(6):
 """
 
 
-def test_sigkill_during_group_commits_loses_no_acknowledged_request(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite"
+def test_sigkill_during_group_commits_loses_no_acknowledged_request(log_target: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    child = subprocess.Popen([sys.executable, "-c", THREADED_CHILD, str(path)], stdout=subprocess.PIPE, text=True,
+    child = subprocess.Popen([sys.executable, "-c", THREADED_CHILD, log_target], stdout=subprocess.PIPE, text=True,
                              env=env)
     acknowledged = []
     try:
@@ -202,7 +202,48 @@ def test_sigkill_during_group_commits_loses_no_acknowledged_request(tmp_path: Pa
         rest, _ = child.communicate(timeout=30)
     acknowledged += [line for line in rest.split() if line]
     assert child.returncode == -signal.SIGKILL
-    log = RequestLog(path)
+    log = RequestLog(log_target)
     logged = set(log.requests_frame()["request_id"])
     assert set(acknowledged) <= logged, f"lost: {sorted(set(acknowledged) - logged)}"
     assert len(log.recommendations_frame()) == 2 * len(logged)
+
+
+def test_external_ids_round_trip_with_their_type(log_target: str) -> None:
+    with RequestLog(log_target) as log:
+        log.append_request(record(0, user=7))
+        assert log.requests_frame()["user_id"].dtype == "int64"  # all ids integers: int64 columns
+        assert log.recommendations_frame()["item_id"].dtype == "int64"
+        shop = record(1)
+        shop.user_id, shop.item_ids = "u-42", ["sku-1", "10", 10]
+        log.append_request(shop)
+        log.append_interaction("u-42", "sku-1", None, T0)
+        log.append_interactions(pd.DataFrame({"user_id": ["10", 10], "item_id": ["sku-2", "sku-3"],
+                                              "event_timestamp": pd.to_datetime([T0, T0], utc=True)}))
+        req = log.requests_frame()
+        assert list(req["user_id"]) == [7, "u-42"] and req["item_ids"].iloc[1] == ["sku-1", "10", 10]
+        recs = log.recommendations_frame(since=T0 + timedelta(minutes=1))
+        assert list(recs["item_id"]) == ["sku-1", "10", 10]  # "10" and 10 stay different ids
+        assert [type(v) for v in recs["item_id"]] == [str, str, int]
+        inter = log.interactions_frame()
+        assert list(inter["user_id"]) == ["u-42", "10", 10] and list(inter["item_id"]) == ["sku-1", "sku-2", "sku-3"]
+        for bad in (True, 1.5, "", None):
+            with pytest.raises(RequestLogError, match="id"):
+                log.append_interaction(bad, 1, None, T0)  # no coercion: bools and floats are not ids
+        assert len(log.interactions_frame()) == 3
+
+
+def test_prune_deletes_only_entries_past_retention(log_target: str) -> None:
+    now = T0 + timedelta(days=30)
+    with RequestLog(log_target) as log:
+        for day in (1, 10, 25, 29):
+            log.append_request(record(day, ts=T0 + timedelta(days=day)))
+            log.append_interaction(day, 5, 1.0, T0 + timedelta(days=day))
+        result = log.prune(timedelta(days=14), now=now)
+        assert (result.requests, result.recommendations, result.interactions) == (2, 6, 2)
+        assert result.cutoff == pd.Timestamp(T0 + timedelta(days=16))
+        assert list(log.requests_frame()["request_id"]) == ["r25", "r29"] and len(log.recommendations_frame()) == 6
+        assert list(log.interactions_frame()["user_id"]) == [25, 29]
+        assert log.prune(timedelta(days=14), now=now).requests == 0  # idempotent
+        log.append_request(record(30, ts=now))  # the log keeps working after a prune
+        with pytest.raises(RequestLogError, match="positive"):
+            log.prune(timedelta(0))

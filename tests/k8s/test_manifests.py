@@ -10,11 +10,13 @@ import copy
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from components.config import load_config
+from components.request_log_pg import PASSWORD_ENV, PASSWORD_SECRET
 from tests.k8s import policies as P
 
 OVERLAYS = ("overlays/local", "overlays/gpu")
@@ -61,6 +63,10 @@ def test_overlay_builds_with_every_part(overlay):
         ("Service", "feast"),
         ("StatefulSet", "redis"),
         ("Service", "redis"),
+        ("StatefulSet", "postgres"),
+        ("Service", "postgres"),
+        ("Secret", "recsys-request-log-db"),
+        ("CronJob", "recsys-log-prune"),
         ("CronJob", "recsys-monitoring"),
         ("PyTorchJob", "recsys-finetune"),
         ("ServiceAccount", "recsys-pipeline-runner"),
@@ -179,12 +185,27 @@ def test_cluster_config_is_a_valid_project_config(overlay, tmp_path):
     redis_host, redis_port = config.features.redis_connection.split(",")[0].rsplit(":", 1)
     assert service_port(objs, redis_host, int(redis_port)) == "redis"
     api = container(by_kind(objs, "Deployment")["recsys-api"], "api")
-    assert {e["name"]: e["value"] for e in api["env"]}["RECSYS_CONFIG"] == "/etc/recsys/config.yaml"
+    assert {e["name"]: e.get("value") for e in api["env"]}["RECSYS_CONFIG"] == "/etc/recsys/config.yaml"
     assert str(config.serving.api_port) == api["command"][api["command"].index("--port") + 1]
+    # The replicas share a PostgreSQL request log: the URL names the Service, its password is not in the ConfigMap
+    # but in the Secret that every reader and writer of the log gets as RECSYS_REQUEST_LOG_PASSWORD.
+    log_url = urlsplit(str(config.serving.request_log))
+    assert log_url.scheme == "postgresql" and log_url.password is None
+    assert service_port(objs, log_url.hostname, log_url.port) == "postgres"
+    secret = by_kind(objs, "Secret")[PASSWORD_SECRET]
+    assert "password" in secret["data"] and secret["metadata"]["namespace"] == NAMESPACE
+    pg = container(by_kind(objs, "StatefulSet")["postgres"], "postgres")
+    pg_env = {e["name"]: e for e in pg["env"]}
+    assert pg_env["POSTGRES_USER"]["value"] == log_url.username and pg_env["POSTGRES_DB"]["value"] == log_url.path[1:]
+    assert pg_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": PASSWORD_SECRET, "key": "password"}
+    for kind, name, c in (("Deployment", "recsys-api", "api"), ("CronJob", "recsys-monitoring", "monitoring"),
+                          ("CronJob", "recsys-log-prune", "prune")):
+        env = {e["name"]: e for e in container(by_kind(objs, kind)[name], c)["env"]}
+        assert env[PASSWORD_ENV]["valueFrom"]["secretKeyRef"] == {"name": PASSWORD_SECRET, "key": "password"}, name
+    assert container(by_kind(objs, "CronJob")["recsys-log-prune"], "prune")["command"] == ["recsys", "log", "prune"]
     # Paths the pods write to are on the artifacts volume, mounted at /var/lib/recsys.
     for p in (
         config.paths.artifacts_dir,
-        config.serving.request_log,
         config.monitoring.reports_dir,
         config.serving.model_repository,
         config.features.data_dir,
@@ -212,6 +233,9 @@ FLOWS_ALLOWED = [
     ("Feast -> Redis", ("Deployment", "feast"), ("StatefulSet", "redis"), 6379),
     ("monitoring job -> Redis", ("CronJob", "recsys-monitoring"), ("StatefulSet", "redis"), 6379),
     ("monitoring job -> Triton HTTP", ("CronJob", "recsys-monitoring"), ("Deployment", "triton"), 8000),
+    ("API -> request log", ("Deployment", "recsys-api"), ("StatefulSet", "postgres"), 5432),
+    ("monitoring job -> request log", ("CronJob", "recsys-monitoring"), ("StatefulSet", "postgres"), 5432),
+    ("prune job -> request log", ("CronJob", "recsys-log-prune"), ("StatefulSet", "postgres"), 5432),
     ("DDP master -> worker", ("PyTorchJob", "recsys-finetune", "Master"), ("PyTorchJob", "recsys-finetune", "Worker"),
      23456),
 ]  # fmt: skip
@@ -220,6 +244,9 @@ FLOWS_DENIED = [
     ("Triton -> Redis", ("Deployment", "triton"), ("StatefulSet", "redis"), 6379),
     ("API -> Triton metrics", ("Deployment", "recsys-api"), ("Deployment", "triton"), 8002),
     ("Redis -> API", ("StatefulSet", "redis"), ("Deployment", "recsys-api"), 3000),
+    ("Feast -> request log", ("Deployment", "feast"), ("StatefulSet", "postgres"), 5432),
+    ("Triton -> request log", ("Deployment", "triton"), ("StatefulSet", "postgres"), 5432),
+    ("prune job -> Redis", ("CronJob", "recsys-log-prune"), ("StatefulSet", "redis"), 6379),
     ("API -> fine-tuning pods", ("Deployment", "recsys-api"), ("PyTorchJob", "recsys-finetune", "Master"), 23456),
 ]
 OUTSIDE = {
@@ -252,6 +279,8 @@ def test_network_policies_allow_exactly_the_platform_flows(overlay):
     assert P.flow_allowed(objs, OUTSIDE["client"], api, 3000)
     assert not P.flow_allowed(objs, OUTSIDE["client"], triton, 8001)
     assert not P.flow_allowed(objs, OUTSIDE["client"], redis, 6379)
+    assert not P.flow_allowed(objs, OUTSIDE["client"], pod(objs, "StatefulSet", "postgres"), 5432)
+    assert P.flow_allowed(objs, OUTSIDE["kfp-component"], pod(objs, "StatefulSet", "postgres"), 5432)
     assert P.flow_allowed(objs, OUTSIDE["kfp-component"], triton, 8000)
     assert P.flow_allowed(objs, OUTSIDE["kfp-component"], redis, 6379)
     kfp_here = (NAMESPACE, OUTSIDE["kfp-component"][1])  # pipelines run in this namespace (multi-user Kubeflow)

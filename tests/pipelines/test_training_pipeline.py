@@ -138,3 +138,15 @@ def test_local_run_stops_at_the_gate_on_bad_data(tmp_path):
     assert len(runs) == 1
     assert not (runs[0] / "validate-op" / "validated").exists()
     assert {p.name for p in runs[0].iterdir()} == {"ingest-op", "validate-op"}  # no downstream task ran
+
+
+def test_monitoring_step_gets_the_request_log_password_from_the_secret(tmp_path):
+    from components.request_log_pg import PASSWORD_ENV, PASSWORD_SECRET
+
+    _, platform = yaml.safe_load_all(compile_pipeline("monitoring", load_config(), tmp_path).read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    monitor = next(e for name, e in executors.items() if "monitor-op" in name)
+    [secret] = monitor["secretAsEnv"]
+    assert secret["secretName"] == PASSWORD_SECRET and secret["optional"] is True
+    assert secret["keyToEnv"] == [{"secretKey": "password", "envVar": PASSWORD_ENV}]
+    assert "CHANGE-ME" not in str(platform)  # the pipeline names the Secret, never holds the password

@@ -20,7 +20,8 @@ def _command_paths(group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]
 def test_every_command_has_help():
     root = typer.main.get_command(app)
     paths = _command_paths(root)
-    assert {("data", "ingest"), ("data", "validate"), ("pipeline", "compile"), ("pipeline", "run")} <= set(paths)
+    assert {("data", "ingest"), ("data", "validate"), ("pipeline", "compile"), ("pipeline", "run"),
+            ("log", "prune")} <= set(paths)
     for path in paths:
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
@@ -42,3 +43,24 @@ def test_submit_to_a_dead_host_fails_fast_and_clearly():
     assert result.exit_code == 1
     assert "KFP host http://127.0.0.1:1 does not answer" in " ".join(result.output.split())
     assert time.monotonic() - started < 1.0
+
+
+def test_log_prune_applies_the_configured_retention(log_target):
+    from datetime import UTC, datetime, timedelta
+
+    from components.request_log import RequestLog
+    from tests.components.test_request_log import record
+
+    now = datetime.now(UTC)
+    with RequestLog(log_target) as log:
+        log.append_requests([record(1, ts=now - timedelta(days=10)), record(2, ts=now - timedelta(days=1))])
+        log.append_interaction("u-1", "sku-1", None, now - timedelta(days=30))
+    args = ["--set", f"serving.request_log={log_target}", "--set", "serving.request_log_retention_days=7"]
+    result = runner.invoke(app, [*args, "log", "prune"])
+    assert result.exit_code == 0, result.output
+    assert '"requests": 1' in result.output and '"interactions": 1' in result.output
+    with RequestLog(log_target) as log:
+        assert list(log.requests_frame()["request_id"]) == ["r2"] and log.interactions_frame().empty
+    assert runner.invoke(app, [*args, "log", "prune", "--days", "0.5"]).exit_code == 0
+    with RequestLog(log_target) as log:
+        assert log.requests_frame().empty

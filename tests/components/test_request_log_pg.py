@@ -1,0 +1,154 @@
+"""PostgreSQL-only behaviour of the request log: several writer processes on one database (one killed -9),
+reconnection, transactions whose COMMIT outcome is unknown, and the password kept out of URLs and messages."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from components.config import ConfigError, load_config
+from components.request_log import RequestLog, RequestLogError
+from components.request_log_pg import PASSWORD_ENV, PostgresRequestLog, redact_url
+from tests.components.test_request_log import record
+
+pytestmark = pytest.mark.integration
+
+WRITER = """
+import sys, threading
+from datetime import UTC, datetime
+from components.request_log import RequestLog, RequestRecord
+log = RequestLog(sys.argv[1])
+name = sys.argv[2]
+out = threading.Lock()
+def write(t):
+    i = 0
+    while True:
+        rid = f"{name}-{t}-{i}"
+        log.append_request(RequestRecord(rid, datetime.now(UTC), rid, 2, True, {}, {}, ["a", 2], [0.2, 0.1],
+                                         "v1", False, False, 1.0))
+        log.append_interaction(rid, 7, 5.0, datetime.now(UTC))
+        with out:
+            print(rid, flush=True)  # acknowledged: both appends returned
+        i += 1
+        if i == int(sys.argv[3]):
+            return
+for t in range(4):
+    threading.Thread(target=write, args=(t,)).start()
+"""
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    import uuid
+
+    return postgres.create_database(f"log_{uuid.uuid4().hex[:12]}")
+
+
+def test_two_writer_processes_one_killed_lose_no_acknowledged_entry(pg_url: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    victim = subprocess.Popen([sys.executable, "-c", WRITER, pg_url, "A", "1000000"], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    survivor = subprocess.Popen([sys.executable, "-c", WRITER, pg_url, "B", "60"], stdout=subprocess.PIPE,
+                                text=True, env=env)
+    acknowledged: list[str] = []
+    reader = threading.Thread(target=lambda: acknowledged.extend(line.strip() for line in survivor.stdout))
+    reader.start()
+    try:
+        for line in victim.stdout:
+            acknowledged.append(line.strip())
+            if sum(a.startswith("A-") for a in acknowledged) >= 120:
+                victim.send_signal(signal.SIGKILL)  # killed while its four threads and the other process write
+                break
+    finally:
+        victim.kill()
+        rest, _ = victim.communicate(timeout=30)
+        survivor.wait(timeout=60)
+        reader.join(timeout=30)
+    acknowledged += [line for line in rest.split() if line]
+    assert victim.returncode == -signal.SIGKILL and survivor.returncode == 0
+    assert sum(a.startswith("B-") for a in acknowledged) == 240  # the other writer went on to its end
+    with RequestLog(pg_url) as log:
+        requests, inter = log.requests_frame(), log.interactions_frame()
+        assert requests["request_id"].is_unique
+        logged = set(requests["request_id"])
+        assert set(acknowledged) <= logged, f"lost: {sorted(set(acknowledged) - logged)}"
+        assert len(log.recommendations_frame()) == 2 * len(logged)  # no half-written request
+        counts = inter["user_id"].value_counts()
+        assert counts.max() == 1  # no interaction twice
+        assert set(acknowledged) <= set(counts.index)
+
+
+def test_opening_the_log_does_not_wait_for_writers_in_flight(pg_url: str, postgres) -> None:
+    """A replica starting while others write: no DDL on existing tables (it would queue behind their
+    transactions, or deadlock with them)."""
+    RequestLog(pg_url).close()  # the schema exists
+    with psycopg.connect(pg_url, password=postgres.password) as writer:
+        writer.execute("INSERT INTO interactions (user_id, item_id, rating, ts_us, logged_us) "
+                       "VALUES ('1', '2', NULL, 0, 0)")  # a transaction in flight, holding its table locks
+        opened: list[RequestLog] = []
+        thread = threading.Thread(target=lambda: opened.append(RequestLog(pg_url)), daemon=True)
+        thread.start()
+        thread.join(timeout=10)
+        assert opened, "opening the log waited for another writer's transaction"
+        opened[0].close()
+        writer.rollback()
+
+
+def test_writer_reconnects_after_its_connection_is_killed(pg_url: str, postgres) -> None:
+    with RequestLog(pg_url) as log:
+        log.append_request(record(1))
+        with psycopg.connect(postgres.url(), password=postgres.password, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'recsys-request-log'")
+        log.append_request(record(2))  # the broken writer connection is replaced
+        assert list(log.requests_frame()["request_id"]) == ["r1", "r2"]
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["lost-after-commit", "lost-before-commit"])
+def test_unknown_commit_outcome_is_resolved_without_loss_or_duplicate(pg_url: str, committed: bool,
+                                                                      monkeypatch) -> None:
+    log = RequestLog(pg_url)
+    real_run, calls = PostgresRequestLog._run, []
+
+    def flaky_run(self, txn, *params):
+        calls.append(txn)
+        if len(calls) == 1:
+            if committed:
+                real_run(self, txn, *params)  # the commit went through, then the connection broke
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real_run(self, txn, *params)
+
+    monkeypatch.setattr(PostgresRequestLog, "_run", flaky_run)
+    log.append_request(record(1))  # acknowledged: found committed, or retried once under the same marker
+    assert len(calls) == (1 if committed else 2) and len(set(calls)) == 1
+    calls.clear()
+    log.append_interaction("u", "i", None, datetime.now(UTC))
+    assert len(calls) == (1 if committed else 2)
+    monkeypatch.undo()
+    assert list(log.requests_frame()["request_id"]) == ["r1"] and len(log.recommendations_frame()) == 3
+    assert len(log.interactions_frame()) == 1
+    log.close()
+
+
+def test_password_never_in_the_url_nor_in_messages(postgres, monkeypatch) -> None:
+    secret = "s3cret-" + str(time.time_ns())
+    with_password = f"postgresql://recsys:{secret}@127.0.0.1:{postgres.port}/postgres"
+    with pytest.raises(RequestLogError, match="carries a password") as err:
+        RequestLog(with_password)
+    assert secret not in str(err.value) and redact_url(with_password).count("***") == 1
+    with pytest.raises(ConfigError, match="password") as err:
+        load_config(overrides=[f"serving.request_log={with_password}"])
+    assert secret not in str(err.value)
+    monkeypatch.setenv(PASSWORD_ENV, secret)  # a wrong password from the environment: refused, not printed
+    with pytest.raises(RequestLogError, match="password authentication failed") as err:
+        RequestLog(postgres.url())
+    assert secret not in str(err.value)
+    config = load_config(overrides=[f"serving.request_log={postgres.url()}"])
+    assert config.serving.request_log == postgres.url()  # a URL stays a URL (not a Path)

@@ -1,0 +1,66 @@
+"""Two API processes writing one PostgreSQL request log under load, one killed -9: every acknowledged request
+is logged once with all its ranked items, and the other process goes on answering and logging."""
+
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from components.request_log import RequestLog
+from recsys.serve_api import api_url, start_api, stop_pid
+from tests.serving.conftest import free_port
+from tests.serving.service_stack import build_stack
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_apis_share_a_postgres_log_and_a_kill_9_loses_nothing(tmp_path, bundles, postgres):
+    log_url = postgres.create_database(f"api_{uuid.uuid4().hex[:12]}")
+    stack = build_stack(tmp_path / "stack", bundles["a"], overrides={"serving.request_log": log_url})
+    other = stack.config.model_copy(deep=True)
+    other.serving.api_port = free_port()
+    other_pid = None
+    acked: dict[str, list[str]] = {"killed": [], "survivor": []}
+    stop, killed_at = threading.Event(), {}
+    try:
+        other_pid = start_api(other, detach=False)
+
+        def client(name: str, base: str, user_id: int) -> None:
+            with httpx.Client(base_url=base, timeout=10) as http:
+                while not stop.is_set():
+                    try:
+                        resp = http.post("/recommend", json={"user_id": user_id, "k": 5})
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    if resp.status_code == 200:
+                        acked[name].append(resp.json()["request_id"])
+
+        threads = [threading.Thread(target=client, args=(name, base, user))
+                   for name, base in (("killed", stack.url), ("survivor", api_url(other))) for user in (1, 2, 3)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while min(len(a) for a in acked.values()) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stack.kill_api()  # SIGKILL to one API (server and worker) while both write the log
+        killed_at["survivor"] = len(acked["survivor"])
+        time.sleep(1.0)  # the other API keeps answering (and logging) alone
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert len(acked["killed"]) >= 30 and len(acked["survivor"]) > killed_at["survivor"]
+        with RequestLog(log_url) as log:
+            requests = log.requests_frame()
+            per_request = log.recommendations_frame().groupby("request_id").size()
+        assert requests["request_id"].is_unique
+        every = acked["killed"] + acked["survivor"]
+        missing = set(every) - set(requests["request_id"])
+        assert not missing, f"{len(missing)} acknowledged requests lost"
+        assert all(per_request[r] == 5 for r in every), "each logged request keeps all its ranked items"
+    finally:
+        stop.set()
+        if other_pid is not None:
+            stop_pid(other_pid)
+        stack.stop()
