@@ -88,8 +88,9 @@ def test_plan_holds_the_cohort_and_new_items_out_of_training(movielens_canonical
 def test_replay_detects_the_shift_and_retrains_once(movielens_canonical, tmp_path):
     tables_dir = tmp_path / "tables"
     _tiny_tables(movielens_canonical, tables_dir)
-    # a model this small is noisy from run to run: the retrain's gate (candidate vs the registry champion, both
-    # re-evaluated on the data up to now) lets a candidate within 30% of the champion through
+    # a 3-epoch model's quality is noise (NDCG@10 ~0.03 here, and which of two such models wins flips with the
+    # initialisation): this test is about the loop's mechanics, so the retrain's gate (candidate vs the registry
+    # champion) is open; the loop's quality is measured at full size by `recsys simulate` (README)
     config = load_config(None, [*SIMULATION_DEFAULTS, "train.epochs=3", "model.embedding_dim=16",
                                 "evaluate.gate_min_improvement=-0.3",
                                 "model.max_seq_len=10", "evaluate.bootstrap_samples=10",

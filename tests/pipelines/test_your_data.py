@@ -56,6 +56,9 @@ def test_the_shop_runs_end_to_end_from_its_declaration(tmp_path):
         items = pd.read_parquet(table_path(tasks["validate-op"]["validated"], ITEMS))
         category = items["category"].value_counts().index[0]
         with httpx.Client(base_url=api_url(config), timeout=30) as http:
+            openapi = http.get("/docs.json").text  # the declared fields are the documented fields
+            assert all(f'"{name}"' in openapi for name in ("category", "price_min", "price_max", "segment", "brand"))
+            assert '"genres"' not in openapi and '"occupation"' not in openapi
             # a filter on the shop's own attributes, answered with its own ids and displayed fields
             body = http.post("/recommend", json={"user_id": users.iloc[0], "k": 5,
                                                  "filters": {"category": [category], "price_max": 500}})
