@@ -132,7 +132,8 @@ def main() -> dict:
     for name, row in table.items():
         n, h, d = row["ndcg@10"], row["hr@10"], row["model_minus_baseline_ndcg@10"]
         params = ", ".join(f"{k}={v:g}" for k, v in row["params"].items())
-        print(f"| {name} ({params}) | {n['value']:.4f} ({n['low']:.4f}-{n['high']:.4f}) | {h['value']:.4f} "
+        label = f"{name} ({params})" if params else name
+        print(f"| {label} | {n['value']:.4f} ({n['low']:.4f}-{n['high']:.4f}) | {h['value']:.4f} "
               f"({h['low']:.4f}-{h['high']:.4f}) | {row['model_ndcg@10_ratio']:.2f}x | "
               f"{d['low']:+.4f}..{d['high']:+.4f} |")
     return result
