@@ -1,4 +1,4 @@
-"""Ranking-quality benchmark: most-popular, item-kNN and EASE (and optionally a trained model) on one split.
+"""Ranking-quality benchmark: most-popular, item-kNN, EASE, ALS, SASRec-CE (optionally a trained model), one split.
 
 Runs the real evaluation step (temporal leave-last-out, full-catalogue ranking, bootstrap CIs, cold start) on the
 canonical tables; the candidate is a trained model directory, or EASE when none is given.

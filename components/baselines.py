@@ -4,15 +4,21 @@
 - item-kNN: cosine similarity between item columns of the user-item matrix, each item keeping its `neighbours`
   most similar items; a user's score for item j is the summed similarity of j to the user's history items.
 - EASE (Steck, 2019): B = I - P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0; score = x_u B.
+- ALS (Hu, Koren & Volinsky, 2008) from `implicit`, one thread: item factors learned on the training matrix, a
+  user's factors solved from their history at scoring time (so validation and test rows count); score = x_u . y_i.
+- SASRec with full-softmax cross-entropy (components/sasrec.py), early-stopped on validation.
 
 Items that were not in the training data cannot be scored by these models; they get UNSEEN_SCORE (below every
-real score). Neighbourhood size and lambda are tuned on the validation split (`fit_baselines`).
+real score). Neighbourhood size, lambda and the ALS grid are tuned on the validation split, SASRec's epochs
+stopped early on it (`fit_baselines`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from itertools import product
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +28,9 @@ from components.errors import RecsysError
 from components.metrics import per_user_metrics, rank_targets
 from components.recommender import Recommender, catalogue_positions
 from components.splits import Split, histories
+
+if TYPE_CHECKING:
+    from components.config import ALSSettings, Config, SASRecSettings
 
 log = logging.getLogger(__name__)
 UNSEEN_SCORE = np.float32(-1e30)
@@ -133,6 +142,46 @@ class EASE(_ItemIndex):
         return self._to_catalogue(np.asarray(self._history_matrix(histories) @ self.weights), catalogue)
 
 
+class ALS(_ItemIndex):
+    """Implicit-feedback matrix factorisation (`implicit`'s ALS on the CPU), users folded in from their history."""
+
+    name = "als"
+
+    def __init__(self, factors: int = 64, regularization: float = 1.0, iterations: int = 15, alpha: float = 1.0,
+                 seed: int = 0, num_threads: int = 1) -> None:
+        if factors < 1 or iterations < 1 or regularization <= 0 or alpha <= 0 or num_threads < 1:
+            raise BaselineError(f"als: need factors >= 1, iterations >= 1, regularization > 0, alpha > 0 and "
+                                f"num_threads >= 1; got {factors}, {iterations}, {regularization}, {alpha}, "
+                                f"{num_threads}")
+        self.factors, self.regularization, self.iterations, self.alpha = factors, regularization, iterations, alpha
+        self.seed, self.num_threads = seed, num_threads
+
+    def fit(self, train: pd.DataFrame) -> ALS:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+
+        x = self._index(train).astype(np.float32)
+        self.model = AlternatingLeastSquares(factors=self.factors, regularization=self.regularization,
+                                             alpha=self.alpha, iterations=self.iterations, random_state=self.seed,
+                                             num_threads=self.num_threads)
+        with threadpool_limits(self.num_threads):
+            self.model.fit(x, show_progress=False)
+        self.params = {"factors": float(self.factors), "regularization": float(self.regularization),
+                       "iterations": float(self.iterations), "alpha": float(self.alpha)}
+        return self
+
+    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
+        from threadpoolctl import threadpool_limits
+
+        x = self._history_matrix(histories).astype(np.float32)
+        with threadpool_limits(self.num_threads):
+            factors = self.model.recalculate_user(np.arange(len(histories)), x) if len(histories) else \
+                np.zeros((0, self.factors), dtype=np.float32)
+        scores = np.asarray(factors, dtype=np.float32) @ np.asarray(self.model.item_factors, dtype=np.float32).T
+        scores[np.asarray(x.sum(axis=1)).ravel() == 0] = 0.0  # no known history: no preference
+        return self._to_catalogue(scores, catalogue)
+
+
 def user_frame(user_ids: np.ndarray, users: pd.DataFrame | None) -> pd.DataFrame:
     """One row per user id (in order) with the profile columns; NaN where the user is unknown."""
     ids = pd.DataFrame({"user_id": np.asarray(user_ids, dtype=np.int64)})
@@ -165,10 +214,17 @@ def fit_baselines(
     knn_neighbours: Sequence[int] = (20, 50, 100, 200),
     ease_lambdas: Sequence[float] = (100.0, 250.0, 500.0, 1000.0),
     metric: str = TUNE_METRIC,
+    als: ALSSettings | None = None,
+    sasrec: SASRecSettings | None = None,
+    seed: int = 0,
+    num_threads: int = 1,
 ) -> dict[str, Recommender]:
-    """Most-popular, item-kNN and EASE fitted on `split.train`, kNN size and EASE lambda picked on validation.
+    """Most-popular, item-kNN and EASE fitted on `split.train`, kNN size and EASE lambda picked on validation;
+    plus ALS (grid picked on validation) and SASRec (early-stopped on validation) when their settings are given
+    and enabled.
 
-    Each fitted model gets `.tuning` (list of (param, validation metric)) and `.params` (the chosen one).
+    Each fitted model gets `.tuning` (list of (param, validation metric); for SASRec (epoch, metric)) and
+    `.params` (the chosen ones).
     """
     pop = MostPopular().fit(split.train)
     pop.tuning = []
@@ -184,4 +240,43 @@ def fit_baselines(
                 best, best_value = model, score
         best.tuning = tuning
         out[name] = best
+    has_validation = len(split.validation) > 0
+    if als is not None and als.enabled:
+        out[ALS.name] = _fit_als(split, users, catalogue, als, metric, seed, num_threads)
+    if sasrec is not None and sasrec.enabled:
+        from components.sasrec import SASRec
+
+        model = SASRec(sasrec.max_seq_len, sasrec.embedding_dim, sasrec.blocks, sasrec.heads, sasrec.dropout,
+                       sasrec.epochs, sasrec.patience, sasrec.batch_size, sasrec.learning_rate, sasrec.max_minutes,
+                       seed=seed, num_threads=num_threads)
+        out[model.name] = model.fit(split.train, validate=(lambda m: validation_score(
+            m, split, users, catalogue, metric)) if has_validation else None)
     return out
+
+
+def _fit_als(split: Split, users: pd.DataFrame | None, catalogue: np.ndarray, settings: ALSSettings, metric: str,
+             seed: int, num_threads: int) -> ALS:
+    best, best_value, tuning = None, -np.inf, []
+    for factors, reg, iterations, alpha in product(settings.factors, settings.regularization, settings.iterations,
+                                                   settings.alpha):
+        model = ALS(factors, reg, iterations, alpha, seed=seed, num_threads=num_threads).fit(split.train)
+        score = validation_score(model, split, users, catalogue, metric) if len(split.validation) else 0.0
+        tuning.append((dict(model.params), score))
+        log.info("als %s: validation %s %.4f", model.params, metric, score)
+        if score > best_value:
+            best, best_value = model, score
+    best.tuning = tuning
+    return best
+
+
+def configured_baselines(split: Split, users: pd.DataFrame | None, catalogue: np.ndarray, config: Config,
+                         metric: str = TUNE_METRIC, only: str | None = None) -> dict[str, Recommender]:
+    """`fit_baselines` with the grids and settings of `config.evaluate` (seed and threads from `config.train`).
+
+    `only` names the one baseline wanted: the costly ALS and SASRec are then fitted only when it is theirs.
+    """
+    e = config.evaluate
+    als = e.als if only in (None, ALS.name) else None
+    sasrec = e.sasrec if only in (None, "sasrec-ce") else None
+    return fit_baselines(split, users, catalogue, e.knn_neighbours, e.ease_lambdas, metric, als=als,
+                         sasrec=sasrec, seed=config.train.seed, num_threads=config.train.num_threads)

@@ -102,6 +102,45 @@ class Train(_Section):
     max_minutes: float = Field(gt=0.0)
 
 
+class SASRecSettings(_Section):
+    """The SASRec baseline (full-softmax cross-entropy over the catalogue, early stopping on validation)."""
+
+    enabled: bool
+    max_seq_len: int = Field(ge=1, le=1024)
+    embedding_dim: int = Field(ge=4, le=1024)
+    blocks: int = Field(ge=1, le=12)
+    heads: int = Field(ge=1, le=16)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0)
+    max_minutes: float = Field(gt=0.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SASRecSettings:
+        if self.embedding_dim % self.heads:
+            raise ValueError(f"embedding_dim={self.embedding_dim} must be divisible by heads={self.heads}")
+        return self
+
+
+class ALSSettings(_Section):
+    """The ALS baseline from `implicit`: every combination of the grids is fitted and the best kept on validation."""
+
+    enabled: bool
+    factors: list[int] = Field(min_length=1)
+    regularization: list[float] = Field(min_length=1)
+    iterations: list[int] = Field(min_length=1)
+    alpha: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _positive_grids(self) -> ALSSettings:
+        for name in ("factors", "regularization", "iterations", "alpha"):
+            if any(v <= 0 for v in getattr(self, name)):
+                raise ValueError(f"als.{name} values must be > 0, got {getattr(self, name)}")
+        return self
+
+
 class Evaluate(_Section):
     ks: list[int]
     bootstrap_samples: int = Field(ge=10)
@@ -111,6 +150,8 @@ class Evaluate(_Section):
     gate_min_improvement: float
     knn_neighbours: list[int] = Field(min_length=1)
     ease_lambdas: list[float] = Field(min_length=1)
+    sasrec: SASRecSettings
+    als: ALSSettings
 
     @property
     def cold_validation_count(self) -> int:

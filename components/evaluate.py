@@ -296,16 +296,23 @@ def _load_candidate(model_dir: str | Path | None, candidate: Recommender | None)
 BASELINE_PREFIX = "baseline:"
 
 
+def _tuning_metric(config: Config) -> str:
+    """What the baselines are tuned on: the gate metric, unless it is a coverage (then NDCG@10)."""
+    metric = config.evaluate.gate_metric
+    return metric if not metric.startswith("coverage") else "ndcg@10"
+
+
 def baseline_candidate(config: Config, canonical_dir: str | Path, spec: str) -> Recommender:
-    """`baseline:ease` (or item-knn, most-popular): that baseline, tuned and fitted on this split, as a candidate."""
-    from components.baselines import fit_baselines
+    """`baseline:ease` (or item-knn, most-popular, als, sasrec-ce): that baseline, tuned and fitted on this split, as
+    a candidate."""
+    from components.baselines import configured_baselines
     from components.schemas import read_tables
 
     name = spec.removeprefix(BASELINE_PREFIX)
     tables = read_tables(canonical_dir)
     data = prepare(config, tables)
-    models = fit_baselines(data.split, tables["users"], data.catalogue, config.evaluate.knn_neighbours,
-                           config.evaluate.ease_lambdas)
+    models = configured_baselines(data.split, tables["users"], data.catalogue, config, _tuning_metric(config),
+                                  only=name)
     if name not in models:
         raise EvaluationError(f"unknown baseline {name!r}; choose one of {sorted(models)}")
     return models[name]
@@ -342,7 +349,7 @@ def run_evaluation(
 ) -> Evaluation:
     """Evaluate the candidate (a model directory, or a given recommender), the champion and the baselines; write
     report.html, report.md, metrics.json, decision.json and plots/ to `out_dir`; return the evaluation."""
-    from components.baselines import fit_baselines
+    from components.baselines import configured_baselines
     from components.evaluation_report import write_report
     from components.schemas import read_tables
 
@@ -354,9 +361,7 @@ def run_evaluation(
     log.info("split: %s", data.split.summary())
     cand_rec = _load_candidate(model_dir, candidate)
     ensure_items(cand_rec, data.items)
-    tune_on = config.evaluate.gate_metric if not config.evaluate.gate_metric.startswith("coverage") else "ndcg@10"
-    baselines = fit_baselines(data.split, tables["users"], data.catalogue, config.evaluate.knn_neighbours,
-                              config.evaluate.ease_lambdas, metric=tune_on)
+    baselines = configured_baselines(data.split, tables["users"], data.catalogue, config, _tuning_metric(config))
     results = [evaluate_main(cand_rec, CANDIDATE, CANDIDATE, data, config)]
     results += [evaluate_main(rec, name, BASELINE, data, config) for name, rec in baselines.items()]
     champ_rec, champ_info = _champion(config, model_dir)

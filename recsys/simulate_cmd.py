@@ -13,10 +13,13 @@ DEFAULTS = SimSettings()
 # What a replay on a 2-core CPU can afford, and a policy for week-long windows of a few hundred events (small
 # windows make distances noisy; the activity feature always drifts because the log runs on a compressed clock);
 # fairness and quality are reported every week but only drift triggers (quality only if it falls to zero: a week
-# of ~150 sampled requests swings by half from week to week). --config/--set come on top of these.
+# of ~150 sampled requests swings by half from week to week). Each retrain's evaluation keeps the cheap baselines
+# (SASRec off, ALS at one grid point). --config/--set come on top of these.
 SIMULATION_DEFAULTS = [
     "train.epochs=40", "train.patience=5", "train.max_minutes=4", "model.user_layers=1",
     "evaluate.bootstrap_samples=50", "evaluate.knn_neighbours=[50,200]", "evaluate.ease_lambdas=[200,800]",
+    "evaluate.sasrec.enabled=false", "evaluate.als.factors=[64]", "evaluate.als.regularization=[1.0]",
+    "evaluate.als.iterations=[15]", "evaluate.als.alpha=[10.0]",
     "compress.variants=[fp32]", "compress.latency_repeats=3",
     "monitoring.drift_threshold=0.4", "monitoring.embedding_auc_threshold=0.8",
     "monitoring.drift_share_threshold=0.3", "monitoring.quality_drop_threshold=1.0",

@@ -55,10 +55,17 @@ def canonical(tmp_path_factory):
     return write_tables(planted_tables(), tmp_path_factory.mktemp("canonical"))
 
 
+# SASRec and ALS small enough for a test (a few seconds on one thread)
+SMALL_BASELINES = ["evaluate.sasrec.max_seq_len=8", "evaluate.sasrec.embedding_dim=16", "evaluate.sasrec.blocks=1",
+                   "evaluate.sasrec.epochs=15", "evaluate.sasrec.patience=3", "evaluate.sasrec.batch_size=32",
+                   "evaluate.sasrec.learning_rate=0.005", "evaluate.als.factors=[8]",
+                   "evaluate.als.regularization=[0.1]", "evaluate.als.iterations=[10]", "evaluate.als.alpha=[1.0]"]
+
+
 def _config(tmp_path, *extra: str):
     return load_config(overrides=[f"paths.artifacts_dir={tmp_path / 'artifacts'}", "evaluate.bootstrap_samples=50",
                                   "evaluate.cold_start_items=6", "evaluate.knn_neighbours=[5,20]",
-                                  "evaluate.ease_lambdas=[5,50]", *extra])
+                                  "evaluate.ease_lambdas=[5,50]", *SMALL_BASELINES, *extra])
 
 
 class Oracle:
@@ -91,7 +98,10 @@ def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
     decision = read_decision(out)
     assert set(decision) >= {"promote", "candidate", "champion", "reason"}
     assert decision["champion"]["source"] == "best baseline"
-    assert {r.key for r in ev.results} == {"candidate", "most-popular", "item-knn", "ease"}
+    assert {r.key for r in ev.results} == {"candidate", "most-popular", "item-knn", "ease", "als", "sasrec-ce"}
+    assert "sasrec-ce" in md and "| als |" in md
+    best = max((r for r in ev.results if r.role == "baseline"), key=lambda r: r.value("ndcg@10"))
+    assert decision["champion"]["key"] == best.key == ev.info["champion_key"]
     for r in ev.results + ev.cold:
         for est in r.summary.values():
             assert est.low <= est.value <= est.high
@@ -163,12 +173,14 @@ def test_prepare_cold_start_task(canonical, tmp_path) -> None:
 def test_cli_prints_table(canonical, tmp_path) -> None:
     from recsys.main import app
 
+    small = [arg for pair in SMALL_BASELINES for arg in ("--set", pair)]
     result = CliRunner().invoke(app, ["--set", f"paths.artifacts_dir={tmp_path}", "--set",
                                       "evaluate.bootstrap_samples=20", "--set", "evaluate.cold_start_items=6",
-                                      "evaluate", "--model", "baseline:ease", "--canonical", str(canonical),
-                                      "--out", str(tmp_path / "cli")])
+                                      *small, "evaluate", "--model", "baseline:sasrec-ce", "--canonical",
+                                      str(canonical), "--out", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli" / "report.html").is_file()
+    assert read_decision(tmp_path / "cli")["candidate"]["name"] == "sasrec-ce"
     bad = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "nope"), "--canonical", str(canonical)])
     assert bad.exit_code == 1
 
