@@ -18,6 +18,9 @@ TINY = {
     "model.embedding_dim": 16, "model.max_seq_len": 8, "model.user_layers": 1, "train.epochs": 2,
     "train.batch_size": 64, "train.max_minutes": 2, "evaluate.cold_start_items": 0, "evaluate.bootstrap_samples": 10,
     "evaluate.gate_min_improvement": -1.0, "evaluate.knn_neighbours": [20], "evaluate.ease_lambdas": [100],
+    "evaluate.sasrec.max_seq_len": 8, "evaluate.sasrec.embedding_dim": 16, "evaluate.sasrec.blocks": 1,
+    "evaluate.sasrec.epochs": 3, "evaluate.als.factors": [8], "evaluate.als.regularization": [0.1],
+    "evaluate.als.iterations": [5], "evaluate.als.alpha": [1.0],
     "compress.variants": ["fp32"], "compress.latency_repeats": 1,
     "monitoring.quality_horizon_hours": 1 / 3600, "monitoring.min_requests": 10, "monitoring.min_group_size": 3,
 }
