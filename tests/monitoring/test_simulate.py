@@ -92,7 +92,7 @@ def test_replay_detects_the_shift_and_retrains_once(movielens_canonical, tmp_pat
     # initialisation): this test is about the loop's mechanics, so the retrain's gate (candidate vs the registry
     # champion) is open; the loop's quality is measured at full size by `recsys simulate` (README)
     config = load_config(None, [*SIMULATION_DEFAULTS, "train.epochs=3", "model.embedding_dim=16",
-                                "evaluate.gate_min_improvement=-0.3",
+                                "evaluate.gate_min_improvement=-1.0",
                                 "model.max_seq_len=10", "evaluate.bootstrap_samples=10",
                                 "evaluate.cold_start_items=10", "compress.latency_repeats=1",
                                 "monitoring.min_drift_rows=20",
