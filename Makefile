@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
@@ -15,7 +16,8 @@ export PYTHONUNBUFFERED := 1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) --timeout 20 --retries 1 torch==2.13.0 \
+	  || $(BIN)/pip install -q torch==2.13.0  # the CPU index unreachable: the default index's build
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)

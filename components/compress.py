@@ -103,8 +103,8 @@ def export_text_encoder_onnx(encoder: Any, out_path: str | Path, atol: float = 1
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     encoder = encoder.eval()
-    tokens = encoder.tokenize(["A short film (1995). Genres: Drama.", "Another, longer title (1977). Genres: Comedy, "
-                               "Romance, War.", "Third"])
+    tokens = encoder.tokenize(["A short item text.", "Another, longer item text: several fields, in the order the "
+                               "declared template gives them.", "Third"])
     example = (tokens["input_ids"], tokens["attention_mask"])
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=2, max=512)
     with torch.no_grad():
