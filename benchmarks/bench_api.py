@@ -7,7 +7,7 @@ By default it builds a MovieLens-sized stack (1682 items, 943 users, a 64-d towe
 real Feast, Triton and BentoML under a temporary folder; `--url` measures an API that already runs instead.
 
     .venv/bin/python benchmarks/bench_api.py                      # JSON in artifacts/benchmarks/api.json
-    .venv/bin/python benchmarks/bench_api.py --url http://127.0.0.1:3000 --users 943
+    RECSYS_API_TOKEN=... .venv/bin/python benchmarks/bench_api.py --url http://127.0.0.1:3000 --users 943
 """
 
 import argparse
@@ -80,8 +80,10 @@ def make_body(rng: random.Random, users: int, filter_share: float) -> dict:
     return body
 
 
-async def run_level(url: str, concurrency: int, requests: int, users: int, filter_share: float, seed: int) -> dict:
-    """`requests` requests spread over `concurrency` workers that each send one at a time."""
+async def run_level(url: str, headers: dict[str, str], concurrency: int, requests: int, users: int,
+                    filter_share: float, seed: int) -> dict:
+    """`requests` requests spread over `concurrency` workers that each send one at a time (with `headers`:
+    the bearer token)."""
     rng = random.Random(seed)
     bodies = [make_body(rng, users, filter_share) for _ in range(requests)]
     latencies: list[float] = []
@@ -90,7 +92,7 @@ async def run_level(url: str, concurrency: int, requests: int, users: int, filte
     degraded = 0
     queue = iter(bodies)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers=headers) as client:
 
         async def worker() -> None:
             nonlocal degraded
@@ -136,6 +138,16 @@ async def run_level(url: str, concurrency: int, requests: int, users: int, filte
                                for k in sorted(cpu1)},
         "load_average": os.getloadavg(),
     }
+
+
+def _token_from_env() -> str:
+    """The bearer token for --url: $RECSYS_API_TOKEN (a key with the `recommend` scope)."""
+    from recsys.serve_api import TOKEN_ENV
+
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise SystemExit(f"--url needs a bearer token with the `recommend` scope in ${TOKEN_ENV}")
+    return token
 
 
 def build_movielens_sized_stack(root: Path, per_user: int, request_log: Path | None = None):
@@ -193,11 +205,12 @@ def main() -> None:
                                             args.request_log)
         url = stack.url
         log.info("stack ready in %.0f s at %s", time.perf_counter() - t0, url)
+    headers = stack.auth_headers() if stack is not None else {"Authorization": f"Bearer {_token_from_env()}"}
     try:
-        asyncio.run(run_level(url, 4, args.warmup, args.users, args.filter_share, seed=99))
+        asyncio.run(run_level(url, headers, 4, args.warmup, args.users, args.filter_share, seed=99))
         levels = []
         for conc, n in zip(args.concurrency, counts, strict=True):
-            level = asyncio.run(run_level(url, conc, n, args.users, args.filter_share, seed=conc))
+            level = asyncio.run(run_level(url, headers, conc, n, args.users, args.filter_share, seed=conc))
             log.info("c=%d: %.1f req/s, p50 %.2f ms, p99 %.2f ms, errors %d, degraded %d, share %s, "
                      "CPU ms/request %s, load %s", conc, level["rps"], level["p50_ms"], level["p99_ms"],
                      level["errors"], level["degraded"], level["time_share"], level["cpu_ms_per_request"],

@@ -13,6 +13,7 @@ Writes artifacts/benchmarks/feature_store.json and prints Markdown table rows fo
 import argparse
 import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -100,9 +101,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
         sqlite = load_config(args.config, [f"features.data_dir={tmp}/sqlite", "features.online_store=sqlite"])
         results.append(bench_backend("sqlite", sqlite, tables, args.lookups, args.pushes, with_examples=True))
-        with redis_server() as url:
+        with redis_server() as server:
             redis = load_config(args.config, [f"features.data_dir={tmp}/redis", "features.online_store=redis",
-                                              f"features.redis_connection={url}"])
+                                              f"features.redis_connection={server.address}"])
+            os.environ[redis.features.redis_password_env] = server.password  # how Feast gets it (never the config)
             results.append(bench_backend("redis", redis, tables, args.lookups, args.pushes, with_examples=False))
     payload = {"created_at": datetime.now(UTC).isoformat(), "machine": platform.platform(),
                "canonical": str(args.canonical), "interactions": len(tables["interactions"]),

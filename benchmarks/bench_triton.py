@@ -27,6 +27,7 @@ import numpy as np
 from components.config import load_config
 from components.deploy import deploy_bundle
 from serving import triton_server as ts
+from serving.triton_admin import admin_key
 from serving.triton_repo import ops_module
 
 log = logging.getLogger("bench_triton")
@@ -106,12 +107,12 @@ async def _load(url: str, payloads: list[dict[str, np.ndarray]], concurrency: in
     }
 
 
-def _batching(url: str) -> dict[str, float]:
-    """Requests per user-tower execution (dynamic batching at work), from Triton's statistics."""
-    import tritonclient.grpc as grpcclient
+def _batching(url: str, admin_key: str | None) -> dict[str, float]:
+    """Requests per user-tower execution (dynamic batching at work), from Triton's statistics (an admin call)."""
+    from serving.triton_client import RecommenderClient
 
-    with grpcclient.InferenceServerClient(url) as client:
-        stats = client.get_inference_statistics("recommender_user_tower", as_json=True)["model_stats"]
+    with RecommenderClient(url, admin_key=admin_key) as client:
+        stats = client.statistics("recommender_user_tower")["model_stats"]
     inferences = sum(int(s.get("inference_count", 0)) for s in stats)
     executions = sum(int(s.get("execution_count", 0)) for s in stats)
     return {
@@ -145,7 +146,7 @@ def run(bundles: list[Path], concurrency: list[int], n_requests: int, max_second
             deployed = deploy_bundle(config, bundle)
             payloads = _requests(bundle, n_requests, k, seed=0)
             asyncio.run(_load(url, payloads[:50], 4, 30.0))  # warm-up
-            before = _batching(url)
+            before = _batching(url, admin_key(config.serving.triton_build_dir))
             levels = []
             for c in concurrency:
                 level = asyncio.run(_load(url, payloads, c, max_seconds))
@@ -159,7 +160,7 @@ def run(bundles: list[Path], concurrency: list[int], n_requests: int, max_second
                     level["p99_ms"] or 0,
                     level["errors"],
                 )
-            after = _batching(url)
+            after = _batching(url, admin_key(config.serving.triton_build_dir))
             executions = after["tower_executions"] - before["tower_executions"]
             inferences = after["tower_inferences"] - before["tower_inferences"]
             results.append(

@@ -8,12 +8,12 @@ norms differ. The Triton top-K step searches it (serving/templates/python/recsys
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from components.atomic import atomic_path, write_json_atomic
 
 ANN_FILE = "item_index.faiss"
 ANN_META_FILE = "item_index.json"
@@ -47,11 +47,10 @@ def write_item_index(folder: str | Path, embeddings: np.ndarray, params: AnnPara
 
     folder = Path(folder)
     index = build_item_index(embeddings, params)
-    tmp = folder / (ANN_FILE + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, folder / ANN_FILE)
+    with atomic_path(folder / ANN_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
     meta = {**asdict(params), "metric": "inner_product", "items": int(embeddings.shape[0])}
-    (folder / ANN_META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    write_json_atomic(folder / ANN_META_FILE, meta)
     return folder / ANN_FILE
 
 

@@ -63,6 +63,7 @@ class Features(_Section):
     data_dir: Path | None = None
     online_store: Literal["sqlite", "redis"]
     redis_connection: str
+    redis_password_env: str = Field(default="RECSYS_REDIS_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     last_n_items: int = Field(ge=1, le=200)
     engine: Literal["duckdb", "spark"] = "duckdb"
     spark_master: str = "local[1]"
@@ -73,6 +74,15 @@ class Features(_Section):
     @classmethod
     def _anchored(cls, value: Path) -> Path:
         return value if value.is_absolute() else PROJECT_ROOT / value
+
+    @field_validator("redis_connection")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        if any(part.split("=", 1)[0].strip().lower() == "password" for part in value.split(",") if "=" in part):
+            raise ValueError("features.redis_connection holds a password: remove it and put the password in the "
+                             "environment variable named by features.redis_password_env (default "
+                             "RECSYS_REDIS_PASSWORD)")
+        return value
 
 
 class Model(_Section):
@@ -171,6 +181,42 @@ class Compress(_Section):
     gate_latency: Literal["bundle", "user_tower", "text_encoder"]
 
 
+ASYMMETRIC_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+class Jwt(_Section):
+    """OIDC access tokens the API accepts (off while jwks_url is null)."""
+
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    algorithms: list[str] = Field(min_length=1)
+    leeway_s: float = Field(ge=0.0, le=300.0)
+    jwks_cache_s: float = Field(gt=0.0)
+
+    @model_validator(mode="after")
+    def _complete_and_asymmetric(self) -> Jwt:
+        bad = [a for a in self.algorithms if a not in ASYMMETRIC_JWT_ALGORITHMS]
+        if bad:
+            raise ValueError(f"algorithms: {bad} not allowed; JWTs are verified with a public key: "
+                             f"{', '.join(ASYMMETRIC_JWT_ALGORITHMS)}")
+        if self.jwks_url:
+            if not self.jwks_url.startswith(("https://", "http://")):
+                raise ValueError(f"jwks_url must be an http(s) URL, got {self.jwks_url!r}")
+            missing = [name for name in ("issuer", "audience") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"jwks_url is set: {' and '.join(missing)} must be set too")
+        return self
+
+
+class Auth(_Section):
+    """Who may call the API: bearer API keys (hashes in api_keys_file) and JWTs, with scopes."""
+
+    enabled: bool
+    api_keys_file: Path | None = None
+    jwt: Jwt
+
+
 class Serving(_Section):
     host: str
     triton_http_port: int = Field(ge=1, le=65535)
@@ -191,6 +237,11 @@ class Serving(_Section):
     tower_instances: int = Field(ge=1, le=64)
     ann_min_items: int = Field(ge=0)
     ann_ef_search: int = Field(ge=1, le=10_000)
+    max_body_bytes: int = Field(ge=1024, le=16 * 2**20)
+    request_timeout_s: float = Field(gt=0.0, le=300.0)
+    event_max_age_days: float = Field(gt=0.0)
+    event_max_ahead_s: float = Field(ge=0.0)
+    auth: Auth
 
     @field_validator("request_log", mode="after")
     @classmethod
@@ -225,6 +276,7 @@ class Monitoring(_Section):
     fairness_ratio_threshold: float = Field(ge=0.0, le=1.0)
     cooldown_hours: float = Field(ge=0.0)
     retrain_timeout_hours: float = Field(gt=0.0)
+    retrain_heartbeat_timeout_s: float = Field(gt=0.0)
     state_path: Path
 
 

@@ -2,15 +2,15 @@
 
 The model repository keeps every version on disk; the ensemble `recommender` is pinned to one version, the
 composing models keep the live and the previous version loaded, so a rollout and a rollback swap the
-ensemble without a gap. History of every deployment: `<model_repository>/deployments.json`.
+ensemble without a gap. A new version's steps are loaded next to the live ones and smoke-tested one by one
+before the ensemble is switched to it (only then does it take traffic), and once more through the ensemble.
+History of every deployment: `<model_repository>/deployments.json`.
 """
 
 import fcntl
 import json
 import logging
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from kfp.dsl import Artifact, Input, Metrics, Output
 
+from components.atomic import write_json_atomic
 from components.config import Config
 from components.errors import RecsysError
 from components.kfp_support import step
@@ -74,10 +75,14 @@ def _settings(config: Config):
 
 
 def _client(config: Config):
+    """A client with the admin key ($RECSYS_TRITON_ADMIN_KEY, else the local launcher's key file): deploy,
+    rollback and status use model control."""
+    from serving.triton_admin import admin_key
     from serving.triton_client import RecommenderClient
 
     s = config.serving
-    return RecommenderClient(f"{s.host}:{s.triton_grpc_port}", timeout_s=s.grpc_timeout_s, retries=s.grpc_retries)
+    return RecommenderClient(f"{s.host}:{s.triton_grpc_port}", timeout_s=s.grpc_timeout_s, retries=s.grpc_retries,
+                             admin_key=admin_key(s.triton_build_dir))
 
 
 def read_history(repo_dir: str | Path) -> dict[str, Any]:
@@ -95,10 +100,7 @@ def _record(repo_dir: Path, result: DeployResult, active: int | None) -> None:
     history = read_history(repo_dir)
     history["active"] = active
     history["events"].append(result.to_dict())
-    path = repo_dir / HISTORY
-    tmp = path.with_name(f".{HISTORY}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(history, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(repo_dir / HISTORY, history)
 
 
 @contextmanager
@@ -115,6 +117,18 @@ def _deploy_lock(repo_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def stage(client, repo_dir: Path, version: int, keep: list[int], settings) -> None:
+    """Load `version` of every composing model next to the versions in `keep`; the ensemble, which carries the
+    traffic, is left as it is (its steps stay pinned to the live version)."""
+    from serving import triton_repo as tr
+
+    bundle = tr.version_bundle(repo_dir, version)
+    configs = tr.render_all(bundle, version, sorted({version, *keep}), settings)
+    tr.write_configs(repo_dir, {m: configs[m] for m in tr.COMPOSING})
+    for model in tr.COMPOSING:
+        client.load(model)
 
 
 def activate(client, repo_dir: Path, version: int, keep: list[int], settings) -> None:
@@ -171,16 +185,22 @@ def smoke_requests(smoke_path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def smoke_test(client, smoke_path: Path) -> list[dict[str, Any]]:
-    """Run every smoke request over gRPC; raise DeployError on the first mismatch."""
+def smoke_test(client, smoke_path: Path, version: int | None = None, steps: bool = False) -> list[dict[str, Any]]:
+    """Run every smoke request over gRPC against `version` (None: whichever is live); raise DeployError on the
+    first mismatch. steps=True calls that version's composing models one by one (before the ensemble routes
+    traffic to it); otherwise the ensemble answers."""
+    stage_name = "steps" if steps else "ensemble"
     results = []
     for i, req in enumerate(smoke_requests(smoke_path)):
         start = time.perf_counter()
-        ids, scores = client.recommend(req["history_item_ids"], req["profile"], req["exclude_item_ids"], int(req["k"]))
+        args = (req["history_item_ids"], req["profile"], req["exclude_item_ids"], int(req["k"]))
+        call = client.recommend_steps if steps else client.recommend
+        ids, scores = call(*args, version=version)
         why = _same_ranking(ids, scores, req["item_ids"], req["scores"])
         if why:
-            raise DeployError(f"smoke request {i} of {smoke_path}: {why}")
-        results.append({"request": i, "items": int(ids.size), "latency_ms": 1000 * (time.perf_counter() - start)})
+            raise DeployError(f"smoke request {i} of {smoke_path} ({stage_name}): {why}")
+        results.append({"request": i, "stage": stage_name, "items": int(ids.size),
+                        "latency_ms": 1000 * (time.perf_counter() - start)})
     return results
 
 
@@ -212,9 +232,13 @@ def _switch(config: Config, action: str, version: int, previous: int | None, kee
             client.url,
             0.0,
         )
+        smoke = repo / tr.ENSEMBLE / str(version) / "smoke.json"
         try:
+            # the new version's steps are loaded and smoke-tested before the ensemble sends it any traffic
+            stage(client, repo, version, keep, settings)
+            result.smoke = smoke_test(client, smoke, version, steps=True)
             activate(client, repo, version, keep, settings)
-            result.smoke = smoke_test(client, repo / tr.ENSEMBLE / str(version) / "smoke.json")
+            result.smoke += smoke_test(client, smoke, version)
         except Exception as err:  # noqa: BLE001 - whatever failed, the previous version goes back
             result.error = str(err)
             result.duration_s = time.perf_counter() - start

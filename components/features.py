@@ -10,6 +10,8 @@ import importlib.util
 import json
 import logging
 import math
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -20,6 +22,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -31,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from components.config import Config
+from components.config import Config, Features
 from components.dataset import Attribute
 from components.errors import RecsysError
 from components.feature_tables import UNKNOWN, duckdb_feature_tables, spark_feature_tables, spark_session, utc_us
@@ -50,6 +53,7 @@ PUSH_SOURCE = "user_activity_push"  # definitions.USER_ACTIVITY_PUSH
 ONE_US = pd.Timedelta(microseconds=1)
 SECONDS_PER_DAY = 86400.0
 ACTIVITY_COLUMNS = ("user_interaction_count", "user_mean_rating", "user_days_since_last", "recent_item_ids")
+REDIS_PASSWORD_SECRET = "recsys-redis"  # the cluster's Secret (key `password`), k8s/base/redis.yaml
 
 
 class FeatureStoreError(RecsysError):
@@ -92,13 +96,25 @@ def load_definitions(config: Config) -> ModuleType:
     return sys.modules[name]
 
 
+def redis_connection_string(features: Features) -> str:
+    """features.redis_connection plus the password from $<features.redis_password_env> when set: the password
+    lives in the environment only (a Secret on the cluster), never in a config file, the pipeline or a log."""
+    password = os.environ.get(features.redis_password_env, "")
+    if not password:
+        return features.redis_connection
+    if "," in password:
+        raise FeatureStoreError(f"${features.redis_password_env} holds a comma, which a Redis connection string "
+                                "cannot carry: choose another password (e.g. `openssl rand -hex 24`)")
+    return f"{features.redis_connection},password={json.dumps(password)}"  # quoted: Feast JSON-decodes values
+
+
 def repo_config(config: Config) -> Any:
     """Feast RepoConfig for the configured online store (sqlite or redis); offline store DuckDB over parquet."""
     from feast import RepoConfig
 
     data_dir = feature_data_dir(config)
     if config.features.online_store == "redis":
-        online = {"type": "redis", "connection_string": config.features.redis_connection}
+        online = {"type": "redis", "connection_string": redis_connection_string(config.features)}
     else:
         online = {"type": "sqlite", "path": str(data_dir / "online_store.db")}
     return RepoConfig(project=load_definitions(config).PROJECT, provider="local",
@@ -364,40 +380,78 @@ def push_interaction(store: "FeatureStore", user_id: int, item_id: int, rating: 
     return row
 
 
-@contextmanager
-def redis_server(redis_bin: str = "redis-server", timeout_s: float = 10.0) -> Iterator[str]:
-    """Start a throw-away redis-server on a free loopback port (no persistence); yield its connection
-    string ("127.0.0.1:PORT"); stop it by PID on exit. For tests, benchmarks and local trials."""
+@dataclass
+class LocalRedis:
+    """A throw-away redis-server on loopback: password required, protected mode on, no persistence."""
+
+    port: int
+    password: str
+    process: subprocess.Popen
+
+    @property
+    def address(self) -> str:
+        """The connection string for features.redis_connection (the password goes in the environment)."""
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, authenticated: bool = True) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password if authenticated else None)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_redis(port: int | None = None, password: str | None = None, redis_bin: str = "redis-server",
+                timeout_s: float = 10.0) -> LocalRedis:
+    """Start redis-server (a free port and a random password unless given) and wait until it answers."""
+    import redis
+
     exe = shutil.which(redis_bin)
     if exe is None:
         raise FeatureStoreError(f"{redis_bin} not found on PATH: run scripts/system_deps.sh (Debian: redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--protected-mode", "yes"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    password = password or secrets.token_hex(16)
+    # the password goes through redis-server's stdin (a config file of one line), not its command line
+    proc = subprocess.Popen([exe, "-", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--protected-mode", "yes"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    proc.stdin.write(f"requirepass {password}\n".encode())
+    proc.stdin.close()
+    server = LocalRedis(port, password, proc)
+    client = server.client()
+    deadline = time.monotonic() + timeout_s
     try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + timeout_s
         while True:
             try:
                 client.ping()
-                break
+                return server
             except redis.exceptions.ConnectionError as err:
                 if proc.poll() is not None or time.monotonic() > deadline:
+                    server.stop()
                     raise FeatureStoreError(f"redis-server did not start on 127.0.0.1:{port}") from err
                 time.sleep(0.05)
-        client.close()
-        yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        client.close()
+
+
+@contextmanager
+def redis_server(redis_bin: str = "redis-server", timeout_s: float = 10.0) -> Iterator[LocalRedis]:
+    """A LocalRedis for tests, benchmarks and local trials, stopped on exit. Feast reaches it with
+    features.redis_connection=<address> and the password in $<features.redis_password_env>."""
+    server = start_redis(redis_bin=redis_bin, timeout_s=timeout_s)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------------------------------- the whole step

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +21,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from components.atomic import atomic_path, write_json_atomic
 from components.schemas import SchemaError
 
 Entity = Literal["user", "item"]
@@ -164,13 +164,10 @@ def save_id_maps(folder: str | Path, maps: dict[Entity, IdMap]) -> Path:
     for entity, id_map in maps.items():
         id_map.check(f"{entity} id map")
         path = map_path(folder, entity)
-        tmp = path.with_suffix(".parquet.tmp")
-        id_map.table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            id_map.table.to_parquet(tmp, index=False)
         manifest[entity] = {"rows": len(id_map), "type": id_map.id_type, "sha256": _digest(path)}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    os.replace(tmp, folder / MANIFEST)
+    write_json_atomic(folder / MANIFEST, manifest)
     return folder
 
 

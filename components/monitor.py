@@ -27,11 +27,13 @@ def run_monitoring(config: Config, reference_dir: str | Path, log_path: str | Pa
 
 def monitor_and_decide(config: Config, reference_dir: str | Path, log_path: str | Path, out_dir: str | Path,
                        now: Any = None, **windows: Any) -> tuple[dict[str, Any], Any]:
-    """Reports, then the policy decision (claiming the retrain lock when a retrain is due); writes decision.json."""
+    """Reports, then the policy decision (claiming the retrain lock when a retrain is due); writes decision.json.
+
+    The lock goes to the pipeline's later steps (no holder process): `retrain_done_op` or its expiry ends it."""
     from monitoring.policy import decide_and_claim
 
     summary = run_monitoring(config, reference_dir, log_path, out_dir, **windows)
-    decision = decide_and_claim(summary["signals"], config, now=now, out_dir=out_dir)
+    decision = decide_and_claim(summary["signals"], config, now=now, out_dir=out_dir, hold=False)
     return summary, decision
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from components.atomic import fsync_dir, write_json_atomic
 from components.errors import RecsysError
 
 CHAMPION_FILE = "champion.json"
@@ -44,16 +44,6 @@ class Champion:
 
 def registry_dir(artifacts_dir: str | Path) -> Path:
     return Path(artifacts_dir) / "registry"
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _append_history(artifacts_dir: str | Path, event: str, champion: Champion) -> None:
@@ -111,6 +101,7 @@ def promote_champion(
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
         os.replace(tmp, target)
+        fsync_dir(target.parent)
     champion = Champion(
         model_dir=str(target.resolve()),
         version=version,
@@ -119,7 +110,7 @@ def promote_champion(
         source_dir=str(source.resolve()),
         note=note,
     )
-    _write_json_atomic(registry_dir(artifacts_dir) / CHAMPION_FILE, champion.to_dict())
+    write_json_atomic(registry_dir(artifacts_dir) / CHAMPION_FILE, champion.to_dict(), sort_keys=True)
     _append_history(artifacts_dir, "promote", champion)
     return champion
 
@@ -143,6 +134,6 @@ def rollback_champion(artifacts_dir: str | Path) -> Champion:
         raise RegistryError(f"previous champion {previous.version}: model directory {previous.model_dir} is gone")
     previous.note = f"rollback from {current.version}"
     previous.promoted_at = datetime.now(UTC).isoformat()
-    _write_json_atomic(registry_dir(artifacts_dir) / CHAMPION_FILE, previous.to_dict())
+    write_json_atomic(registry_dir(artifacts_dir) / CHAMPION_FILE, previous.to_dict(), sort_keys=True)
     _append_history(artifacts_dir, "rollback", previous)
     return previous

@@ -233,6 +233,11 @@ class RequestLog:
         with self._lock:
             self._commit(writes, where)
 
+    def check_writable(self) -> None:
+        """Commit an empty transaction (it takes the write lock like an append): RequestLogError when the log
+        cannot take writes now. For readiness probes."""
+        self._write(Writes(), "readiness check")
+
     def append_request(self, record: RequestRecord) -> None:
         """Log one request and its ranked response; returns once a transaction holding it has committed.
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from components.atomic import atomic_path
 from components.errors import RecsysError
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,8 @@ def cached_text_embeddings(
     emb = SentenceEncoder(encoder_dir).encode(texts, progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(path)
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, emb)
     return emb
 
 

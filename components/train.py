@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
+from components.atomic import atomic_path
 from components.config import Config
 from components.dataset import DatasetSchema
 from components.encoders import ProfileEncoder
@@ -422,7 +423,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     history: list[dict] = []
     start_epoch, best, best_state, bad_epochs = 1, -1.0, None, 0
     if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain types only
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch, best, best_state = ck["epoch"] + 1, ck["best_metric"], ck["best_state"]
@@ -473,12 +474,13 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
                 _sync_text(model, text_fn)
             val = evaluate_stage(_InMemoryRecommender(model, data, device), data, "validation")
         metric = _broadcast(val[f"ndcg@{EVAL_K}"], dist)
-        row = {"epoch": epoch, "loss": loss_mean, f"val_ndcg@{EVAL_K}": metric, f"val_hr@{EVAL_K}": val[f"hr@{EVAL_K}"],
+        row = {"epoch": epoch, "loss": loss_mean, f"val_ndcg@{EVAL_K}": float(metric),
+               f"val_hr@{EVAL_K}": float(val[f"hr@{EVAL_K}"]),
                "epoch_seconds": epoch_s, "samples": int(len(perm)) * dist.world,
                "positions": int((data.windows_out[perm] > 0).sum()) * dist.world}
         history.append(row)
         if metric > best:
-            best, bad_epochs = metric, 0
+            best, bad_epochs = float(metric), 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
@@ -489,11 +491,12 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
             log.warning("time budget train.max_minutes=%.1f reached after epoch %d", config.train.max_minutes, epoch)
         stop = bool(_broadcast(float(stop), dist))
         if dist.main:
+            # tensors and plain Python values only, so that resuming loads it with weights_only=True
             ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best_metric": best,
                   "best_state": best_state, "bad_epochs": bad_epochs, "history": history,
                   "torch_rng": torch.get_rng_state()}
-            torch.save(ck, ckpt_path.with_suffix(".tmp"))
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            with atomic_path(ckpt_path) as tmp:
+                torch.save(ck, tmp)
     metrics: dict[str, Any] = {}
     if dist.main:
         if best_state is not None:

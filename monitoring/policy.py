@@ -2,7 +2,10 @@
 
 State lives next to `monitoring.state_path`:
 - the state file (JSON): when a retrain was last triggered, and the outcome of the last one;
-- `retrain.lock` (JSON): the retrain now running (created atomically; stale after `retrain_timeout_hours`);
+- `retrain.lock` (JSON): the retrain now running and who holds it. It is stale after `retrain_timeout_hours`,
+  and at once when its holder process (pid, host, start time) has died on this host; a holder on another
+  host refreshes `heartbeat_at` and its lock is stale when that is older than `retrain_heartbeat_timeout_s`.
+  A lock handed to a pipeline (no holder process) ends by `release_retrain` or its expiry;
 - `decisions.jsonl`: every decision record, one per line.
 A process-wide file lock makes decide + claim atomic, so two monitors never trigger twice.
 """
@@ -13,7 +16,7 @@ import fcntl
 import json
 import logging
 import os
-import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +26,9 @@ from typing import Any
 
 import pandas as pd
 
+from components.atomic import write_json_atomic
 from components.config import Config
+from components.processes import ProcessIdentity
 from monitoring.data import MonitoringError
 
 log = logging.getLogger(__name__)
@@ -92,9 +97,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, default=str)
 
 
 def load_state(config: Config) -> dict[str, Any]:
@@ -113,13 +116,33 @@ def _policy_lock(config: Config) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def stale_reason(lock: dict[str, Any], config: Config, now: pd.Timestamp | str | None = None) -> str | None:
+    """Why a retrain lock no longer holds (None while it does): past its expiry (at `now`), its holder process
+    dead or its pid reused (this host), or its heartbeat older than `retrain_heartbeat_timeout_s` (another host;
+    heartbeats are wall-clock times)."""
+    if _now(now) >= pd.Timestamp(lock["expires_at"]):
+        return f"it expired at {lock['expires_at']}"
+    if not lock.get("holder"):
+        return None  # handed to a pipeline: it ends by release_retrain or its expiry
+    holder = ProcessIdentity.from_dict(lock["holder"])
+    alive = holder.alive()
+    if alive is False:
+        return f"its holder, pid {holder.pid} on {holder.host}, is no longer running"
+    if alive is None:
+        age = (pd.Timestamp.now(tz="UTC") - pd.Timestamp(lock["heartbeat_at"])).total_seconds()
+        if age > config.monitoring.retrain_heartbeat_timeout_s:
+            return f"its holder on {holder.host} (pid {holder.pid}) sent no heartbeat for {age:.0f} s"
+    return None
+
+
 def running_retrain(config: Config, now: pd.Timestamp | str | None = None) -> dict[str, Any] | None:
-    """The running retrain's lock record, or None (a lock past its expiry counts as stale)."""
+    """The running retrain's lock record, or None (no lock, or a stale one: see stale_reason)."""
     lock = _read_json(_paths(config)[1])
     if lock is None:
         return None
-    if _now(now) >= pd.Timestamp(lock["expires_at"]):
-        log.warning("retrain lock %s expired at %s; treating it as stale", lock.get("decision_id"), lock["expires_at"])
+    why = stale_reason(lock, config, now)
+    if why is not None:
+        log.warning("retrain lock %s is stale: %s", lock.get("decision_id"), why)
         return None
     return lock
 
@@ -153,17 +176,15 @@ def decide(signals: dict[str, float | None], config: Config, now: pd.Timestamp |
     return decision
 
 
-def _claim(config: Config, decision: Decision, at: pd.Timestamp) -> bool:
+def _claim(config: Config, decision: Decision, at: pd.Timestamp, hold: bool) -> bool:
     state_path, lock_path, _, _ = _paths(config)
     if running_retrain(config, at) is not None:
         return False
     record = {"decision_id": decision.decision_id, "started_at": at.isoformat(),
               "expires_at": (at + pd.Timedelta(hours=config.monitoring.retrain_timeout_hours)).isoformat(),
-              "pid": os.getpid(), "host": socket.gethostname(), "run": None}
-    lock_path.unlink(missing_ok=True)  # only a stale lock can be here (checked above, under the policy lock)
-    fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
+              "holder": ProcessIdentity.of(os.getpid()).to_dict() if hold else None,
+              "heartbeat_at": pd.Timestamp.now(tz="UTC").isoformat(), "run": None}
+    _write_json(lock_path, record)  # replaces a stale lock (checked above, under the policy lock)
     state = load_state(config)
     state["last_triggered_at"] = at.isoformat()
     state["last_decision_id"] = decision.decision_id
@@ -187,16 +208,18 @@ def record_decision(config: Config, decision: Decision, out_dir: str | Path | No
 
 
 def decide_and_claim(signals: dict[str, float | None], config: Config, now: pd.Timestamp | str | None = None,
-                     out_dir: str | Path | None = None) -> Decision:
+                     out_dir: str | Path | None = None, hold: bool = True) -> Decision:
     """Decide and, if a retrain is due, claim the retrain lock and start the cooldown, atomically.
 
     `decision.retrain` is True only for the caller that now owns the retrain; it must end it with
-    `release_retrain` (or let the lock expire)."""
+    `release_retrain` (or let the lock expire). hold=True: this process holds the lock (it is stale as soon
+    as the process dies); hold=False: the retrain runs elsewhere (later pipeline steps) and only the expiry
+    or `release_retrain` ends it."""
     Path(config.monitoring.state_path).parent.mkdir(parents=True, exist_ok=True)
     at = _now(now)
     with _policy_lock(config):
         decision = decide(signals, config, at)
-        if decision.retrain and not _claim(config, decision, at):
+        if decision.retrain and not _claim(config, decision, at, hold):
             decision.retrain, decision.suppressed_by = False, "running"
             decision.reason += "; suppressed: another retrain claimed the lock first"
         record_decision(config, decision, out_dir)
@@ -205,15 +228,50 @@ def decide_and_claim(signals: dict[str, float | None], config: Config, now: pd.T
     return decision
 
 
-def update_running(config: Config, decision_id: str, run: dict[str, Any]) -> None:
-    """Attach run details (e.g. a KFP run id) to the running retrain's lock."""
+def _update_lock(config: Config, decision_id: str, **fields: Any) -> None:
     _, lock_path, _, _ = _paths(config)
     with _policy_lock(config):
         lock = _read_json(lock_path)
         if lock is None or lock["decision_id"] != decision_id:
             raise MonitoringError(f"retrain {decision_id} holds no lock at {lock_path}")
-        lock["run"] = run
-        _write_json(lock_path, lock)
+        _write_json(lock_path, {**lock, **fields})
+
+
+def update_running(config: Config, decision_id: str, run: dict[str, Any], handed_off: bool = False) -> None:
+    """Attach run details (e.g. a KFP run id) to the running retrain's lock; handed_off=True when the run goes
+    on without this process (a submitted run): the lock then has no holder process and ends by release or expiry."""
+    fields: dict[str, Any] = {"run": run}
+    if handed_off:
+        fields["holder"] = None
+    _update_lock(config, decision_id, **fields)
+
+
+def heartbeat(config: Config, decision_id: str) -> None:
+    """Refresh the running retrain's heartbeat (what tells other hosts that its holder still runs)."""
+    _update_lock(config, decision_id, heartbeat_at=pd.Timestamp.now(tz="UTC").isoformat())
+
+
+@contextmanager
+def heartbeats(config: Config, decision_id: str) -> Iterator[None]:
+    """Refresh the retrain's heartbeat every quarter of `retrain_heartbeat_timeout_s` while the block runs."""
+    stop = threading.Event()
+    period = config.monitoring.retrain_heartbeat_timeout_s / 4
+
+    def beat() -> None:
+        while not stop.wait(period):
+            try:
+                heartbeat(config, decision_id)
+            except (MonitoringError, OSError) as err:  # released or unwritable: nothing left to keep alive
+                log.warning("retrain %s heartbeat stopped: %s", decision_id, err)
+                return
+
+    thread = threading.Thread(target=beat, name=f"retrain-heartbeat-{decision_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def release_retrain(config: Config, decision_id: str, outcome: dict[str, Any]) -> None:

@@ -250,13 +250,14 @@ def with_gate(config: Config, min_improvement: float) -> Config:
 
 # ------------------------------------------------------------------------------------------------ the API
 class ApiClient:
-    """The replay's HTTP client of the recommendation API (one keep-alive connection)."""
+    """The replay's HTTP client of the recommendation API (one keep-alive connection; `headers` carry a bearer
+    token with the `recommend` and `interactions:write` scopes)."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, headers: dict[str, str], timeout_s: float = 30.0) -> None:
         import httpx
 
         self.url = url
-        self._http = httpx.Client(base_url=url, timeout=timeout_s)
+        self._http = httpx.Client(base_url=url, timeout=timeout_s, headers=headers)
 
     def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
@@ -566,10 +567,10 @@ def _import_parts() -> None:
 
 
 def _start_serving(sim: Simulation) -> ApiClient:
-    from recsys.serve_api import api_url, start_api
+    from recsys.serve_api import api_url, auth_headers, start_api
 
     sim.api_pid = start_api(sim.config, detach=False)
-    return ApiClient(api_url(sim.config))
+    return ApiClient(api_url(sim.config), auth_headers(sim.config))
 
 
 def _stop_serving(sim: Simulation) -> None:

@@ -15,7 +15,14 @@ import pandas as pd
 from components.config import Config
 from components.errors import RecsysError
 from monitoring.data import MonitoringError
-from monitoring.policy import Decision, decide_and_claim, record_decision, release_retrain, update_running
+from monitoring.policy import (
+    Decision,
+    decide_and_claim,
+    heartbeats,
+    record_decision,
+    release_retrain,
+    update_running,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +30,9 @@ log = logging.getLogger(__name__)
 def run_retrain(config: Config, decision: Decision) -> dict[str, Any]:
     """Start the training pipeline for a decision that owns the retrain lock; return the outcome.
 
-    With `kfp.host` set the run is submitted and the lock stays until `release_retrain` (or its expiry);
-    otherwise the pipeline runs here with the KFP local runner and the lock is released when it ends."""
+    With `kfp.host` set the run is submitted and the lock, handed to that run, stays until `release_retrain` (or
+    its expiry); otherwise the pipeline runs here with the KFP local runner, this process holds the lock (with
+    heartbeats) and releases it when the pipeline ends."""
     if not decision.retrain:
         raise MonitoringError(f"decision {decision.decision_id} does not call for a retrain ({decision.reason})")
     try:
@@ -40,10 +48,11 @@ def run_retrain(config: Config, decision: Decision) -> dict[str, Any]:
             release_retrain(config, decision.decision_id, outcome)
             return outcome
         outcome = {"status": "submitted", "mode": "submitted", "host": config.kfp.host, "run_id": run_id}
-        update_running(config, decision.decision_id, outcome)
+        update_running(config, decision.decision_id, outcome, handed_off=True)
         return outcome
     try:
-        result = runner.run_pipeline("training", config)
+        with heartbeats(config, decision.decision_id):  # this process holds the lock while the pipeline runs
+            result = runner.run_pipeline("training", config)
         outcome = {"status": "succeeded", "mode": "local", "run_dir": result.get("run_dir"),
                    "seconds": result.get("seconds")}
     except RecsysError as err:

@@ -26,9 +26,10 @@ def reads_request_log(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def build_monitoring_pipeline(kfp: Kfp, gpu: bool) -> Callable:
-    """The monitoring pipeline in the images of `kfp`; `gpu` is passed on to the nested training pipeline."""
-    training_pipeline = build_training_pipeline(kfp, gpu)
+def build_monitoring_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str) -> Callable:
+    """The monitoring pipeline in the images of `kfp`; `gpu` and `redis_password_env` are passed on to the nested
+    training pipeline."""
+    training_pipeline = build_training_pipeline(kfp, gpu, redis_password_env)
     images = TaskImages(kfp)
 
     @dsl.pipeline(

@@ -26,11 +26,11 @@ def pipeline_function(name: PipelineName, config: Config) -> Callable:
     if name == "training":
         from pipelines.training import build_training_pipeline
 
-        return build_training_pipeline(config.kfp, gpu)
+        return build_training_pipeline(config.kfp, gpu, config.features.redis_password_env)
     if name == "monitoring":
         from pipelines.monitoring import build_monitoring_pipeline
 
-        return build_monitoring_pipeline(config.kfp, gpu)
+        return build_monitoring_pipeline(config.kfp, gpu, config.features.redis_password_env)
     raise PipelineError(f"unknown pipeline '{name}' (choose training or monitoring)")
 
 

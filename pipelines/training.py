@@ -16,12 +16,13 @@ from components.compress import compress_op
 from components.config import Kfp
 from components.deploy import deploy_op
 from components.evaluate import evaluate_op
-from components.features import features_op
+from components.features import REDIS_PASSWORD_SECRET, features_op
 from components.ingest import ingest_op
 from components.kfp_support import TaskImages
 from components.promote import promote_op
 from components.train import train_op
 from components.validate import validate_op
+from serving.triton_admin import ADMIN_KEY_ENV, ADMIN_KEY_SECRET
 
 NAME = "recsys-training"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -36,6 +37,13 @@ def mount_shared(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+def secret_env(task: dsl.PipelineTask, secret: str, key: str, env: str) -> dsl.PipelineTask:
+    """On a cluster the step gets a Secret's value as an environment variable: the compiled pipeline names the
+    Secret, never holds the value."""
+    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={key: env})
+    return task
+
+
 def request_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """Ask the cluster for one GPU node for the fine-tuning step (kfp-kubernetes)."""
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
@@ -45,9 +53,10 @@ def request_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def build_training_pipeline(kfp: Kfp, gpu: bool) -> Callable:
+def build_training_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str) -> Callable:
     """The training pipeline in the images of `kfp`; `gpu` (config model.fine_tune_encoder) puts the train
-    step on a GPU node."""
+    step on a GPU node; the features step gets Redis's password as `redis_password_env` (config
+    features.redis_password_env), the deploy step Triton's admin key as RECSYS_TRITON_ADMIN_KEY."""
     images = TaskImages(kfp)
 
     @dsl.pipeline(
@@ -63,6 +72,7 @@ def build_training_pipeline(kfp: Kfp, gpu: bool) -> Callable:
         validate.set_display_name("validate")
         validated = validate.outputs["validated"]
         features = mount_shared(images.task(features_op, config=config, canonical=validated))
+        secret_env(features, REDIS_PASSWORD_SECRET, "password", redis_password_env)
         features.set_display_name("features")  # transient failures are retried inside the step, never bad data
         train = images.task(train_op, config=config, canonical=validated, examples=features.outputs["examples"])
         train.set_display_name("train")
@@ -75,6 +85,7 @@ def build_training_pipeline(kfp: Kfp, gpu: bool) -> Callable:
             compress = images.task(compress_op, config=config, canonical=validated, model=model)
             compress.set_display_name("compress")
             deploy = mount_shared(images.task(deploy_op, config=config, bundle=compress.outputs["bundle"]))
+            secret_env(deploy, ADMIN_KEY_SECRET, "key", ADMIN_KEY_ENV)
             deploy.set_display_name("deploy").set_caching_options(False)
             promote = images.task(promote_op, config=config, model=model, decision=evaluate.outputs["decision"],
                                  deployment=deploy.outputs["deployment"])

@@ -21,9 +21,9 @@ REPORTS = {
 }
 
 
-def _sample_call(url: str, body: dict) -> dict:
+def _sample_call(url: str, body: dict, headers: dict[str, str]) -> dict:
     request = urllib.request.Request(f"{url}/recommend", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+                                     headers={"Content-Type": "application/json", **headers}, method="POST")
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -35,7 +35,7 @@ def demo(
     """Run the training pipeline on MovieLens-100K, then start the API and show a sample call."""
     from components.deploy import ensure_server
     from pipelines.runner import run_pipeline
-    from recsys.serve_api import api_url, sample_curl, sample_request, start_api, stop_api
+    from recsys.serve_api import api_url, auth_headers, sample_curl, sample_request, start_api, stop_api
 
     config = state(ctx).config
     with errors_as_exit():
@@ -60,4 +60,6 @@ def demo(
     console.rule(f"recommendation API on {api_url(config)} (pid {pid}; stop: recsys serve api-stop)")
     body = sample_request(config)
     console.print(sample_curl(config, body), soft_wrap=True, markup=False)
-    console.print_json(json.dumps(_sample_call(api_url(config), body)))
+    with errors_as_exit():
+        headers = auth_headers(config)
+    console.print_json(json.dumps(_sample_call(api_url(config), body, headers)))

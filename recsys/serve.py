@@ -1,6 +1,7 @@
 """`recsys serve ...` (the local Triton server) and `recsys deploy ...` (versions, rollback, status)."""
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -17,6 +18,15 @@ deploy_app = typer.Typer(
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _admin_key_source(build_dir: Path) -> str:
+    """Where the Triton admin key comes from (never the key itself)."""
+    from serving import triton_admin
+
+    if os.environ.get(triton_admin.ADMIN_KEY_ENV, "").strip():
+        return f"${triton_admin.ADMIN_KEY_ENV}"
+    return f"{triton_admin.key_file(build_dir)} (mode 600; `recsys deploy` reads it)"
 
 
 @app.command("triton")
@@ -39,6 +49,7 @@ def triton(
             raise
     live = f"version {version} of 'recommender'" if version else "no model yet (`recsys deploy bundle DIR`)"
     console.print(f"Triton ready at [bold]{settings.grpc_url}[/] (pid {server.pid}), serving {live}")
+    console.print(f"model control needs the admin key: {_admin_key_source(settings.build_dir)}")
     if detach:
         console.print(f"PID file {ts.pid_file(settings)}; stop with `recsys serve triton-stop`")
         return

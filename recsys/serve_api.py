@@ -2,11 +2,14 @@
 
 `start_api(config)` is the one launcher (CLI, demo, tests and benchmark call it): it writes the resolved config
 to a file, runs `bentoml serve serving.service:RecommendationService` with $RECSYS_CONFIG pointing at it, waits
-for /healthz and returns the PID (a PID file records detached servers).
+for /healthz and returns the PID (a PID file records detached servers). Every route but the probes needs a bearer
+token (serving/auth.py): the first start creates an admin key and writes its token to a 0600 file beside the keys
+file, which the local clients (demo, simulation, benchmark, sample curl) read, unless $RECSYS_API_TOKEN is set.
 """
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,11 +22,12 @@ import typer
 
 from components.config import CONFIG_ENV, Config, absolute_paths, write_config
 from components.errors import RecsysError
+from components.processes import owned_pid, pid_alive, write_pid_file
 from recsys.common import console, errors_as_exit, state
-from serving.triton_server import pid_alive
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:RecommendationService"
+TOKEN_ENV = "RECSYS_API_TOKEN"  # the bearer token local clients send (default: the first start's token file)
 PROMETHEUS_DIRS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
 
 
@@ -38,6 +42,62 @@ def api_url(config: Config) -> str:
 def api_dir(config: Config) -> Path:
     """Config file, PID file and log of the API server (next to Triton's build folder)."""
     return Path(config.serving.triton_build_dir).resolve().parent / "api"
+
+
+def api_keys_file(config: Config) -> Path:
+    """The API keys file: serving.auth.api_keys_file, by default api_keys.json in the API's folder (relative paths
+    from the project root, as the server sees them, whatever the working directory)."""
+    config = absolute_paths(config, PROJECT_ROOT)
+    path = Path(config.serving.auth.api_keys_file or api_dir(config) / "api_keys.json")
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def token_file(config: Config) -> Path:
+    """Where the first start writes the token of the admin key it creates (0600, beside the keys file)."""
+    return api_keys_file(config).with_name("api_token")
+
+
+def api_token(config: Config) -> str:
+    """The token a local client sends: $RECSYS_API_TOKEN, else the token file the first start wrote."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    try:
+        return token_file(config).read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ApiError(f"no API token: set ${TOKEN_ENV} or create a key with `recsys serve api-key create` "
+                       f"({token_file(config)} is not readable: {err.strerror})") from err
+
+
+def bearer_from_file(path: Path) -> str:
+    """A shell word for curl -H that reads the token from a file (the token itself never appears)."""
+    return f'"Authorization: Bearer $(cat {shlex.quote(str(path))})"'
+
+
+def auth_headers(config: Config) -> dict[str, str]:
+    """The Authorization header of a local client (see api_token); none when authentication is off."""
+    if not config.serving.auth.enabled:
+        return {}
+    return {"Authorization": f"Bearer {api_token(config)}"}
+
+
+def ensure_first_key(config: Config) -> Path | None:
+    """On the first start (no keys file yet, authentication on): create one key with every scope, write its token
+    once to the 0600 token file and say how to use it. Returns the token file when it was written."""
+    from serving.auth import SCOPES, create_key, write_token_file
+
+    keys = api_keys_file(config)
+    if not config.serving.auth.enabled or keys.exists():
+        return None
+    tokens = token_file(config)
+    if tokens.exists():
+        raise ApiError(f"{tokens} exists but {keys} does not: move the old token away (or restore the keys file)")
+    record, token = create_key(keys, "first-start admin", SCOPES)
+    write_token_file(tokens, token)
+    console.print(f"created API key {record.id} ({', '.join(SCOPES)}) in {keys}; its token is in {tokens} "
+                  f"(readable by you only). Use it as\n  curl -H {bearer_from_file(tokens)} {api_url(config)}/...\n"
+                  "More keys: `recsys serve api-key create --help`", soft_wrap=True, markup=False)
+    return tokens
 
 
 def pid_file(config: Config) -> Path:
@@ -85,6 +145,8 @@ def start_api(config: Config, detach: bool = True, timeout_s: float = 90.0) -> i
         raise ApiError(f"something already answers at {url}; stop it or set serving.api_port")
     folder = api_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
+    config.serving.auth.api_keys_file = api_keys_file(config)  # the server and the CLI use the same file
+    ensure_first_key(config)
     cfg_path = write_config(config, folder / f"config_{config.serving.api_port}.yaml")
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     for name in PROMETHEUS_DIRS:  # set by an imported feast.metrics: BentoML must use a metrics folder of its own
@@ -116,7 +178,7 @@ def start_api(config: Config, detach: bool = True, timeout_s: float = 90.0) -> i
                            f"see {log_file(config)}")
         time.sleep(0.2)
     if detach:
-        pid_file(config).write_text(str(proc.pid), encoding="utf-8")
+        write_pid_file(pid_file(config), proc.pid)
     return proc.pid
 
 
@@ -138,16 +200,17 @@ def stop_pid(pid: int, timeout_s: float = 20.0) -> None:
 
 
 def stop_api(config: Config) -> bool:
-    """Stop the detached API named in the PID file; False if none was running."""
+    """Stop the detached API named in the PID file; False if none was running.
+
+    Raises PidFileError, stopping nothing, when the pid now belongs to another process (its start time or
+    command line differs from the server that was started)."""
     path = pid_file(absolute_paths(config, PROJECT_ROOT))
-    if not path.is_file():
+    pid = owned_pid(path, SERVICE)
+    if pid is None:
         return False
-    pid = int(path.read_text().strip() or 0)
-    running = pid > 0 and pid_alive(pid)
-    if running:
-        stop_pid(pid)
+    stop_pid(pid)
     path.unlink(missing_ok=True)
-    return running
+    return True
 
 
 def sample_request(config: Config, k: int = 5) -> dict:
@@ -178,13 +241,18 @@ def sample_request(config: Config, k: int = 5) -> dict:
 
 
 def sample_curl(config: Config, body: dict | None = None) -> str:
-    """A curl line that asks the running API for recommendations (printed by the demo)."""
+    """A curl line that asks the running API for recommendations (printed by the demo), with the token file's
+    token (the token itself is never printed)."""
     payload = json.dumps(body or sample_request(config))
-    return f"curl -s -X POST {api_url(config)}/recommend -H 'Content-Type: application/json' -d '{payload}'"
+    return (f"curl -s -X POST {api_url(config)}/recommend -H {bearer_from_file(token_file(config))} "
+            f"-H 'Content-Type: application/json' -d '{payload}'")
 
 
 def register(app: typer.Typer) -> None:
-    """Add `api` and `api-stop` to the `serve` sub-app."""
+    """Add `api`, `api-stop` and `api-key ...` to the `serve` sub-app."""
+    from recsys import api_key_cmd
+
+    app.add_typer(api_key_cmd.app, name="api-key")
 
     @app.command("api")
     def api(

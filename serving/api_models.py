@@ -7,17 +7,35 @@
 - `profile` (cold start) has one optional field per declared user attribute, numbers within the declared
   [min, max];
 - each recommended item carries its title and the declared `displayed` attributes.
-An unknown filter or profile field is a 422 that names it; all of it appears in the OpenAPI document.
+An unknown filter or profile field is a 400 that names it; all of it appears in the OpenAPI document.
+
+Nothing is coerced: a bool or a string is never a number, numbers are finite and bounded, strings are bounded and
+free of control characters, and `event_timestamp` is an ISO-8601 string with a zone inside the window the
+configuration allows (`RequestLimits`), so a request is refused before any side effect (Feast push, log append).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    create_model,
+    model_validator,
+)
 
 from components.dataset import Attribute, DatasetSchema, IdColumn
 
@@ -26,30 +44,74 @@ MAX_ID = 2**62  # integer ids are int64 in every table; keeps JSON numbers insid
 MAX_ID_LENGTH = 128  # string ids
 MAX_VALUES = 32  # values of one membership filter
 MAX_TEXT = 64  # length of one categorical value
+MAX_NUMBER = 1e15  # magnitude of any number in a request (profile and filter values without declared bounds)
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # strings: no control characters (NUL breaks PostgreSQL's JSON, logs, ...)
+ISO_WITH_ZONE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-Number = StrictInt | StrictFloat
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+Number = StrictInt | Annotated[StrictFloat, AllowInfNan(False)]  # JSON numbers only; NaN and Infinity refused
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT, pattern=PRINTABLE)]
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on request values that the configuration sets: how far an `event_timestamp` may lie before or after
+    the time the API receives it (serving.event_max_age_days, serving.event_max_ahead_s)."""
+
+    event_max_age: timedelta = timedelta(days=365)
+    event_max_ahead: timedelta = timedelta(hours=1)
+
+    @classmethod
+    def from_serving(cls, serving: Any) -> RequestLimits:
+        """From the `serving` section of the configuration."""
+        return cls(timedelta(days=serving.event_max_age_days), timedelta(seconds=serving.event_max_ahead_s))
+
+
+def _iso_with_zone(value: Any) -> datetime:
+    """Only an ISO-8601 string with a zone is a time (no epoch numbers, no digits-only strings, no naive time); a
+    datetime passes (Python callers; BentoML's copy of the model runs this validator twice)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or len(value) > 40 or not ISO_WITH_ZONE.fullmatch(value):
+        raise ValueError("must be an ISO-8601 time with a zone, e.g. 2024-05-01T12:00:00Z")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as err:
+        raise ValueError(f"is not a valid time: {err}") from None
+
+
+def event_time_type(limits: RequestLimits) -> Any:
+    """The API type of an event time: ISO-8601 with a zone, within `limits` of now, returned in UTC."""
+
+    def in_window(value: datetime) -> datetime:
+        now = datetime.now(UTC)
+        if value < now - limits.event_max_age:
+            raise ValueError(f"is more than {limits.event_max_age.total_seconds() / 86400:g} days in the past "
+                             "(serving.event_max_age_days)")
+        if value > now + limits.event_max_ahead:
+            raise ValueError(f"is more than {limits.event_max_ahead.total_seconds():g} s in the future "
+                             "(serving.event_max_ahead_s)")
+        return value.astimezone(UTC)
+
+    return Annotated[AwareDatetime, BeforeValidator(_iso_with_zone), AfterValidator(in_window)]
 
 
 def id_type(column: IdColumn) -> Any:
     """The API type of an external id column."""
     if column.type == "int":
         return Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
-    return Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, strict=True)]
+    return Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=PRINTABLE, strict=True)]
 
 
 def _bounds(attr: Attribute) -> dict[str, float]:
-    out = {"allow_inf_nan": False}
-    if attr.min is not None:
-        out["ge"] = attr.min
-    if attr.max is not None:
-        out["le"] = attr.max
-    return out
+    """The declared [min, max] of a numeric attribute, within +-MAX_NUMBER."""
+    low = -MAX_NUMBER if attr.min is None else max(attr.min, -MAX_NUMBER)
+    high = MAX_NUMBER if attr.max is None else min(attr.max, MAX_NUMBER)
+    return {"ge": low, "le": high}
 
 
 class FiltersBase(_Strict):
@@ -140,18 +202,18 @@ class ApiModels:
     InteractionResponse: type[BaseModel]
 
 
-_BUILT: dict[str, ApiModels] = {}
+_BUILT: dict[tuple[str, RequestLimits], ApiModels] = {}
 
 
-def api_models(schema: DatasetSchema) -> ApiModels:
-    """The models for `schema` (built once per declaration: the same schema gives the same classes)."""
-    key = schema.model_dump_json()
+def api_models(schema: DatasetSchema, limits: RequestLimits | None = None) -> ApiModels:
+    """The models for `schema` (built once per declaration and limits: the same ones give the same classes)."""
+    key = (schema.model_dump_json(), limits or RequestLimits())
     if key not in _BUILT:
-        _BUILT[key] = _build(schema)
+        _BUILT[key] = _build(schema, key[1])
     return _BUILT[key]
 
 
-def _build(schema: DatasetSchema) -> ApiModels:
+def _build(schema: DatasetSchema, limits: RequestLimits) -> ApiModels:
     user_id, item_id = id_type(schema.user_id), id_type(schema.item_id)
     filters, profile = filters_model(schema), profile_model(schema)
     recommend = create_model(
@@ -166,9 +228,10 @@ def _build(schema: DatasetSchema) -> ApiModels:
         "InteractionRequest", __base__=_Strict, __doc__="POST /interactions body: one user-item event.",
         user_id=(user_id, ...), item_id=(item_id, ...),
         rating=(Number | None, Field(None, ge=rating.min if rating.min is not None else 0.0,
-                                     le=rating.max if rating.max is not None else 10.0, allow_inf_nan=False)),
-        event_timestamp=(datetime | None, Field(None, strict=False,
-                                                description="ISO time with zone; default now (UTC).")))
+                                     le=rating.max if rating.max is not None else 10.0)),
+        event_timestamp=(event_time_type(limits) | None, Field(
+            None, description=f"ISO-8601 time with a zone, at most {limits.event_max_age.days} days ago and "
+            f"{limits.event_max_ahead.total_seconds():g} s ahead; default now.")))
     shown = {name: (displayed_type(schema.item_attributes[name]), Field(default_factory=list)
                     if schema.item_attributes[name].kind == "multi_categorical" else None)
              for name in schema.displayed}

@@ -4,7 +4,10 @@ Request path: one Feast look-up (the `serving` feature service), one call of Tri
 ensemble, numpy for filters and explanations, one committed append to the request log (contract C6).
 When Triton or Feast fail, a popularity ranking answers with `degraded: true`; a circuit breaker skips the
 failed part and a watcher thread re-checks it (fresh gRPC channel, fresh store) so the API recovers
-without a restart. The config comes from $RECSYS_CONFIG (see recsys/serve_api.py, which starts it).
+without a restart. Only an outage trips a breaker: an error about one request's values degrades that request
+alone. The API stays ready while it can answer from its fallback. Every request passes serving/http_guard.py
+first (headers, body size, deadline, bounded error bodies). The config comes from $RECSYS_CONFIG (see
+recsys/serve_api.py, which starts it).
 """
 
 import logging
@@ -24,7 +27,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from components.config import Config, load_config
 from components.dataset import DatasetSchema
@@ -34,8 +41,10 @@ from components.id_maps import ExternalIds, load_id_maps
 from components.ingest import id_maps_dir
 from components.request_log import RequestLog, RequestRecord
 from serving import triton_repo as tr
-from serving.api_models import ApiModels, FiltersBase, api_models, display_value
-from serving.triton_client import RecommenderClient, encode_profile
+from serving.api_models import ApiModels, FiltersBase, RequestLimits, api_models, display_value
+from serving.auth import BearerAuth, caller_of, may_read_history
+from serving.http_guard import JSON_ROUTES, RequestGuard
+from serving.triton_client import RecommenderClient, TritonClientError, encode_profile
 
 log = logging.getLogger("recsys.api")
 
@@ -235,6 +244,18 @@ class ModelState:
                 for i, j in enumerate(best)]
 
 
+@dataclass(frozen=True)
+class Live:
+    """Everything a request reads that changes with the deployed version: the model state, the item catalogue
+    and the id maps. Immutable: a request takes it once (`Engine.live`) and uses it to the end; a version
+    change builds a new one and replaces the reference in one assignment."""
+
+    model: ModelState | None
+    catalogue: Catalogue
+    users: ExternalIds
+    items: ExternalIds
+
+
 class Breaker:
     """Up/down state of one dependency: requests skip it while it is down; the watcher re-checks it."""
 
@@ -254,6 +275,41 @@ class Breaker:
         self.up, self.error = False, (str(err) or type(err).__name__)[:300]
 
 
+class WritableCheck:
+    """Whether the request log takes writes (an empty committed transaction), checked at most once per interval
+    so that a stream of probes costs the log nothing."""
+
+    def __init__(self, request_log: RequestLog, interval_s: float = HEALTH_INTERVAL_S) -> None:
+        self.request_log, self.interval_s = request_log, interval_s
+        self.error = ""
+        self._checked_at = -math.inf
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._checked_at >= self.interval_s:
+                try:
+                    self.request_log.check_writable()
+                    self.error = ""
+                except Exception as err:  # noqa: BLE001 - any failure means "not writable"; the reason is kept
+                    self.error = (str(err) or type(err).__name__)[:300]
+                self._checked_at = time.monotonic()
+            return not self.error
+
+
+OUTAGE_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "NOT_FOUND"})
+REQUEST_ERRORS = (ValueError, TypeError, KeyError, IndexError, ArithmeticError)  # a value of one request refused
+
+
+def dependency_down(err: BaseException) -> bool:
+    """Whether a failed Triton or Feast call means the dependency is unavailable for everyone (unreachable,
+    timed out, overloaded, model not loaded) rather than that this one request's values were refused (e.g.
+    INVALID_ARGUMENT, a ValueError): only the first trips its breaker."""
+    if isinstance(err, TritonClientError):
+        return err.status.removeprefix("StatusCode.") in OUTAGE_STATUSES
+    return not isinstance(err, REQUEST_ERRORS)
+
+
 # ------------------------------------------------------------------------------------------------ engine
 class Engine:
     """The API's logic without HTTP: usable in-process (tests, benchmarks) and inside the BentoML service."""
@@ -264,10 +320,10 @@ class Engine:
         self.repo_dir = Path(s.model_repository)
         self.grpc_url = f"{s.host}:{s.triton_grpc_port}"
         self.schema = config.dataset
-        self.models: ApiModels = api_models(self.schema)
-        self.catalogue = Catalogue.from_feature_dir(feature_data_dir(config), self.schema)
-        self.users, self.items = self._load_ids()
+        self.models: ApiModels = api_models(self.schema, RequestLimits.from_serving(s))
+        self.live = Live(None, Catalogue.from_feature_dir(feature_data_dir(config), self.schema), *self._load_ids())
         self.request_log = RequestLog(s.request_log)
+        self.log_writable = WritableCheck(self.request_log)
         self.feast = Breaker("feature store")
         self.triton = Breaker(f"Triton at {self.grpc_url}")
         # one thread talks to Feast: look-ups and pushes are serialised and each waits at most FEAST_TIMEOUT_S
@@ -281,7 +337,6 @@ class Engine:
         self._client = self._new_client()
         self._watch_client = self._new_client()
         self._retired: list[RecommenderClient] = []
-        self.model: ModelState | None = None
         self._stop = threading.Event()
         self._check_lock = threading.Lock()
         self.check_feast()
@@ -308,17 +363,27 @@ class Engine:
         with self._check_lock:  # the watcher and /readyz may check at the same time
             return self._check_triton()
 
+    @property
+    def model(self) -> ModelState | None:
+        """The model state of the version the API serves now (a request reads `live` once instead)."""
+        return self.live.model
+
     def _check_triton(self) -> bool:
         try:
-            version = self._watch_client.active_version() if self._watch_client.server_ready() else None
-            if version is None:
+            versions = self._watch_client.served_versions() if self._watch_client.server_ready() else []
+            if not versions:
                 raise ServiceError(f"Triton at {self.grpc_url} is not ready or has no '{tr.ENSEMBLE}' loaded")
-            if self.model is None or self.model.version != version:
-                switched = self.model is not None
-                self.model = ModelState.load(self.repo_dir, version)
-                log.info("serving version %d (model %s)", version, self.model.model_version)
-                if switched:  # the pipeline that built it refreshed the item metadata (new items included)
-                    self._reload_catalogue()
+            live = self.live
+            # during a switch Triton serves both versions: the API keeps its own until Triton drops it
+            keep = live.model is not None and live.model.version in versions
+            version = live.model.version if keep else versions[-1]
+            if live.model is None or live.model.version != version:
+                model = ModelState.load(self.repo_dir, version)
+                # a new version: the pipeline that built it refreshed the item metadata (new items included)
+                tables = (self._read_catalogue(live) if live.model is not None
+                          else (live.catalogue, live.users, live.items))
+                self.live = Live(model, *tables)  # one assignment: a request sees the old state or the new
+                log.info("serving version %d (model %s)", version, model.model_version)
             self.triton.ok()
             return True
         except Exception as err:  # noqa: BLE001 - any failure means "down"; the breaker keeps the reason
@@ -335,13 +400,16 @@ class Engine:
             raise ServiceError(f"cannot read the id maps in {folder}: {err}") from err
         return ExternalIds(maps["user"]), ExternalIds(maps["item"])
 
-    def _reload_catalogue(self) -> None:
+    def _read_catalogue(self, live: Live) -> tuple[Catalogue, ExternalIds, ExternalIds]:
+        """The item catalogue and id maps read afresh (those of `live` when they cannot be read)."""
         try:
-            self.users, self.items = self._load_ids()
-            self.catalogue = Catalogue.from_feature_dir(feature_data_dir(self.config), self.schema)
-            log.info("item catalogue reloaded: %d items", len(self.catalogue.item_ids))
+            users, items = self._load_ids()
+            catalogue = Catalogue.from_feature_dir(feature_data_dir(self.config), self.schema)
+            log.info("item catalogue reloaded: %d items", len(catalogue.item_ids))
+            return catalogue, users, items
         except Exception as err:  # noqa: BLE001 - keep serving with the catalogue it has
-            log.warning("item catalogue not reloaded, keeping %d items: %s", len(self.catalogue.item_ids), err)
+            log.warning("item catalogue not reloaded, keeping %d items: %s", len(live.catalogue.item_ids), err)
+            return live.catalogue, live.users, live.items
 
     def _feast(self, fn: Any, *args: Any) -> Any:
         """fn(store, *args) on the Feast thread, opening the store if needed; TimeoutError after FEAST_TIMEOUT_S."""
@@ -367,7 +435,22 @@ class Engine:
             return False
 
     def ready(self) -> bool:
-        return self.check_triton() and self.check_feast()
+        """The API can answer, from its popularity fallback if need be: the catalogue is loaded and the request
+        log takes writes. Triton and Feast being down degrades answers but does not make the API unready (a
+        Triton outage must not take every replica out of the Service); `health()` reports them."""
+        return len(self.live.catalogue.item_ids) > 0 and self.log_writable()
+
+    def health(self) -> dict[str, Any]:
+        """Readiness and the state of each dependency (GET /healthz/details)."""
+        live = self.live
+        return {
+            "ready": self.ready(),
+            "catalogue_items": int(len(live.catalogue.item_ids)),
+            "request_log": {"writable": not self.log_writable.error, "error": self.log_writable.error or None},
+            "triton": {"up": self.triton.up, "error": self.triton.error or None,
+                       "model_version": live.model.model_version if live.model else None},
+            "feature_store": {"up": self.feast.up, "error": self.feast.error or None},
+        }
 
     def _watch(self) -> None:
         while not self._stop.wait(HEALTH_INTERVAL_S):
@@ -398,7 +481,10 @@ class Engine:
         try:
             row = self._feast(online_feature_rows, [user_id])[0]
         except Exception as err:  # noqa: BLE001
-            self.feast.fail(err)
+            if dependency_down(err):
+                self.feast.fail(err)
+            else:
+                log.warning("feature look-up failed for user key %s: %r", user_id, err)
             return None
         profile = {name: row.get(name) for name in self.config.dataset.user_attributes}
         profile = {name: None if value is not None and value != value else value  # NaN is missing, as None
@@ -406,29 +492,51 @@ class Engine:
         known = any(v is not None for v in profile.values()) or (row["user_interaction_count"] or 0) > 0
         return {"known": known, "profile": profile, "recent": row["recent_item_ids"]}
 
-    def _rank(self, model: ModelState, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
-              mask: np.ndarray | None) -> tuple[list[tuple[int, float]], int]:
+    def _rank(self, live: Live, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
+              filters: FiltersBase | None) -> tuple[Live, np.ndarray | None, list[tuple[int, float]]]:
+        """Rank by the exact version of `live.model` (its manifest, catalogue and Triton version together).
+        When Triton no longer serves that version (a switch finished since `live` was read), the live state is
+        re-read once and the request is ranked by the new version end to end; returns the state used, the
+        filter mask of its catalogue and the ranking."""
+        mask = live.catalogue.mask(filters)
+        try:
+            return live, mask, self._rank_version(live, recent, profile, exclude, k, mask)
+        except TritonClientError:
+            self.check_triton()
+            newer = self.live
+            if newer.model is None or newer.model.version == live.model.version:
+                raise
+        log.info("version %d left Triton during a request; ranked by version %d", live.model.version,
+                 newer.model.version)
+        mask = newer.catalogue.mask(filters)
+        return newer, mask, self._rank_version(newer, recent, profile, exclude, k, mask)
+
+    def _rank_version(self, live: Live, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
+                      mask: np.ndarray | None) -> list[tuple[int, float]]:
+        model = live.model
         fetch = k
         if mask is not None:
-            rows = self.catalogue.rows(model.sorted_ids)
+            rows = live.catalogue.rows(model.sorted_ids)
             selectivity = float(mask[rows[rows >= 0]].sum()) / max(model.n_items, 1)
             fetch = model.n_items if selectivity <= 0 else math.ceil(k / selectivity * OVERFETCH_SLACK)
         fetch = max(1, min(fetch, model.n_items))
         codes = encode_profile(model.manifest, profile)
-        ids, scores = self._client.recommend(recent, codes, exclude, fetch)
+        ids, scores = self._client.recommend(recent, codes, exclude, fetch, version=model.version)
         if mask is not None:
-            rows = self.catalogue.rows(ids)
+            rows = live.catalogue.rows(ids)
             keep = (rows >= 0) & mask[np.maximum(rows, 0)]
             ids, scores = ids[keep], scores[keep]
-        return [(int(i), float(s)) for i, s in zip(ids[:k], scores[:k], strict=True)], fetch
+        return [(int(i), float(s)) for i, s in zip(ids[:k], scores[:k], strict=True)]
 
-    def recommend(self, req: BaseModel) -> BaseModel:
+    def recommend(self, req: BaseModel, *, reveal_history: bool) -> BaseModel:
         """Answer one RecommendRequest (of `self.models`) with a RecommendResponse; never raises for Triton
-        or Feast failures (popularity answers, `degraded: true`)."""
+        or Feast failures (popularity answers, `degraded: true`). Explanations name the user's recent items
+        only when the caller may read the user's history (`reveal_history`, see serving.auth)."""
         t0 = time.perf_counter()
         timings = dict.fromkeys(STAGES, 0.0)
         reasons: list[str] = []
-        feats = self._features(self.users.key(req.user_id))
+        live = self.live  # one version's model state, catalogue and id maps for the whole request
+        feats = self._features(live.users.key(req.user_id))
         timings["feast"] = time.perf_counter() - t0
         request_profile = (req.profile or self.models.Profile()).model_dump()
         if feats is None:
@@ -443,8 +551,8 @@ class Engine:
             reasons.append("unknown user: ranked from the given profile" if has_profile
                            else "unknown user without a profile: popularity")
         exclude = recent if req.exclude_seen else []
-        mask = self.catalogue.mask(req.filters)
-        model = self.model
+        mask = live.catalogue.mask(req.filters)
+        model = live.model
         ranked: list[tuple[int, float]] = []
         source = POPULARITY_VERSION
         use_model = feats is not None and (known or has_profile)
@@ -455,18 +563,22 @@ class Engine:
         elif use_model:
             t1 = time.perf_counter()
             try:
-                ranked, _ = self._rank(model, recent, profile, exclude, req.k, mask)
-                source = "model"
-            except Exception as err:  # noqa: BLE001 - any Triton failure degrades to popularity
-                self.triton.fail(err)
-                reasons.append(f"Triton unavailable: {err}")
+                live, mask, ranked = self._rank(live, recent, profile, exclude, req.k, req.filters)
+                model, source = live.model, "model"
+            except Exception as err:  # noqa: BLE001 - any Triton failure degrades this request to popularity
+                if dependency_down(err):
+                    self.triton.fail(err)
+                    reasons.append(f"Triton unavailable: {str(err)[:300]}")
+                else:  # this request's values were refused: Triton stays up for everyone else
+                    log.warning("model ranking failed for one request: %r", err)
+                    reasons.append(f"model ranking failed for this request: {str(err)[:300]}")
             timings["triton"] = time.perf_counter() - t1
         degraded = use_model and source != "model" or feats is None
-        items = self._items(ranked, "model", model, recent)
+        items = self._items(live, ranked, "model", recent, reveal_history)
         if len(items) < req.k:  # fallback, or too few items passed the filters: popular items fill up
             taken = {item for item, _ in ranked} | set(exclude)
-            extra = self.catalogue.popular(req.k - len(items), taken, mask)
-            items += self._items(extra, "popularity", None, recent, start=len(items))
+            extra = live.catalogue.popular(req.k - len(items), taken, mask)
+            items += self._items(live, extra, "popularity", recent, reveal_history, start=len(items))
             if source == "model" and extra:
                 reasons.append(f"only {len(ranked)} ranked items passed the filters; popular items fill up")
         if degraded or not use_model:
@@ -491,36 +603,43 @@ class Engine:
         response.timings_ms = {k: round(v * 1000, 3) for k, v in timings.items()}
         return response
 
-    def _items(self, ranked: list[tuple[int, float]], source: str, model: ModelState | None, recent: list[int],
-               start: int = 0) -> list[BaseModel]:
-        """Response items (external ids, title, displayed attributes, explanation) of ranked item keys."""
+    def _items(self, live: Live, ranked: list[tuple[int, float]], source: str, recent: list[int],
+               reveal_history: bool, start: int = 0) -> list[BaseModel]:
+        """Response items (external ids, title, displayed attributes, explanation) of ranked item keys, described
+        by `live` (the request's one state); without `reveal_history` the explanation names no recent item and
+        closest_recent_item_id stays null."""
+        model = live.model if source == "model" else None
         near = model.closest([i for i, _ in ranked], recent) if model is not None and ranked else []
         out = []
         for n, (item, score) in enumerate(ranked):
-            meta = self.catalogue.describe(item)
+            meta = live.catalogue.describe(item)
             closest, sim = near[n] if near else (None, 0.0)
             if source == "popularity":
                 why = "popular in the latest window of interactions"
-            elif closest is not None:
-                title = self.catalogue.title(closest) or f"item {self.items.external(closest)}"
+            elif closest is not None and reveal_history:
+                title = live.catalogue.title(closest) or f"item {live.items.external(closest)}"
                 why = f"closest to your recent '{title}' (similarity {sim:.2f})"
+            elif closest is not None:
+                why, closest = "close to your recent interactions", None
             else:
                 why = "matches your profile"
             out.append(self.models.RecommendedItem(
-                item_id=self.items.external(item), rank=start + n + 1, score=round(score, 6), explanation=why,
-                closest_recent_item_id=None if closest is None else self.items.external(closest), source=source,
+                item_id=live.items.external(item), rank=start + n + 1, score=round(score, 6), explanation=why,
+                closest_recent_item_id=None if closest is None else live.items.external(closest), source=source,
                 **meta))
         return out
 
     # ---- /interactions -------------------------------------------------------------------------------
-    def interaction(self, req: BaseModel) -> BaseModel:
+    def interaction(self, req: BaseModel, *, reveal_history: bool) -> BaseModel:
         """Log one InteractionRequest (external ids) and push it to the online store under the ids' keys; an
-        id the id maps do not hold yet is logged only (the next ingest gives it a key)."""
+        id the id maps do not hold yet is logged only (the next ingest gives it a key). The user's recent items
+        come back only when the caller may read the user's history (`reveal_history`)."""
         ts = req.event_timestamp or datetime.now(UTC)
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=UTC)
         pushed, recent, reason = False, [], None
-        user_key, item_key = self.users.key(req.user_id), self.items.key(req.item_id)
+        live = self.live  # the id maps of one state for the whole request
+        user_key, item_key = live.users.key(req.user_id), live.items.key(req.item_id)
         if user_key is None or item_key is None:
             which = "user_id" if user_key is None else "item_id"
             reason = f"{which} {getattr(req, which)!r} is not in the id map yet: logged, pushed after the next ingest"
@@ -528,17 +647,22 @@ class Engine:
             try:
                 row = self._feast(push_interaction, user_key, item_key, req.rating, ts,
                                   self.config.features.last_n_items)
-                pushed, recent = True, [self.items.external(int(i)) for i in row["recent_item_ids"]]
-            except Exception as err:  # noqa: BLE001
-                self.feast.fail(err)
-                reason = f"feature store unavailable: {err}"
+                pushed, recent = True, [live.items.external(int(i)) for i in row["recent_item_ids"]]
+            except Exception as err:  # noqa: BLE001 - logged anyway; pushed after the next ingest
+                if dependency_down(err):
+                    self.feast.fail(err)
+                    reason = f"feature store unavailable: {str(err)[:300]}"
+                else:  # this event's values were refused: the store stays up for everyone else
+                    log.warning("feature push failed for one event: %r", err)
+                    reason = f"feature push failed for this event: {str(err)[:300]}"
         else:
             reason = f"feature store unavailable: {self.feast.error}"
         self.request_log.append_interaction(req.user_id, req.item_id, req.rating, ts)
         if not pushed:
             FALLBACKS.labels(reason="push_failed").inc()
         return self.models.InteractionResponse(user_id=req.user_id, item_id=req.item_id, logged=True, pushed=pushed,
-                                   degraded=not pushed, recent_item_ids=recent, reason=reason)
+                                   degraded=not pushed, recent_item_ids=recent if reveal_history else [],
+                                   reason=reason)
 
 
 # ----------------------------------------------------------------------------------------------- service
@@ -552,34 +676,29 @@ def _unavailable(endpoint: str, err: Exception) -> JSONResponse:
     return JSONResponse({"error": f"{endpoint} could not be served: {err}"}, status_code=503)
 
 
-class JsonOnly:
-    """ASGI middleware: POST bodies of the API routes must be JSON; anything else is a 415 that says so
-    (BentoML would try to parse e.g. multipart without a boundary and answer 500)."""
-
-    ROUTES = ("/recommend", "/interactions")
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path") in self.ROUTES:
-            headers = dict(scope.get("headers") or [])
-            media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
-            if media not in (b"application/json", b""):
-                REQUESTS.labels(endpoint=scope["path"].strip("/"), outcome="rejected").inc()
-                body = {"error": f"Content-Type must be application/json, got {media.decode('latin-1')!r}"}
-                await JSONResponse(body, status_code=415)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+def _count_rejection(path: str, status: int) -> None:
+    """Requests the HTTP guard refused, counted per API route (other paths are not labels: no cardinality)."""
+    if path in JSON_ROUTES:
+        REQUESTS.labels(endpoint=path.strip("/"), outcome="rejected").inc()
 
 
-MODELS = api_models(load_config().dataset)  # the declared data set's request and response models ($RECSYS_CONFIG)
+async def _health_details(request: Request) -> JSONResponse:
+    """GET /healthz/details: readiness, Triton, the feature store and the request log (see Engine.health)."""
+    engine = bentoml.get_current_service().engine
+    return JSONResponse(await run_in_threadpool(engine.health))
+
+
+CONFIG = load_config()  # $RECSYS_CONFIG
+MODELS = api_models(CONFIG.dataset, RequestLimits.from_serving(CONFIG.serving))  # the declared data set's models
 
 
 @bentoml.service(name="recsys_recommender", workers=1, threads=8, resources={"cpu": "1"},
-                 traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+                 traffic={"timeout": CONFIG.serving.request_timeout_s + 5},  # RequestGuard answers first
+                 logging={"access": {"enabled": False}})
 class RecommendationService:
-    """POST /recommend, POST /interactions; GET /healthz, /readyz (Triton and Feast answer), /metrics."""
+    """POST /recommend, POST /interactions; GET /healthz, /livez, /readyz (the API can answer, from its fallback if
+    need be), /healthz/details (each dependency's state), /metrics; every
+    route but the probes and the OpenAPI document needs a bearer token with its scope (serving/auth.py)."""
 
     def __init__(self) -> None:
         self.engine = Engine(load_config())
@@ -592,7 +711,9 @@ class RecommendationService:
         """Top-k items for a user: Feast features, one Triton call, metadata and an explanation per item."""
         t0 = time.perf_counter()
         try:
-            response = self.engine.recommend(MODELS.RecommendRequest.model_construct(**body))
+            request = MODELS.RecommendRequest.model_construct(**body)
+            response = self.engine.recommend(
+                request, reveal_history=may_read_history(caller_of(ctx.request.scope), request.user_id))
         except RecsysError as err:
             return _unavailable("recommend", err)
         ctx.response.headers["Server-Timing"] = _server_timing(response.timings_ms)
@@ -602,11 +723,13 @@ class RecommendationService:
         return response
 
     @bentoml.api(route="/interactions", input_spec=MODELS.InteractionRequest)
-    def interactions(self, **body: Any) -> MODELS.InteractionResponse:
+    def interactions(self, ctx: bentoml.Context, **body: Any) -> MODELS.InteractionResponse:
         """Record one interaction: pushed to Feast's online store at once and appended to the log."""
         t0 = time.perf_counter()
         try:
-            response = self.engine.interaction(MODELS.InteractionRequest.model_construct(**body))
+            request = MODELS.InteractionRequest.model_construct(**body)
+            response = self.engine.interaction(
+                request, reveal_history=may_read_history(caller_of(ctx.request.scope), request.user_id))
         except RecsysError as err:
             return _unavailable("interactions", err)
         REQUESTS.labels(endpoint="interactions", outcome="degraded" if response.degraded else "ok").inc()
@@ -614,4 +737,10 @@ class RecommendationService:
         return response
 
 
-RecommendationService.add_asgi_middleware(JsonOnly)
+RecommendationService.mount_asgi_app(Starlette(routes=[Route("/details", _health_details, methods=["GET"])]),
+                                     path="/healthz")
+# outermost: headers, body size, deadline and bounded error bodies (serving/http_guard.py); then who is calling
+RecommendationService.add_asgi_middleware(RequestGuard, max_body_bytes=CONFIG.serving.max_body_bytes,
+                                          request_timeout_s=CONFIG.serving.request_timeout_s,
+                                          on_reject=_count_rejection)
+RecommendationService.add_asgi_middleware(BearerAuth)

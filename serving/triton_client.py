@@ -1,7 +1,9 @@
 """gRPC client of the `recommender` ensemble, shared by the API, deploy and the tests.
 
 One call returns best-first item ids and scores. Timeouts on every call, retries with backoff while
-Triton answers UNAVAILABLE, and errors that name the model and the gRPC status.
+Triton answers UNAVAILABLE, and errors that name the model and the gRPC status. Inference, health and metadata
+need no key; model control, model configs and statistics send the admin key (serving.triton_admin) when the
+client has one.
 """
 
 import logging
@@ -15,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from components.encoders import ProfileEncoder
 from components.errors import RecsysError
+from serving import triton_admin
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,19 @@ class TritonClientError(RecsysError):
         self.model = model
         self.status = status or "UNKNOWN"
         super().__init__(f"Triton model '{model}' failed ({self.status}): {message}")
+
+
+class TritonAdminKeyError(TritonClientError):
+    """Triton refused an admin call (model control, config, statistics): the admin key is missing or wrong."""
+
+    def __init__(self, model: str, has_key: bool) -> None:
+        why = "was refused: wrong admin key" if has_key else "needs the admin key and the client has none"
+        super().__init__(
+            model,
+            "UNAUTHENTICATED",
+            f"{why}; set ${triton_admin.ADMIN_KEY_ENV} to the server's key (on the server's host it is read "
+            f"from {triton_admin.ADMIN_KEY_FILE} in serving.triton_build_dir)",
+        )
 
 
 def encode_profile(manifest: dict[str, Any], profile: Mapping[str, Any]) -> list[int]:
@@ -51,12 +67,14 @@ class RecommenderClient:
         retries: int = 2,
         backoff_s: float = 0.05,
         model_name: str = MODEL,
+        admin_key: str | None = None,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.model_name = model_name
+        self._admin_headers = triton_admin.grpc_headers(admin_key)
         self._client = grpcclient.InferenceServerClient(url=url)
 
     def close(self) -> None:
@@ -78,6 +96,8 @@ class RecommenderClient:
                 return fn(*args, **kwargs)
             except InferenceServerException as err:
                 status = _status(err)
+                if triton_admin.is_refusal(err.message() or ""):  # Triton answers UNAVAILABLE: never retried
+                    raise TritonAdminKeyError(model, self._admin_headers is not None) from err
                 if status in RETRYABLE and attempt < self.retries:
                     log.debug("Triton %s unavailable (attempt %d): %s; retrying", model, attempt + 1, err.message())
                     time.sleep(delay)
@@ -92,37 +112,68 @@ class RecommenderClient:
         profile: Sequence[int],
         exclude_item_ids: Sequence[int] = (),
         k: int = 10,
+        version: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Best-first (item_ids int64, scores float32), at most k, excluded ids left out."""
-        arrays = {
-            "history_item_ids": np.asarray(list(history_item_ids), dtype=np.int64).reshape(-1),
-            "profile": np.asarray(list(profile), dtype=np.int64).reshape(-1),
-            "exclude_item_ids": np.asarray(list(exclude_item_ids), dtype=np.int64).reshape(-1),
-            "k": np.asarray([k], dtype=np.int32),
-        }
-        return self.infer_raw(arrays)
+        """Best-first (item_ids int64, scores float32), at most k, excluded ids left out.
 
-    def infer_raw(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        `version`: the deployment version that must answer (its ensemble runs that version's every step); a
+        version Triton does not serve is a TritonClientError (StatusCode.NOT_FOUND or UNAVAILABLE), never
+        another version's answer. None: whichever version is loaded."""
+        return self.infer_raw(_request_arrays(history_item_ids, profile, exclude_item_ids, k), version)
+
+    def infer_raw(self, arrays: dict[str, np.ndarray], version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Send the given arrays as they are (any dtype/shape: the server checks them)."""
+        out = self._infer(self.model_name, arrays, ("item_ids", "scores"), version)
+        return out["item_ids"].astype(np.int64, copy=False), out["scores"].astype(np.float32, copy=False)
+
+    def recommend_steps(
+        self,
+        history_item_ids: Sequence[int],
+        profile: Sequence[int],
+        exclude_item_ids: Sequence[int],
+        k: int,
+        version: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What the ensemble answers, computed by calling `version` of each of its steps in turn (prep -> user
+        tower -> top-K): a version whose steps are loaded is tested before the ensemble routes traffic to it."""
+        arrays = _request_arrays(history_item_ids, profile, exclude_item_ids, k)
+        prep = self._infer("recommender_prep", {n: arrays[n] for n in ("history_item_ids", "profile")},
+                           ("history", "profile_index"), version)
+        tower = self._infer("recommender_user_tower", {"history": prep["history"], "profile": prep["profile_index"]},
+                            ("user_embedding",), version)
+        top = self._infer("recommender_topk", {"user_embedding": tower["user_embedding"],
+                                               "exclude_item_ids": arrays["exclude_item_ids"], "k": arrays["k"]},
+                          ("item_ids", "scores"), version)
+        return top["item_ids"].astype(np.int64, copy=False), top["scores"].astype(np.float32, copy=False)
+
+    def _infer(
+        self, model: str, arrays: dict[str, np.ndarray], output_names: Sequence[str], version: int | None
+    ) -> dict[str, np.ndarray]:
         inputs = []
         for name, array in arrays.items():
             tensor = grpcclient.InferInput(name, list(array.shape), _triton_dtype(array))
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput("item_ids"), grpcclient.InferRequestedOutput("scores")]
         result = self._call(
-            self.model_name,
+            model,
             self._client.infer,
-            self.model_name,
+            model,
             inputs=inputs,
-            outputs=outputs,
+            model_version="" if version is None else str(version),
+            outputs=[grpcclient.InferRequestedOutput(name) for name in output_names],
             client_timeout=self.timeout_s,
         )
-        ids = result.as_numpy("item_ids")
-        scores = result.as_numpy("scores")
-        if ids is None or scores is None:
-            raise TritonClientError(self.model_name, "INCOMPLETE", "response lacks item_ids or scores")
-        return ids.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
+        out = {name: result.as_numpy(name) for name in output_names}
+        missing = [name for name, array in out.items() if array is None]
+        if missing:
+            raise TritonClientError(model, "INCOMPLETE", f"response lacks {', '.join(missing)}")
+        return out
+
+    def served_versions(self, name: str | None = None) -> list[int]:
+        """Versions of a model that Triton serves now (its metadata: open to every caller)."""
+        name = name or self.model_name
+        meta = self._call(name, self._client.get_model_metadata, name, as_json=True, client_timeout=self.timeout_s)
+        return sorted(int(v) for v in meta.get("versions", []))
 
     # -- model control -------------------------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -140,18 +191,20 @@ class RecommenderClient:
 
     def load(self, name: str, config_json: str | None = None) -> None:
         """Load (or reload) a model, optionally with a config override (Triton's JSON model config)."""
-        kwargs: dict[str, Any] = {"client_timeout": max(self.timeout_s, 300.0)}
+        kwargs: dict[str, Any] = {"client_timeout": max(self.timeout_s, 300.0), "headers": self._admin_headers}
         if config_json is not None:
             kwargs["config"] = config_json
         self._call(name, self._client.load_model, name, **kwargs)
 
     def unload(self, name: str) -> None:
-        self._call(name, self._client.unload_model, name, client_timeout=max(self.timeout_s, 60.0))
+        self._call(
+            name, self._client.unload_model, name, headers=self._admin_headers, client_timeout=max(self.timeout_s, 60.0)
+        )
 
     def ready_versions(self, name: str | None = None) -> list[int]:
         """Versions of a model that are loaded and READY."""
         name = name or self.model_name
-        index = self._call(name, self._client.get_model_repository_index, as_json=True)
+        index = self._call(name, self._client.get_model_repository_index, headers=self._admin_headers, as_json=True)
         return sorted(
             int(m["version"])
             for m in index.get("models", [])
@@ -159,21 +212,40 @@ class RecommenderClient:
         )
 
     def active_version(self) -> int | None:
-        """The deployment version the ensemble is pinned to, None when it is not loaded."""
+        """The deployment version the ensemble is pinned to, None when it is not loaded.
+
+        Read from the ensemble's metadata (open to every caller): its version policy loads exactly the one
+        version that every step is pinned to (serving/templates/recommender.pbtxt.j2)."""
         if not self.model_ready(self.model_name):
             return None
-        cfg = self._call(self.model_name, self._client.get_model_config, self.model_name, as_json=True)
-        steps = cfg.get("config", {}).get("ensemble_scheduling", {}).get("step", [])
-        versions = {int(s.get("model_version", -1)) for s in steps}
+        meta = self._call(self.model_name, self._client.get_model_metadata, self.model_name, as_json=True,
+                          client_timeout=self.timeout_s)
+        versions = {int(v) for v in meta.get("versions", [])}
         return versions.pop() if len(versions) == 1 else None
 
     def model_config(self, name: str | None = None) -> dict[str, Any]:
         name = name or self.model_name
-        return self._call(name, self._client.get_model_config, name, as_json=True).get("config", {})
+        return self._call(
+            name, self._client.get_model_config, name, headers=self._admin_headers, as_json=True
+        ).get("config", {})
 
     def statistics(self, name: str | None = None) -> dict[str, Any]:
         name = name or self.model_name
-        return self._call(name, self._client.get_inference_statistics, model_name=name, as_json=True)
+        return self._call(
+            name, self._client.get_inference_statistics, model_name=name, headers=self._admin_headers, as_json=True
+        )
+
+
+def _request_arrays(
+    history_item_ids: Sequence[int], profile: Sequence[int], exclude_item_ids: Sequence[int], k: int
+) -> dict[str, np.ndarray]:
+    """The ensemble's inputs."""
+    return {
+        "history_item_ids": np.asarray(list(history_item_ids), dtype=np.int64).reshape(-1),
+        "profile": np.asarray(list(profile), dtype=np.int64).reshape(-1),
+        "exclude_item_ids": np.asarray(list(exclude_item_ids), dtype=np.int64).reshape(-1),
+        "k": np.asarray([k], dtype=np.int32),
+    }
 
 
 def _triton_dtype(array: np.ndarray) -> str:

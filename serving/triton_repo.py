@@ -23,6 +23,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from components.ann import AnnParams, write_item_index
+from components.atomic import fsync_dir, write_atomic
 from components.errors import RecsysError
 from components.schemas import read_bundle
 
@@ -171,18 +172,12 @@ def _version_files(bundle: Bundle, model: str, settings: RepoSettings) -> dict[s
     return files
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_configs(repo_dir: str | Path, configs: dict[str, str]) -> None:
     """Replace each model's config.pbtxt atomically (Triton reads it only when a model is loaded)."""
     for model, text in configs.items():
         folder = Path(repo_dir) / model
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(folder / "config.pbtxt", text)
+        write_atomic(folder / "config.pbtxt", text)
 
 
 def write_version(
@@ -213,6 +208,7 @@ def write_version(
                                  AnnParams(ef_search=settings.ann_ef_search))
         for stage, final in staged:
             os.rename(stage, final)
+            fsync_dir(final.parent)
     except OSError as err:
         for stage, _ in staged:
             shutil.rmtree(stage, ignore_errors=True)

@@ -16,13 +16,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.atomic import atomic_path
 from components.errors import RecsysError
+from components.processes import PidFileError, owned_pid, pid_alive, write_pid_file
+from serving import triton_admin
 
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 SHM_BASE = "triton_python_backend_shm_region_"
 STUB_PYTHON = "3.11"
+PROGRAM = "tritonserver"  # in the server's command line: how a PID file's pid is recognised
 
 
 class TritonServerError(RecsysError):
@@ -108,14 +112,14 @@ def backend_directory(build_dir: str | Path) -> Path:
             raise TritonServerError(f"the nvidia-pytriton wheel lacks {source}")
         dest = target / name
         if not dest.is_file() or dest.stat().st_size != source.stat().st_size:
-            tmp = target / f".{name}.tmp"
-            shutil.copy2(source, tmp)
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                shutil.copy2(source, tmp)
     return backends
 
 
 def server_command(settings: ServerSettings) -> tuple[list[str], dict[str, str]]:
-    """The tritonserver command line and environment."""
+    """The tritonserver command line (it holds the admin key: log it only through triton_admin.redact) and
+    environment."""
     wheel = _wheel_dir()
     backends = backend_directory(settings.build_dir)
     cmd = [
@@ -134,6 +138,8 @@ def server_command(settings: ServerSettings) -> tuple[list[str], dict[str, str]]
         "--exit-on-error=false",
         "--log-verbose=0",
         f"--backend-config=python,shm-region-prefix-name={settings.shm_prefix}",
+        # model control and the other non-inference protocols need the admin key (visible in the process list)
+        *triton_admin.server_options(triton_admin.admin_key(settings.build_dir, create=True)),
     ]
     env = dict(os.environ)
     libs = wheel.parent.parent / "nvidia_pytriton.libs"
@@ -201,6 +207,7 @@ def start_server(settings: ServerSettings, detach: bool = False) -> TritonServer
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=detach
         )
     log.info("started tritonserver pid %d (gRPC %s, log %s)", process.pid, settings.grpc_url, log_file)
+    log.debug("tritonserver command: %s", " ".join(triton_admin.redact(cmd)))
     server = TritonServer(pid=process.pid, settings=settings, process=process)
     try:
         wait_ready(settings, process=process)
@@ -209,21 +216,6 @@ def start_server(settings: ServerSettings, detach: bool = False) -> TritonServer
         raise
     log.info("tritonserver ready at %s", settings.grpc_url)
     return server
-
-
-def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def stop_server(
@@ -257,29 +249,27 @@ def pid_file(settings: ServerSettings) -> Path:
 
 
 def start_detached(settings: ServerSettings) -> TritonServer:
-    """Start a server that outlives this process and record its PID file."""
+    """Start a server that outlives this process and record its PID file (pid, host, start time)."""
     server = start_server(settings, detach=True)
-    path = pid_file(settings)
-    path.write_text(str(server.pid), encoding="utf-8")
+    write_pid_file(pid_file(settings), server.pid)
     return server
 
 
 def running_pid(settings: ServerSettings) -> int | None:
-    """PID from the PID file if that process is still alive."""
-    path = pid_file(settings)
-    if not path.is_file():
-        return None
+    """PID from the PID file if that process is still the server it recorded (not a reuse of its pid)."""
     try:
-        pid = int(path.read_text().strip())
-    except ValueError:
+        return owned_pid(pid_file(settings), PROGRAM)
+    except PidFileError as err:
+        log.warning("%s", err)
         return None
-    return pid if pid_alive(pid) else None
 
 
 def stop_detached(settings: ServerSettings, timeout_s: float = 20.0) -> bool:
-    """Stop the server named in the PID file; False if none was running."""
-    pid = running_pid(settings)
+    """Stop the server named in the PID file; False if none was running.
+
+    Raises PidFileError, stopping nothing, when the pid now belongs to another process."""
     path = pid_file(settings)
+    pid = owned_pid(path, PROGRAM)
     if pid is None:
         path.unlink(missing_ok=True)
         clean_shm(settings)

@@ -1,30 +1,35 @@
 """Feature store: point-in-time training examples, online = offline, pushes, unknown entities.
 
-The online tests run against the embedded SQLite store and a real redis-server (same test functions).
+The online tests run against the embedded SQLite store and a real redis-server (same test functions) that
+requires a password, which Feast gets from the environment.
 """
 
 import math
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import load_config
+from components.config import ConfigError, load_config
 from components.features import (
     FeatureStoreError,
     build_feature_store,
     materialize,
     online_features,
     online_item_features,
+    open_store,
     push_interaction,
+    redis_connection_string,
     redis_server,
     training_examples,
     write_examples,
 )
 
 LAST_N = 3
+REDIS_PASSWORD_ENV = load_config().features.redis_password_env
 WINDOWS = (1, 3)  # days
 NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = pd.Timestamp(NOW - timedelta(days=6))
@@ -87,21 +92,20 @@ def make_config(tmp_path, backend: str = "sqlite", redis: str = "127.0.0.1:6379"
 
 
 @pytest.fixture(scope="module")
-def redis_url():
-    with redis_server() as url:
-        yield url
+def local_redis():
+    """A password-protected redis-server; its password in $RECSYS_REDIS_PASSWORD while the module runs."""
+    with redis_server() as server, pytest.MonkeyPatch.context() as env:
+        env.setenv(REDIS_PASSWORD_ENV, server.password)
+        yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
 def online_store(request, tmp_path):
     """A built and materialized store (materialized up to NOW) on each online backend."""
     if request.param == "redis":
-        import redis
-
-        url = request.getfixturevalue("redis_url")
-        host, port = url.split(":")
-        redis.Redis(host=host, port=int(port)).flushall()
-        config = make_config(tmp_path, "redis", url)
+        server = request.getfixturevalue("local_redis")
+        server.client().flushall()
+        config = make_config(tmp_path, "redis", server.address)
     else:
         config = make_config(tmp_path)
     store = build_feature_store(config, tiny_tables())
@@ -205,11 +209,45 @@ def test_unknown_entities_come_back_empty(online_store):
     assert items.title.tolist() == [None] and pd.isna(items.item_popularity_1d.iloc[0])
 
 
-def test_unreachable_redis_is_a_clear_error(tmp_path):
-    with redis_server() as url:  # `retry=null`: fail at once instead of redis-py's 3 retries with back-off
-        store = build_feature_store(make_config(tmp_path, "redis", f"{url},retry=null"), tiny_tables())
+def test_unreachable_redis_is_a_clear_error(tmp_path, monkeypatch):
+    with redis_server() as server:  # `retry=null`: fail at once instead of redis-py's 3 retries with back-off
+        monkeypatch.setenv(REDIS_PASSWORD_ENV, server.password)
+        store = build_feature_store(make_config(tmp_path, "redis", f"{server.address},retry=null"), tiny_tables())
     with pytest.raises(FeatureStoreError, match="redis online store"):
         online_features(store, [1])
+
+
+@pytest.mark.integration
+def test_redis_refuses_a_client_without_the_password(local_redis, tmp_path, monkeypatch):
+    import redis
+
+    with pytest.raises(redis.exceptions.AuthenticationError, match="Authentication required"):
+        local_redis.client(authenticated=False).ping()
+    wrong = redis.Redis(host="127.0.0.1", port=local_redis.port, password="not-the-password")
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        wrong.ping()
+    assert local_redis.client().config_get("protected-mode") == {"protected-mode": "yes"}
+    # Feast with the password writes and reads (the online_store tests); without it, it is refused
+    config = make_config(tmp_path, "redis", f"{local_redis.address},retry=null")
+    store = build_feature_store(config, tiny_tables())
+    materialize(store, end=NOW)
+    assert online_features(store, [1]).iloc[0].user_interaction_count > 0
+    monkeypatch.delenv(REDIS_PASSWORD_ENV)
+    with pytest.raises(FeatureStoreError, match="redis online store.*Authentication required"):
+        online_features(open_store(config), [1])
+
+
+def test_the_redis_password_comes_from_the_environment_only(monkeypatch):
+    features = make_config(Path("/unused")).features
+    monkeypatch.delenv(REDIS_PASSWORD_ENV, raising=False)
+    assert redis_connection_string(features) == features.redis_connection
+    monkeypatch.setenv(REDIS_PASSWORD_ENV, 'p"w\\1')
+    assert redis_connection_string(features) == features.redis_connection + ',password="p\\"w\\\\1"'
+    monkeypatch.setenv(REDIS_PASSWORD_ENV, "a,b")
+    with pytest.raises(FeatureStoreError, match=f"{REDIS_PASSWORD_ENV} holds a comma"):
+        redis_connection_string(features)
+    with pytest.raises(ConfigError, match="redis_connection holds a password.*RECSYS_REDIS_PASSWORD"):
+        load_config(overrides=["features.redis_connection=redis:6379,ssl=true,Password=x"])
 
 
 def test_missing_definitions_are_reported(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.request_log import RequestLog, RequestLogError, RequestRecord
+from components.request_log import RequestLog, RequestLogError, RequestRecord, is_postgres_url
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -247,3 +247,22 @@ def test_prune_deletes_only_entries_past_retention(log_target: str) -> None:
         log.append_request(record(30, ts=now))  # the log keeps working after a prune
         with pytest.raises(RequestLogError, match="positive"):
             log.prune(timedelta(0))
+
+
+
+def test_check_writable_commits_nothing_and_fails_when_the_log_is_gone(log_target: str, request) -> None:
+    log = RequestLog(log_target)
+    log.check_writable()  # an empty committed transaction (readiness probes)
+    assert log.requests_frame().empty and log.interactions_frame().empty
+    if is_postgres_url(log_target):  # the database disappears under the open log
+        import psycopg
+
+        from components.request_log_pg import PASSWORD_ENV
+
+        server = request.getfixturevalue("postgres")
+        with psycopg.connect(server.url("postgres"), password=os.environ[PASSWORD_ENV], autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{log_target.rsplit("/", 1)[1]}" WITH (FORCE)')
+    else:
+        log.close()
+    with pytest.raises(RequestLogError):
+        log.check_writable()

@@ -109,7 +109,8 @@ def test_production_variant_uses_redis():
     default = yaml.safe_load((REPO / "feature_store.yaml").read_text())
     assert prod["project"] == default["project"] == "recsys"
     assert prod["online_store"]["type"] == "redis"
-    assert "${REDIS_CONNECTION}" in prod["online_store"]["connection_string"]
+    address, *params = prod["online_store"]["connection_string"].split(",")
+    assert address == "${REDIS_ADDRESS}" and 'password="${RECSYS_REDIS_PASSWORD}"' in params  # values from the env
     assert prod["offline_store"]["type"] not in ("file", "duckdb")
     assert default["online_store"]["type"] == "sqlite" and default["offline_store"]["type"] == "duckdb"
 

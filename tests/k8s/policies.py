@@ -5,6 +5,7 @@ and where (`Kind/name: container x ...`); an empty list means the manifests pass
 check on the real overlays and on a deliberately broken copy, so none of them can pass vacuously.
 """
 
+import base64
 import json
 import re
 import subprocess
@@ -350,7 +351,72 @@ def check_service_ports(objs: list[Obj]) -> list[str]:
     return problems
 
 
-OBJECTS_CHECKS = (check_pdb_coverage, check_networkpolicy_coverage, check_references, check_service_ports)
+SENSITIVE_ENV = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|(^|_)(KEY|AUTH)$", re.IGNORECASE)
+SECRET_ASSIGNMENT = re.compile(
+    r"(password|passwd|requirepass|secret|token|api[_-]?key|admin[_-]?key)[\"']?\s*[=:]\s*"
+    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&}]+)",
+    re.IGNORECASE,
+)
+URL_PASSWORD = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+MIN_SECRET_LEN = 8  # shorter Secret values would match ordinary text
+
+
+def _secret_values(objs: list[Obj]) -> dict[tuple[str, str], str]:
+    """(Secret name, key) -> decoded value, for every Secret of the rendered output."""
+    values = {}
+    for obj in objs:
+        if obj.get("kind") == "Secret":
+            for key, raw in (obj.get("data") or {}).items():
+                values[(obj["metadata"]["name"], key)] = base64.b64decode(raw).decode("utf-8", "replace")
+            for key, raw in (obj.get("stringData") or {}).items():
+                values[(obj["metadata"]["name"], key)] = str(raw)
+    return values
+
+
+def _is_reference(value: str) -> bool:
+    """An environment reference (${VAR}, $(VAR)) or an empty value: no secret in it."""
+    return re.fullmatch(r"[\"']?(\$\{\w+\}|\$\(\w+\)|null|none|~)?[\"']?", value, re.IGNORECASE) is not None
+
+
+def check_secrets_stay_in_secrets(objs: list[Obj]) -> list[str]:
+    """Secret values live only in Secrets: no ConfigMap holds a Secret's value, a literal password/key assignment
+    (a ${VAR} reference is fine) or a URL with a password; no container sets a secret-named variable to a literal
+    value; every secretKeyRef names a Secret and key of the output (unless optional)."""
+    problems = []
+    secrets = _secret_values(objs)
+    for obj in objs:
+        if obj.get("kind") != "ConfigMap":
+            continue
+        for key, text in (obj.get("data") or {}).items():
+            for (name, skey), value in secrets.items():
+                if len(value) >= MIN_SECRET_LEN and value in text:
+                    problems.append(f"{name_of(obj)}: {key} holds the value of Secret {name} ({skey})")
+            for match in SECRET_ASSIGNMENT.finditer(text):
+                if not _is_reference(match["value"]):
+                    problems.append(f"{name_of(obj)}: {key} holds a literal secret ({match[1]}=...)")
+            if URL_PASSWORD.search(text):
+                problems.append(f"{name_of(obj)}: {key} holds a URL with a password")
+    for obj in objs:
+        for where, template in pod_templates(obj):
+            for c in containers(template.get("spec", {})):
+                for env in c.get("env", []):
+                    if SENSITIVE_ENV.search(env["name"]) and env.get("value"):
+                        problems.append(f"{where}: container {c['name']} sets {env['name']} to a literal value "
+                                        "(use valueFrom.secretKeyRef)")
+                    ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                    if ref and not ref.get("optional") and (ref["name"], ref["key"]) not in secrets:
+                        problems.append(f"{where}: container {c['name']} reads key {ref['key']!r} of Secret "
+                                        f"{ref['name']!r}, which does not exist")
+    return problems
+
+
+OBJECTS_CHECKS = (
+    check_pdb_coverage,
+    check_networkpolicy_coverage,
+    check_references,
+    check_service_ports,
+    check_secrets_stay_in_secrets,
+)
 
 
 def all_problems(objs: list[Obj]) -> list[str]:

@@ -67,6 +67,15 @@ def test_dockerignore_keeps_the_context_small_but_complete():
         assert not D.ignored(path, patterns), path
 
 
+def test_local_secrets_stay_out_of_the_image():
+    """The launcher's Triton admin key file lives in the build folder, which never reaches the build context."""
+    from components.config import load_config
+    from serving.triton_admin import key_file
+
+    key = key_file(load_config().serving.triton_build_dir)
+    assert not key.is_absolute() and D.ignored(key.as_posix(), D.read_dockerignore()), key
+
+
 def test_project_sources_follow_pyproject():
     needed = D.project_sources()
     assert {"pyproject.toml", "README.md", "components", "recsys", "serving", "pipelines", "monitoring"} <= set(needed)

@@ -2,7 +2,8 @@
 feature_store.yaml, run against the repository's definitions with a real redis-server on loopback.
 
 The commands come from the rendered manifest (only the repository path, host, port and Redis address
-are swapped for local ones), so a broken command line, store file or definition fails here.
+are swapped for local ones), so a broken command line, store file or definition fails here. Redis requires a
+password: the store file's ${RECSYS_REDIS_PASSWORD} reference gets it from the pod's environment.
 """
 
 import os
@@ -15,9 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 import yaml
 
+from components.features import redis_server
 from tests.k8s import policies as P
 
 pytestmark = [
@@ -61,26 +64,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def redis_port(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield port
-    finally:
-        stop(proc)
+def local_redis():
+    with redis_server() as server:
+        yield server
 
 
 def local_command(command: list[str], repo: Path, **swap: str) -> list[str]:
@@ -92,7 +78,7 @@ def local_command(command: list[str], repo: Path, **swap: str) -> list[str]:
     return out
 
 
-def test_feast_deployment_applies_serves_and_reads_redis(tmp_path, redis_port):
+def test_feast_deployment_applies_serves_and_reads_redis(tmp_path, local_redis):
     objs = P.render("overlays/local")
     feast = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "feast")
     pod = feast["spec"]["template"]["spec"]
@@ -103,15 +89,20 @@ def test_feast_deployment_applies_serves_and_reads_redis(tmp_path, redis_port):
     repo = tmp_path / "feature_repo"
     shutil.copytree(P.K8S_DIR.parent / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
     store_yaml = yaml.safe_load(config_map["data"]["feature_store.yaml"])
-    store_yaml["online_store"]["connection_string"] = f"127.0.0.1:{redis_port}"
+    address, password_ref = store_yaml["online_store"]["connection_string"].split(",", 1)
+    store_yaml["online_store"]["connection_string"] = f"{local_redis.address},{password_ref}"  # still ${...}
     store_yaml["registry"]["path"] = str(tmp_path / "registry" / "registry.db")
     (tmp_path / "registry").mkdir()
     fs_file = tmp_path / "feature_store.yaml"
     fs_file.write_text(yaml.safe_dump(store_yaml), encoding="utf-8")
     fields_file = tmp_path / "feature_fields.json"
     fields_file.write_text(config_map["data"]["feature_fields.json"], encoding="utf-8")
-    env = {**os.environ, **{e["name"]: e["value"] for e in server["env"]}}
+    env = {**os.environ, **{e["name"]: e["value"] for e in server["env"] if "value" in e}}
     assert env["RECSYS_FEATURE_FIELDS"] == "/etc/feast/feature_fields.json"
+    # the Secret's value, as the kubelet puts it into the pod's environment
+    [password_env] = [e["name"] for e in server["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert f"${{{password_env}}}" in password_ref
+    env[password_env] = local_redis.password
     env.update(FEAST_FS_YAML_FILE_PATH=str(fs_file), RECSYS_FEATURE_FIELDS=str(fields_file), HOME=str(tmp_path),
                PATH=f"{BIN}:{os.environ['PATH']}")
 
@@ -148,3 +139,7 @@ def test_feast_deployment_applies_serves_and_reads_redis(tmp_path, redis_port):
         assert columns["gender"]["values"] == ["F", "M", None]
     finally:
         stop(proc)
+    # the features went to the Redis that refuses clients without the password
+    assert local_redis.client().dbsize() > 0
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        local_redis.client(authenticated=False).dbsize()

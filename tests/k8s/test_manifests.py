@@ -6,6 +6,7 @@ security, resources, probes, images, disruption budgets and network policies. Ea
 run on a broken manifest to show that it rejects it.
 """
 
+import base64
 import copy
 import re
 import shutil
@@ -16,7 +17,9 @@ import pytest
 import yaml
 
 from components.config import load_config
+from components.features import REDIS_PASSWORD_SECRET
 from components.request_log_pg import PASSWORD_ENV, PASSWORD_SECRET
+from serving.triton_admin import ADMIN_KEY_ENV, ADMIN_KEY_SECRET, HEADER, RESTRICTED_PROTOCOLS
 from tests.k8s import policies as P
 
 OVERLAYS = ("overlays/local", "overlays/gpu")
@@ -66,6 +69,8 @@ def test_overlay_builds_with_every_part(overlay):
         ("StatefulSet", "postgres"),
         ("Service", "postgres"),
         ("Secret", "recsys-request-log-db"),
+        ("Secret", REDIS_PASSWORD_SECRET),
+        ("Secret", ADMIN_KEY_SECRET),
         ("CronJob", "recsys-log-prune"),
         ("CronJob", "recsys-monitoring"),
         ("PyTorchJob", "recsys-finetune"),
@@ -203,6 +208,28 @@ def test_cluster_config_is_a_valid_project_config(overlay, tmp_path):
         env = {e["name"]: e for e in container(by_kind(objs, kind)[name], c)["env"]}
         assert env[PASSWORD_ENV]["valueFrom"]["secretKeyRef"] == {"name": PASSWORD_SECRET, "key": "password"}, name
     assert container(by_kind(objs, "CronJob")["recsys-log-prune"], "prune")["command"] == ["recsys", "log", "prune"]
+    # Redis's password and Triton's admin key come from their Secrets to every pod that uses them.
+    redis_ref = {"name": REDIS_PASSWORD_SECRET, "key": "password"}
+    key_ref = {"name": ADMIN_KEY_SECRET, "key": "key"}
+    for kind, name, c, wants in (
+        ("Deployment", "recsys-api", "api", {config.features.redis_password_env: redis_ref}),
+        ("Deployment", "feast", "feast", {config.features.redis_password_env: redis_ref}),
+        ("CronJob", "recsys-monitoring", "monitoring",
+         {config.features.redis_password_env: redis_ref, ADMIN_KEY_ENV: key_ref}),
+        ("StatefulSet", "redis", "redis", {"RECSYS_REDIS_PASSWORD": redis_ref, "REDISCLI_AUTH": redis_ref}),
+        ("Deployment", "triton", "triton", {ADMIN_KEY_ENV: key_ref}),
+    ):  # fmt: skip
+        env = {e["name"]: e for e in container(by_kind(objs, kind)[name], c)["env"]}
+        for var, ref in wants.items():
+            assert env[var]["valueFrom"]["secretKeyRef"] == ref, (name, var)
+    api_env = {e["name"] for e in container(by_kind(objs, "Deployment")["recsys-api"], "api")["env"]}
+    assert ADMIN_KEY_ENV not in api_env  # the API needs inference only
+    redis_args = container(by_kind(objs, "StatefulSet")["redis"], "redis")["args"]
+    assert redis_args[redis_args.index("--requirepass") + 1] == "$(RECSYS_REDIS_PASSWORD)"
+    assert redis_args[redis_args.index("--protected-mode") + 1] == "yes"
+    rule = f"{','.join(RESTRICTED_PROTOCOLS)}:{HEADER}=$({ADMIN_KEY_ENV})"
+    triton_args = container(by_kind(objs, "Deployment")["triton"], "triton")["args"]
+    assert {f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"} <= set(triton_args)
     # Paths the pods write to are on the artifacts volume, mounted at /var/lib/recsys.
     for p in (
         config.paths.artifacts_dir,
@@ -322,13 +349,17 @@ def test_feast_production_store_matches_the_repository():
     assert production["project"] == embedded["project"]
     assert production["entity_key_serialization_version"] == embedded["entity_key_serialization_version"]
     assert production["online_store"]["type"] == "redis"
-    config = yaml.safe_load(_configmap_file(objs, "recsys-config", "config.yaml"))
-    assert production["online_store"]["connection_string"] == config["features"]["redis_connection"]
+    config = load_config(overrides=[f"features.{k}={v}" for k, v in yaml.safe_load(
+        _configmap_file(objs, "recsys-config", "config.yaml"))["features"].items() if k.startswith("redis_")])
+    # the same address; the password is the environment reference Feast substitutes, never a value
+    address, password = production["online_store"]["connection_string"].rsplit(",password=", 1)
+    assert address == config.features.redis_connection
+    assert password == f'"${{{config.features.redis_password_env}}}"'
     feast = by_kind(objs, "Deployment")["feast"]
     registry_dir = Path(production["registry"]["path"]).parent
     for c in P.containers(feast["spec"]["template"]["spec"]):
         assert any(Path(m["mountPath"]) == registry_dir for m in c["volumeMounts"]), c["name"]
-        env = {e["name"]: e["value"] for e in c["env"]}
+        env = {e["name"]: e.get("value") for e in c["env"]}
         assert any(Path(m["mountPath"]) / "feature_store.yaml" == Path(env["FEAST_FS_YAML_FILE_PATH"])
                    for m in c["volumeMounts"])  # fmt: skip
 
@@ -473,7 +504,44 @@ BREAKS = {
         lambda o: o[1]["spec"]["ports"][0].update(targetPort="grpc"),
         "targetPort 'grpc' is not a container port",
     ),
+    "secret value in a configmap": (
+        lambda o: o.append(_secret("web-db", password="a-long-db-password"))
+        or o[5]["data"].update(url="host=db user=web a-long-db-password"),
+        "url holds the value of Secret web-db (password)",
+    ),
+    "password in a configmap": (
+        lambda o: o[5]["data"].update(conf="redis:6379,ssl=true,password=hunter2"),
+        "conf holds a literal secret (password=...)",
+    ),
+    "password in a url": (
+        lambda o: o[5]["data"].update(db="postgresql://web:hunter2@db:5432/web"),
+        "db holds a URL with a password",
+    ),
+    "secret env as a literal": (
+        lambda o: _c(o).update(env=[{"name": "DB_PASSWORD", "value": "hunter2"}]),
+        "sets DB_PASSWORD to a literal value",
+    ),
+    "missing secret": (
+        lambda o: _c(o).update(env=[{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "nope",
+                                                                                          "key": "password"}}}]),
+        "reads key 'password' of Secret 'nope', which does not exist",
+    ),
 }
+
+
+def _secret(name: str, **values: str) -> dict:
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "ns",
+                                                               "labels": {P.PART_OF: "t"}}, "data": data}
+
+
+def test_environment_references_in_a_configmap_are_no_secret():
+    objs = good_objects() + [_secret("web-db", password="a-long-db-password")]
+    objs[5]["data"].update(conf='redis:6379,password="${DB_PASSWORD}"', args="--requirepass $(DB_PASSWORD)")
+    _c(objs).update(env=[{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "web-db", "key": "password"}}},
+                         {"name": "OPTIONAL_TOKEN", "valueFrom": {"secretKeyRef": {"name": "later", "key": "t",
+                                                                                   "optional": True}}}])
+    assert P.all_problems(objs) == []
 
 
 def test_the_compliant_example_passes_every_check():
@@ -614,3 +682,26 @@ def test_kustomize_failure_is_reported(tmp_path):
     (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n", encoding="utf-8")
     with pytest.raises(P.RenderError, match="missing.yaml"):
         P.render(tmp_path)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_keys_come_from_a_secret_mounted_as_a_directory(overlay, tmp_path):
+    """serving.auth.api_keys_file is in the Secret recsys-api-keys, mounted without subPath (so a changed Secret
+    reaches the running pods); the placeholder holds no key, and no file holds a token, only hashes."""
+    import base64
+    import json
+
+    objs = rendered(overlay)
+    path = tmp_path / "config.yaml"
+    path.write_text(_configmap_file(objs, "recsys-config", "config.yaml"), encoding="utf-8")
+    keys_file = Path(load_config(path).serving.auth.api_keys_file)
+    deployment = by_kind(objs, "Deployment")["recsys-api"]
+    mounts = {m["mountPath"]: m for m in container(deployment, "api")["volumeMounts"]}
+    mount = mounts[str(keys_file.parent)]
+    assert mount.get("readOnly") and "subPath" not in mount
+    volume = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}[mount["name"]]
+    assert volume["secret"]["secretName"] == "recsys-api-keys"
+    secret = by_kind(objs, "Secret")["recsys-api-keys"]
+    keys = json.loads(base64.b64decode(secret["data"][keys_file.name]))
+    assert keys["keys"] == []  # a placeholder: no caller is let in until keys are added

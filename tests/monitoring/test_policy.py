@@ -1,20 +1,29 @@
 """Retraining policy: thresholds, cooldown, de-duplication (retrain lock), decision records, the trigger."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from components.config import write_config
+from components.processes import start_ticks
 from monitoring.data import MonitoringError
 from monitoring.policy import (
     decide,
     decide_and_claim,
     evaluate_signals,
+    heartbeat,
     load_state,
     release_retrain,
     running_retrain,
+    stale_reason,
+    update_running,
 )
 from monitoring.trigger import run_retrain
 from tests.monitoring.world import world_config
@@ -96,3 +105,60 @@ def test_trigger_releases_the_lock_when_submission_fails(tmp_path: Path) -> None
     assert running_retrain(config, T) is None and load_state(config)["last_outcome"]["status"] == "failed"
     with pytest.raises(MonitoringError, match="does not call for a retrain"):
         run_retrain(config, decide(QUIET, config, T))
+
+
+def _claim_in_child(config_path: Path) -> subprocess.Popen:
+    """A real monitor process that claims the retrain lock and then keeps running (until it is killed)."""
+    code = ("import sys, time, pandas as pd\n"
+            "from components.config import load_config\n"
+            "from monitoring.policy import decide_and_claim\n"
+            f"d = decide_and_claim({DRIFTED!r}, load_config(sys.argv[1]), now=pd.Timestamp({str(T)!r}))\n"
+            "print('claimed' if d.retrain else 'refused', flush=True)\n"
+            "time.sleep(120)\n")
+    return subprocess.Popen([sys.executable, "-c", code, str(config_path)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+
+
+def test_lock_of_a_killed_holder_is_stale_at_once(tmp_path: Path) -> None:
+    """The holder dies with SIGKILL (no release): the next decision retrains without waiting for the timeout."""
+    config = world_config(tmp_path, cooldown_hours=0, retrain_timeout_hours=12)
+    holder = _claim_in_child(write_config(config, tmp_path / "config.yaml"))
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        lock = running_retrain(config, T)
+        assert lock is not None and lock["holder"]["pid"] == holder.pid
+        assert lock["holder"]["start_ticks"] == start_ticks(holder.pid)
+        blocked = decide_and_claim(DRIFTED, config, now=T + pd.Timedelta(minutes=1))
+        assert not blocked.retrain and blocked.suppressed_by == "running"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    host = lock["holder"]["host"]
+    assert stale_reason(lock, config, T) == f"its holder, pid {holder.pid} on {host}, is no longer running"
+    after = decide_and_claim(DRIFTED, config, now=T + pd.Timedelta(minutes=2))  # 12 h before the lock would expire
+    assert after.retrain and running_retrain(config, T)["holder"]["pid"] == os.getpid()
+
+
+def test_lock_staleness_by_pid_reuse_heartbeat_and_hand_off(tmp_path: Path) -> None:
+    config = world_config(tmp_path, cooldown_hours=0, retrain_timeout_hours=12, retrain_heartbeat_timeout_s=60)
+    first = decide_and_claim(DRIFTED, config, now=T)
+    lock = running_retrain(config, T)
+    assert stale_reason(lock, config, T) is None
+    # this pid, but another start time: the recorded holder has gone and its pid was given to another process
+    reused = {**lock, "holder": {**lock["holder"], "start_ticks": lock["holder"]["start_ticks"] - 1}}
+    assert "is no longer running" in stale_reason(reused, config, T)
+    # a holder on another host: alive while its heartbeat is recent
+    remote = {**lock, "holder": {**lock["holder"], "host": "trainer-0.invalid"}}
+    assert stale_reason(remote, config, T) is None
+    old = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=90)).isoformat()
+    assert "sent no heartbeat for 9" in stale_reason({**remote, "heartbeat_at": old}, config, T)
+    heartbeat(config, first.decision_id)
+    assert pd.Timestamp(running_retrain(config, T)["heartbeat_at"]) > pd.Timestamp(lock["heartbeat_at"])
+    # handed to a submitted run: no holder process, only release or expiry ends it
+    update_running(config, first.decision_id, {"run_id": "r-1"}, handed_off=True)
+    handed = running_retrain(config, T)
+    assert handed["holder"] is None and handed["run"] == {"run_id": "r-1"}
+    assert stale_reason(handed, config, T + pd.Timedelta(hours=11)) is None
+    assert stale_reason(handed, config, T + pd.Timedelta(hours=12)).startswith("it expired")
+    with pytest.raises(MonitoringError, match="holds no lock"):
+        heartbeat(config, "someone-else")

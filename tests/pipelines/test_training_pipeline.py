@@ -153,3 +153,32 @@ def test_monitoring_step_gets_the_request_log_password_from_the_secret(tmp_path)
     assert secret["secretName"] == PASSWORD_SECRET and secret["optional"] is True
     assert secret["keyToEnv"] == [{"secretKey": "password", "envVar": PASSWORD_ENV}]
     assert "CHANGE-ME" not in str(platform)  # the pipeline names the Secret, never holds the password
+
+
+@pytest.mark.parametrize("name", ["training", "monitoring"])
+def test_compiled_pipeline_names_the_secrets_and_holds_none(tmp_path, monkeypatch, name):
+    """With every secret in the compiling process's environment, the YAML names the Secrets, never a value."""
+    import secrets
+
+    from components.features import REDIS_PASSWORD_SECRET
+    from components.request_log_pg import PASSWORD_ENV
+    from serving.triton_admin import ADMIN_KEY_ENV, ADMIN_KEY_SECRET
+
+    config = load_config(overrides=["features.online_store=redis",
+                                    "serving.request_log=postgresql://recsys@postgres.example:5432/recsys"])
+    values = {env: secrets.token_hex(16) for env in (ADMIN_KEY_ENV, config.features.redis_password_env, PASSWORD_ENV)}
+    for env, value in values.items():
+        monkeypatch.setenv(env, value)
+    text = compile_pipeline(name, config, tmp_path).read_text()
+    assert [env for env, value in values.items() if value in text] == []
+    _, platform = yaml.safe_load_all(text)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+    def secret_envs(step: str) -> list[tuple[str, str, str]]:
+        found = [(s["secretName"], k["secretKey"], k["envVar"])
+                 for e in (e for n, e in executors.items() if step in n) for s in e.get("secretAsEnv", [])
+                 for k in s["keyToEnv"]]
+        return sorted(set(found))
+
+    assert secret_envs("deploy-op") == [(ADMIN_KEY_SECRET, "key", ADMIN_KEY_ENV)]
+    assert secret_envs("features-op") == [(REDIS_PASSWORD_SECRET, "password", config.features.redis_password_env)]

@@ -44,7 +44,7 @@ def _shop_config(tmp_path: Path):
 @pytest.mark.slow
 def test_the_shop_runs_end_to_end_from_its_declaration(tmp_path):
     from components.monitor import run_monitoring
-    from recsys.serve_api import api_url, start_api, stop_api
+    from recsys.serve_api import api_url, auth_headers, start_api, stop_api
     from serving.triton_server import settings_from_config, stop_detached
 
     config = _shop_config(tmp_path)
@@ -58,7 +58,7 @@ def test_the_shop_runs_end_to_end_from_its_declaration(tmp_path):
         skus = pd.read_parquet(maps / "item_ids.parquet")["external_id"]
         items = pd.read_parquet(table_path(tasks["validate-op"]["validated"], ITEMS))
         category = items["category"].value_counts().index[0]
-        with httpx.Client(base_url=api_url(config), timeout=30) as http:
+        with httpx.Client(base_url=api_url(config), timeout=30, headers=auth_headers(config)) as http:
             openapi = http.get("/docs.json").text  # the declared fields are the documented fields
             assert all(f'"{name}"' in openapi for name in ("category", "price_min", "price_max", "segment", "brand"))
             assert '"genres"' not in openapi and '"occupation"' not in openapi

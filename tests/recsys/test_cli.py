@@ -21,7 +21,7 @@ def test_every_command_has_help():
     root = typer.main.get_command(app)
     paths = _command_paths(root)
     assert {("data", "ingest"), ("data", "validate"), ("pipeline", "compile"), ("pipeline", "run"),
-            ("log", "prune")} <= set(paths)
+            ("log", "prune"), ("serve", "api-key", "create"), ("serve", "api-key", "revoke")} <= set(paths)
     for path in paths:
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)

@@ -7,6 +7,7 @@ import pytest
 
 from components.config import Config, load_config
 from tests.serving.bundle_factory import make_bundle
+from tests.serving.oidc import Issuer
 
 
 def free_port() -> int:
@@ -58,3 +59,13 @@ def triton(tmp_path_factory):
         yield running
     finally:
         running[1].stop()
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    """An OIDC issuer on loopback (its JWKS over HTTP) that a module's API or verifier trusts."""
+    issuer = Issuer()
+    try:
+        yield issuer
+    finally:
+        issuer.close()

@@ -13,7 +13,7 @@ import pandas as pd
 from components.config import Config
 from components.deploy import deploy_bundle, restore_active
 from components.features import build_feature_store, materialize
-from recsys.serve_api import api_url, start_api, stop_pid
+from recsys.serve_api import api_url, auth_headers, start_api, stop_pid
 from serving import triton_server as ts
 from tests.serving.bundle_factory import GENDERS, OCCUPATIONS
 from tests.serving.conftest import free_port, serving_config
@@ -68,6 +68,10 @@ class Stack:
     def url(self) -> str:
         return api_url(self.config)
 
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header of the admin key the API's first start created (every scope)."""
+        return auth_headers(self.config)
+
     def restart_triton(self) -> None:
         """Start Triton again on the same ports and load the live version."""
         self.triton = ts.start_server(ts.settings_from_config(self.config))
@@ -114,9 +118,12 @@ def build_stack(root: Path, bundle: Path, n_users: int = 30, per_user: int = 12,
     config.serving.api_port = free_port()
     config.serving.request_log = root / "request_log.sqlite"
     config.serving.grpc_timeout_s = 2.0
-    for dotted, value in (overrides or {}).items():
-        section, key = dotted.split(".")
-        setattr(getattr(config, section), key, value)
+    for dotted, value in (overrides or {}).items():  # "section.key" or deeper ("serving.auth.jwt.issuer")
+        *parents, key = dotted.split(".")
+        node = config
+        for name in parents:
+            node = getattr(node, name)
+        setattr(node, key, value)
     tables = synthetic_tables(np.load(bundle / "item_ids.npy"), n_users, per_user)
     store = build_feature_store(config, tables)
     materialize(store, end=NOW)

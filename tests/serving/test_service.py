@@ -19,8 +19,9 @@ import pytest
 
 from components.config import write_config
 from components.request_log import RequestLog
-from recsys.serve_api import sample_curl, sample_request
+from recsys.serve_api import api_dir, api_keys_file, api_token, sample_curl, sample_request, token_file
 from serving import triton_repo as tr
+from serving.auth import create_key, revoke_key
 from serving.triton_client import encode_profile
 from tests.serving.conftest import free_port
 from tests.serving.service_stack import build_stack
@@ -31,8 +32,8 @@ ACKED: list[str] = []  # request ids answered with 200 in this module
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, bundles):
-    stack = build_stack(tmp_path_factory.mktemp("api"), bundles["a"])
+def stack(tmp_path_factory, bundles, issuer):
+    stack = build_stack(tmp_path_factory.mktemp("api"), bundles["a"], overrides=issuer.config_overrides())
     try:
         yield stack
     finally:
@@ -41,7 +42,8 @@ def stack(tmp_path_factory, bundles):
 
 @pytest.fixture(scope="module")
 def http(stack):
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    """A client with the admin token of the API's first start."""
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.auth_headers()) as client:
         yield client
 
 
@@ -72,10 +74,11 @@ def expected(reference, history, profile, exclude, k):
     return reference.recommend(history, codes, exclude, k)
 
 
-def test_health_ready_and_openapi(http):
-    assert http.get("/healthz").status_code == 200
-    assert http.get("/readyz").status_code == 200
-    paths = http.get("/docs.json").json()["paths"]
+def test_health_ready_and_openapi_need_no_credentials(stack):
+    with httpx.Client(base_url=stack.url, timeout=30) as anonymous:
+        for path in ("/healthz", "/readyz", "/livez"):
+            assert anonymous.get(path).status_code == 200, path
+        paths = anonymous.get("/docs.json").json()["paths"]
     assert "/recommend" in paths and "/interactions" in paths
 
 
@@ -197,10 +200,79 @@ def test_malformed_json_and_interactions_are_4xx(http):
     assert resp.status_code == 400 and "item_id" in resp.text
 
 
+def test_first_start_wrote_one_admin_token_and_no_secret_elsewhere(stack):
+    token, tokens = api_token(stack.config), token_file(stack.config)
+    assert oct(tokens.stat().st_mode & 0o777) == "0o600"
+    assert tokens.parent == api_keys_file(stack.config).parent
+    leaks = [str(p) for p in api_dir(stack.config).rglob("*") if p.is_file() and p != tokens
+             and token.encode() in p.read_bytes()]  # keys file (hashes), server log, config dump, metrics
+    assert not leaks
+
+
+def test_callers_without_credentials_or_scope_are_refused(stack, http):
+    body = {"user_id": 1, "k": 3}
+    with httpx.Client(base_url=stack.url, timeout=30) as anonymous:
+        resp = anonymous.post("/recommend", json=body)
+        assert resp.status_code == 401 and "missing Authorization header" in resp.json()["error"]
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+        assert anonymous.post("/interactions", json={"user_id": 1, "item_id": 2}).status_code == 401
+        assert anonymous.get("/metrics").status_code == 401
+        resp = anonymous.post("/recommend", json=body, headers={"Authorization": "Bearer rsk_0123456789ab_guess"})
+        assert resp.status_code == 401 and resp.json()["reason"] == "unknown_key"
+        resp = anonymous.post("/recommend", json=body, headers={"Authorization": "Token abc"})
+        assert resp.status_code == 401 and resp.json()["reason"] == "malformed_header"
+
+        record, token = create_key(api_keys_file(stack.config), "web front end", ["recommend"])  # API running
+        limited = {"Authorization": f"Bearer {token}"}
+        resp = anonymous.post("/recommend", json=body, headers=limited)
+        assert resp.status_code == 200, resp.text  # works at once, no restart
+        ACKED.append(resp.json()["request_id"])
+        resp = anonymous.post("/interactions", json={"user_id": 1, "item_id": 2}, headers=limited)
+        assert resp.status_code == 403 and "interactions:write" in resp.json()["error"]
+        assert 'scope="interactions:write"' in resp.headers["www-authenticate"]
+        assert anonymous.get("/metrics", headers=limited).status_code == 403
+        assert http.get("/metrics").status_code == 200  # admin
+
+        revoke_key(api_keys_file(stack.config), record.id)
+        resp = anonymous.post("/recommend", json=body, headers=limited)
+        assert resp.status_code == 401 and resp.json()["reason"] == "unknown_key"  # refused at once
+
+
+def test_history_only_to_callers_allowed_to_read_it(stack, http, issuer):
+    """Explanations naming recent items, closest_recent_item_id and recent_item_ids: admin, history:read, or a
+    JWT for the user itself; anyone else gets the ranking without the history."""
+    keys = api_keys_file(stack.config)
+    _, ranking_only = create_key(keys, "ranking only", ["recommend"])
+    _, reader = create_key(keys, "support desk", ["recommend", "history:read"])
+    callers = {"admin": stack.auth_headers(), "history:read": {"Authorization": f"Bearer {reader}"},
+               "own jwt": {"Authorization": f"Bearer {issuer.token(sub='13', scope='recommend interactions:write')}"},
+               "recommend key": {"Authorization": f"Bearer {ranking_only}"},
+               "other jwt": {"Authorization": f"Bearer {issuer.token(sub='14', scope='recommend interactions:write')}"}}
+    answers = {}
+    for name, headers in callers.items():
+        resp = http.post("/recommend", json={"user_id": 13, "k": 4}, headers=headers)
+        assert resp.status_code == 200, (name, resp.text)
+        answers[name] = resp.json()["items"]
+        ACKED.append(resp.json()["request_id"])
+    for name in ("admin", "history:read", "own jwt"):
+        assert all(i["closest_recent_item_id"] is not None and "recent 'Movie" in i["explanation"]
+                   for i in answers[name]), name
+    for name in ("recommend key", "other jwt"):
+        assert all(i["closest_recent_item_id"] is None and "Movie" not in i["explanation"] for i in answers[name])
+        assert [i["item_id"] for i in answers[name]] == [i["item_id"] for i in answers["admin"]]  # same ranking
+
+    item = answers["admin"][0]["item_id"]
+    own = http.post("/interactions", json={"user_id": 14, "item_id": item}, headers=callers["other jwt"]).json()
+    assert own["pushed"] and own["recent_item_ids"][-1] == item  # sub 14 writes for user 14: sees its history
+    foreign = http.post("/interactions", json={"user_id": 14, "item_id": item}, headers=callers["own jwt"]).json()
+    assert foreign["pushed"] and foreign["recent_item_ids"] == []
+
+
 def test_sample_curl_line_works(stack):
     body = sample_request(stack.config, k=3)
     (attribute, low), = body["filters"].items()  # the planted items' year: a declared range filter
     assert attribute == "year_min"
+    assert api_token(stack.config) not in sample_curl(stack.config, body)  # the line reads the token file
     proc = subprocess.run(sample_curl(stack.config, body), shell=True, capture_output=True, text=True, timeout=60,
                           check=True)  # noqa: S602
     data = json.loads(proc.stdout)
@@ -219,7 +291,8 @@ def test_cli_serve_api_detached_and_stop(stack, tmp_path):
     assert started.returncode == 0, started.stdout + started.stderr
     assert f"127.0.0.1:{port}/recommend" in started.stderr  # the sample curl line
     try:
-        resp = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": 1, "k": 2}, timeout=30)
+        resp = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": 1, "k": 2}, timeout=30,
+                          headers=stack.auth_headers())  # the same keys file as the first server
         assert resp.status_code == 200 and len(resp.json()["items"]) == 2
     finally:
         stopped = subprocess.run([*recsys, "serve", "api-stop"], capture_output=True, text=True, timeout=120, env=env)
@@ -244,7 +317,8 @@ def test_schemathesis_finds_no_server_error(stack, tmp_path):
     cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{stack.url}/docs.json",
            "--checks", "not_a_server_error", "--max-examples", "30", "--seed", "7", "--workers", "1",
            "--phases", "examples,coverage,fuzzing", "--include-path-regex", "^/(recommend|interactions)$",
-           "--request-timeout", "30", "--report", "junit", "--report-junit-path", str(junit)]
+           "--request-timeout", "30", "-H", f"Authorization: {stack.auth_headers()['Authorization']}",
+           "--report", "junit", "--report-junit-path", str(junit)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     cases = ET.parse(junit).getroot().iter("testcase")
@@ -259,7 +333,7 @@ def test_log_keeps_every_acknowledged_request_after_kill_9(stack):
     stop = threading.Event()
 
     def client(user_id: int) -> None:
-        with httpx.Client(base_url=stack.url, timeout=10) as http:
+        with httpx.Client(base_url=stack.url, timeout=10, headers=stack.auth_headers()) as http:
             while not stop.is_set():
                 try:
                     resp = http.post("/recommend", json={"user_id": user_id, "k": 5})
@@ -288,13 +362,14 @@ def test_log_keeps_every_acknowledged_request_after_kill_9(stack):
     assert all(per_request[r] == 5 for r in acked), "each logged request keeps all its ranked items"
 
     stack.start_api()  # restarts on the same log and goes on appending
-    resp = httpx.post(f"{stack.url}/recommend", json={"user_id": 1, "k": 3}, timeout=30)
+    resp = httpx.post(f"{stack.url}/recommend", json={"user_id": 1, "k": 3}, timeout=30, headers=stack.auth_headers())
     assert resp.status_code == 200
     assert resp.json()["request_id"] in set(RequestLog(stack.config.serving.request_log).requests_frame().request_id)
 
 
 def test_triton_down_degrades_then_recovers(http, stack):
-    """Last in the module: kill Triton, get popularity answers, restart it on the same port, recover."""
+    """Last in the module: kill Triton, get popularity answers (the API stays ready: it can answer, and a Triton
+    outage must not take every replica out of the Service), restart it on the same port, recover."""
     history, _ = user_state(stack, 11)
     healthy = recommend(http, user_id=11, k=5)
     stack.triton.stop()
@@ -304,7 +379,10 @@ def test_triton_down_degrades_then_recovers(http, stack):
         assert any("Triton" in r for r in down["reasons"])
         assert len(down["items"]) == 5 and not set(history) & {i["item_id"] for i in down["items"]}
         assert all(i["year"] >= 1960 for i in down["items"])
-    assert http.get("/readyz").status_code == 503
+    assert http.get("/readyz").status_code == 200
+    details = http.get("/healthz/details").json()
+    assert details["ready"] and not details["triton"]["up"] and details["triton"]["error"]
+    assert details["feature_store"]["up"] and details["request_log"]["writable"]
     stack.restart_triton()
     for _ in range(100):  # the watcher re-checks every second
         again = recommend(http, user_id=11, k=5)
@@ -312,5 +390,5 @@ def test_triton_down_degrades_then_recovers(http, stack):
             break
         time.sleep(0.1)
     assert not again["degraded"] and again["items"] == healthy["items"]
-    assert http.get("/readyz").status_code == 200
+    assert http.get("/readyz").status_code == 200 and http.get("/healthz/details").json()["triton"]["up"]
     assert 'recsys_api_fallbacks_total{reason="degraded"}' in http.get("/metrics").text

@@ -1,15 +1,16 @@
 """The API with a Redis online store that goes away: popularity answers marked degraded, interactions still
-logged, then recovery without a restart once Redis is back (re-materialized) on the same port."""
+logged, then recovery without a restart once Redis is back (re-materialized) on the same port. Redis requires a
+password, which the API and the test's store get from the environment."""
 
-import subprocess
+import json
 import time
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-import redis
 
-from components.features import open_store
+from components.config import load_config
+from components.features import open_store, start_redis
 from components.request_log import RequestLog
 from tests.serving.conftest import free_port
 from tests.serving.service_stack import NOW, build_stack
@@ -17,51 +18,32 @@ from tests.serving.service_stack import NOW, build_stack
 pytestmark = pytest.mark.integration
 
 
-def start_redis(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            return proc
-        except redis.exceptions.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def stop_redis(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def redis_stack(tmp_path_factory, bundles):
-    port = free_port()
-    server = {"proc": start_redis(port)}
-    stack = build_stack(tmp_path_factory.mktemp("api_redis"), bundles["a"],
-                        overrides={"features.online_store": "redis",
-                                   "features.redis_connection": f"127.0.0.1:{port}"})
-    try:
-        yield stack, port, server
-    finally:
-        stack.stop()
-        stop_redis(server["proc"])
+    server = {"redis": start_redis(free_port())}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(load_config().features.redis_password_env, server["redis"].password)  # the API inherits it
+        try:
+            stack = build_stack(tmp_path_factory.mktemp("api_redis"), bundles["a"],
+                                overrides={"features.online_store": "redis",
+                                           "features.redis_connection": server["redis"].address})
+        except BaseException:
+            server["redis"].stop()
+            raise
+        try:
+            yield stack, server
+        finally:
+            stack.stop()
+            server["redis"].stop()
 
 
 def test_feature_store_down_degrades_then_recovers(redis_stack):
-    stack, port, server = redis_stack
-    with httpx.Client(base_url=stack.url, timeout=30) as http:
+    stack, server = redis_stack
+    with httpx.Client(base_url=stack.url, timeout=30, headers=stack.auth_headers()) as http:
         healthy = http.post("/recommend", json={"user_id": 4, "k": 5}).json()
         assert not healthy["degraded"] and healthy["model_version"] == "test-0"
 
-        stop_redis(server["proc"])
+        server["redis"].stop()
         for _ in range(3):
             resp = http.post("/recommend", json={"user_id": 4, "k": 5, "filters": {"genres": ["Drama"]}})
             assert resp.status_code == 200, resp.text
@@ -69,14 +51,19 @@ def test_feature_store_down_degrades_then_recovers(redis_stack):
             assert down["timings_ms"]["feast"] < 3000, "a dead store must not stall requests (deadline 1 s)"
             assert down["degraded"] and down["model_version"] == "popularity"
             assert any("feature store" in r for r in down["reasons"])
+            assert server["redis"].password not in resp.text  # the reasons name the store, never its password
             assert len(down["items"]) == 5 and all("Drama" in i["genres"] for i in down["items"])
-        assert http.get("/readyz").status_code == 503
+        assert http.get("/readyz").status_code == 200  # it still answers (popularity): it stays in the Service
+        details = http.get("/healthz/details").json()
+        assert details["ready"] and not details["feature_store"]["up"] and details["triton"]["up"]
+        assert server["redis"].password not in json.dumps(details)
         resp = http.post("/interactions", json={"user_id": 4, "item_id": healthy["items"][0]["item_id"]})
         assert resp.status_code == 200 and resp.json()["logged"] and not resp.json()["pushed"]
         logged = RequestLog(stack.config.serving.request_log).interactions_frame()
         assert (logged.user_id == 4).sum() == 1
 
-        server["proc"] = start_redis(port)  # an empty Redis: load the features again
+        old = server["redis"]
+        server["redis"] = start_redis(old.port, old.password)  # an empty Redis: load the features again
         open_store(stack.config).materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=NOW)
         for _ in range(100):
             again = http.post("/recommend", json={"user_id": 4, "k": 5}).json()
@@ -84,4 +71,4 @@ def test_feature_store_down_degrades_then_recovers(redis_stack):
                 break
             time.sleep(0.1)
         assert not again["degraded"] and again["items"] == healthy["items"]
-        assert http.get("/readyz").status_code == 200
+        assert http.get("/readyz").status_code == 200 and http.get("/healthz/details").json()["feature_store"]["up"]

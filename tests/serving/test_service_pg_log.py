@@ -28,7 +28,7 @@ def test_two_apis_share_a_postgres_log_and_a_kill_9_loses_nothing(tmp_path, bund
         other_pid = start_api(other, detach=False)
 
         def client(name: str, base: str, user_id: int) -> None:
-            with httpx.Client(base_url=base, timeout=10) as http:
+            with httpx.Client(base_url=base, timeout=10, headers=stack.auth_headers()) as http:  # one keys file
                 while not stop.is_set():
                     try:
                         resp = http.post("/recommend", json={"user_id": user_id, "k": 5})

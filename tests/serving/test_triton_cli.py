@@ -10,6 +10,7 @@ import pytest
 
 from components.config import config_to_text
 from components.deploy import read_history
+from serving import triton_admin
 from serving import triton_server as ts
 from tests.serving.conftest import serving_config
 
@@ -51,6 +52,12 @@ def test_cli_serve_deploy_status_stop(tmp_path, bundles):
     finally:
         stopped = _recsys(config, "serve", "triton-stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stderr
+    # the key the deploy commands used is in the launcher's 0600 file, and in no output or log line
+    key = triton_admin.admin_key(settings.build_dir)
+    assert str(triton_admin.key_file(settings.build_dir)) in started.stderr.replace("\n", "")
+    outputs = (started, deployed, lonely, stopped)
+    assert all(key not in p.stdout + p.stderr for p in outputs) and key not in json.dumps(status)
+    assert key not in settings.log_file.read_text(errors="replace")
     assert not ts.pid_alive(pid) and not ts.is_ready(settings)
     assert not list(ts.SHM_DIR.glob(f"{settings.shm_prefix}*"))
 

@@ -19,6 +19,8 @@ def test_python_backend_configs(bundles):
     ensemble = tr.parse_config(configs["recommender"])
     assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 0
     assert [s.model_version for s in ensemble.ensemble_scheduling.step] == [2, 2, 2]
+    # the ensemble loads exactly the version its steps are pinned to: ensemble version N runs steps version N
+    assert list(ensemble.version_policy.specific.versions) == [2]
     assert {i.name: list(i.dims) for i in ensemble.input} == {
         "history_item_ids": [-1],
         "profile": [3],

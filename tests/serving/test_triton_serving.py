@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def _client(config) -> RecommenderClient:
+    """A client as the API has it: inference, health and metadata, no admin key."""
     s = config.serving
     return RecommenderClient(f"{s.host}:{s.triton_grpc_port}", timeout_s=10, retries=2)
 
@@ -30,7 +31,8 @@ def deployed(triton, bundles):
 def test_first_deploy_is_live_and_smoke_tested(deployed):
     config, result = deployed
     assert result.status == "active" and result.version == 1 and result.previous is None
-    assert len(result.smoke) == 3
+    # each smoke request ran on the new version's steps before the switch, then through the ensemble
+    assert [s["stage"] for s in result.smoke] == ["steps"] * 3 + ["ensemble"] * 3
     history = deploy.read_history(config.serving.model_repository)
     assert history["active"] == 1
     with _client(config) as client:
@@ -116,10 +118,42 @@ def test_malformed_requests_get_clear_errors(deployed):
         assert client.recommend([], [1, 1, 1], [], 3)[0].size == 3
 
 
-def test_failed_smoke_test_keeps_the_live_version(deployed, bundles):
+def test_requests_pin_the_version_that_answers(deployed, bundles):
     config, _ = deployed
-    with pytest.raises(deploy.DeployError, match="rolled back.*smoke request 0") as err:
-        deploy.deploy_bundle(config, bundles["broken"])
+    reference = tr.Reference(bundles["a"])
+    with _client(config) as client:
+        assert client.served_versions() == [1]
+        ids, scores = client.recommend([3, 4], [1, 2, 0], [5], 6, version=1)
+        want_ids, want_scores = reference.recommend([3, 4], [1, 2, 0], [5], 6)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+        steps = client.recommend_steps([3, 4], [1, 2, 0], [5], 6, version=1)  # the steps one by one, same answer
+        np.testing.assert_array_equal(steps[0], ids)
+        np.testing.assert_allclose(steps[1], scores, rtol=1e-6, atol=1e-6)
+        with pytest.raises(TritonClientError, match="'recommender'.*version 2") as err:  # never another version
+            client.recommend([3, 4], [1, 2, 0], [5], 6, version=2)
+        assert err.value.status in ("StatusCode.NOT_FOUND", "StatusCode.UNAVAILABLE")
+
+
+def test_failed_smoke_test_keeps_the_live_version(deployed, bundles):
+    """The broken version fails its smoke test on its own steps: the ensemble never serves it, not for a moment."""
+    config, _ = deployed
+    stop, served = threading.Event(), set()
+
+    def watch() -> None:
+        with _client(config) as client:
+            while not stop.is_set():
+                served.update(client.served_versions())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(deploy.DeployError, match=r"rolled back.*smoke request 0 .*\(steps\)") as err:
+            deploy.deploy_bundle(config, bundles["broken"])
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    assert served == {1}, f"the ensemble served versions {served} during the failed deployment"
     assert err.value.result.status == "failed"
     history = deploy.read_history(config.serving.model_repository)
     assert history["active"] == 1 and history["events"][-1]["error"]
@@ -187,7 +221,7 @@ def test_restart_restores_the_live_version(triton, deployed):
 
 def test_unload_makes_requests_fail_clearly(deployed):
     config, _ = deployed
-    with _client(config) as client:
+    with deploy._client(config) as client:  # model control: the client with the server's admin key
         client.unload("recommender")
         for _ in range(50):
             if not client.model_ready("recommender"):

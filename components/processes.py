@@ -1,0 +1,129 @@
+"""Which process is which: a pid plus its start time (and host), so a recycled pid is never mistaken for ours.
+
+A pid alone names whatever process holds that number now; after the process we started has exited, the
+kernel may give the number to any other process. The start time (field 22 of /proc/<pid>/stat, in clock
+ticks since boot) tells the two apart. PID files and the retraining lock record both.
+"""
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from components.atomic import write_atomic
+from components.errors import RecsysError
+
+
+class PidFileError(RecsysError):
+    """A PID file names a process that is not the one it recorded; nothing was stopped."""
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None if it is gone."""
+    try:
+        # the command name (field 2) may hold spaces and parentheses: count fields after its closing ")"
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def command_line(pid: int) -> str:
+    """The process's command line ('' when it is gone or unreadable)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """One process, told apart from any later holder of its pid."""
+
+    pid: int
+    host: str
+    start_ticks: int | None
+
+    @classmethod
+    def of(cls, pid: int) -> "ProcessIdentity":
+        """The identity of a process on this host, now."""
+        return cls(pid, socket.gethostname(), start_ticks(pid))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProcessIdentity":
+        ticks = data.get("start_ticks")
+        return cls(int(data["pid"]), str(data.get("host") or socket.gethostname()),
+                   None if ticks is None else int(ticks))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def local(self) -> bool:
+        return self.host == socket.gethostname()
+
+    def alive(self) -> bool | None:
+        """Whether this very process still runs; None when it runs on another host (this one cannot tell)."""
+        if not self.local:
+            return None
+        if not pid_alive(self.pid):
+            return False
+        return self.start_ticks is None or start_ticks(self.pid) == self.start_ticks
+
+
+def write_pid_file(path: str | Path, pid: int) -> Path:
+    """Record a server we started: pid, host and start time (JSON), written atomically."""
+    return write_atomic(path, json.dumps(ProcessIdentity.of(pid).to_dict()))
+
+
+def read_pid_file(path: str | Path) -> ProcessIdentity | None:
+    """The identity a PID file records (a bare pid from older files has no start time); None if there is none."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+        return ProcessIdentity.from_dict(data if isinstance(data, dict) else {"pid": data})
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise PidFileError(f"PID file {path} is unreadable ({err}); remove it if the server is gone") from err
+
+
+def owned_pid(path: str | Path, program: str) -> int | None:
+    """The pid of the running server a PID file records; None when that server is gone (stale file removed).
+
+    Raises PidFileError (nothing stopped, the stale file removed) when the pid now belongs to another process:
+    its start time differs from the recorded one, or its command line does not mention `program`."""
+    record = read_pid_file(path)
+    if record is None:
+        return None
+    if not pid_alive(record.pid):
+        Path(path).unlink(missing_ok=True)
+        return None
+    now_ticks, cmd = start_ticks(record.pid), command_line(record.pid)
+    if record.start_ticks is not None and now_ticks != record.start_ticks:
+        why = f"it started at tick {now_ticks}, the recorded server at tick {record.start_ticks}"
+    elif program not in cmd:
+        why = f"its command line does not mention {program}"
+    else:
+        return record.pid
+    Path(path).unlink(missing_ok=True)
+    raise PidFileError(f"refusing to stop pid {record.pid} named in {path}: it is no longer the server that was "
+                       f"started ({why}; now running: {cmd[:120] or '?'}); nothing was stopped and the "
+                       f"stale PID file was removed")

@@ -1,0 +1,63 @@
+"""Process identity: a recorded pid is ours only while its start time (and command line) still match."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components.processes import (
+    PidFileError,
+    ProcessIdentity,
+    command_line,
+    owned_pid,
+    read_pid_file,
+    start_ticks,
+    write_pid_file,
+)
+
+
+def sleeping_process(*cmd: str) -> subprocess.Popen:
+    """A child that just sleeps (`sleep 60` unless `cmd` says otherwise), returned once its command line shows."""
+    child = subprocess.Popen(list(cmd) or ["sleep", "60"])
+    deadline = time.monotonic() + 5
+    while not command_line(child.pid) and time.monotonic() < deadline:  # empty until exec has finished
+        time.sleep(0.01)
+    return child
+
+
+def test_identity_tells_a_recycled_pid_apart(tmp_path: Path) -> None:
+    child = sleeping_process(sys.executable, "-c", "import time; time.sleep(60)")
+    try:
+        me = ProcessIdentity.of(child.pid)
+        assert me.start_ticks == start_ticks(child.pid) and me.start_ticks is not None and me.alive() is True
+        # the same pid with another start time: the process the record names has gone, whoever holds the pid now
+        assert ProcessIdentity(child.pid, me.host, me.start_ticks - 1).alive() is False
+        assert ProcessIdentity(child.pid, "another-host.invalid", me.start_ticks).alive() is None
+    finally:
+        child.kill()
+        child.wait()
+    assert me.alive() is False and start_ticks(child.pid) is None
+
+
+def test_pid_file_round_trip_and_legacy_format(tmp_path: Path) -> None:
+    child = sleeping_process(sys.executable, "-c", "import time; time.sleep(60)")
+    try:
+        path = write_pid_file(tmp_path / "server.pid", child.pid)
+        assert json.loads(path.read_text())["start_ticks"] == start_ticks(child.pid)
+        assert owned_pid(path, "time.sleep(60)") == child.pid
+        legacy = tmp_path / "legacy.pid"
+        legacy.write_text(str(child.pid))
+        assert read_pid_file(legacy).start_ticks is None
+        with pytest.raises(PidFileError, match=f"refusing to stop pid {child.pid}.*does not mention tritonserver"):
+            owned_pid(legacy, "tritonserver")
+        assert not legacy.exists() and child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+    assert owned_pid(path, "time.sleep(60)") is None and not path.exists()  # gone: the stale file is removed
+    (tmp_path / "bad.pid").write_text("{not json")
+    with pytest.raises(PidFileError, match="bad.pid is unreadable"):
+        owned_pid(tmp_path / "bad.pid", "x")
