@@ -3,8 +3,8 @@
 Item embeddings are unit vectors of a latent-factor model (16 factors in 64 dimensions plus noise, as
 trained embeddings are); queries come from the same model. One compute thread throughout (faiss and numpy),
 as a server process gets. For each efSearch: recall@10 of the ANN step against exact search, and the
-per-request latency (p50/p99) of the serving step itself (`recsys_ops.ann_top_k`: search, drop excluded
-items, exact re-score) beside the exact step (`recsys_ops.top_k`, a full scan), same requests, same run.
+per-request latency (p50/p99) of the serving step itself (`components.bundle_ops.ann_top_k`: search, drop excluded
+items, exact re-score) beside the exact step (`request_top_k`, a full scan), same requests, same run.
 
     python -m benchmarks.bench_ann [--items 1000000] [--dim 64] [--queries 500] [--ef 32 64 128 256]
 
@@ -67,11 +67,10 @@ def main() -> dict:
 
     import faiss
 
+    from components import bundle_ops as ops
     from components.ann import AnnParams, build_item_index, exact_top_k, recall_at_k
-    from serving.triton_repo import ops_module
 
     faiss.omp_set_num_threads(1)
-    ops = ops_module()
     items = embeddings(args.items, args.dim, args.rank, args.noise, seed=0)
     queries = embeddings(args.queries, args.dim, args.rank, args.noise, seed=1)
     item_ids = np.arange(1, args.items + 1, dtype=np.int64)
@@ -87,7 +86,7 @@ def main() -> dict:
     exact_times = []
     for q in range(args.queries):
         t0 = time.perf_counter()
-        ids, _ = ops.top_k(index, items, queries[q], excludes[q], 10)
+        ids, _ = ops.request_top_k(index, items, queries[q], excludes[q], 10)
         if q < args.exact_requests:
             exact_times.append(time.perf_counter() - t0)
         exact_ids.append(ids)

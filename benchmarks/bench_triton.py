@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from components.bundle_ops import profile_sizes
 from components.config import load_config
 from components.deploy import deploy_bundle
 from serving import triton_server as ts
 from serving.triton_admin import admin_key
-from serving.triton_repo import ops_module
 
 log = logging.getLogger("bench_triton")
 
@@ -43,7 +43,7 @@ def _requests(bundle: Path, n: int, k: int, seed: int) -> list[dict[str, np.ndar
     """Random but realistic requests: a history of known items, a profile, the history excluded."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     ids = np.load(bundle / "item_ids.npy")
-    sizes = ops_module().profile_sizes(manifest)
+    sizes = profile_sizes(manifest)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):

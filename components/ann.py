@@ -3,7 +3,7 @@ chunks for evaluation and as the reference an index is measured against.
 
 The index uses the metric the model was trained with: the score is a dot product (inner product), so the
 index is `METRIC_INNER_PRODUCT`; an L2 index over the same vectors would rank differently whenever their
-norms differ. The Triton top-K step searches it (serving/templates/python/recsys_ops.ann_top_k).
+norms differ. The Triton top-K step searches it (components.bundle_ops.ann_top_k).
 """
 
 from __future__ import annotations

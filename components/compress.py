@@ -34,16 +34,17 @@ import numpy as np
 import pandas as pd
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.baselines import user_frame
 from components.config import Config
 from components.encoders import PROFILE_ENCODER_FILE, ProfileEncoder
+from components.ensemble import EnsembleReference, onnx_session
 from components.errors import RecsysError
-from components.evaluate import evaluate_task  # imported up front: it reads the config defaults at import
+from components.evaluate import eval_data, evaluate_main  # imported up front: it reads the config defaults at import
+from components.evaluation_types import EvalData, ModelResult
 from components.kfp_support import step
 from components.metrics import paired_difference
-from components.recommender import top_k
-from components.schemas import BUNDLE_FILES, BundleError, read_bundle, read_tables
-from components.splits import configured_split, histories
+from components.recommender import TowerRecommender
+from components.schemas import BundleError, read_bundle, read_tables
+from components.splits import configured_split
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,10 @@ class CompressError(RecsysError, RuntimeError):
 
 def session(path: str | Path):
     """An ONNX Runtime CPU session with one intra-op thread (fair, reproducible timings)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - ORT raises its own exception types; name the file
-        raise CompressError(f"ONNX Runtime cannot load {path}: {err}") from err
+        return onnx_session(path)
+    except BundleError as err:
+        raise CompressError(str(err)) from err
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
@@ -100,6 +95,8 @@ def export_text_encoder_onnx(encoder: Any, out_path: str | Path, atol: float = 1
     """
     import torch
 
+    from components.model import quiet_onnx_export
+
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     encoder = encoder.eval()
@@ -107,10 +104,10 @@ def export_text_encoder_onnx(encoder: Any, out_path: str | Path, atol: float = 1
                                "declared template gives them.", "Third"])
     example = (tokens["input_ids"], tokens["attention_mask"])
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=2, max=512)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_onnx_export():
         torch.onnx.export(encoder, example, str(out_path), input_names=list(TEXT_INPUTS), output_names=[TEXT_OUTPUT],
                           dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                          external_data=False)
+                          external_data=False, verbose=False)
         expected = encoder(*example).numpy()
     got = session(out_path).run([TEXT_OUTPUT], {k: v.numpy() for k, v in zip(TEXT_INPUTS, example, strict=True)})[0]
     diff = float(np.abs(got - expected).max())
@@ -250,63 +247,32 @@ def item_embeddings_from_text(model: Any, text_emb: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- measurement
 
 
-class OnnxRecommender:
-    """Contract C3 over an ONNX user tower and an item table; inputs prepared exactly like the trained model's."""
+class OnnxRecommender(TowerRecommender):
+    """Contract C3 over an ONNX user tower and an item table; inputs prepared exactly like `prepare`'s (the trained
+    model's tower inputs: its item ids and profile encoder)."""
 
     def __init__(self, name: str, tower: str | Path, item_ids: np.ndarray, item_embeddings: np.ndarray,
-                 prepare: Any, batch_size: int = 256) -> None:
-        self.name, self.prepare, self.batch_size = name, prepare, batch_size
+                 prepare: TowerRecommender, batch_size: int = 256) -> None:
         self.session = session(tower)
-        self.item_embeddings = np.asarray(item_embeddings, dtype=np.float32)
-        self.rows = pd.Series(np.arange(len(item_ids)), index=np.asarray(item_ids, dtype=np.int64))
+        super().__init__(name, self._encode, item_ids, item_embeddings, prepare.profile_encoder,
+                         prepare.max_seq_len, batch_size)
 
-    def user_embeddings(self, users: pd.DataFrame, histories: list[np.ndarray]) -> np.ndarray:
-        hist, prof = self.prepare.history_rows(histories), self.prepare.profile_rows(users)
-        out = [self.session.run(["user_embedding"], {"history": hist[s : s + self.batch_size],
-                                                     "profile": prof[s : s + self.batch_size]})[0]
-               for s in range(0, len(hist), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.item_embeddings.shape[1]), np.float32)
-
-    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
-        rows = self.rows.reindex(np.asarray(catalogue, dtype=np.int64)).to_numpy()
-        if np.isnan(rows).any():
-            raise CompressError(f"{self.name}: {int(np.isnan(rows).sum())} catalogue items have no embedding")
-        return (self.user_embeddings(users, histories) @ self.item_embeddings[rows.astype(np.int64)].T).astype(
-            np.float32)
+    def _encode(self, history: np.ndarray, profile: np.ndarray) -> np.ndarray:
+        return self.session.run(["user_embedding"], {"history": history, "profile": profile})[0]
 
 
-@dataclass
-class ValidationTask:
-    """Validation users (one target each), their training histories and the warm catalogue."""
-
-    users: pd.DataFrame
-    histories: list[np.ndarray]
-    targets: np.ndarray
-    catalogue: np.ndarray
-
-
-def validation_task(config: Config, tables: dict[str, pd.DataFrame]) -> ValidationTask:
-    """The split of contract C2 (same seed and cold items as training/evaluation); validation rows by user."""
+def validation_task(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
+    """The validation stage of the split of contract C2 (same seed and cold items as training and evaluation)."""
     split = configured_split(tables["interactions"], config)
-    val = split.validation.sort_values("user_id").reset_index(drop=True)
-    if val.empty:
+    if split.validation.empty:
         raise CompressError("the split has no validation rows: every user has fewer than 3 interactions")
-    hist = histories(split, "validation")
-    empty = np.empty(0, dtype=np.int64)
-    return ValidationTask(
-        users=user_frame(val["user_id"].to_numpy(), tables["users"]),
-        histories=[hist.get(int(u), empty) for u in val["user_id"]],
-        targets=val["item_id"].to_numpy(dtype=np.int64),
-        catalogue=np.setdiff1d(tables["items"]["item_id"].to_numpy(dtype=np.int64), split.held_out_items),
-    )
+    return eval_data(split, tables["items"], tables["users"], "validation")
 
 
-def validation_ndcg(recommender: Any, task: ValidationTask, config: Config) -> Any:
+def validation_ndcg(recommender: Any, task: EvalData, config: Config) -> ModelResult:
     """NDCG@10 (with bootstrap interval and per-user values) through the evaluator's ranking."""
-    cfg = config.model_copy(deep=True)
-    cfg.evaluate.ks = sorted(set(cfg.evaluate.ks) | {10})
-    return evaluate_task(recommender, recommender.name, "candidate", task.users, task.histories, task.targets,
-                         task.catalogue, cfg, groups=False)
+    ks = sorted(set(config.evaluate.ks) | {10})
+    return evaluate_main(recommender, recommender.name, "candidate", task, config, groups=False, ks=ks)
 
 
 def measure_latency(cases: dict[str, tuple[str | Path, dict[str, dict[str, np.ndarray]]]], repeats: int,
@@ -350,46 +316,11 @@ def choose_variant(measurements: dict[str, dict[str, float]], tolerance: float, 
 # ----------------------------------------------------------------------------------------------- the bundle
 
 
-class BundleScorer:
-    """In-process recommendations from a bundle with ONNX Runtime (the semantics of the Triton `recommender`)."""
-
-    def __init__(self, bundle_dir: str | Path) -> None:
-        self.path = Path(bundle_dir)
-        needed = [f for f in (*BUNDLE_FILES, TEXT_ENCODER_FILE) if f != "smoke.json"]  # smoke.json is made from it
-        missing = [f for f in needed if not (self.path / f).is_file()]
-        if missing:
-            raise CompressError(f"bundle {self.path} lacks {missing}")
-        self.manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
-        self.item_ids = np.load(self.path / "item_ids.npy")
-        self.embeddings = np.load(self.path / "item_embeddings.npy")
-        self.rows = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
-        self.session = session(self.path / "user_tower.onnx")
-
-    def recommend(self, history_item_ids: list[int], profile: list[int], exclude_item_ids: list[int],
-                  k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Best-first (item ids, scores): unknown/-1 history ids dropped, the latest max_seq_len kept, profile
-        values outside their vocabulary read as unknown (0)."""
-        length = int(self.manifest["max_seq_len"])
-        rows = self.rows.reindex(np.asarray(history_item_ids, dtype=np.int64)).dropna().to_numpy(np.int64)[-length:]
-        history = np.zeros((1, length), dtype=np.int64)
-        if len(rows):
-            history[0, -len(rows):] = rows + 1
-        sizes = np.array([len(f["vocab"]) + 1 for f in self.manifest["profile_encoder"]["fields"]])
-        prof = np.asarray(profile, dtype=np.int64).reshape(1, -1)
-        if prof.shape[1] != len(sizes):
-            raise CompressError(f"profile must hold {len(sizes)} values, got {prof.shape[1]}")
-        prof = np.where((prof >= 0) & (prof < sizes), prof, 0)  # outside the vocabulary = unknown
-        (user,) = self.session.run(["user_embedding"], {"history": history, "profile": prof})
-        ids, scores = top_k(user @ self.embeddings.T, k, [np.asarray(exclude_item_ids, np.int64)], self.item_ids)
-        keep = ids[0] >= 0
-        return ids[0][keep], scores[0][keep]
-
-
-def smoke_requests(task: ValidationTask, prepare: Any, item_ids: np.ndarray, k: int = 10) -> list[dict[str, Any]]:
+def smoke_requests(task: EvalData, prepare: Any, item_ids: np.ndarray, k: int = 10) -> list[dict[str, Any]]:
     """A few requests covering the serving cases: long history (truncated), short history with -1 padding and an
     unknown id, profile only (no history), and no exclusions."""
     lengths = np.array([len(h) for h in task.histories])
-    profiles = prepare.profile_rows(task.users)
+    _, profiles = prepare.tower_inputs(task.users, task.histories)
     long_u, short_u = int(np.argmax(lengths)), int(np.argmin(lengths))
     unknown = int(np.max(item_ids)) + 1000
     short = [-1, -1, *task.histories[short_u][-3:].tolist(), unknown]
@@ -404,8 +335,8 @@ def smoke_requests(task: ValidationTask, prepare: Any, item_ids: np.ndarray, k: 
 
 
 def write_smoke(bundle_dir: str | Path, requests: list[dict[str, Any]]) -> Path:
-    """smoke.json: each request with the item ids and scores the bundle itself returns (ONNX Runtime)."""
-    scorer = BundleScorer(bundle_dir)
+    """smoke.json: each request with the item ids and scores the bundle itself returns (the in-process ensemble)."""
+    scorer = EnsembleReference(bundle_dir)
     out = []
     for req in requests:
         ids, scores = scorer.recommend(req["history_item_ids"], req["profile"], req["exclude_item_ids"], req["k"])
@@ -538,9 +469,9 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
     return out
 
 
-def _latency_cases(variants: dict[str, Variant], task: ValidationTask, prepare: Any, tokenizer: Any,
+def _latency_cases(variants: dict[str, Variant], task: EvalData, prepare: Any, tokenizer: Any,
                    texts: list[str]) -> dict[str, tuple[Path, dict]]:
-    hist, prof = prepare.history_rows(task.histories), prepare.profile_rows(task.users)
+    hist, prof = prepare.tower_inputs(task.users, task.histories)
     order = np.argsort([-len(h) for h in task.histories], kind="stable")  # real users, full histories first
     tower_feeds = {b: {"history": hist[order[:b]], "profile": prof[order[:b]]} for b in LATENCY_BATCHES}
     text_feeds = {b: _tokens(tokenizer, texts[:b]) for b in LATENCY_BATCHES}
@@ -551,7 +482,7 @@ def _latency_cases(variants: dict[str, Variant], task: ValidationTask, prepare: 
     return cases
 
 
-def measure(config: Config, variants: dict[str, Variant], task: ValidationTask, prepare: Any, tokenizer: Any,
+def measure(config: Config, variants: dict[str, Variant], task: EvalData, prepare: Any, tokenizer: Any,
             texts: list[str], item_ids: np.ndarray) -> dict[str, dict[str, Any]]:
     """Sizes, latencies (batch 1 and 32) and validation NDCG@10 of every variant, plus the int8 attribution."""
     lat = measure_latency(_latency_cases(variants, task, prepare, tokenizer, texts), config.compress.latency_repeats)

@@ -278,6 +278,9 @@ class Monitoring(_Section):
     retrain_timeout_hours: float = Field(gt=0.0)
     retrain_heartbeat_timeout_s: float = Field(gt=0.0)
     state_path: Path
+    workspace_dir: Path | None = None
+    workspace_project: str | None = Field(default=None, min_length=1)
+    ui_port: int = Field(ge=1, le=65535)
 
 
 class Kfp(_Section):

@@ -20,20 +20,20 @@ Protocol (all recommenders, same run, same split from `components.splits`):
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
+from components.baselines import configured_baselines, user_frame
 from components.config import Config
 from components.dataset import group_labels
-from components.errors import RecsysError
+from components.evaluation_report import write_report
+from components.evaluation_types import EvalData, Evaluation, EvaluationError, ModelResult
 from components.kfp_support import step
 from components.metrics import (
-    Estimate,
     bootstrap,
     coverage,
     expected_rank,
@@ -44,98 +44,51 @@ from components.metrics import (
     rank_targets,
 )
 from components.recommender import Recommender
+from components.registry import read_champion
+from components.schemas import read_tables
+from components.splits import Split, cold_task, configured_split, histories
 
 log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION, BASELINE, REFERENCE = "candidate", "champion", "baseline", "reference"
 
 
-class EvaluationError(RecsysError, ValueError):
-    """The evaluation cannot run as configured; the message says what is missing."""
-
-
-@dataclass
-class ModelResult:
-    """One recommender on one task (main ranking or cold start)."""
-
-    key: str  # unique in the report: candidate, champion, or the baseline's name
-    name: str  # the recommender's own name
-    role: str
-    summary: dict[str, Estimate]
-    coverage: dict[str, float]
-    per_user: dict[str, np.ndarray] = field(repr=False)
-    ranks: np.ndarray = field(repr=False)  # expected rank per user
-    groups: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def value(self, metric: str) -> float:
-        if metric in self.summary:
-            return self.summary[metric].value
-        if metric in self.coverage:
-            return self.coverage[metric]
-        raise EvaluationError(f"metric {metric!r} not computed; have {sorted(self.summary) + sorted(self.coverage)}")
-
-
-@dataclass
-class EvalData:
-    """Everything the tasks share: the split and the frames built from it."""
-
-    split: Any
-    items: pd.DataFrame
-    catalogue: np.ndarray
-    users: pd.DataFrame  # test users in order, with profile columns
-    histories: list[np.ndarray]
-    targets: np.ndarray
-    cold_users: pd.DataFrame  # cold-test users with profile columns and `as_of` (the target's timestamp)
-    cold_histories: list[np.ndarray]
-    cold_exclude: list[np.ndarray]
-    cold_targets: np.ndarray
-
-
-@dataclass
-class Evaluation:
-    results: list[ModelResult]
-    cold: list[ModelResult]
-    decision: dict[str, Any]
-    info: dict[str, Any]
-
-    def result(self, key: str) -> ModelResult:
-        for r in self.results:
-            if r.key == key:
-                return r
-        raise EvaluationError(f"no result named {key!r}")
-
-
 # ----------------------------------------------------------------------------------------------- data
 
 
-def prepare(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
-    """Split the interactions (contract C2) and build the test and cold-start tasks."""
-    from components.baselines import user_frame
-    from components.splits import cold_task, configured_split, histories
-
-    split = configured_split(tables["interactions"], config)
-    items = tables["items"]
+def eval_data(split: Split, items: pd.DataFrame, users: pd.DataFrame,
+              stage: Literal["validation", "test"] = "test") -> EvalData:
+    """The main and cold-start ranking tasks of one stage of `split` (contract C2): what the evaluate step ranks
+    (test), what training stops early on and what the compression gate compares (validation)."""
     catalogue = np.setdiff1d(items["item_id"].to_numpy(dtype=np.int64), split.held_out_items)
-    if split.test.empty:
-        raise EvaluationError("no test rows: every user has fewer than 3 interactions on non-cold items")
-    test = split.test.sort_values("user_id").reset_index(drop=True)
-    hist = histories(split, "test")
+    rows = (split.validation if stage == "validation" else split.test).sort_values("user_id").reset_index(drop=True)
+    hist = histories(split, stage)
     empty = np.empty(0, dtype=np.int64)
-    cold = cold_task(split, "test")
-    cold_users = user_frame(cold.targets["user_id"].to_numpy(), tables["users"])
+    cold = cold_task(split, stage)
+    cold_users = user_frame(cold.targets["user_id"].to_numpy(), users)
     cold_users["as_of"] = cold.targets["event_timestamp"]  # same row order (both 0..n-1, sorted by user)
     return EvalData(
         split=split,
         items=items,
         catalogue=catalogue,
-        users=user_frame(test["user_id"].to_numpy(), tables["users"]),
-        histories=[hist.get(int(u), empty) for u in test["user_id"]],
-        targets=test["item_id"].to_numpy(dtype=np.int64),
+        users=user_frame(rows["user_id"].to_numpy(), users),
+        histories=[hist.get(int(u), empty) for u in rows["user_id"]],
+        targets=rows["item_id"].to_numpy(dtype=np.int64),
         cold_users=cold_users,
         cold_histories=cold.histories,
         cold_exclude=cold.exclude,
         cold_targets=cold.targets["item_id"].to_numpy(dtype=np.int64),
+        cold_items=cold.items,
+        cold_interactions=split.cold_interactions if stage == "test" else split.cold_validation_interactions,
+        stage=stage,
     )
+
+
+def prepare(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
+    """Split the interactions (contract C2) and build the test and cold-start tasks."""
+    split = configured_split(tables["interactions"], config)
+    if split.test.empty:
+        raise EvaluationError("no test rows: every user has fewer than 3 interactions on non-cold items")
+    return eval_data(split, tables["items"], tables["users"], "test")
 
 
 def _epoch_us(values: Any) -> np.ndarray:
@@ -199,36 +152,45 @@ def evaluate_task(
     config: Config,
     exclude: list[np.ndarray] | None = None,
     groups: bool = True,
+    ks: list[int] | None = None,
+    intervals: bool = True,
 ) -> ModelResult:
-    """Rank every target, then metrics with bootstrap intervals, coverage and (optionally) the group breakdown."""
+    """Rank every target, then metrics at `ks` (default `evaluate.ks`) with bootstrap intervals (point values only
+    without `intervals`), coverage and (optionally) the group breakdown."""
     cfg = config.evaluate
-    ks = sorted(cfg.ks)
+    ks = sorted(ks or cfg.ks)
+    samples = cfg.bootstrap_samples if intervals else 0
     ranks, top = rank_targets(recommender, users, hist, targets, catalogue, max(ks), exclude=exclude)
     per_user = per_user_metrics(ranks, ks)
-    summary = bootstrap(per_user, cfg.bootstrap_samples, config.train.seed)
+    summary = bootstrap(per_user, samples, config.train.seed)
     cov = {f"coverage@{k}": coverage(top[:, :k], catalogue) for k in ks}
     breakdown = pd.DataFrame()
     if groups:
         schema = config.dataset
         attrs = {name: np.asarray(group_labels(users[name], schema.user_attributes[name]), dtype=object)
                  for name in schema.fairness_groups if name in users}
-        breakdown = group_breakdown(per_user, attrs, cfg.bootstrap_samples, config.train.seed)
+        breakdown = group_breakdown(per_user, attrs, samples, config.train.seed)
     params = dict(getattr(recommender, "params", {}) or {})
     return ModelResult(key, recommender.name, role, summary, cov, per_user, expected_rank(ranks), breakdown, params)
 
 
-def evaluate_main(recommender: Recommender, key: str, role: str, data: EvalData, config: Config) -> ModelResult:
-    log.info("evaluating %s (%s) on %d test users x %d items", key, recommender.name, len(data.users),
+def evaluate_main(recommender: Recommender, key: str, role: str, data: EvalData, config: Config,
+                  **options: Any) -> ModelResult:
+    """The main ranking of `data`'s stage; `options` go to `evaluate_task` (groups, ks, intervals)."""
+    log.info("evaluating %s (%s) on %d %s users x %d items", key, recommender.name, len(data.users), data.stage,
              len(data.catalogue))
-    return evaluate_task(recommender, key, role, data.users, data.histories, data.targets, data.catalogue, config)
+    return evaluate_task(recommender, key, role, data.users, data.histories, data.targets, data.catalogue, config,
+                         **options)
 
 
-def evaluate_cold(recommender: Recommender, key: str, role: str, data: EvalData, config: Config) -> ModelResult:
+def evaluate_cold(recommender: Recommender, key: str, role: str, data: EvalData, config: Config,
+                  **options: Any) -> ModelResult:
+    """The cold-start ranking of `data`'s stage (no group breakdown); `options` go to `evaluate_task`."""
     share = getattr(recommender, "set_item_events", None)
     if share is not None:  # the same new-item interactions the new-item-popularity baseline counts (point in time)
-        share(data.split.cold_interactions)
+        share(data.cold_interactions)
     return evaluate_task(recommender, key, role, data.cold_users, data.cold_histories, data.cold_targets,
-                         data.split.cold_items, config, exclude=data.cold_exclude, groups=False)
+                         data.cold_items, config, exclude=data.cold_exclude, groups=False, **options)
 
 
 # ----------------------------------------------------------------------------------------------- gate
@@ -305,9 +267,6 @@ def _tuning_metric(config: Config) -> str:
 def baseline_candidate(config: Config, canonical_dir: str | Path, spec: str) -> Recommender:
     """`baseline:ease` (or item-knn, most-popular, als, sasrec-ce): that baseline, tuned and fitted on this split, as
     a candidate."""
-    from components.baselines import configured_baselines
-    from components.schemas import read_tables
-
     name = spec.removeprefix(BASELINE_PREFIX)
     tables = read_tables(canonical_dir)
     data = prepare(config, tables)
@@ -320,8 +279,6 @@ def baseline_candidate(config: Config, canonical_dir: str | Path, spec: str) -> 
 
 def _champion(config: Config, model_dir: str | Path | None) -> tuple[Recommender | None, dict[str, Any]]:
     """The registry's champion as a loaded recommender (or None) and what the decision should say about it."""
-    from components.registry import read_champion
-
     current = read_champion(config.paths.artifacts_dir)
     if current is None:
         return None, {}
@@ -349,10 +306,6 @@ def run_evaluation(
 ) -> Evaluation:
     """Evaluate the candidate (a model directory, or a given recommender), the champion and the baselines; write
     report.html, report.md, metrics.json, decision.json and plots/ to `out_dir`; return the evaluation."""
-    from components.baselines import configured_baselines
-    from components.evaluation_report import write_report
-    from components.schemas import read_tables
-
     check_gate_metric(config)
     if not Path(canonical_dir).is_dir():
         raise EvaluationError(f"canonical tables folder {canonical_dir} does not exist")

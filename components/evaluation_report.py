@@ -8,15 +8,13 @@ import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from components.evaluation_types import Evaluation, ModelResult
 from components.metrics import Estimate, per_user_metrics
-
-if TYPE_CHECKING:
-    from components.evaluate import Evaluation, ModelResult
 
 METHOD_NOTES = [
     "Split: temporal leave-last-out per user (last interaction = test, the one before = validation); the "

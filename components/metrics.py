@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from components.bundle_ops import ItemIndex, exclusion_mask, top_k
 from components.dataset import UNKNOWN_GROUP, group_order
 from components.errors import RecsysError
-from components.recommender import Recommender, catalogue_positions, check_scores, exclusion_mask, top_k
+from components.recommender import Recommender, check_scores
 
 
 class MetricsError(RecsysError, ValueError):
@@ -45,10 +46,11 @@ def target_ranks(
     targets = np.asarray(targets, dtype=np.int64)
     if scores.shape != (len(targets), len(catalogue)):
         raise MetricsError(f"scores shape {scores.shape} != ({len(targets)} users, {len(catalogue)} items)")
-    pos = catalogue_positions(catalogue, targets)
+    index = ItemIndex(catalogue)
+    pos = index.rows(targets)
     rows = np.arange(len(targets))
     target_score = scores[rows, np.maximum(pos, 0)]
-    candidate = np.ones_like(scores, dtype=bool) if exclude is None else ~exclusion_mask(catalogue, exclude)
+    candidate = np.ones_like(scores, dtype=bool) if exclude is None else ~exclusion_mask(index, exclude)
     candidate[rows, np.maximum(pos, 0)] |= pos >= 0  # the target is always a candidate
     higher = ((scores > target_score[:, None]) & candidate).sum(axis=1)
     equal = ((scores == target_score[:, None]) & candidate).sum(axis=1) - 1  # minus the target itself
@@ -79,6 +81,7 @@ def rank_targets(
     if not (len(users) == len(histories) == len(targets) == len(exclude)):
         raise MetricsError("users, histories, targets and exclude must have one entry per user")
     catalogue = np.asarray(catalogue, dtype=np.int64)
+    index = ItemIndex(catalogue)
     ranks, tops = [], []
     for start in range(0, len(users), batch_size):
         stop = start + batch_size
@@ -86,7 +89,7 @@ def rank_targets(
         scores = recommender.score(part, list(histories[start:stop]), catalogue)
         scores = check_scores(scores, len(part), catalogue, getattr(recommender, "name", "recommender"))
         ranks.append(target_ranks(scores, targets[start:stop], exclude[start:stop], catalogue))
-        tops.append(top_k(scores, k, exclude[start:stop], catalogue)[0])
+        tops.append(top_k(scores, k, exclude[start:stop], index)[0])
     if not ranks:
         return np.empty((0, 2)), np.empty((0, min(k, len(catalogue))), dtype=np.int64)
     return np.concatenate(ranks), np.concatenate(tops)
@@ -132,7 +135,8 @@ def coverage(top_item_ids: np.ndarray, catalogue: np.ndarray) -> float:
 def bootstrap(
     per_user: dict[str, np.ndarray], samples: int, seed: int, alpha: float = 0.05
 ) -> dict[str, Estimate]:
-    """Mean of each per-user metric with a percentile bootstrap interval over users (same resamples for all)."""
+    """Mean of each per-user metric with a percentile bootstrap interval over users (same resamples for all); with
+    `samples` = 0 the mean alone (interval NaN)."""
     if not per_user:
         return {}
     n = len(next(iter(per_user.values())))
@@ -140,6 +144,9 @@ def bootstrap(
         raise MetricsError("per-user metric arrays differ in length")
     if n == 0:
         return {name: Estimate(float("nan"), float("nan"), float("nan")) for name in per_user}
+    if samples == 0:
+        return {name: Estimate(float(np.asarray(v, dtype=np.float64).mean()), float("nan"), float("nan"))
+                for name, v in per_user.items()}
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(samples, n))
     out = {}

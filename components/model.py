@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from torch.nn import functional as F
 
 from components.encoders import PROFILE_ENCODER_FILE, ItemEncoder, ProfileEncoder
 from components.errors import RecsysError
+from components.recommender import TowerRecommender
 
 log = logging.getLogger(__name__)
 
@@ -265,20 +269,17 @@ def load_model(model_dir: str | Path) -> tuple[TwoTowerModel, ProfileEncoder]:
     return model.eval(), encoder
 
 
-class TwoTowerRecommender:
+class TwoTowerRecommender(TowerRecommender):
     """Contract C3 over a trained artifact; `add_items` makes new items scorable from their text and metadata."""
-
-    name = "two_tower"
 
     def __init__(self, model_dir: str | Path, batch_size: int = 512) -> None:
         self.model_dir = Path(model_dir)
-        self.model, self.profile_encoder = load_model(model_dir)
+        self.model, profile_encoder = load_model(model_dir)
         self.cfg = self.model.cfg
-        self.item_ids = np.load(self.model_dir / "item_ids.npy").astype(np.int64)
-        self.item_embeddings = np.load(self.model_dir / "item_embeddings.npy").astype(np.float32)
-        self.batch_size = batch_size
+        item_embeddings = np.load(self.model_dir / "item_embeddings.npy").astype(np.float32)
+        super().__init__("two_tower", self._encode, np.load(self.model_dir / "item_ids.npy"), item_embeddings,
+                         profile_encoder, int(self.cfg["max_seq_len"]), batch_size)
         self._encoder = UserEncoder(self.model, self.item_embeddings).eval()
-        self._rows = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
         self.new_item_popularity_weight = float(self.cfg.get("new_item_popularity_weight", 0.0))
         self.new_item_popularity_window = self.cfg.get("new_item_popularity_window_days")
         self._new = self.model.train_count[1:].numpy() == 0  # per catalogue row: no trained ID embedding
@@ -286,46 +287,19 @@ class TwoTowerRecommender:
         self.params = {"new_item_popularity_weight": self.new_item_popularity_weight,
                        "new_item_popularity_window_days": self.new_item_popularity_window}
 
-    @property
-    def max_seq_len(self) -> int:
-        return int(self.cfg["max_seq_len"])
-
-    def history_rows(self, histories: list[np.ndarray]) -> np.ndarray:
-        """int64 [B, max_seq_len]: catalogue row + 1 of the latest known items, left-padded with 0."""
-        out = np.zeros((len(histories), self.max_seq_len), dtype=np.int64)
-        for i, hist in enumerate(histories):
-            rows = self._rows.reindex(np.asarray(hist, dtype=np.int64)).dropna().to_numpy(dtype=np.int64) + 1
-            rows = rows[-self.max_seq_len :]
-            if len(rows):
-                out[i, -len(rows) :] = rows
-        return out
-
-    def profile_rows(self, users: pd.DataFrame) -> np.ndarray:
-        return self.profile_encoder.encode(users)
-
     @torch.no_grad()
-    def user_embeddings(self, users: pd.DataFrame, histories: list[np.ndarray]) -> np.ndarray:
-        """float32 [len(users), D] unit user vectors."""
-        if len(users) != len(histories):
-            raise ModelError(f"{len(users)} users but {len(histories)} histories")
-        hist, prof = self.history_rows(histories), self.profile_rows(users)
-        bs = self.batch_size
-        out = [self._encoder(torch.from_numpy(hist[s : s + bs]), torch.from_numpy(prof[s : s + bs]))
-               for s in range(0, len(hist), bs)]
-        return torch.cat(out).numpy() if out else np.zeros((0, self.item_embeddings.shape[1]), np.float32)
+    def _encode(self, history: np.ndarray, profile: np.ndarray) -> np.ndarray:
+        return self._encoder(torch.from_numpy(history), torch.from_numpy(profile)).numpy()
 
     def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
-        """float32 [len(users), len(catalogue)]: cosine of user and item vectors; -inf for items without one."""
-        catalogue = np.asarray(catalogue, dtype=np.int64)
-        rows = self._rows.reindex(catalogue).to_numpy()
-        known = ~np.isnan(rows)
-        if not known.all():
-            log.warning("%d catalogue items have no embedding (not in the model's items); scored -inf", (~known).sum())
-        scores = np.full((len(users), len(catalogue)), -np.inf, dtype=np.float32)
-        scores[:, known] = self.user_embeddings(users, histories) @ self.item_embeddings[rows[known].astype(np.int64)].T
+        """float32 [len(users), len(catalogue)]: cosine of user and item vectors (-inf for items without one), plus
+        the new-item prior on items without a trained ID embedding (see `set_item_events`)."""
+        scores = super().score(users, histories, catalogue)
         if self.new_item_popularity_weight > 0 and self._events is not None:
-            cols = np.flatnonzero(known)
-            cols = cols[self._new[rows[cols].astype(np.int64)]]
+            catalogue = np.asarray(catalogue, dtype=np.int64)
+            rows = self.index.rows(catalogue)
+            cols = np.flatnonzero(rows >= 0)
+            cols = cols[self._new[rows[cols]]]
             if len(cols):
                 counts = new_item_counts(self._events, users, catalogue[cols], self.new_item_popularity_window)
                 scores[:, cols] += self.new_item_popularity_weight * np.log1p(counts)
@@ -370,10 +344,9 @@ class TwoTowerRecommender:
         with torch.no_grad():
             vec = m.content_vectors(torch.from_numpy(feats.text), attributes)
             emb = F.normalize(vec, p=2, dim=-1).numpy().astype(np.float32)
-        self.item_ids = np.concatenate([self.item_ids, new["item_id"].to_numpy(dtype=np.int64)])
+        self.set_item_table(np.concatenate([self.item_ids, new["item_id"].to_numpy(dtype=np.int64)]),
+                            np.concatenate([self.item_embeddings, emb]))
         self._new = np.concatenate([self._new, np.ones(len(new), dtype=bool)])
-        self.item_embeddings = np.concatenate([self.item_embeddings, emb])
-        self._rows = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
         self._encoder = UserEncoder(self.model, self.item_embeddings).eval()  # histories may hold the new items
         log.info("added %d new items (text + metadata only)", len(new))
         return emb
@@ -409,6 +382,23 @@ def load_recommender(model_dir: str | Path) -> TwoTowerRecommender:
 # ---------------------------------------------------------------- ONNX (contract C5)
 
 
+@contextmanager
+def quiet_onnx_export() -> Iterator[None]:
+    """Silence the dynamo ONNX exporter's known, harmless noise (its progress lines are off by `verbose=False`):
+    the 'torchvision is not installed' notices, the pytree `LeafSpec` FutureWarnings and the 'axis name ... will
+    not be used' UserWarnings (a shared dynamic dimension)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def _strip_debug_metadata(path: Path) -> None:
     """Drop the exporter's per-node debug records (source stack traces, FX names): a third of the file, not needed."""
     import onnx
@@ -436,11 +426,11 @@ def export_user_tower_onnx(model_dir: str | Path, out_path: str | Path, atol: fl
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_onnx_export():
         torch.onnx.export(
             encoder, (torch.from_numpy(history), torch.from_numpy(profile)), str(out_path),
             input_names=["history", "profile"], output_names=["user_embedding"],
-            dynamic_shapes={"history": {0: batch}, "profile": {0: batch}}, external_data=False,
+            dynamic_shapes={"history": {0: batch}, "profile": {0: batch}}, external_data=False, verbose=False,
         )
         _strip_debug_metadata(out_path)
         expected = encoder(torch.from_numpy(history), torch.from_numpy(profile)).numpy()

@@ -18,8 +18,9 @@ def run_monitoring(config: Config, reference_dir: str | Path, log_path: str | Pa
     """Write every monitoring report into `out_dir` (index.html, drift_*.html, summary.json); return the summary.
 
     `windows` may hold explicit bounds (UTC timestamps or ISO strings): reference_start/_end,
-    baseline_start/_end, current_start/_end, and embeddings_dir (item_ids.npy + item_embeddings.npy;
-    default: the champion model's)."""
+    baseline_start/_end, current_start/_end, embeddings_dir (item_ids.npy + item_embeddings.npy;
+    default: the champion model's) and snapshot_at (the time of the run's snapshots in the Evidently workspace;
+    default: the current window's end)."""
     from monitoring.reports import generate_reports
 
     return generate_reports(config, reference_dir, log_path, out_dir, **windows)

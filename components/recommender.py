@@ -1,14 +1,20 @@
-"""Contract C3: what every recommender implements, and the top-K step the evaluator and batch recommend share."""
+"""Contract C3: what every recommender implements, the recommender over a user tower, and batch top-K lists
+(the top-K step itself is `components.bundle_ops.top_k`, shared with serving)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
+from components.bundle_ops import ItemIndex, history_tensor, top_k
+from components.encoders import ProfileEncoder
 from components.errors import RecsysError
+
+log = logging.getLogger(__name__)
 
 
 class RecommenderError(RecsysError, ValueError):
@@ -32,28 +38,7 @@ class Recommender(Protocol):
 
 def catalogue_positions(catalogue: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     """Position of each item id in `catalogue`, -1 where it is not in the catalogue."""
-    catalogue = np.asarray(catalogue, dtype=np.int64)
-    item_ids = np.asarray(item_ids, dtype=np.int64)
-    if len(catalogue) == 0 or len(item_ids) == 0:
-        return np.full(len(item_ids), -1, dtype=np.int64)
-    sorter = np.argsort(catalogue, kind="stable")
-    pos = np.searchsorted(catalogue, item_ids, sorter=sorter)
-    pos = np.clip(pos, 0, len(catalogue) - 1)
-    found = catalogue[sorter[pos]] == item_ids
-    return np.where(found, sorter[pos], -1).astype(np.int64)
-
-
-def exclusion_mask(catalogue: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:
-    """Boolean [len(exclude), len(catalogue)]: True where the user's excluded items sit in the catalogue."""
-    mask = np.zeros((len(exclude), len(catalogue)), dtype=bool)
-    lengths = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=len(exclude))
-    if lengths.sum() == 0:
-        return mask
-    rows = np.repeat(np.arange(len(exclude)), lengths)
-    cols = catalogue_positions(catalogue, np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude]))
-    keep = cols >= 0
-    mask[rows[keep], cols[keep]] = True
-    return mask
+    return ItemIndex(catalogue).rows(item_ids)
 
 
 def check_scores(scores: np.ndarray, n_users: int, catalogue: np.ndarray, who: str = "recommender") -> np.ndarray:
@@ -66,42 +51,52 @@ def check_scores(scores: np.ndarray, n_users: int, catalogue: np.ndarray, who: s
     return scores.astype(np.float32, copy=False)
 
 
-def top_k(
-    scores: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None, catalogue: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best `k` items per row of `scores` [U, N], skipping each user's `exclude` item ids.
+class TowerRecommender:
+    """Contract C3 over a user tower: each user's history and profile become the tower's input tensors
+    (`components.bundle_ops.history_tensor`, the profile encoder), the tower maps them to user vectors, and an item
+    scores the dot product of its vector with the user's (-inf for catalogue items without a vector).
 
-    Returns (item_ids int64 [U, min(k, N)], scores float32 [U, min(k, N)]), best first; equal scores keep catalogue
-    order. Where a user has fewer than k candidates left, the remaining slots hold item id -1 and score -inf.
+    `tower(history [B, L], profile [B, P]) -> float32 [B, D]` is the torch model in training, the saved model, or an
+    ONNX Runtime session; users go through it `batch_size` at a time.
     """
-    catalogue = np.asarray(catalogue, dtype=np.int64)
-    scores = np.asarray(scores, dtype=np.float32)
-    if scores.ndim != 2 or scores.shape[1] != len(catalogue):
-        raise RecommenderError(f"scores shape {scores.shape} does not match a catalogue of {len(catalogue)} items")
-    if k < 1:
-        raise RecommenderError(f"k must be >= 1, got {k}")
-    if exclude is not None and len(exclude) != len(scores):
-        raise RecommenderError(f"exclude has {len(exclude)} entries for {len(scores)} users")
-    n_users, n_items = scores.shape
-    k = min(k, n_items)
-    masked = scores.copy()
-    invalid = np.zeros_like(masked, dtype=bool) if exclude is None else exclusion_mask(catalogue, exclude)
-    masked[invalid] = -np.inf
-    if n_users == 0:
-        return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
-    if k < n_items:
-        part = np.argpartition(-masked, k - 1, axis=1)[:, :k]
-    else:
-        part = np.tile(np.arange(n_items), (n_users, 1))
-    part_scores = np.take_along_axis(masked, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)  # score descending, then catalogue position
-    cols = np.take_along_axis(part, order, axis=1)
-    out_scores = np.take_along_axis(masked, cols, axis=1)
-    item_ids = catalogue[cols]
-    dead = np.take_along_axis(invalid, cols, axis=1)
-    item_ids[dead] = -1
-    out_scores[dead] = -np.inf
-    return item_ids.astype(np.int64), out_scores.astype(np.float32)
+
+    def __init__(self, name: str, tower: Callable[[np.ndarray, np.ndarray], np.ndarray], item_ids: np.ndarray,
+                 item_embeddings: np.ndarray, profile_encoder: ProfileEncoder, max_seq_len: int,
+                 batch_size: int) -> None:
+        self.name, self.tower, self.profile_encoder = name, tower, profile_encoder
+        self.max_seq_len, self.batch_size = int(max_seq_len), int(batch_size)
+        self.set_item_table(item_ids, item_embeddings)
+
+    def set_item_table(self, item_ids: np.ndarray, item_embeddings: np.ndarray) -> None:
+        """The items this recommender can score: ids (catalogue rows) and their vectors float32 [N, D]."""
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+        self.item_embeddings = np.asarray(item_embeddings, dtype=np.float32)
+        self.index = ItemIndex(self.item_ids)
+
+    def tower_inputs(self, users: pd.DataFrame, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The tower's inputs: (history int64 [B, max_seq_len], catalogue row + 1 of the latest known items,
+        left-padded with 0; profile int64 [B, P], the declared user attributes as vocabulary indices, 0 = unknown)."""
+        return history_tensor(self.index, histories, self.max_seq_len), self.profile_encoder.encode(users)
+
+    def user_embeddings(self, users: pd.DataFrame, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 [len(users), D] user vectors."""
+        if len(users) != len(histories):
+            raise RecommenderError(f"{len(users)} users but {len(histories)} histories")
+        hist, prof = self.tower_inputs(users, histories)
+        bs = self.batch_size
+        out = [self.tower(hist[s : s + bs], prof[s : s + bs]) for s in range(0, len(hist), bs)]
+        return np.concatenate(out) if out else np.zeros((0, self.item_embeddings.shape[1]), np.float32)
+
+    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
+        """float32 [len(users), len(catalogue)]: dot product of user and item vectors; -inf for items without one."""
+        rows = self.index.rows(catalogue)
+        known = rows >= 0
+        if not known.all():
+            log.warning("%s: %d catalogue items have no embedding (not in the model's items); scored -inf", self.name,
+                        int((~known).sum()))
+        scores = np.full((len(users), len(rows)), -np.inf, dtype=np.float32)
+        scores[:, known] = self.user_embeddings(users, histories) @ self.item_embeddings[rows[known]].T
+        return scores
 
 
 def recommend_frame(

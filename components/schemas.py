@@ -88,10 +88,15 @@ class BundleError(SchemaError):
     """A serving bundle is missing a file or its parts disagree."""
 
 
-def read_bundle(bundle_dir: str | Path, extra_files: tuple[str, ...] = ()) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Read and cross-check a serving bundle (C5): (manifest, item_ids, item_embeddings memory-mapped)."""
+def read_bundle(bundle_dir: str | Path, extra_files: tuple[str, ...] = (),
+                optional: tuple[str, ...] = ()) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Read and cross-check a serving bundle (C5): (manifest, item_ids, item_embeddings memory-mapped).
+
+    `extra_files` must be present too; `optional` lists C5 files that may be absent (smoke.json while it is made).
+    """
     path = Path(bundle_dir)
-    missing = [name for name in (*BUNDLE_FILES, *extra_files) if not (path / name).is_file()]
+    needed = [name for name in (*BUNDLE_FILES, *extra_files) if name not in optional]
+    missing = [name for name in needed if not (path / name).is_file()]
     if missing:
         raise BundleError(f"serving bundle {path} lacks {', '.join(missing)}")
     try:

@@ -23,9 +23,16 @@ from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 from components.atomic import atomic_path
 from components.config import Config
 from components.dataset import DatasetSchema
-from components.encoders import ProfileEncoder
+from components.encoders import ItemEncoder, ProfileEncoder
 from components.errors import RecsysError
+from components.evaluate import eval_data, evaluate_cold, evaluate_main
+from components.evaluation_types import EvalData
 from components.kfp_support import step
+from components.metrics import per_user_metrics, rank_targets
+from components.model import TwoTowerModel, UserEncoder, item_features, new_item_counts, save_artifact
+from components.recommender import Recommender, TowerRecommender
+from components.schemas import read_tables
+from components.splits import Split, configured_split
 
 log = logging.getLogger(__name__)
 EVAL_K = 10
@@ -89,8 +96,10 @@ class TrainData:
     window_profile: np.ndarray  # int64 [W, P]
     train_count: np.ndarray  # float [N] training interactions per catalogue row
     profile_encoder: ProfileEncoder
-    split: Any
+    split: Split
     users: pd.DataFrame
+    validation: EvalData  # early stopping and the new-item prior
+    test: EvalData  # the metrics written with the model
 
 
 def read_examples(examples_dir: str | Path) -> pd.DataFrame:
@@ -164,8 +173,6 @@ def make_windows(rows: pd.DataFrame, row_of: pd.Series, profile: np.ndarray, max
 
 
 def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.DataFrame) -> TrainData:
-    from components.splits import configured_split
-
     split = configured_split(tables["interactions"], config)
     items = tables["items"].sort_values("item_id").reset_index(drop=True)
     item_ids = items["item_id"].to_numpy(dtype=np.int64)
@@ -185,85 +192,41 @@ def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.D
     counts = rows["item_id"].map(row_of).value_counts()
     train_count = np.zeros(len(item_ids))
     train_count[counts.index.to_numpy()] = counts.to_numpy()
-    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, encoder, split, users)
+    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, encoder, split, users,
+                     eval_data(split, items, users, "validation"), eval_data(split, items, users, "test"))
 
 
-# ---------------------------------------------------------------- evaluation (full-catalogue ranking)
+# ---------------------------------------------------------------- evaluation (the evaluator's ranking)
 
 
-def _metrics_at(rec: Any, users: pd.DataFrame, hist: list[np.ndarray], targets: np.ndarray, catalogue: np.ndarray,
-                exclude: list[np.ndarray]) -> dict:
-    from components.metrics import per_user_metrics, rank_targets
-
-    ranks, _ = rank_targets(rec, users, hist, targets, catalogue, EVAL_K, exclude=exclude)
-    values = per_user_metrics(ranks, [EVAL_K])
-    return {name: float(values[name].mean()) for name in (f"ndcg@{EVAL_K}", f"hr@{EVAL_K}")}
-
-
-def evaluate_stage(rec: Any, data: TrainData, stage: str) -> dict:
-    """NDCG@10/HR@10 of the validation or test targets over the warm catalogue (each user's history excluded)."""
-    from components.splits import histories
-
-    targets = data.split.validation if stage == "validation" else data.split.test
-    if targets.empty:
-        return {f"ndcg@{EVAL_K}": 0.0, f"hr@{EVAL_K}": 0.0}
-    hist = histories(data.split, stage)
-    users = targets[["user_id"]].merge(data.users, on="user_id", how="left")
-    user_hist = [hist.get(int(u), np.empty(0, np.int64)) for u in targets["user_id"]]
-    warm = np.setdiff1d(data.item_ids, data.split.held_out_items)  # as components.evaluate ranks test targets
-    return _metrics_at(rec, users, user_hist, targets["item_id"].to_numpy(), warm, user_hist)
+def ranking_metrics(rec: Recommender, stage: EvalData, config: Config, cold: bool = False) -> dict[str, float]:
+    """NDCG@10 and HR@10 of `rec` on a stage's main ranking (the warm catalogue, each user's history excluded) or
+    its cold-start ranking, computed by the evaluate step's own `evaluate_main` / `evaluate_cold`.
+    Without targets: zeros for the main ranking, nothing for the cold one."""
+    names = (f"ndcg@{EVAL_K}", f"hr@{EVAL_K}")
+    if cold:
+        if not len(stage.cold_targets):
+            return {}
+        result = evaluate_cold(rec, rec.name, "candidate", stage, config, ks=[EVAL_K], intervals=False)
+    else:
+        if not len(stage.targets):
+            return dict.fromkeys(names, 0.0)
+        result = evaluate_main(rec, rec.name, "candidate", stage, config, groups=False, ks=[EVAL_K], intervals=False)
+    return {name: result.value(name) for name in names}
 
 
-def cold_users(data: TrainData, targets: pd.DataFrame) -> pd.DataFrame:
-    """The cold task's users with their profile, `as_of` = the target's time, and `_row` = their position."""
-    users = targets[["user_id"]].merge(data.users, on="user_id", how="left")
-    users["as_of"] = targets["event_timestamp"].to_numpy()
-    users["_row"] = np.arange(len(users))
-    return users
-
-
-def evaluate_cold(rec: Any, data: TrainData) -> dict:
-    """HR@10/NDCG@10 of each cold-test user's cold target ranked among the cold items (text-only embeddings)."""
-    from components.splits import cold_task
-
-    task = cold_task(data.split, "test")
-    if task.targets.empty:
-        return {}
-    out = _metrics_at(rec, cold_users(data, task.targets), task.histories, task.targets["item_id"].to_numpy(),
-                      task.items, task.exclude)
-    return {f"cold_{k}": v for k, v in out.items()}
-
-
-class _InMemoryRecommender:
-    """The model being trained, scored like the saved artifact (eval mode, current weights)."""
-
-    name = "two_tower"
-
-    def __init__(self, model: Any, data: TrainData, device: torch.device) -> None:
-        from components.model import UserEncoder
-
-        self.model, self.data, self.device = model, data, device
-        with torch.no_grad():
-            self.item_emb = model.item_table(text=None)[1:].float().cpu().numpy()
-        self.encoder = UserEncoder(model, self.item_emb).to(device).eval()
-        self.row_of = pd.Series(np.arange(len(data.item_ids)), index=data.item_ids)
-        self.max_len = model.cfg["max_seq_len"]
+def in_training_recommender(model: Any, data: TrainData, device: torch.device) -> TowerRecommender:
+    """The model being trained as a Recommender, scored like the saved artifact (eval mode, current weights)."""
+    with torch.no_grad():
+        item_emb = model.item_table(text=None)[1:].float().cpu().numpy()
+    encoder = UserEncoder(model, item_emb).to(device).eval()
 
     @torch.no_grad()
-    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
-        hist = np.zeros((len(histories), self.max_len), np.int64)
-        for i, h in enumerate(histories):
-            r = (self.row_of.reindex(h).dropna().to_numpy(np.int64) + 1)[-self.max_len :]
-            if len(r):
-                hist[i, -len(r) :] = r
-        prof = self.data.profile_encoder.encode(users)
-        outs = []
-        for s in range(0, len(hist), 1024):
-            outs.append(self.encoder(torch.from_numpy(hist[s : s + 1024]).to(self.device),
-                                     torch.from_numpy(prof[s : s + 1024]).to(self.device)).float().cpu().numpy())
-        user = np.concatenate(outs)
-        cols = self.row_of.reindex(np.asarray(catalogue)).to_numpy(np.int64)
-        return (user @ self.item_emb[cols].T).astype(np.float32)
+    def tower(history: np.ndarray, profile: np.ndarray) -> np.ndarray:
+        return encoder(torch.from_numpy(history).to(device), torch.from_numpy(profile).to(device)).float().cpu().numpy()
+
+    return TowerRecommender("two_tower", tower, data.item_ids, item_emb, data.profile_encoder,
+                            model.cfg["max_seq_len"], batch_size=1024)
 
 
 POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -293,23 +256,19 @@ def choose_new_item_popularity_weight(model: Any, data: TrainData,
     target (within the window: all history, 30 or 7 days). Best HR@10 wins, then NDCG@10, then the smaller w.
     Returns (w, window days or None, the validation curve); (0, None, []) without cold-validation targets.
     """
-    from components.metrics import per_user_metrics, rank_targets
-    from components.model import new_item_counts
-    from components.splits import cold_task
-
-    task = cold_task(data.split, "validation")
-    if task.targets.empty:
+    task = data.validation
+    if not len(task.cold_targets):
         log.info("no cold-validation targets (evaluate.cold_validation_items=0): new-item popularity prior off")
         return 0.0, None, []
-    users = cold_users(data, task.targets)
-    cosine = _InMemoryRecommender(model, data, device).score(users, task.histories, task.items)
-    targets = task.targets["item_id"].to_numpy()
+    users = task.cold_users.assign(_row=np.arange(len(task.cold_users)))
+    cosine = in_training_recommender(model, data, device).score(users, task.cold_histories, task.cold_items)
+    targets = task.cold_targets
     curve = []
     for window in POPULARITY_WINDOWS:
-        prior = np.log1p(new_item_counts(data.split.cold_validation_interactions, users, task.items, window))
+        prior = np.log1p(new_item_counts(task.cold_interactions, users, task.cold_items, window))
         for w in POPULARITY_WEIGHTS if window is None else POPULARITY_WEIGHTS[1:]:
-            ranks, _ = rank_targets(_Fixed(cosine + w * prior), users, task.histories, targets, task.items, EVAL_K,
-                                    exclude=task.exclude)
+            ranks, _ = rank_targets(_Fixed(cosine + w * prior), users, task.cold_histories, targets, task.cold_items,
+                                    EVAL_K, exclude=task.cold_exclude)
             values = per_user_metrics(ranks, [EVAL_K])
             curve.append({"weight": w, "window_days": window, **{f"cold_val_{k}": float(values[k].mean())
                                                                  for k in (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")}})
@@ -334,9 +293,6 @@ def _device(config: Config) -> torch.device:
 
 
 def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
-    from components.encoders import ItemEncoder
-    from components.model import TwoTowerModel, item_features
-
     item_encoder = ItemEncoder.fit(data.items, config.dataset)
     feats = item_features(data.items, text_emb, item_encoder)
     m = config.model
@@ -393,9 +349,6 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
                 resume: bool = False, progress: bool = True) -> dict:
     """Train, early-stop on validation NDCG@10, write the contract-C4 artifact to `out_dir`; returns metrics."""
     from tqdm.auto import tqdm
-
-    from components.model import save_artifact
-    from components.schemas import read_tables
 
     started = time.monotonic()
     torch.set_num_threads(config.train.num_threads)
@@ -472,7 +425,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
             model.eval()
             if text_fn is not None:
                 _sync_text(model, text_fn)
-            val = evaluate_stage(_InMemoryRecommender(model, data, device), data, "validation")
+            val = ranking_metrics(in_training_recommender(model, data, device), data.validation, config)
         metric = _broadcast(val[f"ndcg@{EVAL_K}"], dist)
         row = {"epoch": epoch, "loss": loss_mean, f"val_ndcg@{EVAL_K}": float(metric),
                f"val_hr@{EVAL_K}": float(val[f"hr@{EVAL_K}"]),
@@ -509,12 +462,14 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         model.cfg["new_item_popularity_weight"] = weight
         model.cfg["new_item_popularity_window_days"] = window
         model.cfg["new_item_popularity_validation"] = curve
-        rec = _InMemoryRecommender(model, data, device)
+        rec = in_training_recommender(model, data, device)
+        test = ranking_metrics(rec, data.test, config)
+        cold = {f"cold_{k}": v for k, v in ranking_metrics(rec, data.test, config, cold=True).items()}
         metrics = {"new_item_popularity_weight": weight,
-                   f"val_ndcg@{EVAL_K}": best, **{f"test_{k}": v for k, v in evaluate_stage(rec, data, "test").items()},
-                   **evaluate_cold(rec, data), "epochs": len(history),
+                   f"val_ndcg@{EVAL_K}": best, **{f"test_{k}": v for k, v in test.items()},
+                   **cold, "epochs": len(history),
                    "train_seconds": time.monotonic() - started, "train_positions": int((data.windows_out > 0).sum())}
-        save_artifact(model.cpu(), out, data.item_ids, rec.item_emb, data.profile_encoder, history)
+        save_artifact(model.cpu(), out, data.item_ids, rec.item_embeddings, data.profile_encoder, history)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         _plot_curve(history, out / "training_curve.png")
         log.info("model written to %s: %s", out, {k: round(v, 4) for k, v in metrics.items()})

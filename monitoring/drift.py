@@ -7,8 +7,10 @@ means. Each report is written as a self-contained Evidently HTML page (its JavaS
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ class DriftResult:
     n_current: int = 0
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)  # column -> method, value, threshold, drifted
     html: str | None = None
+    snapshot: Any = field(default=None, repr=False, compare=False)  # the Evidently snapshot (for the workspace)
 
     @property
     def drifted(self) -> int:
@@ -56,7 +59,8 @@ class DriftResult:
         return self.drifted / len(self.columns) if self.columns else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "drifted": self.drifted, "total": len(self.columns), "share": self.share}
+        plain = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "snapshot"}
+        return {**plain, "drifted": self.drifted, "total": len(self.columns), "share": self.share}
 
 
 def _sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -64,8 +68,10 @@ def _sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def feature_drift(name: str, reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str],
-                  categorical: list[str], settings: DriftSettings, html_path: str | Path | None = None) -> DriftResult:
-    """Column drift of `numerical` + `categorical` between two frames (DataDriftPreset, tests included)."""
+                  categorical: list[str], settings: DriftSettings, html_path: str | Path | None = None,
+                  at: datetime | None = None) -> DriftResult:
+    """Column drift of `numerical` + `categorical` between two frames (DataDriftPreset, tests included); the
+    snapshot is stamped `at` (default now) and tagged "drift" and `name`."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -85,7 +91,9 @@ def feature_drift(name: str, reference: pd.DataFrame, current: pd.DataFrame, num
     preset = DataDriftPreset(columns=columns, num_method=settings.num_method, cat_method=settings.cat_method,
                              threshold=settings.threshold)
     snapshot = Report([preset], include_tests=True).run(Dataset.from_pandas(cur, data_definition=definition),
-                                                        Dataset.from_pandas(ref, data_definition=definition))
+                                                        Dataset.from_pandas(ref, data_definition=definition),
+                                                        timestamp=at, tags=["drift", name], name=name)
+    result.snapshot = snapshot
     snap = snapshot.dict()
     verdicts = {t["metric_config"]["params"].get("column"): str(getattr(t["status"], "value", t["status"])) == "FAIL"
                 for t in snap["tests"] if t["metric_config"]["params"].get("type", "").endswith("ValueDrift")}
@@ -104,7 +112,8 @@ def feature_drift(name: str, reference: pd.DataFrame, current: pd.DataFrame, num
 
 
 def embedding_drift(name: str, reference: np.ndarray, current: np.ndarray, settings: DriftSettings,
-                    html_path: str | Path | None = None, pca_components: int = 5) -> DriftResult:
+                    html_path: str | Path | None = None, pca_components: int = 5,
+                    at: datetime | None = None) -> DriftResult:
     """Drift of vectors (rows = users or item events): ROC AUC of a domain classifier telling reference
     from current (Evidently's ModelDriftMethod without bootstrap, so the score is always an AUC).
 
@@ -138,8 +147,9 @@ def embedding_drift(name: str, reference: np.ndarray, current: np.ndarray, setti
         pca = PCA(n_components=n_comp, random_state=settings.seed).fit(ref.to_numpy())
         pcs = [f"{name}_pc{i + 1}" for i in range(n_comp)]
         page = feature_drift(f"{name}_pca", pd.DataFrame(pca.transform(ref.to_numpy()), columns=pcs),
-                             pd.DataFrame(pca.transform(cur.to_numpy()), columns=pcs), pcs, [], settings, html_path)
-        result.html = page.html
+                             pd.DataFrame(pca.transform(cur.to_numpy()), columns=pcs), pcs, [], settings, html_path,
+                             at)
+        result.html, result.snapshot = page.html, page.snapshot
     log.info("embedding drift '%s': AUC %.4f (threshold %.2f)", name, value, settings.embedding_auc_threshold)
     return result
 

@@ -4,6 +4,8 @@ Folder layout (`out_dir`):
 - index.html: overview a person opens (signals, drift table with links, quality/fairness/exposure plots);
 - drift_<name>.html: Evidently drift reports (self-contained);
 - summary.json: every signal and value, for programs (the retraining policy reads `signals`).
+The run also adds its drift reports and signals as snapshots to the deployment's Evidently workspace
+(monitoring.workspace), stamped with the current window's end, for Evidently's UI.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,24 +121,25 @@ def item_vectors(interactions: pd.DataFrame, item_ids: np.ndarray, vectors: np.n
 
 # ---- the run ---------------------------------------------------------------------------------------------
 def drift_reports(data: MonitoringData, schema: DatasetSchema, settings: DriftSettings,
-                  out_dir: Path) -> list[DriftResult]:
-    """All drift reports of one run (skipped ones say why)."""
+                  out_dir: Path, at: datetime | None = None) -> list[DriftResult]:
+    """All drift reports of one run (skipped ones say why); their Evidently snapshots are stamped `at`."""
     numeric, categorical = user_drift_columns(schema)
     pop = popularity(data.reference_interactions)
     span = None if data.windows.current.hours is None else pd.Timedelta(hours=data.windows.current.hours)
     results = [
         feature_drift("user_features", active_users(data.reference_interactions, data.users, schema),
                       requesting_users(data.current_requests, data.users, schema), numeric, categorical, settings,
-                      out_dir / "drift_user_features.html"),
+                      out_dir / "drift_user_features.html", at),
         feature_drift("interaction_features", interaction_features(data.reference_interactions, pop),
                       interaction_features(data.current_interactions, pop), interaction_columns(schema), [],
-                      settings, out_dir / "drift_interaction_features.html"),
+                      settings, out_dir / "drift_interaction_features.html", at),
         feature_drift("user_activity", activity(data.reference_window, span, data.windows.reference.end),
                       activity(data.current_interactions, None), ["interactions_per_user"], [], settings,
-                      out_dir / "drift_user_activity.html"),
+                      out_dir / "drift_user_activity.html", at),
         feature_drift("recommendations", recommendation_features(data.baseline_recommendations, pop),
                       recommendation_features(data.current_recommendations, pop),
-                      ["recommended_item_popularity", "score"], [], settings, out_dir / "drift_recommendations.html"),
+                      ["recommended_item_popularity", "score"], [], settings, out_dir / "drift_recommendations.html",
+                      at),
     ]
     if data.item_embeddings is None:
         for name in ("user_embeddings", "item_embeddings"):
@@ -144,15 +148,18 @@ def drift_reports(data: MonitoringData, schema: DatasetSchema, settings: DriftSe
         ids, vecs = data.item_embeddings
         results.append(embedding_drift("user_embeddings", user_vectors(data.reference_interactions, ids, vecs),
                                        user_vectors(data.current_interactions, ids, vecs), settings,
-                                       out_dir / "drift_user_embeddings.html"))
+                                       out_dir / "drift_user_embeddings.html", at=at))
         results.append(embedding_drift("item_embeddings", item_vectors(data.reference_interactions, ids, vecs),
                                        item_vectors(data.current_interactions, ids, vecs), settings,
-                                       out_dir / "drift_item_embeddings.html"))
+                                       out_dir / "drift_item_embeddings.html", at=at))
     return results
 
 
-def build_summary(config: Config, data: MonitoringData, out_dir: str | Path) -> dict[str, Any]:
-    """Compute every report from loaded data and write the folder; returns the summary dict."""
+def build_summary(config: Config, data: MonitoringData, out_dir: str | Path,
+                  snapshot_at: Stamp = None) -> dict[str, Any]:
+    """Compute every report from loaded data, write the folder and add the run to the Evidently workspace
+    (snapshots stamped `snapshot_at`, default the current window's end); returns the summary dict."""
+    from monitoring import workspace
     from monitoring.overview import write_overview
 
     started = time.monotonic()
@@ -160,7 +167,8 @@ def build_summary(config: Config, data: MonitoringData, out_dir: str | Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     m = config.monitoring
     settings = DriftSettings.from_config(config)
-    drift = drift_reports(data, config.dataset, settings, out)
+    at = workspace.snapshot_time(snapshot_at or data.windows.current.end or pd.Timestamp.now(tz="UTC"))
+    drift = drift_reports(data, config.dataset, settings, out, at)
     share, drifted, total = drift_share(drift)
 
     horizon = pd.Timedelta(hours=m.quality_horizon_hours)
@@ -206,6 +214,7 @@ def build_summary(config: Config, data: MonitoringData, out_dir: str | Path) -> 
                     "long_tail_share": expo["long_tail_share"], "exposure_gini": expo["gini"]},
         "reports": {"index": INDEX_FILE, **{r.name: r.html for r in drift if r.html}},
     }
+    summary["evidently"] = workspace.add_run(config, summary, drift, at)
     summary["seconds"] = round(time.monotonic() - started, 2)
     write_overview(config, summary, cur_q, base_q, data, out / INDEX_FILE)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
@@ -222,8 +231,10 @@ def _json_default(value: Any) -> Any:
 
 
 def generate_reports(config: Config, reference_dir: str | Path, log_path: str | Path, out_dir: str | Path,
-                     embeddings_dir: str | Path | None = None, **bounds: Stamp) -> dict[str, Any]:
+                     embeddings_dir: str | Path | None = None, snapshot_at: Stamp = None,
+                     **bounds: Stamp) -> dict[str, Any]:
     """Load the windows (explicit `reference_start/_end`, `baseline_start/_end`, `current_start/_end`, or the
-    defaults of monitoring.data.resolve_windows) and write every report; returns the summary."""
+    defaults of monitoring.data.resolve_windows) and write every report; returns the summary. `snapshot_at`
+    stamps the Evidently snapshots (default: the current window's end)."""
     data = load_monitoring_data(config, reference_dir, log_path, embeddings_dir=embeddings_dir, **bounds)
-    return build_summary(config, data, out_dir)
+    return build_summary(config, data, out_dir, snapshot_at)

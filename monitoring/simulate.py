@@ -12,6 +12,11 @@
    logged interactions), whose gate and deploy step put a new Triton version live; the API picks it up.
 5. Online quality (hit rate / NDCG of the logged recommendations against the interactions that followed) per
    week, a timeline plot, an index page linking every monitoring report, and summary.json.
+6. A counterfactual: the previous champion ranks the post-retrain requests in-process as a shadow (same users,
+   same interactions before each request, batch `recommend` path), scored against the same later interactions;
+   the retrain's gain over it comes with a paired bootstrap CI over requests.
+Every monitoring run also lands in the Evidently workspace under <out>/monitoring/workspace (`recsys monitor ui`).
+The first model passes the same gate as any other (the strongest baseline holds the title before it).
 
 The log is stamped with the wall clock (the API stamps requests itself), so the replay keeps a map from each
 logged request and interaction to its time in the data ("sim time"): monitoring windows are the wall-clock
@@ -41,6 +46,7 @@ from components.config import Config, absolute_paths
 from components.dataset import DatasetSchema
 from components.errors import RecsysError
 from components.schemas import INTERACTIONS, ITEMS, USERS, read_tables, table_path, write_tables
+from monitoring.html import page, table
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -385,6 +391,27 @@ def run_champion(config: Config, result: dict[str, Any]) -> dict[str, Any] | Non
     return current.to_dict() if Path(current.source_dir) == Path(model_dir).resolve() else None
 
 
+def trained_model(result: dict[str, Any]) -> str | None:
+    """The model folder the pipeline run's train step wrote."""
+    return result.get("artifacts", {}).get("train-op", {}).get("model")
+
+
+def gate_summary(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's gate decision in brief: promote?, why, the gate metric of the candidate and of the champion."""
+    from components.evaluate import read_decision
+
+    folder = result.get("artifacts", {}).get("evaluate-op", {}).get("decision")
+    if folder is None or not (Path(folder) / "decision.json").is_file():
+        return None
+    d = read_decision(folder)
+    metric = d["gate_metric"]
+    return {"promote": bool(d["promote"]), "reason": d["reason"], "metric": metric,
+            "min_improvement": d["min_improvement"], "candidate": d["candidate"]["metrics"].get(metric),
+            "champion_name": d["champion"].get("name") or d["champion"].get("key"),
+            "champion_source": d["champion"].get("source", "registry"),
+            "champion": (d["champion"].get("metrics") or {}).get(metric), "difference": d.get("difference")}
+
+
 def wait_for_api_version(client: Any, version: int, timeout_s: float = 60.0) -> None:
     """Block until Triton serves `version` and the API's watcher (1 s period) had time to load it."""
     from serving.service import HEALTH_INTERVAL_S
@@ -427,15 +454,89 @@ def summarise_quality(per: pd.DataFrame) -> dict[str, Any]:
     return quality.summarise(per)
 
 
+# ---------------------------------------------------------------------------------------- counterfactual
+def histories_at(interactions: pd.DataFrame, requests: pd.DataFrame) -> list[np.ndarray]:
+    """Per request (user_id, ts): the user's item ids strictly before ts, oldest first (the state it was served in)."""
+    def ns(stamps: pd.Series) -> np.ndarray:
+        return pd.to_datetime(stamps, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+
+    ordered = interactions.sort_values(["user_id", "event_timestamp"], kind="stable")
+    by_user = {int(u): (ns(g["event_timestamp"]), g["item_id"].to_numpy(np.int64))
+               for u, g in ordered.groupby("user_id", sort=False)}
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64))
+    out = []
+    for user, at in zip(requests["user_id"].astype(int), ns(requests["ts"]), strict=True):
+        times, items = by_user.get(user, empty)
+        out.append(items[: np.searchsorted(times, at, side="left")])
+    return out
+
+
+def shadow_recommendations(model_dir: str | Path, requests: pd.DataFrame, users: pd.DataFrame,
+                           interactions: pd.DataFrame, k: int) -> pd.DataFrame:
+    """What the model at `model_dir` would have answered to each request (request_id, user_id, ts): top-k over the
+    catalogue it served, from the user's profile and interactions before the request, seen items excluded (the
+    batch `recommend` path, whose ranking equals the served one for the same model and state)."""
+    from components.model import load_recommender
+    from components.recommender import recommend_frame
+
+    recommender = load_recommender(model_dir)
+    profiles = requests[["user_id"]].merge(users, on="user_id", how="left")
+    profiles["user_id"] = np.arange(len(profiles), dtype=np.int64)  # the request's position keys the answer
+    ranked = recommend_frame(recommender, profiles, histories_at(interactions, requests),
+                             np.asarray(recommender.item_ids, dtype=np.int64), k, exclude_seen=True)
+    position = ranked["user_id"].to_numpy()
+    return pd.DataFrame({"request_id": requests["request_id"].to_numpy()[position],
+                         "ts": requests["ts"].to_numpy()[position], "rank": ranked["rank"].to_numpy(),
+                         "item_id": ranked["item_id"].to_numpy(), "score": ranked["score"].to_numpy()})
+
+
+def shadow_champion(sim: Simulation, per: pd.DataFrame, cut: pd.Timestamp, horizon: pd.Timedelta) -> tuple[
+        dict[str, Any] | None, pd.DataFrame]:
+    """The previous champion scored as a shadow on the post-retrain requests (served = the retrained model):
+    both rankings against the same later interactions, and the gain with a paired bootstrap CI over the
+    evaluable requests. Returns (summary or None when there is nothing to compare, the shadow's per request)."""
+    from components.metrics import paired_difference
+    from monitoring import quality
+
+    previous = next((p for p in sim.pipelines if p["kind"] == "initial"), None)
+    post = per[per["ts"] >= cut].reset_index(drop=True)
+    if previous is None or not previous.get("model_dir") or post.empty:
+        return None, pd.DataFrame(columns=per.columns)
+    logged = logged_interactions_sim(sim.config.serving.request_log, sim.record)
+    history = pd.concat([sim.plan.train_tables[INTERACTIONS], logged], ignore_index=True)
+    recs = shadow_recommendations(previous["model_dir"], post, sim.plan.train_tables[USERS], history, sim.settings.k)
+    shadow = quality.per_request_quality(post[["request_id", "ts", "user_id"]], recs, logged, sim.settings.k, horizon,
+                                         as_of=logged["event_timestamp"].max())
+    shadow = shadow.merge(post[["request_id", "cohort"]], on="request_id")
+    both = post[["request_id", "evaluable", "hit", "ndcg"]].merge(
+        shadow[["request_id", "hit", "ndcg"]], on="request_id", suffixes=("", "_shadow"))
+    both = both[both["evaluable"].astype(bool)]
+    samples, seed = sim.config.evaluate.bootstrap_samples, sim.config.train.seed
+    gain: dict[str, Any] = {}
+    if len(both):
+        gain = {"hit_rate": paired_difference(both["hit"].to_numpy(), both["hit_shadow"].to_numpy(), samples,
+                                              seed).as_dict(),
+                "ndcg": paired_difference(both["ndcg"].to_numpy(), both["ndcg_shadow"].to_numpy(), samples,
+                                          seed).as_dict()}
+    served_q, shadow_q = summarise_quality(post), summarise_quality(shadow)
+    return {"since": cut.isoformat(), "shadow_model_version": previous.get("model_version"),
+            "shadow_model_dir": previous["model_dir"], "requests": len(post), "evaluable_requests": len(both),
+            "served": served_q, "shadow": shadow_q, "gain": gain, "bootstrap_samples": samples,
+            "note": "served = the retrained model (logged answers); shadow = the previous champion ranking the same "
+                    "requests in-process from the interactions before each; gain = served - shadow, paired 95% "
+                    "bootstrap CI over the evaluable requests"}, shadow
+
+
 # --------------------------------------------------------------------------------------------- monitoring
 def monitor_week(config: Config, reference_dir: str | Path, week: WeekRecord, previous: WeekRecord,
                  out_dir: Path) -> dict[str, Any]:
-    """Monitoring reports over one replayed week of the log (baseline: the week before; explicit wall windows)."""
+    """Monitoring reports over one replayed week of the log (baseline: the week before; explicit wall windows);
+    its Evidently snapshots are stamped with the week's end in sim time."""
     from components.monitor import run_monitoring
 
     return run_monitoring(config, reference_dir, config.serving.request_log, out_dir,
                           baseline_start=previous.wall_start, baseline_end=previous.wall_end,
-                          current_start=week.wall_start, current_end=week.wall_end)
+                          current_start=week.wall_start, current_end=week.wall_end, snapshot_at=week.sim_end)
 
 
 def decide(config: Config, signals: dict[str, Any], now: pd.Timestamp, out_dir: Path) -> Any:
@@ -472,8 +573,11 @@ def plot_timeline(weekly: pd.DataFrame, plan: Plan, drift_at: pd.Timestamp | Non
     fig, ax = plt.subplots(figsize=(10, 4.5))
     mid = weekly["start"] + WEEK / 2
     for col, label, style in (("hit_rate", f"hit rate@{k} (all)", "o-"), ("ndcg", f"NDCG@{k} (all)", "s-"),
-                              ("cohort_hit_rate", f"hit rate@{k} (cohort)", "o--")):
-        ax.plot(mid, weekly[col].astype(float), style, label=label)
+                              ("cohort_hit_rate", f"hit rate@{k} (cohort)", "o--"),
+                              ("shadow_hit_rate", f"hit rate@{k}: previous champion as a shadow, same requests",
+                               "x:")):
+        if col in weekly and weekly[col].notna().any():
+            ax.plot(mid, weekly[col].astype(float), style, label=label)
     ax.axvspan(plan.shift_start, plan.end, color="#f4e3c1", alpha=0.5, label="shifted traffic")
     if retrain_at is not None:
         ax.axvline(retrain_at, color="#1b7f3b", linewidth=4, alpha=0.6, label="retrained model live")
@@ -496,8 +600,6 @@ def plot_timeline(weekly: pd.DataFrame, plan: Plan, drift_at: pd.Timestamp | Non
 def write_index(root: Path, summary: dict[str, Any], weeks: list[WeekRecord], weekly: pd.DataFrame,
                 plot: Path) -> Path:
     """index.html: the timeline, the summary and one row per week linking its monitoring report."""
-    from monitoring.html import page, table
-
     q = weekly.set_index("week")
     rows = []
     for w in weeks:
@@ -511,16 +613,83 @@ def write_index(root: Path, summary: dict[str, Any], weeks: list[WeekRecord], we
                      ", ".join(w.drifted_columns), escape(verdict), link))
     body = table(["week", "phase", "starts", "events", "model", "hit rate", "NDCG", "drift share",
                   "drifted features", "decision", "monitoring"], rows, raw_columns=(9, 10))
-    facts = [(k, json.dumps(v, default=str) if isinstance(v, dict | list) else v) for k, v in summary.items()
-             if k not in {"weeks"}]
-    html = page("Closed-loop replay", "MovieLens replayed in time order through the API; monitoring, retraining "
+    html = page("Closed-loop replay", "The data replayed in time order through the API; monitoring, retraining "
                 "policy, training pipeline and redeploy as in production.", [
                     ("Timeline", f'<img alt="timeline" src="{escape(plot.name)}">'),
-                    ("Summary", table(["what", "value"], facts) + '<p><a href="summary.json">summary.json</a></p>'),
-                    ("Weeks", body)])
+                    ("Result", table(["what", "value"], _result_rows(summary))),
+                    ("Online quality", _quality_table(summary)),
+                    ("The retrain against the previous champion (shadow, same requests)",
+                     _counterfactual_table(summary.get("counterfactual"))),
+                    ("Pipeline runs and their gate", _pipelines_table(summary["pipelines"])),
+                    ("Weeks", body + '<p>Every figure: <a href="summary.json">summary.json</a></p>')])
     path = root / "index.html"
     path.write_text(html, encoding="utf-8")
     return path
+
+
+def _ci(est: dict[str, float] | None) -> str:
+    return "n/a" if not est else f"{est['value']:+.4f} ({est['low']:+.4f} .. {est['high']:+.4f})"
+
+
+def _result_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    first = summary.get("first_model") or {}
+    gate = first.get("gate") or {}
+    promoted = summary.get("promoted_version") or {}
+    initial = summary.get("initial_version") or {}
+    return [
+        ("shift starts", summary["shift_starts_at"][:10]),
+        ("drift detected", f"week {summary['drift_detected_week']} ({summary['drift_detected_at'][:10]})"
+         if summary.get("drift_detected_at") else None),
+        ("retrains triggered", summary["retrains_triggered"]),
+        ("decisions suppressed", ", ".join(f"week {w}: {why}" for w, why in summary["decisions_suppressed"].items())
+         or "none"),
+        ("first model", f"Triton v{initial.get('triton_version')} ({initial.get('model_version')})"),
+        ("first model's gate", (gate.get("reason", "n/a") + (" (served anyway: the API serves two-tower bundles "
+                                                              "only)" if first.get("served_despite_gate") else ""))),
+        ("retrained model live", f"Triton v{promoted.get('triton_version')} ({promoted.get('model_version')}) "
+         f"from {summary['retrain_live_at'][:10]}" if promoted and summary.get("retrain_live_at") else "none"),
+        ("recovered (post-retrain hit rate above pre-retrain)", summary["recovered"]),
+        ("Evidently UI", (summary.get("evidently") or {}).get("ui")),
+        ("run time", f"{summary['seconds']:.0f} s"),
+    ]
+
+
+def _quality_table(summary: dict[str, Any]) -> str:
+    q = summary["quality"]
+    names = [("before_shift", "before the shift"), ("pre_retrain_shifted", "shifted, before the retrain"),
+             ("post_retrain_shifted", "shifted, after the retrain"),
+             ("pre_retrain_shifted_cohort", "shifted, before the retrain: cohort"),
+             ("post_retrain_shifted_cohort", "shifted, after the retrain: cohort")]
+    rows = [(label, q[key]["requests"], q[key]["evaluable_requests"], q[key]["hit_rate"], q[key]["ndcg"])
+            for key, label in names if key in q]
+    return (table(["traffic", "requests", "evaluable", f"hit rate@{q['k']}", f"NDCG@{q['k']}"], rows)
+            + f'<p class="muted">outcome: the user\'s interactions within {q["horizon_hours"]:.0f} h of data time '
+            "after the request</p>")
+
+
+def _counterfactual_table(c: dict[str, Any] | None) -> str:
+    if not c:
+        return '<p class="muted">no retrain went live: nothing to compare</p>'
+    rows = [("served: the retrained model", c["served"]["hit_rate"], c["served"]["ndcg"]),
+            (f"shadow: the previous champion ({c['shadow_model_version']})", c["shadow"]["hit_rate"],
+             c["shadow"]["ndcg"]),
+            ("gain (paired 95% bootstrap CI)", _ci(c["gain"].get("hit_rate")), _ci(c["gain"].get("ndcg")))]
+    return (table(["", "hit rate", "NDCG"], rows)
+            + f'<p class="muted">{c["evaluable_requests"]} evaluable of {c["requests"]} requests since '
+            f'{c["since"][:10]}; {escape(c["note"])}</p>')
+
+
+def _pipelines_table(pipelines: list[dict[str, Any]]) -> str:
+    rows = []
+    for p in pipelines:
+        gate = p.get("gate") or {}
+        rows.append((p["kind"], p.get("week", ""), gate.get("metric"), gate.get("candidate"),
+                     f"{gate.get('champion_name', '')} ({gate.get('champion_source', '')})" if gate else None,
+                     gate.get("champion"), _ci(gate.get("difference")) if gate.get("difference") else None,
+                     "promote" if gate.get("promote") else "keep the champion" if gate else None,
+                     p.get("triton_version"), p.get("seconds")))
+    return table(["run", "week", "gate metric", "candidate", "champion", "champion value",
+                  "paired CI of the difference", "gate", "live Triton version", "seconds"], rows)
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -586,17 +755,26 @@ def _stop_serving(sim: Simulation) -> None:
 def _train_initial(sim: Simulation) -> dict[str, Any]:
     folder = sim.root / "data" / "week_00"
     write_tables(sim.plan.train_tables, folder)
-    # the first model is the champion the replay starts from: no earlier model to beat, so the gate is opened
-    config = with_gate(with_data(sim.config, folder), -1.0)
+    # the first model passes the same gate as any later one: before it, the strongest baseline holds the title
+    config = with_data(sim.config, folder)
     log.info("training the first model on %d early-period interactions (until %s)",
              len(sim.plan.train_tables[INTERACTIONS]), sim.plan.train_end)
     result = run_training(config)
+    gate = gate_summary(result)
+    served_despite_gate = False
+    if deployed_version(sim.config)["triton_version"] is None and gate is not None and not gate["promote"]:
+        # the API serves two-tower bundles only: the loop needs one, so the gate is opened and the summary says so
+        log.warning("the first model lost the gate (%s); it is served anyway: the API serves two-tower bundles "
+                    "only", gate["reason"])
+        served_despite_gate = True
+        result = run_training(with_gate(config, -1.0))
     champion = run_champion(config, result)
     live = deployed_version(sim.config)
     if live["triton_version"] is None:
         raise SimulationError(f"the first training pipeline deployed nothing; see {result.get('run_dir')}")
     sim.pipelines.append({"kind": "initial", "run_dir": result["run_dir"], "seconds": result["seconds"],
-                          "champion": champion, **live})
+                          "model_dir": trained_model(result), "gate": gate,
+                          "served_despite_gate": served_despite_gate, "champion": champion, **live})
     return result
 
 
@@ -650,7 +828,8 @@ def _monitor_and_decide(sim: Simulation, week: WeekRecord, reference_dir: Path) 
     week.retrain = {"training_rows": counts, "outcome": outcome, "champion": champion, "promoted": promoted,
                     **after}
     sim.pipelines.append({"kind": "retrain", "week": week.index, "run_dir": outcome.get("run_dir"),
-                          "seconds": outcome.get("seconds"), "status": outcome.get("status"), "champion": champion,
+                          "seconds": outcome.get("seconds"), "status": outcome.get("status"),
+                          "model_dir": trained_model(result), "gate": gate_summary(result), "champion": champion,
                           "promoted": promoted, **after})
     if not promoted:
         log.warning("the retrained model did not go live (%s)", outcome)
@@ -718,10 +897,16 @@ def run_simulation(base: Config, root: str | Path, settings: SimSettings, tables
 
 def finish(sim: Simulation, retrain_live_at: pd.Timestamp | None, seconds: float) -> dict[str, Any]:
     """Quality timeline, plot, index page and summary.json."""
+    from monitoring.workspace import project_name, workspace_dir
+
     plan, cfg = sim.plan, sim.config
     horizon = pd.Timedelta(hours=cfg.monitoring.quality_horizon_hours)
     per = quality_timeline(cfg.serving.request_log, sim.record, sim.settings.k, horizon, plan.cohort_users)
     weekly = weekly_quality(per, plan, len(sim.weeks))
+    counterfactual, shadow = (shadow_champion(sim, per, retrain_live_at, horizon) if retrain_live_at is not None
+                              else (None, per.iloc[:0]))
+    weekly["shadow_hit_rate"] = (weekly_quality(shadow, plan, len(sim.weeks))["hit_rate"] if not shadow.empty
+                                 else None)
     drift_week = next((w for w in sim.weeks if any(f["name"] == "drift_share" for f in (w.decision or {})
                                                    .get("fired", []))), None)
     drift_at = pd.Timestamp(drift_week.sim_end) if drift_week else None
@@ -753,6 +938,11 @@ def finish(sim: Simulation, retrain_live_at: pd.Timestamp | None, seconds: float
         "retrain_live_at": retrain_live_at.isoformat() if retrain_live_at is not None else None,
         "quality": quality,
         "recovered": bool(pre_hr is not None and post_hr is not None and post_hr > pre_hr),
+        "counterfactual": counterfactual,
+        "first_model": ({k: sim.pipelines[0].get(k) for k in ("gate", "served_despite_gate", "model_version")}
+                        if sim.pipelines else None),
+        "evidently": {"workspace": str(workspace_dir(cfg)), "project": project_name(cfg),
+                      "ui": f"recsys monitor ui --workspace {workspace_dir(cfg)}"},
         "settings": asdict(sim.settings),
         "plan": {"train_end": plan.train_end.isoformat(), "end": plan.end.isoformat(),
                  "training_interactions": len(plan.train_tables[INTERACTIONS]),

@@ -1,19 +1,35 @@
 """Compile, run locally (KFP SubprocessRunner), submit and schedule the project's pipelines."""
 
+import contextlib
 import logging
+import os
+import sys
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 from components.config import Config, absolute_paths, config_to_text
 from components.errors import RecsysError
+from pipelines.run_view import (
+    ANSI,
+    EXECUTOR_OUTPUT,
+    REPORTS_DIR,
+    RunTracker,
+    Step,
+    TeeToTracker,
+    artifact_pages,
+    pipeline_steps,
+    write_overview,
+)
 
 log = logging.getLogger(__name__)
 PipelineName = Literal["training", "monitoring"]
+RUN_LOG = "pipeline.log"  # in the run folder: every task's full output
 
 
 class PipelineError(RecsysError):
@@ -49,39 +65,87 @@ def compile_pipeline(name: PipelineName, config: Config, out_dir: str | Path) ->
 
 def _task_artifacts(run_dir: Path) -> dict[str, dict[str, str]]:
     artifacts: dict[str, dict[str, str]] = {}
-    for task_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        outputs = {p.name: str(p) for p in sorted(task_dir.iterdir()) if p.name != "executor_output.json"}
+    for task_dir in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name != REPORTS_DIR):
+        outputs = {p.name: str(p) for p in sorted(task_dir.iterdir()) if p.name != EXECUTOR_OUTPUT}
         if outputs:
             artifacts[task_dir.name] = outputs
     return artifacts
 
 
-def run_pipeline(name: PipelineName, config: Config) -> dict:
-    """Run a pipeline end to end with the KFP local SubprocessRunner; return where each artifact landed."""
+@contextmanager
+def _output_to(log: TextIO, tracker: RunTracker) -> Iterator[None]:
+    """Everything the run writes to stdout (the runner's task logs, each task subprocess's output, C-level writes
+    to file descriptor 1), every log record and every Python warning goes to `log`; the tracker reads the
+    task-status lines."""
+    tee = TeeToTracker(log, tracker)
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    handler = logging.StreamHandler(tee)  # the orchestrator's own records, in the runner's line format
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d - %(levelname)s - %(message)s", "%H:%M:%S"))
+    root.handlers = [handler]
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(log.fileno(), 1)
+
+    def to_log(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (warnings API)
+        log.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    try:
+        with contextlib.redirect_stdout(tee), warnings.catch_warnings():
+            warnings.showwarning = to_log
+            yield
+    finally:
+        root.handlers = handlers
+        log.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run_pipeline(name: PipelineName, config: Config, on_step: Callable[[Step], None] | None = None) -> dict:
+    """Run a pipeline end to end with the KFP local SubprocessRunner.
+
+    The console gets nothing from the run: the full task logs go to `pipeline.log` in the run folder, `on_step`
+    hears each step start and end (with its status, seconds and figure), and the run folder gets its overview
+    page. Returns the run folder, seconds, steps, log, overview and where each artifact landed."""
     from kfp import local
 
     config = absolute_paths(config)
     root = Path(config.paths.pipeline_root)
     root.mkdir(parents=True, exist_ok=True)
-    before = {p.name for p in root.iterdir()}
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    log_path = root / f".{name}-{os.getpid()}-{time.time_ns()}.log"
+    tracker = RunTracker([], root, on_step)
     started = time.monotonic()
-    try:
-        with warnings.catch_warnings():  # the local runner warns about settings only a cluster honours
+    failure: str | None = None
+    with log_path.open("a", encoding="utf-8", buffering=1) as log_file, _output_to(log_file, tracker):
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+        pipeline = pipeline_function(name, config)
+        tracker.steps[:] = pipeline_steps(pipeline)
+        try:
             warnings.filterwarnings("ignore", message=".*(have no effect in the current local runner|base image).*")
-            pipeline_function(name, config)(config=config_to_text(config))
-    except RuntimeError as err:
-        raise PipelineError(f"{name} pipeline failed: {err}") from err
-    finally:
-        new_runs = sorted((p for p in root.iterdir() if p.name not in before), key=lambda p: p.stat().st_mtime)
-    run_dir = new_runs[-1] if new_runs else None
+            pipeline(config=config_to_text(config))
+        except RuntimeError as err:
+            failure = ANSI.sub("", str(err))
+    tracker.finish()
+    seconds = round(time.monotonic() - started, 1)
+    run_dir = tracker.run_dir
+    if run_dir is not None:
+        log_path = log_path.rename(run_dir / RUN_LOG)
+    pages = artifact_pages(run_dir, tracker.steps) if run_dir is not None else {}
+    overview = write_overview(name, run_dir, tracker.steps, seconds, log_path, pages) if run_dir is not None else None
+    if failure is not None:
+        where = f"; run overview {overview}" if overview else ""
+        raise PipelineError(f"{name} pipeline failed: {failure} (full log: {log_path}{where})")
     result = {
         "pipeline": name,
         "run_dir": str(run_dir) if run_dir else None,
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": seconds,
+        "steps": tracker.steps,
+        "log": str(log_path),
+        "overview": str(overview) if overview else None,
+        "pages": {f"{task}/{output}": str(path) for (task, output), path in pages.items()},
         "artifacts": _task_artifacts(run_dir) if run_dir else {},
     }
-    log.info("%s pipeline finished in %.1f s; artifacts under %s", name, result["seconds"], run_dir)
+    log.debug("%s pipeline finished in %.1f s; artifacts under %s", name, seconds, run_dir)
     return result
 
 

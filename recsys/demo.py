@@ -7,17 +7,19 @@ Triton, left running, with a sample call and its answer.
 
 import json
 import urllib.request
-from pathlib import Path
 
 import typer
+from rich import box
+from rich.table import Table
 
 from recsys.common import console, errors_as_exit, state
 
-REPORTS = {
-    ("validate-op", "data_docs"): "index.html",
-    ("evaluate-op", "report"): "",
-    ("compress-op", "report"): "",
-    ("train-op", "curve"): "",
+REPORTS = {  # (task, output): what the report is
+    ("validate-op", "data_docs"): "data docs",
+    ("train-op", "curve"): "training curve",
+    ("evaluate-op", "report"): "evaluation",
+    ("compress-op", "report"): "compression",
+    ("deploy-op", "deployment"): "deployment",
 }
 
 
@@ -28,27 +30,38 @@ def _sample_call(url: str, body: dict, headers: dict[str, str]) -> dict:
         return json.loads(response.read())
 
 
+def _print_answer(answer: dict) -> None:
+    """The sample call's answer as a table: one row per item (the full JSON is what the curl line prints)."""
+    source = "model"
+    if answer["degraded"]:
+        source = f"degraded ({', '.join(answer['reasons'])})"
+    elif answer["cold_start"]:
+        source = "cold start"
+    table = Table(title=f"answer: user {answer['user_id']}, {source}, model version {answer['model_version']}",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("rank", "item_id", "score", "title", "why"):
+        table.add_column(column, overflow="fold")
+    for item in answer["items"]:
+        table.add_row(str(item["rank"]), str(item["item_id"]), f"{item['score']:.4f}", item.get("title") or "",
+                      item["explanation"])
+    console.print(table)
+
+
 def demo(
     ctx: typer.Context,
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Start the API after the pipeline."),
 ) -> None:
     """Run the training pipeline on MovieLens-100K, then start the API and show a sample call."""
     from components.deploy import ensure_server
-    from pipelines.runner import run_pipeline
+    from recsys.pipeline import run_with_progress
     from recsys.serve_api import api_url, auth_headers, sample_curl, sample_request, start_api, stop_api
 
     config = state(ctx).config
-    with errors_as_exit():
-        result = run_pipeline("training", config)
-    console.rule("training pipeline: artifacts")
-    for task, outputs in result["artifacts"].items():
-        for output, path in outputs.items():
-            console.print(f"  {task:<12} {output:<14} {path}", soft_wrap=True)
-    console.rule("reports")
-    for (task, output), page in REPORTS.items():
-        path = result["artifacts"].get(task, {}).get(output)
-        if path:
-            console.print(f"  {task:<12} {output:<14} {Path(path) / page if page else path}", soft_wrap=True)
+    result = run_with_progress("training", config)
+    console.print("[bold]reports[/]")
+    for (task, output), what in REPORTS.items():
+        if path := result["pages"].get(f"{task}/{output}"):
+            console.print(f"  {what:<15} {path}", soft_wrap=True, highlight=False)
     if "deploy-op" not in result["artifacts"]:
         console.print("[yellow]the candidate did not beat the champion: the deployed version stays[/]")
     if not serve:
@@ -62,4 +75,4 @@ def demo(
     console.print(sample_curl(config, body), soft_wrap=True, markup=False)
     with errors_as_exit():
         headers = auth_headers(config)
-    console.print_json(json.dumps(_sample_call(api_url(config), body, headers)))
+    _print_answer(_sample_call(api_url(config), body, headers))

@@ -1,11 +1,21 @@
-"""`recsys monitor ...`: monitoring reports from the request log, and the retraining decision."""
+"""`recsys monitor ...`: monitoring reports from the request log, the retraining decision, Evidently's UI."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import typer
 
+from components.config import Config, absolute_paths
+from components.errors import RecsysError
+from components.processes import owned_pid, pid_alive, write_pid_file
 from recsys.common import console, errors_as_exit, state
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 app = typer.Typer(help="Drift, quality and fairness reports; the retraining policy.", no_args_is_help=True)
 
@@ -84,3 +94,111 @@ def release(
     with errors_as_exit():
         release_retrain(state(ctx).config, decision_id, {"status": status, "mode": "manual"})
     console.print(f"released retrain {decision_id}")
+
+
+# ---- Evidently's UI over the monitoring workspace ---------------------------------------------------------
+class UiError(RecsysError):
+    """Evidently's UI could not be started or stopped."""
+
+
+def ui_files(config: Config, port: int) -> tuple[Path, Path]:
+    """(PID file, log file) of the UI server on `port` (under paths.artifacts_dir/evidently_ui)."""
+    folder = Path(absolute_paths(config, PROJECT_ROOT).paths.artifacts_dir) / "evidently_ui"
+    return folder / f"ui_{port}.pid", folder / f"ui_{port}.log"
+
+
+def ui_url(config: Config, port: int | None = None) -> str:
+    return f"http://{config.serving.host}:{port or config.monitoring.ui_port}"
+
+
+def start_ui(config: Config, workspace: Path | None = None, port: int | None = None, detach: bool = True,
+             timeout_s: float = 60.0) -> int:
+    """Start `evidently ui` over the workspace (default: the configured one) on serving.host and wait until it
+    answers; returns its PID. detach=True: own session and a PID file (stop with stop_ui)."""
+    from monitoring.workspace import workspace_dir
+    from recsys.serve_api import http_status, stop_pid
+
+    config = absolute_paths(config, PROJECT_ROOT)
+    port = port or config.monitoring.ui_port
+    folder = Path(workspace or workspace_dir(config)).resolve()
+    if not folder.is_dir():
+        raise UiError(f"the Evidently workspace {folder} does not exist; run `recsys monitor report` or "
+                      "`recsys simulate` first, or pass --workspace")
+    url = ui_url(config, port)
+    if http_status(f"{url}/api/projects") != 0:
+        raise UiError(f"something already answers at {url}; stop it (`recsys monitor ui-stop --port {port}`) "
+                      "or pass --port")
+    pid_path, log_path = ui_files(config, port)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, DO_NOT_TRACK="1")  # no usage telemetry from the UI
+    cmd = [str(Path(sys.executable).parent / "evidently"), "ui", "--workspace", str(folder), "--host",
+           config.serving.host, "--port", str(port)]
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=detach)
+    deadline = time.monotonic() + timeout_s
+    while http_status(f"{url}/api/projects") != 200:
+        if proc.poll() is not None:
+            raise UiError(f"evidently ui exited with code {proc.returncode} before it answered; see {log_path}")
+        if time.monotonic() > deadline:
+            stop_pid(proc.pid)
+            raise UiError(f"evidently ui did not answer {url} within {timeout_s:.0f} s; see {log_path}")
+        time.sleep(0.2)
+    if detach:
+        write_pid_file(pid_path, proc.pid)
+    return proc.pid
+
+
+def stop_ui(config: Config, port: int | None = None) -> bool:
+    """Stop the detached UI on `port` named in its PID file; False if none was running."""
+    from recsys.serve_api import stop_pid
+
+    pid_path = ui_files(config, port or config.monitoring.ui_port)[0]
+    pid = owned_pid(pid_path, "evidently")
+    if pid is None:
+        return False
+    stop_pid(pid)
+    pid_path.unlink(missing_ok=True)
+    return True
+
+
+@app.command()
+def ui(
+    ctx: typer.Context,
+    port: int | None = typer.Option(None, help="Port on serving.host (default: monitoring.ui_port)."),
+    workspace: Path | None = typer.Option(
+        None, help="Evidently workspace folder (default: monitoring.workspace_dir, else <reports_dir>/workspace; "
+        "a simulation's is <out>/monitoring/workspace)."),
+    detach: bool = typer.Option(False, "--detach", help="Run in the background and write a PID file."),
+) -> None:
+    """Serve Evidently's UI over the monitoring workspace: a project per deployment, its dashboard of the
+    signals over time and every run's drift reports. Ctrl-C stops it (or `recsys monitor ui-stop`)."""
+    from recsys.serve_api import stop_pid
+
+    config = state(ctx).config
+    with errors_as_exit():
+        pid = start_ui(config, workspace, port, detach=detach)
+    console.print(f"Evidently UI at [bold]{ui_url(config, port)}[/] (pid {pid})")
+    if detach:
+        console.print(f"stop with `recsys monitor ui-stop{f' --port {port}' if port else ''}`")
+        return
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while pid_alive(pid):
+            time.sleep(0.5)
+        console.print(f"[bold red]the UI exited[/]; see {ui_files(config, port or config.monitoring.ui_port)[1]}")
+        raise typer.Exit(code=1)
+    except KeyboardInterrupt:
+        console.print("stopping the UI ...")
+        stop_pid(pid)
+
+
+@app.command("ui-stop")
+def ui_stop(
+    ctx: typer.Context,
+    port: int | None = typer.Option(None, help="Port of the UI to stop (default: monitoring.ui_port)."),
+) -> None:
+    """Stop the detached Evidently UI started by `recsys monitor ui --detach`."""
+    with errors_as_exit():
+        stopped = stop_ui(state(ctx).config, port)
+    console.print("Evidently UI stopped" if stopped else "no detached Evidently UI running")

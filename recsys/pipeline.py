@@ -1,15 +1,51 @@
 """`recsys pipeline ...`: compile for the KFP dashboard, run locally, submit or schedule on a KFP host."""
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from recsys.common import console, errors_as_exit, state
 
 app = typer.Typer(help="Compile, run locally, submit and schedule the KFP pipelines.", no_args_is_help=True)
 NAMES = ("training", "monitoring")
+
+
+MARKS = {"SUCCESS": "[green]ok[/]  ", "FAILURE": "[red]FAIL[/]", "SKIPPED": "[dim]skip[/]"}
+
+
+def step_printer() -> Callable[[Any], None]:
+    """An `on_step` for `run_pipeline`: one line per step as it ends (status, seconds, its figure); while a step
+    runs, a transient spinner names it (on a terminal only)."""
+    spinner = console.status("")
+
+    def on_step(step: Any) -> None:
+        if step.status == "RUNNING":
+            spinner.update(f"{step.label} running")
+            spinner.start()
+            return
+        spinner.stop()
+        seconds = f"{step.seconds:6.1f} s" if step.seconds is not None else " " * 8
+        console.print(f"  {MARKS.get(step.status, step.status)} {escape(step.label):<17} {seconds}  "
+                      f"{escape(step.figure)}", highlight=False)
+
+    return on_step
+
+
+def run_with_progress(name: str, config: Any) -> dict:
+    """Run a pipeline locally with one console line per step, then where its overview page and log are."""
+    from pipelines.runner import run_pipeline
+
+    console.print(f"[bold]{name} pipeline[/] (KFP local runner)")
+    with errors_as_exit():
+        result = run_pipeline(name, config, on_step=step_printer())
+    console.print(f"  finished in {result['seconds']:.0f} s", highlight=False)
+    console.print(f"  run overview: {Path(result['overview']).as_uri()}", soft_wrap=True, highlight=False)
+    console.print(f"  full log:     {result['log']}", soft_wrap=True, highlight=False)
+    return result
 
 
 def _available() -> list[str]:
@@ -32,20 +68,8 @@ def compile_(
 
 @app.command()
 def run(ctx: typer.Context, name: str = typer.Argument("training", help="training | monitoring")) -> None:
-    """Run a pipeline end to end with the KFP local runner and print where each artifact landed."""
-    from pipelines.runner import run_pipeline
-
-    config = state(ctx).config
-    with errors_as_exit():
-        result = run_pipeline(name, config)
-    table = Table(title=f"{name} pipeline: artifacts ({result['seconds']} s)")
-    table.add_column("task")
-    table.add_column("output")
-    table.add_column("path")
-    for task, outputs in result["artifacts"].items():
-        for output, path in outputs.items():
-            table.add_row(task, output, path)
-    console.print(table)
+    """Run a pipeline end to end with the KFP local runner: one line per step, then its overview page and log."""
+    run_with_progress(name, state(ctx).config)
 
 
 @app.command()

@@ -108,7 +108,8 @@ def log_file(config: Config) -> Path:
     return api_dir(config) / f"api_{config.serving.api_port}.log"
 
 
-def _get(url: str, timeout: float = 1.0) -> int:
+def http_status(url: str, timeout: float = 1.0) -> int:
+    """The HTTP status of a GET to `url` (0 when nothing answers)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL from the config
             return resp.status
@@ -141,7 +142,7 @@ def start_api(config: Config, detach: bool = True, timeout_s: float = 90.0) -> i
     """
     config = absolute_paths(config, PROJECT_ROOT)
     url = api_url(config)
-    if _get(f"{url}/healthz") == 200:
+    if http_status(f"{url}/healthz") == 200:
         raise ApiError(f"something already answers at {url}; stop it or set serving.api_port")
     folder = api_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,7 @@ def start_api(config: Config, detach: bool = True, timeout_s: float = 90.0) -> i
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=PROJECT_ROOT, start_new_session=detach)
     deadline = time.monotonic() + timeout_s
-    while _get(f"{url}/healthz") != 200:
+    while http_status(f"{url}/healthz") != 200:
         if proc.poll() is not None:
             raise ApiError(f"the API server exited with code {proc.returncode} before it answered; "
                            f"see {log_file(config)}")

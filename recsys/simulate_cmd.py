@@ -13,10 +13,10 @@ DEFAULTS = SimSettings()
 # What a replay on a 2-core CPU can afford, and a policy for week-long windows of a few hundred events (small
 # windows make distances noisy; the activity feature always drifts because the log runs on a compressed clock);
 # fairness and quality are reported every week but only drift triggers (quality only if it falls to zero: a week
-# of ~150 sampled requests swings by half from week to week). Each retrain's evaluation keeps the cheap baselines
+# of ~150 sampled requests swings by half from week to week). Every model trains with the defaults' budget (a cut
+# one left the first model far below EASE on its own data), and each evaluation keeps the cheap baselines
 # (SASRec off, ALS at one grid point). --config/--set come on top of these.
 SIMULATION_DEFAULTS = [
-    "train.epochs=40", "train.patience=5", "train.max_minutes=4", "model.user_layers=1",
     "evaluate.bootstrap_samples=50", "evaluate.knn_neighbours=[50,200]", "evaluate.ease_lambdas=[200,800]",
     "evaluate.sasrec.enabled=false", "evaluate.als.factors=[64]", "evaluate.als.regularization=[1.0]",
     "evaluate.als.iterations=[15]", "evaluate.als.alpha=[10.0]",
@@ -76,5 +76,8 @@ def simulate(
         "hit_rate_shifted_post_retrain": q["post_retrain_shifted"]["hit_rate"],
         "ndcg_shifted_pre_retrain": q["pre_retrain_shifted"]["ndcg"],
         "ndcg_shifted_post_retrain": q["post_retrain_shifted"]["ndcg"], "recovered": summary["recovered"],
+        "first_model_gate": ((summary["first_model"] or {}).get("gate") or {}).get("reason"),
+        "gain_over_shadow_champion": (summary["counterfactual"] or {}).get("gain"),
         "seconds": summary["seconds"]}, indent=2, default=str))
+    console.print(f"Evidently dashboard: [bold]{summary['evidently']['ui']}[/]", soft_wrap=True)
     console.print(f"timeline [bold]{summary['timeline']}[/]; index [bold]{summary['index']}[/]", soft_wrap=True)

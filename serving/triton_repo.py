@@ -1,11 +1,13 @@
 """Triton model repository: the `recommender` ensemble (prep -> user tower -> top-K) built from a serving bundle.
 
+The Python models' steps are `components.bundle_ops`, copied into each version; `components.ensemble` runs the
+same steps in process.
+
 Each deployment is a numbered version written completely (staged in a hidden folder, then renamed) into
 every model of the ensemble; older versions stay on disk for rollback. Configs come from one set of Jinja
 templates, rendered for the Python backend (embedded server) or the native `onnxruntime_onnx` platform (GPU).
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -14,7 +16,6 @@ import uuid
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal
 
 import jinja2
@@ -22,6 +23,7 @@ import numpy as np
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from components import bundle_ops
 from components.ann import AnnParams, write_item_index
 from components.atomic import fsync_dir, write_atomic
 from components.errors import RecsysError
@@ -37,6 +39,7 @@ TOPK = "recommender_topk"
 COMPOSING = (PREP, TOWER, TOPK)
 MODELS = (ENSEMBLE, *COMPOSING)
 Backend = Literal["python", "onnxruntime_onnx"]
+OPS_FILE = "bundle_ops.py"  # components/bundle_ops.py, copied beside each Python model (loaded there by path)
 
 
 class RepositoryError(RecsysError):
@@ -156,19 +159,20 @@ def _version_files(bundle: Bundle, model: str, settings: RepoSettings) -> dict[s
     """What goes into one model's version folder: target name -> source file."""
     py = TEMPLATES / "python"
     src = bundle.path
+    ops = {OPS_FILE: Path(bundle_ops.__file__)}  # the very module the in-process runtimes import
     if model == ENSEMBLE:
         return {"manifest.json": src / "manifest.json", "smoke.json": src / "smoke.json"}
     if model == PREP:
-        ops = {"model.py": py / "prep_model.py", "recsys_ops.py": py / "recsys_ops.py"}
+        ops["model.py"] = py / "prep_model.py"
         return {**ops, "item_ids.npy": src / "item_ids.npy", "manifest.json": src / "manifest.json"}
     if model == TOPK:
-        ops = {"model.py": py / "topk_model.py", "recsys_ops.py": py / "recsys_ops.py"}
+        ops["model.py"] = py / "topk_model.py"
         return {**ops, "item_ids.npy": src / "item_ids.npy", "item_embeddings.npy": src / "item_embeddings.npy"}
     files = {"model.onnx": src / "user_tower.onnx"}
     if (src / "user_tower.onnx.data").is_file():
         files["user_tower.onnx.data"] = src / "user_tower.onnx.data"  # external weights keep their name
     if settings.backend == "python":
-        files.update({"model.py": py / "user_tower_model.py", "recsys_ops.py": py / "recsys_ops.py"})
+        files.update({**ops, "model.py": py / "user_tower_model.py"})
     return files
 
 
@@ -244,40 +248,3 @@ def build_cluster_repository(bundle_dir: str | Path, out_dir: str | Path, gpus: 
     settings = RepoSettings(backend="onnxruntime_onnx", max_batch_size=256, preferred_batch_sizes=(32, 64), gpus=gpus)
     write_version(bundle_dir, out_dir, settings=settings, version=1)
     return Path(out_dir)
-
-
-@cache
-def ops_module() -> ModuleType:
-    """The numpy serving steps that the Triton Python models run (loaded from the template file)."""
-    spec = importlib.util.spec_from_file_location("recsys_serving_ops", TEMPLATES / "python" / "recsys_ops.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-class Reference:
-    """In-process ONNX Runtime reference of the whole ensemble (same ops code as Triton)."""
-
-    def __init__(self, bundle_dir: str | Path) -> None:
-        import onnxruntime as ort
-
-        self.bundle = load_bundle(bundle_dir)
-        ops = ops_module()
-        self.index = ops.ItemIndex(np.load(self.bundle.path / "item_ids.npy"))
-        self.embeddings = np.load(self.bundle.path / "item_embeddings.npy")
-        self.sizes = ops.profile_sizes(self.bundle.manifest)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(self.bundle.path / "user_tower.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-
-    def recommend(
-        self, history_item_ids: list[int], profile: list[int], exclude_item_ids: list[int], k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        ops = ops_module()
-        history = ops.history_tensor(self.index, np.asarray(history_item_ids, np.int64), self.bundle.max_seq_len)
-        prof = ops.profile_tensor(np.asarray(profile, np.int64), self.sizes)
-        (user,) = self.session.run(["user_embedding"], {"history": history, "profile": prof})
-        return ops.top_k(self.index, self.embeddings, user, np.asarray(exclude_item_ids, np.int64), k)

@@ -4,8 +4,8 @@ chunked exact search equals a full sort."""
 import numpy as np
 import pytest
 
+from components import bundle_ops as ops
 from components.ann import AnnParams, build_item_index, exact_top_k, recall_at_k, write_item_index
-from serving.triton_repo import ops_module as serving_ops
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 50, seed: int = 0) -> np.ndarray:
@@ -43,24 +43,22 @@ def test_index_ranks_by_inner_product_not_distance():
 
 
 def test_serving_step_excludes_items_and_matches_exact_order(tmp_path):
-    ops = serving_ops()
     items = clustered(3_000, dim=16)
     item_ids = np.arange(100, 100 + len(items), dtype=np.int64)
     write_item_index(tmp_path, items, AnnParams(ef_search=400))
     ann = ops.load_ann(str(tmp_path / "item_index.faiss"), 400)
     index = ops.ItemIndex(item_ids)
     user = clustered(1, dim=16, seed=5)[0]
-    exact_ids, exact_scores = ops.top_k(index, items, user, np.array([], dtype=np.int64), 20)
+    exact_ids, exact_scores = ops.request_top_k(index, items, user, np.array([], dtype=np.int64), 20)
     excluded = exact_ids[:5]
     ids, scores = ops.ann_top_k(ann, index, items, user, excluded, 10)
-    want, want_scores = ops.top_k(index, items, user, excluded, 10)
+    want, want_scores = ops.request_top_k(index, items, user, excluded, 10)
     assert not set(ids.tolist()) & set(excluded.tolist())
     assert ids.tolist() == want.tolist() and np.allclose(scores, want_scores)
     assert ops.load_ann(str(tmp_path / "absent.faiss"), 64) is None
 
 
 def test_serving_step_with_fewer_candidates_than_k():
-    ops = serving_ops()
     items = clustered(30, dim=8)
     index = ops.ItemIndex(np.arange(1, 31, dtype=np.int64))
     ann = build_item_index(items)

@@ -13,7 +13,6 @@ import pytest
 
 from components.compress import (
     REFERENCE,
-    BundleScorer,
     CompressError,
     check_bundle,
     choose_variant,
@@ -174,23 +173,35 @@ def test_gate_decision_of_the_run_is_reproducible(run) -> None:
 
 
 def test_smoke_expectations_reproduce_from_the_bundle(run) -> None:
-    from serving.triton_repo import Reference
+    from components.bundle_ops import top_k
+    from components.compress import OnnxRecommender
+    from components.ensemble import EnsembleReference
+    from components.model import load_recommender
+    from components.schemas import read_tables
 
     smoke = json.loads((run.bundle / "smoke.json").read_text())["requests"]
     assert len(smoke) >= 3 and any(not r["history_item_ids"] for r in smoke)
-    scorer, triton_reference = BundleScorer(run.bundle), Reference(run.bundle)
+    reference = EnsembleReference(run.bundle)
     for req in smoke:
         args = (req["history_item_ids"], req["profile"], req["exclude_item_ids"], req["k"])
         want = req["expected"]
         assert len(want["item_ids"]) == req["k"] and not set(want["item_ids"]) & set(req["exclude_item_ids"])
         assert want["scores"] == sorted(want["scores"], reverse=True)
-        for ids, scores in (scorer.recommend(*args), triton_reference.recommend(*args)):
-            assert ids.tolist() == want["item_ids"]
-            np.testing.assert_allclose(scores, want["scores"], atol=1e-5)
+        ids, scores = reference.recommend(*args)
+        assert ids.tolist() == want["item_ids"]
+        np.testing.assert_allclose(scores, want["scores"], atol=1e-5)
     odd = ([5, -1, 10_000, 7], [99, -5, 1], [7, 123_456], 40)  # unknown ids, out-of-vocabulary profile, k > catalogue
-    (ids, scores), (ref_ids, ref_scores) = scorer.recommend(*odd), triton_reference.recommend(*odd)
-    assert ids.tolist() == ref_ids.tolist() and len(ids) == 35 and 7 not in ids
-    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    ids, scores = reference.recommend(*odd)
+    assert len(ids) == 35 and 7 not in ids and 123_456 not in ids
+    assert np.all(np.diff(scores) <= 0)
+    # the in-process ensemble ranks like the batch path (evaluation, `recsys recommend`) over the same tower and table
+    rec = OnnxRecommender("bundle", run.bundle / "user_tower.onnx", reference.index.item_ids, reference.embeddings,
+                          load_recommender(run.model))
+    task = validation_task(run.config, read_tables(run.canonical))
+    users, hist = task.users.iloc[:5].reset_index(drop=True), task.histories[:5]
+    batch_ids, _ = top_k(rec.score(users, hist, rec.item_ids), 10, hist, rec.item_ids)
+    for history, profile, ids in zip(hist, rec.tower_inputs(users, hist)[1], batch_ids, strict=True):
+        assert reference.recommend(history.tolist(), profile.tolist(), history.tolist(), 10)[0].tolist() == ids.tolist()
 
 
 def test_report_has_table_chart_and_json(run) -> None:

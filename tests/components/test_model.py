@@ -183,19 +183,20 @@ def test_onnx_user_tower_equals_torch(planted_model: Path, tmp_path: Path) -> No
     inter = tables["interactions"]
     hist = [inter[inter["user_id"] == u]["item_id"].to_numpy()[: i + 1] for i, u in enumerate(users["user_id"])]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"history": rec.history_rows(hist), "profile": rec.profile_rows(users)})[0]
+    history, profile = rec.tower_inputs(users, hist)
+    got = session.run(None, {"history": history, "profile": profile})[0]
     np.testing.assert_allclose(got, rec.user_embeddings(users, hist), atol=1e-4)
     assert got.dtype == np.float32 and got.shape == (5, 32)
 
 
-def test_profile_rows_use_the_declared_attributes(planted_model: Path) -> None:
+def test_profile_inputs_use_the_declared_attributes(planted_model: Path) -> None:
     """The trained model encodes the declared user attributes (MovieLens: age bands, gender, occupation)."""
     from components.model import load_recommender
 
     rec = load_recommender(planted_model)
     assert rec.cfg["profile_fields"] == ["age", "gender", "occupation"]
     users = pd.DataFrame({"age": [17, 30, None], "gender": ["F", "M", None], "occupation": ["student", "x", None]})
-    idx = rec.profile_rows(users)
+    idx = rec.tower_inputs(users, [np.empty(0, np.int64)] * len(users))[1]
     assert idx.dtype == np.int64 and idx.shape == (3, 3)
     assert idx[0, 0] != idx[1, 0] and (idx[0] > 0).all() and idx[1, 2] == 0 and (idx[2] == 0).all()
 

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.recommender import RecommenderError, catalogue_positions, recommend_frame, top_k
+from components.bundle_ops import RequestError
+from components.recommender import catalogue_positions, recommend_frame, top_k
 from components.schemas import check_recommendations
 
 CATALOGUE = np.array([30, 10, 20, 40], dtype=np.int64)
@@ -25,10 +26,12 @@ def test_top_k_pads_when_too_few_candidates() -> None:
 
 
 def test_top_k_rejects_bad_input() -> None:
-    with pytest.raises(RecommenderError):
+    with pytest.raises(RequestError, match="does not match a catalogue of 4 items"):
         top_k(np.ones((1, 3)), 2, None, CATALOGUE)
-    with pytest.raises(RecommenderError):
+    with pytest.raises(RequestError, match="k must be at least 1"):
         top_k(np.ones((1, 4)), 0, None, CATALOGUE)
+    with pytest.raises(RequestError, match="exclude has 2 entries for 1 users"):
+        top_k(np.ones((1, 4)), 2, [np.array([10]), np.array([20])], CATALOGUE)
 
 
 def test_positions() -> None:

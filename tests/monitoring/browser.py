@@ -1,7 +1,8 @@
-"""Open an HTML file in headless Chromium over the DevTools protocol: console errors, failed loads, a screenshot.
+"""Open an HTML file or a loopback URL in headless Chromium over the DevTools protocol: console errors, failed
+loads, the rendered text, a screenshot.
 
-Every host name resolves to nothing (--host-resolver-rules), so a page that needs the network (a CDN script,
-a web font) shows up as failed loads: a page that passes works offline.
+Every host name but 127.0.0.1 resolves to nothing (--host-resolver-rules), so a page that needs the network (a CDN
+script, a web font) shows up as failed loads: a page that passes works offline (loopback servers stay reachable).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Any
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
-         "--host-resolver-rules=MAP * ~NOTFOUND", "--remote-debugging-port=0", "--window-size=1280,1600"]
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--remote-debugging-port=0"]
 
 
 @dataclass
 class PageCheck:
     errors: list[str] = field(default_factory=list)  # console errors, exceptions, failed loads
     text_length: int = 0  # characters of rendered text (0 = blank page)
+    text: str = ""  # the rendered text
     title: str = ""
     screenshot: Path | None = None
 
@@ -70,10 +72,13 @@ class _Session:
         return False
 
 
-def check_page(html: Path, screenshot: Path, settle_s: float = 2.0, timeout_s: float = 90.0) -> PageCheck:
-    """Load `html` in headless Chromium, wait for it to render, screenshot it, and collect every error."""
+def check_page(html: Path | str, screenshot: Path, settle_s: float = 2.0, timeout_s: float = 90.0,
+               window: tuple[int, int] = (1280, 1600), full_page: bool = False) -> PageCheck:
+    """Load `html` (a file, or a URL such as a loopback server's) in headless Chromium, wait for it to render,
+    screenshot it (`full_page`: the whole page, not just the window), and collect every error."""
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--window-size={window[0]},{window[1]}",
+                                 f"--user-data-dir={profile}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -83,7 +88,7 @@ def check_page(html: Path, screenshot: Path, settle_s: float = 2.0, timeout_s: f
                     raise RuntimeError(f"chromium did not start (exit code {proc.poll()})")
                 time.sleep(0.1)
             port, path = port_file.read_text().split()[:2]
-            return _inspect(f"ws://127.0.0.1:{port}{path}", html, screenshot, settle_s, timeout_s)
+            return _inspect(f"ws://127.0.0.1:{port}{path}", html, screenshot, settle_s, timeout_s, full_page)
         finally:
             proc.terminate()
             try:
@@ -93,7 +98,8 @@ def check_page(html: Path, screenshot: Path, settle_s: float = 2.0, timeout_s: f
                 proc.wait(timeout=15)
 
 
-def _inspect(ws_url: str, html: Path, screenshot: Path, settle_s: float, timeout_s: float) -> PageCheck:
+def _inspect(ws_url: str, html: Path | str, screenshot: Path, settle_s: float, timeout_s: float,
+             full_page: bool) -> PageCheck:
     s = _Session(ws_url)
     try:
         target = s.call("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -101,7 +107,8 @@ def _inspect(ws_url: str, html: Path, screenshot: Path, settle_s: float, timeout
         for domain in ("Page", "Runtime", "Log", "Network"):
             s.call(f"{domain}.enable", session=sid)
         s.events.clear()
-        s.call("Page.navigate", {"url": html.resolve().as_uri()}, session=sid)
+        url = html if isinstance(html, str) else html.resolve().as_uri()
+        s.call("Page.navigate", {"url": url}, session=sid)
         if not s.wait_for("Page.loadEventFired", timeout_s):
             raise RuntimeError(f"{html} did not finish loading within {timeout_s} s")
         s.pump(settle_s)  # let the page's scripts draw
@@ -118,10 +125,15 @@ def _inspect(ws_url: str, html: Path, screenshot: Path, settle_s: float, timeout
                 check.errors.append(f"log: {p['entry']['text']} {p['entry'].get('url', '')}")
             elif m == "Network.loadingFailed" and not p.get("canceled"):
                 check.errors.append(f"failed load: {p.get('errorText')} ({p.get('type')})")
-        result = s.call("Runtime.evaluate", {"expression": "[document.title, document.body.innerText.length]",
+        result = s.call("Runtime.evaluate", {"expression": "[document.title, document.body.innerText]",
                                              "returnByValue": True}, session=sid)["result"]["value"]
-        check.title, check.text_length = result[0], int(result[1])
-        shot = s.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False}, session=sid)
+        check.title, check.text = result[0], result[1]
+        check.text_length = len(check.text)
+        params: dict[str, Any] = {"format": "png", "captureBeyondViewport": full_page}
+        if full_page:
+            size = s.call("Page.getLayoutMetrics", session=sid)["cssContentSize"]
+            params["clip"] = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = s.call("Page.captureScreenshot", params, session=sid)
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
         check.screenshot = screenshot

@@ -31,6 +31,7 @@ def shifted_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict,
     b = {k: v.isoformat() for k, v in window_bounds().items()}
     sets = [a for s in ["paths.artifacts_dir=" + str(root / "artifacts"),
                         "monitoring.state_path=" + str(root / "state" / "policy.json"),
+                        "monitoring.workspace_dir=" + str(root / "workspace"),
                         "evaluate.cold_start_items=5"] for a in ("--set", s)]
     result = CliRunner().invoke(app, [*sets, "monitor", "report", "--reference", str(canonical), "--log",
                                       str(log_path), "--out", str(root / "reports"), "--embeddings",
@@ -118,6 +119,63 @@ def test_reports_open_in_headless_chromium(page: str, shifted_world: tuple[Path,
     assert check.errors == [], check.errors  # no console errors, no exceptions, no failed (network) loads
     assert check.text_length > 300  # the page rendered (Evidently draws with JavaScript)
     assert check.screenshot.stat().st_size > 10_000
+
+
+def test_each_run_adds_its_snapshots_to_the_evidently_workspace(shifted_world: tuple[Path, dict, str]) -> None:
+    from evidently.ui.workspace import Workspace
+
+    from monitoring.workspace import PANELS, SIGNALS_TAG
+
+    root, s, _ = shifted_world
+    workspace = Workspace(str(root / "workspace"))
+    [project] = workspace.search_project("movielens-100k")  # the deployment's project: the data set's name
+    ids = workspace.list_runs(project.id)
+    assert {str(i) for i in ids} == set(s["evidently"]["snapshots"])
+    runs = [workspace.get_run(project.id, i) for i in ids]
+    window_end = window_bounds()["current_end"].tz_localize(None).to_pydatetime()
+    assert {r.timestamp for r in runs} == {window_end}  # stamped with the window's end, not the wall clock
+    assert {t for r in runs for t in r.tags} >= {"drift", "user_features", "recommendations", "user_embeddings_pca"}
+    [signals] = [r for r in runs if SIGNALS_TAG in r.tags]
+    values = {m.metric_value_location.metric.params["column"]: m.value for m in signals.metric_results.values()}
+    drift = s["drift"]["reports"]
+    assert values == pytest.approx({
+        "drift_share": s["signals"]["drift_share"], "hit_rate": s["signals"]["hit_rate"], "ndcg": s["signals"]["ndcg"],
+        "fairness_ratio": s["signals"]["fairness_ratio"], "long_tail_share": s["signals"]["long_tail_share"],
+        "exposure_gini": s["signals"]["exposure_gini"],
+        "user_embedding_auc": drift["user_embeddings"]["columns"]["user_embeddings"]["value"],
+        "item_embedding_auc": drift["item_embeddings"]["columns"]["item_embeddings"]["value"]})
+    assert [p.title for p in project.dashboard.model().panels] == [title for title, _, _ in PANELS]
+
+
+@pytest.mark.integration
+def test_monitor_ui_serves_the_dashboard_on_loopback(shifted_world: tuple[Path, dict, str]) -> None:
+    """`recsys monitor ui --detach` runs `evidently ui` over the workspace; Chromium (offline) draws the dashboard."""
+    from monitoring.simulate import free_port
+    from monitoring.workspace import PANELS
+    from recsys.serve_api import http_status
+    from tests.monitoring.browser import check_page
+
+    root, s, _ = shifted_world
+    port = free_port()
+    sets = ["--set", f"paths.artifacts_dir={root / 'artifacts'}",
+            "--set", f"monitoring.workspace_dir={root / 'workspace'}"]
+    started = CliRunner().invoke(app, [*sets, "monitor", "ui", "--port", str(port), "--detach"])
+    assert started.exit_code == 0, started.output
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert f"Evidently UI at {url}" in started.output
+        again = CliRunner().invoke(app, [*sets, "monitor", "ui", "--port", str(port), "--detach"])
+        assert again.exit_code == 1 and "already answers" in " ".join(again.output.split())
+        check = check_page(f"{url}/projects/{s['evidently']['project_id']}", root / "screenshots" / "evidently.png",
+                           settle_s=5.0)
+        assert check.errors == [], check.errors  # its JavaScript comes from the package: no network needed
+        for title, _, _ in PANELS:
+            assert title in check.text
+        assert "movielens-100k" in check.text and "Timestamps" in check.text  # the panels drew their axes
+    finally:
+        stopped = CliRunner().invoke(app, [*sets, "monitor", "ui-stop", "--port", str(port)])
+    assert stopped.exit_code == 0 and "stopped" in stopped.output
+    assert http_status(f"{url}/api/projects") == 0
 
 
 @pytest.mark.integration

@@ -120,6 +120,35 @@ def test_replay_detects_the_shift_and_retrains_once(movielens_canonical, tmp_pat
     for week in summary["weeks"][1:]:
         assert (tmp_path / "sim" / "monitoring" / f"week_{week['index']:02d}" / "index.html").exists()
         assert f"monitoring/week_{week['index']:02d}/index.html" in index
+    assert "<table" in index and "previous champion" in index and '{"' not in index  # tables, not raw JSON
+    assert summary["first_model"]["gate"]["promote"]  # the first model went through the (here open) gate
+
+    # the counterfactual: the previous champion ranks the same post-retrain requests as a shadow
+    c = summary["counterfactual"]
+    assert c["shadow_model_version"] == summary["initial_version"]["model_version"]
+    assert c["evaluable_requests"] > 0
+    assert c["served"]["evaluable_requests"] == c["shadow"]["evaluable_requests"] == c["evaluable_requests"]
+    for metric in ("hit_rate", "ndcg"):
+        gain = c["gain"][metric]
+        assert gain["low"] <= gain["value"] <= gain["high"]
+        assert gain["value"] == pytest.approx(c["served"][metric] - c["shadow"][metric])
+
+    # every monitored week is a snapshot in the Evidently workspace, at its end in the data's time
+    from evidently.ui.workspace import Workspace
+
+    from monitoring.workspace import SIGNALS_TAG, snapshot_time
+
+    workspace = Workspace(summary["evidently"]["workspace"])
+    assert summary["evidently"]["workspace"] == str(tmp_path / "sim" / "monitoring" / "workspace")
+    [project] = workspace.search_project("movielens-100k")
+    runs = [workspace.get_run(project.id, i) for i in workspace.list_runs(project.id)]
+    signals = sorted((r for r in runs if SIGNALS_TAG in r.tags), key=lambda r: r.timestamp)
+    assert [r.timestamp for r in signals] == [snapshot_time(w["sim_end"]) for w in summary["weeks"][1:]]
+    for run, week in zip(signals, summary["weeks"][1:], strict=True):
+        values = {m.metric_value_location.metric.params["column"]: m.value for m in run.metric_results.values()}
+        for name in ("drift_share", "hit_rate"):  # a signal without a value (too few requests) is left out
+            expected = week["signals"][name]
+            assert values.get(name) == (None if expected is None else pytest.approx(expected))
 
 
 def test_a_new_run_starts_from_a_clean_folder(tmp_path):

@@ -88,8 +88,35 @@ def test_ingest_and_validate_of_movielens_in_the_local_runner(tmp_path):
     assert (run_dir / "validate-op" / "data_docs" / "index.html").exists()
 
 
+def check_run_overview(result: dict, steps: set[str]) -> None:
+    """The run's overview page names every step with its status and duration, its links resolve to files of
+    the run, it renders in headless Chromium without an error, and the run's full log is beside it."""
+    import re
+
+    from tests.monitoring.browser import check_page
+
+    run_dir, overview = Path(result["run_dir"]), Path(result["overview"])
+    assert overview == run_dir / "index.html"
+    text = overview.read_text()
+    ran = [s for s in result["steps"] if s.status == "SUCCESS"]
+    assert {s.task for s in ran} == steps
+    for step in ran:
+        assert step.seconds is not None and step.seconds > 0 and step.figure, step
+        assert f"<b>{step.label}</b><small>success {step.seconds:.1f} s</small>" in text
+    hrefs = re.findall(r'<a href="([^"]+)"', text)
+    assert {"validate-op/data_docs/index.html", "reports/train-op.curve.html", "reports/evaluate-op.report.html",
+            "reports/compress-op.report.html", "deploy-op/deployment", "pipeline.log"} <= set(hrefs)
+    assert [h for h in hrefs if not (run_dir / h).exists()] == []
+    log = (run_dir / "pipeline.log").read_text()
+    assert "KFP Executor" in log and "Executing task" in log
+    check = check_page(overview, run_dir.parent / "overview.png")
+    assert check.errors == [] and check.text_length > 500 and check.title.startswith("Run overview")
+    report = check_page(run_dir / "reports" / "evaluate-op.report.html", run_dir.parent / "evaluation.png")
+    assert report.errors == [] and report.text_length > 500  # rendered as HTML, not shown as source text
+
+
 @pytest.mark.integration
-def test_full_pipeline_on_a_tiny_configuration(tmp_path):
+def test_full_pipeline_on_a_tiny_configuration(tmp_path, capfd):
     """ingest -> validate -> features -> train -> evaluate -> gate -> compress -> deploy -> promote, all real."""
     from components.registry import read_champion
     from serving.triton_client import RecommenderClient
@@ -114,7 +141,14 @@ def test_full_pipeline_on_a_tiny_configuration(tmp_path):
     tables["items"]["genres"] = tables["items"]["title"].str.split().str[0]  # the template's declared field
     config = _files_config(tmp_path, tables, *[f"{k}={v}" for k, v in tiny.items()])
     try:
-        result = run_pipeline("training", config)
+        seen: list[tuple[str, str]] = []
+        result = run_pipeline("training", config, on_step=lambda step: seen.append((step.task, step.status)))
+        out, err = capfd.readouterr()
+        assert "KFP Executor" not in out + err and "Warning" not in out + err  # all of it went to the run's log
+        assert seen[:2] == [("ingest-op", "RUNNING"), ("ingest-op", "SUCCESS")] and len(seen) == 16
+        check_run_overview(result, STEPS["training"])
+        gate = next(s for s in result["steps"] if s.task == "evaluate-op")
+        assert gate.figure.startswith("promote: NDCG@10 ")
         tasks = result["artifacts"]
         assert {"features-op", "train-op", "evaluate-op", "compress-op", "deploy-op"} <= set(tasks)
         assert (Path(tasks["features-op"]["examples"]) / "examples.parquet").exists()
@@ -135,12 +169,17 @@ def test_full_pipeline_on_a_tiny_configuration(tmp_path):
 def test_local_run_stops_at_the_gate_on_bad_data(tmp_path):
     tables = small_tables()
     tables["interactions"].loc[0, "rating"] = 11.0
-    with pytest.raises(PipelineError, match="validate-op"):
+    with pytest.raises(PipelineError, match="validate-op") as failure:
         run_pipeline("training", _files_config(tmp_path, tables))
-    runs = list((tmp_path / "kfp").iterdir())
+    runs = [p for p in (tmp_path / "kfp").iterdir() if p.is_dir()]
     assert len(runs) == 1
     assert not (runs[0] / "validate-op" / "validated").exists()
-    assert {p.name for p in runs[0].iterdir()} == {"ingest-op", "validate-op"}  # no downstream task ran
+    tasks = {p.name for p in runs[0].iterdir() if p.is_dir() and p.name != "reports"}
+    assert tasks == {"ingest-op", "validate-op"}  # no downstream task ran
+    assert str(runs[0] / "pipeline.log") in str(failure.value)
+    overview = (runs[0] / "index.html").read_text()
+    assert '<div class="node FAILURE" title="validate-op">' in overview
+    assert '<div class="node SKIPPED" title="train-op">' in overview  # the graph still shows what did not run
 
 
 def test_monitoring_step_gets_the_request_log_password_from_the_secret(tmp_path):

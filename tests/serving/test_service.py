@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 from components.config import write_config
+from components.ensemble import EnsembleReference
 from components.request_log import RequestLog
 from recsys.serve_api import api_dir, api_keys_file, api_token, sample_curl, sample_request, token_file
-from serving import triton_repo as tr
 from serving.auth import create_key, revoke_key
 from serving.triton_client import encode_profile
 from tests.serving.conftest import free_port
@@ -49,7 +49,7 @@ def http(stack):
 
 @pytest.fixture(scope="module")
 def reference(stack):
-    return tr.Reference(stack.bundle)
+    return EnsembleReference(stack.bundle)
 
 
 def recommend(http, **body) -> dict:
@@ -70,7 +70,7 @@ def user_state(stack, user_id: int) -> tuple[list[int], dict]:
 
 
 def expected(reference, history, profile, exclude, k):
-    codes = encode_profile(reference.bundle.manifest, profile)
+    codes = encode_profile(reference.manifest, profile)
     return reference.recommend(history, codes, exclude, k)
 
 

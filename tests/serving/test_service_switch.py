@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from components import deploy
+from components.ensemble import EnsembleReference
 from serving import triton_repo as tr
 from serving.service import Engine
 from serving.triton_client import encode_profile
@@ -28,7 +29,8 @@ def _user_state(tables: dict, user_id: int) -> tuple[list[int], dict]:
 def test_every_answer_is_one_version_during_repeated_switches(tmp_path, bundles):
     stack = build_stack(tmp_path, bundles["a"], api=False)
     engine = Engine(stack.config)
-    references = {tr.load_bundle(b).manifest["model_version"]: tr.Reference(b) for b in (bundles["a"], bundles["b"])}
+    references = {tr.load_bundle(b).manifest["model_version"]: EnsembleReference(b)
+                  for b in (bundles["a"], bundles["b"])}
     users = list(range(1, 11))
     states = {u: _user_state(stack.tables, u) for u in users}
     stop, answers, errors = threading.Event(), [], []
@@ -66,7 +68,7 @@ def test_every_answer_is_one_version_during_repeated_switches(tmp_path, bundles)
         assert not resp.degraded, resp.reasons
         ref = references[resp.model_version]  # KeyError: a version nobody deployed
         history, profile = states[user]
-        want_ids, want_scores = ref.recommend(history, encode_profile(ref.bundle.manifest, profile), [], 6)
+        want_ids, want_scores = ref.recommend(history, encode_profile(ref.manifest, profile), [], 6)
         got = [(i.item_id, i.score) for i in resp.items]
         assert [i for i, _ in got] == want_ids.tolist(), f"user {user}: a ranking not of {resp.model_version}"
         np.testing.assert_allclose([s for _, s in got], want_scores, rtol=1e-4, atol=1e-4)

@@ -5,6 +5,7 @@ import pytest
 
 from components import deploy
 from components.ann import ANN_FILE, ANN_META_FILE
+from components.ensemble import EnsembleReference
 from serving import triton_repo as tr
 from serving.triton_client import RecommenderClient
 
@@ -20,7 +21,7 @@ def test_top_k_searches_the_item_index_and_answers_like_the_exact_reference(trit
     assert (version / ANN_FILE).is_file() and (version / ANN_META_FILE).is_file()
     log = config.serving.triton_log_file.read_text(encoding="utf-8", errors="replace")
     assert "top-K over 300 items: HNSW item index, ef_search 256" in log
-    reference = tr.Reference(bundles["a"])  # exact top-K in process
+    reference = EnsembleReference(bundles["a"])  # exact top-K in process
     ids_all = np.load(bundles["a"] / "item_ids.npy")
     rng = np.random.default_rng(3)
     s = config.serving

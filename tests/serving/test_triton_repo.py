@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
+from components import bundle_ops as ops
+from components.ensemble import EnsembleReference
 from components.schemas import BundleError
 from serving import triton_repo as tr
 from serving.triton_client import encode_profile
-
-ops = tr.ops_module()
 
 
 def test_python_backend_configs(bundles):
@@ -87,7 +87,7 @@ def test_bundle_errors_name_the_problem(bundles, tmp_path):
 
 
 def test_reference_matches_the_independent_torch_expectations(bundles):
-    reference = tr.Reference(bundles["b"])
+    reference = EnsembleReference(bundles["b"])
     for req in json.loads((bundles["b"] / "smoke.json").read_text())["requests"]:
         ids, scores = reference.recommend(req["history_item_ids"], req["profile"], req["exclude_item_ids"], req["k"])
         assert ids.tolist() == req["item_ids"]
@@ -97,17 +97,20 @@ def test_reference_matches_the_independent_torch_expectations(bundles):
 def test_ops_history_profile_and_top_k():
     index = ops.ItemIndex(np.array([30, 10, 20], np.int64))
     np.testing.assert_array_equal(index.rows(np.array([10, 99, -1, 30])), [1, -1, -1, 0])
-    np.testing.assert_array_equal(ops.history_tensor(index, np.array([20, 99, 10, 30]), 2), [[2, 1]])
-    np.testing.assert_array_equal(ops.history_tensor(index, np.array([-1, 20]), 4), [[0, 0, 0, 3]])
+    np.testing.assert_array_equal(ops.history_tensor(index, [np.array([20, 99, 10, 30])], 2), [[2, 1]])
+    np.testing.assert_array_equal(ops.history_tensor(index, [np.array([-1, 20]), np.array([], np.int64)], 4),
+                                  [[0, 0, 0, 3], [0, 0, 0, 0]])
     np.testing.assert_array_equal(ops.profile_tensor(np.array([2, 7, -1]), [3, 3, 3]), [[2, 0, 0]])
     with pytest.raises(ops.RequestError, match="3 values"):
         ops.profile_tensor(np.array([1, 1]), [3, 3, 3])
     emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], np.float32)
-    ids, scores = ops.top_k(index, emb, np.array([1.0, 0.2], np.float32), np.array([30], np.int64), 5)
+    ids, scores = ops.request_top_k(index, emb, np.array([1.0, 0.2], np.float32), np.array([30], np.int64), 5)
     assert ids.tolist() == [20, 10] and scores.dtype == np.float32
     np.testing.assert_allclose(scores, [0.6, 0.2])
     with pytest.raises(ops.RequestError, match="k must be at least 1"):
-        ops.top_k(index, emb, np.ones(2, np.float32), np.array([], np.int64), 0)
+        ops.request_top_k(index, emb, np.ones(2, np.float32), np.array([], np.int64), 0)
+    with pytest.raises(ops.RequestError, match="user embedding has 3 values"):
+        ops.request_top_k(index, emb, np.ones(3, np.float32), np.array([], np.int64), 2)
 
 
 def test_encode_profile(bundles):

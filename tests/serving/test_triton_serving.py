@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from components import deploy
-from serving import triton_repo as tr
+from components.ensemble import EnsembleReference
 from serving.triton_client import RecommenderClient, TritonClientError
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def test_first_deploy_is_live_and_smoke_tested(deployed):
 
 def test_results_equal_in_process_reference(deployed, bundles):
     config, _ = deployed
-    reference = tr.Reference(bundles["a"])
+    reference = EnsembleReference(bundles["a"])
     ids_all = np.load(bundles["a"] / "item_ids.npy")
     rng = np.random.default_rng(7)
     with _client(config) as client:
@@ -120,7 +120,7 @@ def test_malformed_requests_get_clear_errors(deployed):
 
 def test_requests_pin_the_version_that_answers(deployed, bundles):
     config, _ = deployed
-    reference = tr.Reference(bundles["a"])
+    reference = EnsembleReference(bundles["a"])
     with _client(config) as client:
         assert client.served_versions() == [1]
         ids, scores = client.recommend([3, 4], [1, 2, 0], [5], 6, version=1)

@@ -9,8 +9,8 @@ import triton_python_backend_utils as pb_utils
 
 
 def _load_ops(version_dir):
-    name = f"recsys_ops_{abs(hash(version_dir))}"
-    spec = importlib.util.spec_from_file_location(name, os.path.join(version_dir, "recsys_ops.py"))
+    name = f"bundle_ops_{abs(hash(version_dir))}"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(version_dir, "bundle_ops.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -41,7 +41,7 @@ class TritonPythonModel:
                 # DLPack both ways: with numpy 2 the backend's as_numpy()/Tensor(name, array) corrupt data
                 history = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "history_item_ids"))
                 profile = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "profile"))
-                hist = self.ops.history_tensor(self.index, history, self.max_seq_len)
+                hist = self.ops.history_tensor(self.index, [history.reshape(-1)], self.max_seq_len)
                 prof = self.ops.profile_tensor(profile, self.sizes)
                 responses.append(
                     pb_utils.InferenceResponse(

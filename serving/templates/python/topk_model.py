@@ -9,8 +9,8 @@ import triton_python_backend_utils as pb_utils
 
 
 def _load_ops(version_dir):
-    name = f"recsys_ops_{abs(hash(version_dir))}"
-    spec = importlib.util.spec_from_file_location(name, os.path.join(version_dir, "recsys_ops.py"))
+    name = f"bundle_ops_{abs(hash(version_dir))}"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(version_dir, "bundle_ops.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -51,7 +51,7 @@ class TritonPythonModel:
                 if self.ann is not None:
                     ids, scores = self.ops.ann_top_k(self.ann, self.index, self.embeddings, user, exclude, int(k[0]))
                 else:
-                    ids, scores = self.ops.top_k(self.index, self.embeddings, user, exclude, int(k[0]))
+                    ids, scores = self.ops.request_top_k(self.index, self.embeddings, user, exclude, int(k[0]))
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[

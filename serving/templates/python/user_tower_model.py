@@ -12,8 +12,8 @@ import triton_python_backend_utils as pb_utils
 
 
 def _load_ops(version_dir):
-    name = f"recsys_ops_{abs(hash(version_dir))}"
-    spec = importlib.util.spec_from_file_location(name, os.path.join(version_dir, "recsys_ops.py"))
+    name = f"bundle_ops_{abs(hash(version_dir))}"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(version_dir, "bundle_ops.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,0 +1,204 @@
+"""The serving bundle's pure-numpy operations, defined once and run in every runtime.
+
+Training evaluation, the compression checks, batch recommendations, the in-process ensemble reference and the
+Triton Python models all call these functions. The module imports nothing of the project (numpy and the standard
+library only): the Triton model-repository builder copies this very file next to each Triton Python model, where
+it runs inside the backend stub without the project installed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class RequestError(ValueError):
+    """The inputs of an operation are malformed (Triton answers INVALID_ARG)."""
+
+
+class ItemIndex:
+    """Item id <-> catalogue row (row r of the item table; the user tower sees row + 1, 0 = padding)."""
+
+    def __init__(self, item_ids: np.ndarray) -> None:
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+        self._order = np.argsort(self.item_ids, kind="stable")
+        self._sorted = self.item_ids[self._order]
+
+    def __len__(self) -> int:
+        return int(self.item_ids.size)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Catalogue rows of `ids`, -1 for ids not in the catalogue (and for -1 padding)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self._sorted.size == 0 or ids.size == 0:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self._sorted, ids), 0, self._sorted.size - 1)
+        found = self._sorted[pos] == ids
+        return np.where(found, self._order[pos], -1).astype(np.int64)
+
+
+def item_index(catalogue: ItemIndex | np.ndarray) -> ItemIndex:
+    """`catalogue` as an ItemIndex (item ids are indexed once; an index is passed through)."""
+    return catalogue if isinstance(catalogue, ItemIndex) else ItemIndex(catalogue)
+
+
+def history_tensor(index: ItemIndex, histories: Sequence[np.ndarray], max_seq_len: int) -> np.ndarray:
+    """int64 [len(histories), max_seq_len] user-tower input: catalogue row + 1 of each history's known items,
+    most recent last, the latest max_seq_len kept, left-padded with 0; unknown ids (and -1 padding) dropped."""
+    out = np.zeros((len(histories), max_seq_len), dtype=np.int64)
+    for i, history in enumerate(histories):
+        rows = index.rows(history)
+        rows = rows[rows >= 0][-max_seq_len:] + 1
+        if rows.size:
+            out[i, max_seq_len - rows.size :] = rows
+    return out
+
+
+def profile_sizes(manifest: dict) -> list[int]:
+    """Index range of each profile field of a bundle (its vocabulary + the unknown index 0)."""
+    return [len(field["vocab"]) + 1 for field in manifest["profile_encoder"]["fields"]]
+
+
+def profile_tensor(profile: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """[1, P] tower input: vocab indices, anything outside a field's vocabulary becomes 0 (unknown)."""
+    profile = np.asarray(profile, dtype=np.int64).reshape(-1)
+    if profile.size != len(sizes):
+        raise RequestError(f"profile must hold {len(sizes)} values, got {profile.size}")
+    limits = np.asarray(sizes, dtype=np.int64)
+    return np.where((profile >= 0) & (profile < limits), profile, 0).reshape(1, -1)
+
+
+def exclusion_mask(catalogue: ItemIndex | np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:
+    """Boolean [len(exclude), len(catalogue)]: True where a user's excluded items sit in the catalogue."""
+    index = item_index(catalogue)
+    mask = np.zeros((len(exclude), len(index)), dtype=bool)
+    lengths = np.fromiter((np.size(e) for e in exclude), dtype=np.int64, count=len(exclude))
+    if lengths.sum() == 0:
+        return mask
+    users = np.repeat(np.arange(len(exclude)), lengths)
+    cols = index.rows(np.concatenate([np.asarray(e, dtype=np.int64).reshape(-1) for e in exclude]))
+    keep = cols >= 0
+    mask[users[keep], cols[keep]] = True
+    return mask
+
+
+def top_k(
+    scores: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None, catalogue: ItemIndex | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best `k` items per row of `scores` [U, N] (N = catalogue rows), skipping each user's `exclude` item ids.
+
+    Returns (item_ids int64 [U, min(k, N)], scores float32 [U, min(k, N)]), best first; equal scores keep catalogue
+    order. Where a user has fewer than k candidates left, the remaining slots hold item id -1 and score -inf.
+    """
+    index = item_index(catalogue)
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 2 or scores.shape[1] != len(index):
+        raise RequestError(f"scores shape {scores.shape} does not match a catalogue of {len(index)} items")
+    if k < 1:
+        raise RequestError(f"k must be at least 1, got {k}")
+    if exclude is not None and len(exclude) != len(scores):
+        raise RequestError(f"exclude has {len(exclude)} entries for {len(scores)} users")
+    n_users, n_items = scores.shape
+    k = min(int(k), n_items)
+    masked = scores.copy()
+    invalid = np.zeros_like(masked, dtype=bool) if exclude is None else exclusion_mask(index, exclude)
+    masked[invalid] = -np.inf
+    if n_users == 0:
+        return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
+    if k < n_items:
+        part = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(n_items), (n_users, 1))
+    part_scores = np.take_along_axis(masked, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)  # score descending, then catalogue row
+    cols = np.take_along_axis(part, order, axis=1)
+    out_scores = np.take_along_axis(masked, cols, axis=1)
+    item_ids = index.item_ids[cols]
+    dead = np.take_along_axis(invalid, cols, axis=1)
+    item_ids[dead] = -1
+    out_scores[dead] = -np.inf
+    return item_ids.astype(np.int64), out_scores.astype(np.float32)
+
+
+def item_scores(item_embeddings: np.ndarray, user_embedding: np.ndarray) -> np.ndarray:
+    """float32 [1, N]: the dot product of one user vector with every row of the item table."""
+    user = np.asarray(user_embedding, dtype=np.float32).reshape(-1)
+    if user.size != item_embeddings.shape[1]:
+        raise RequestError(f"user embedding has {user.size} values, the item table {item_embeddings.shape[1]}")
+    return (item_embeddings @ user).reshape(1, -1)
+
+
+def request_top_k(
+    index: ItemIndex, item_embeddings: np.ndarray, user_embedding: np.ndarray, exclude_item_ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top-K step of one request: best-first (item_ids int64 [k'], scores float32 [k']) by dot product over the
+    whole item table, excluded items left out, k' <= k."""
+    if k < 1:
+        raise RequestError(f"k must be at least 1, got {k}")
+    ids, scores = top_k(item_scores(item_embeddings, user_embedding), k, [exclude_item_ids], index)
+    keep = ids[0] >= 0
+    return ids[0][keep], scores[0][keep]
+
+
+def load_ann(path: str, ef_search: int) -> Any:
+    """The item ANN index written at deploy time (faiss HNSW, inner product), or None when there is none."""
+    import os
+
+    if not os.path.isfile(path):
+        return None
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one compute thread per server process
+    ann = faiss.read_index(path)
+    ann.hnsw.efSearch = int(ef_search)
+    return ann
+
+
+def ann_top_k(
+    ann: Any, index: ItemIndex, item_embeddings: np.ndarray, user_embedding: np.ndarray,
+    exclude_item_ids: np.ndarray, k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`request_top_k` through the ANN index: fetch k + |excluded| candidates, drop excluded ones, order them by
+    their exact dot product (same tie-break as `top_k`); exact search when too few candidates survive."""
+    if k < 1:
+        raise RequestError(f"k must be at least 1, got {k}")
+    user = np.asarray(user_embedding, dtype=np.float32).reshape(1, -1)
+    if user.shape[1] != item_embeddings.shape[1]:
+        raise RequestError(f"user embedding has {user.shape[1]} values, the item table {item_embeddings.shape[1]}")
+    excluded = index.rows(exclude_item_ids)
+    excluded = np.unique(excluded[excluded >= 0])
+    want = min(int(k), item_embeddings.shape[0] - excluded.size)
+    if want <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    fetch = min(item_embeddings.shape[0], int(k) + excluded.size)
+    _, rows = ann.search(user, fetch)
+    rows = rows[0][rows[0] >= 0]
+    rows = rows[~np.isin(rows, excluded)]
+    if rows.size < want:  # the graph ran out of candidates: exact is cheap compared with a wrong answer
+        return request_top_k(index, item_embeddings, user, exclude_item_ids, k)
+    scores = item_embeddings[rows] @ user[0]
+    order = np.lexsort((rows, -scores))[:want]
+    best = rows[order]
+    return index.item_ids[best].copy(), scores[order].astype(np.float32)
+
+
+_USED_NAME = ctypes.c_char_p(b"used_dltensor")  # kept alive: the capsule keeps pointing at it
+_SET_NAME = ctypes.pythonapi.PyCapsule_SetName
+_SET_NAME.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_SET_NAME.restype = ctypes.c_int
+
+
+def to_triton(pb_utils: Any, name: str, array: np.ndarray, dtype: Any) -> Any:
+    """pb_utils.Tensor from a fresh contiguous array through DLPack (numpy 2 safe).
+
+    The backend stub consumes the capsule and renames it 'used_dlpack', which numpy's capsule destructor
+    does not know ('used_dltensor') and reports as an error on every call; renaming it the numpy way makes
+    the destructor a no-op, while the stub still releases the tensor through its deleter.
+    """
+    capsule = np.array(array, dtype=dtype, copy=True, order="C").__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    _SET_NAME(capsule, _USED_NAME.value)
+    return tensor
