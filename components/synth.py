@@ -214,11 +214,23 @@ def write_synthetic(spec: SynthSpec, out_dir: str | Path) -> dict[str, Path]:
     paths["schema"].write_text(yaml.safe_dump(schema(), sort_keys=False), encoding="utf-8")
     paths["config"] = out / "config.yaml"
     config = {
+        "paths": {"data_dir": str(out / "data"), "artifacts_dir": str(out / "artifacts"),
+                  "pipeline_root": str(out / "artifacts" / "kfp")},
         "dataset": {"preset": str(paths["schema"])},
         "data": {"source": "files", "interactions_path": str(paths["interactions"]),
                  "users_path": str(paths["users"]), "items_path": str(paths["items"])},
+        # its own feature store, models, request log, servers' folders and reports: the shop and another data
+        # set live side by side in one checkout (their servers share the default ports: one runs at a time)
+        "features": {"data_dir": str(out / "features")},
+        "serving": {"model_repository": str(out / "artifacts" / "triton_models"),
+                    "request_log": str(out / "artifacts" / "request_log.sqlite"),
+                    "triton_build_dir": str(out / "build" / "triton"),
+                    "triton_log_file": str(out / "build" / "triton" / "tritonserver.log")},
+        "monitoring": {"reports_dir": str(out / "artifacts" / "monitoring"),
+                       "state_path": str(out / "artifacts" / "monitoring" / "policy_state.json")},
     }
-    paths["config"].write_text("# Ingests the synthetic shop beside this file.\n"
+    paths["config"].write_text("# Ingests the synthetic shop beside this file; its data, features, models and servers' "
+                               "files stay in this folder.\n"
                                + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     log.info("synthetic shop: %s", {k: len(v) for k, v in tables.items()})
     return paths

@@ -30,7 +30,7 @@ def step_printer() -> Callable[[Any], None]:
         spinner.stop()
         seconds = f"{step.seconds:6.1f} s" if step.seconds is not None else " " * 8
         console.print(f"  {MARKS.get(step.status, step.status)} {escape(step.label):<17} {seconds}  "
-                      f"{escape(step.figure)}", highlight=False)
+                      f"{escape(step.figure)}", highlight=False, soft_wrap=True)
 
     return on_step
 

@@ -34,12 +34,20 @@ def triton(
     ctx: typer.Context,
     detach: bool = typer.Option(False, "--detach", help="Run in the background and write a PID file."),
 ) -> None:
-    """Start Triton on loopback (explicit model control) and load the live version; Ctrl-C stops it."""
+    """Start Triton on loopback (explicit model control) and load the live version; Ctrl-C stops it. With
+    --detach, a detached server that already runs (e.g. the one the pipeline's deploy step started) is kept."""
     from components.deploy import restore_active
     from serving import triton_server as ts
 
     config = state(ctx).config
     settings = ts.settings_from_config(config)
+    running = ts.running_pid(settings) if detach else None
+    if running is not None and ts.is_ready(settings):
+        with errors_as_exit():
+            version = restore_active(config)
+        console.print(f"Triton already runs at [bold]{settings.grpc_url}[/] (pid {running}), serving "
+                      f"{f'version {version}' if version else 'no model yet'}; stop with `recsys serve triton-stop`")
+        return
     with errors_as_exit():
         server = ts.start_detached(settings) if detach else ts.start_server(settings)
         try:
