@@ -1,11 +1,12 @@
 """The README's screenshots, taken by headless Chromium from a simulation's output so they stay current.
 
-    python -m benchmarks.screenshots [--simulation artifacts/simulation] [--out docs/img]
+    python -m benchmarks.screenshots [--simulation artifacts/simulation] [--run RUN_DIR] [--out docs/img]
 
-After `recsys simulate`, writes PNGs of: the simulation's summary page, the first training run's overview page
-(its run folder's index.html, where the run has one), its evaluation report, and Evidently's dashboard of the
-simulation's project (`evidently ui` started on a free loopback port over <simulation>/monitoring/workspace and
-stopped again). A page that logs a console error or needs the network fails the script.
+After `recsys simulate`, writes PNGs of: the simulation's summary page, a training run's overview page (its run
+folder's index.html: `--run`, e.g. the demo's run under artifacts/kfp, else the simulation's first training run)
+and its evaluation report, and Evidently's dashboard of the simulation's project (`evidently ui` started on a
+free loopback port over <simulation>/monitoring/workspace and stopped again). A page that logs a console error
+or needs the network fails the script.
 """
 
 import argparse
@@ -13,11 +14,11 @@ import json
 import logging
 from pathlib import Path
 
+from benchmarks.browser import check_page
 from components.config import load_config
 from monitoring.simulate import free_port
 from recsys.monitor import start_ui
 from recsys.serve_api import stop_pid
-from tests.monitoring.browser import check_page
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,15 @@ def evaluation_report(run_dir: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--simulation", type=Path, default=Path("artifacts/simulation"))
+    parser.add_argument("--run", type=Path, default=None, help="a training pipeline's run folder (default: the "
+                        "simulation's first training run)")
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = json.loads((args.simulation / "summary.json").read_text(encoding="utf-8"))
     out = args.out
     shots = [shoot(args.simulation / "index.html", out / "simulation.png", window=(1280, 1400))]
-    run_dir = Path(summary["pipelines"][0]["run_dir"])
+    run_dir = args.run or Path(summary["pipelines"][0]["run_dir"])
     if (run_dir / "index.html").is_file():
         shots.append(shoot(run_dir / "index.html", out / "run_overview.png", window=(1280, 1100)))
     else:

@@ -274,6 +274,7 @@ class Monitoring(_Section):
     drift_share_threshold: float = Field(gt=0.0, le=1.0)
     quality_drop_threshold: float = Field(gt=0.0, le=1.0)
     fairness_ratio_threshold: float = Field(ge=0.0, le=1.0)
+    signal_persistence_runs: int = Field(ge=1)
     cooldown_hours: float = Field(ge=0.0)
     retrain_timeout_hours: float = Field(gt=0.0)
     retrain_heartbeat_timeout_s: float = Field(gt=0.0)

@@ -1,4 +1,4 @@
-"""Retraining policy: monitoring signals + thresholds -> a decision, with a cooldown and de-duplication.
+"""Retraining policy: monitoring signals + thresholds -> a decision, with persistence, a cooldown and de-duplication.
 
 State lives next to `monitoring.state_path`:
 - the state file (JSON): when a retrain was last triggered, and the outcome of the last one;
@@ -6,7 +6,8 @@ State lives next to `monitoring.state_path`:
   and at once when its holder process (pid, host, start time) has died on this host; a holder on another
   host refreshes `heartbeat_at` and its lock is stale when that is older than `retrain_heartbeat_timeout_s`.
   A lock handed to a pipeline (no holder process) ends by `release_retrain` or its expiry;
-- `decisions.jsonl`: every decision record, one per line.
+- `decisions.jsonl`: every decision record, one per line; with `signal_persistence_runs` > 1 the policy acts only
+  when the runs before this one fired too (a retrain ends the streak), so a one-week blip never retrains.
 A process-wide file lock makes decide + claim atomic, so two monitors never trigger twice.
 """
 
@@ -18,6 +19,7 @@ import logging
 import os
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -53,7 +55,7 @@ class Decision:
     reason: str
     fired: list[dict[str, Any]]
     signals: list[dict[str, Any]]
-    suppressed_by: str | None = None  # "cooldown" | "running" | None
+    suppressed_by: str | None = None  # "cooldown" | "running" | "persistence" | None
     running: dict[str, Any] | None = None
     last_triggered_at: str | None = None
     outcome: dict[str, Any] | None = None
@@ -148,6 +150,22 @@ def running_retrain(config: Config, now: pd.Timestamp | str | None = None) -> di
 
 
 # ---- decisions ---------------------------------------------------------------------------------------------
+def firing_streak(config: Config, limit: int) -> int:
+    """How many of the latest recorded decisions (at most `limit`) fired a signal without starting a retrain."""
+    journal = _paths(config)[2]
+    if limit <= 0 or not journal.exists():
+        return 0
+    with open(journal, encoding="utf-8") as handle:
+        latest = deque(handle, maxlen=limit)
+    streak = 0
+    for line in reversed(latest):
+        record = json.loads(line)
+        if not record["fired"] or record["retrain"]:
+            break
+        streak += 1
+    return streak
+
+
 def decide(signals: dict[str, float | None], config: Config, now: pd.Timestamp | str | None = None) -> Decision:
     """The decision for these signal values given the current state (reads state, changes nothing)."""
     at = _now(now)
@@ -171,6 +189,11 @@ def decide(signals: dict[str, float | None], config: Config, now: pd.Timestamp |
         decision.suppressed_by = "cooldown"
         decision.reason = (f"fired: {names}; suppressed: cooldown until "
                            f"{(pd.Timestamp(last) + cooldown).isoformat()}")
+    elif (streak := firing_streak(config, config.monitoring.signal_persistence_runs - 1) + 1) \
+            < config.monitoring.signal_persistence_runs:
+        decision.suppressed_by = "persistence"
+        decision.reason = (f"fired: {names}; suppressed: {streak} consecutive monitoring run(s) fired, "
+                           f"{config.monitoring.signal_persistence_runs} needed")
     else:
         decision.retrain, decision.reason = True, f"fired: {names}"
     return decision

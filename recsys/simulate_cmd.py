@@ -21,6 +21,8 @@ DEFAULTS = SimSettings()
 # of a ~300-user validation set while the model is still far from converged (a retrain stopped at epoch 24 with
 # test NDCG@10 0.026, below most-popular; trained on for 80 epochs it reached 0.060). A batch of 32 gives an epoch
 # about as many steps as one epoch of the whole data set at the defaults (~20).
+# The policy acts on drift that persists for two weekly runs: a retrain on the first shifted week alone (one week of
+# the new cohort) tied the champion at the gate.
 SIMULATION_DEFAULTS = [
     "train.batch_size=32",
     "evaluate.bootstrap_samples=50", "evaluate.knn_neighbours=[50,200]", "evaluate.ease_lambdas=[200,800]",
@@ -29,7 +31,7 @@ SIMULATION_DEFAULTS = [
     "compress.variants=[fp32]", "compress.latency_repeats=3",
     "monitoring.drift_threshold=0.4", "monitoring.embedding_auc_threshold=0.8",
     "monitoring.drift_share_threshold=0.3", "monitoring.quality_drop_threshold=1.0",
-    "monitoring.fairness_ratio_threshold=0.0",
+    "monitoring.fairness_ratio_threshold=0.0", "monitoring.signal_persistence_runs=2",
 ]
 
 

@@ -30,7 +30,6 @@ KNOWN_LAYER_CROSSINGS = {
 }
 KNOWN_TEST_IMPORTS = {
     "benchmarks.bench_api": "the bundle factory and service stack it borrows from tests/ must become project code",
-    "benchmarks.screenshots": "the page checker it borrows from tests/monitoring/browser.py must become project code",
 }
 KNOWN_CYCLES = {
     frozenset({"components.request_log", "components.request_log_pg"}): "the log-backend choice by URL must move out "

@@ -60,6 +60,24 @@ def test_cooldown_and_decision_record(tmp_path: Path) -> None:
     assert [json.loads(line)["retrain"] for line in journal] == [True, False, True]
 
 
+def test_signals_must_persist_for_consecutive_runs(tmp_path: Path) -> None:
+    """signal_persistence_runs=2: a single drifted run never retrains; a quiet run or a retrain restarts the count."""
+    config = world_config(tmp_path, cooldown_hours=0, signal_persistence_runs=2)
+    week = pd.Timedelta(days=7)
+    runs = [decide_and_claim(signals, config, now=T + i * week) for i, signals in enumerate([DRIFTED, QUIET, DRIFTED,
+                                                                                            DRIFTED])]
+    assert [d.retrain for d in runs] == [False, False, False, True]
+    assert runs[0].suppressed_by == "persistence"
+    assert "1 consecutive monitoring run(s) fired, 2 needed" in runs[0].reason
+    assert runs[1].suppressed_by is None and runs[2].suppressed_by == "persistence"  # the quiet run broke the streak
+    release_retrain(config, runs[3].decision_id, {"status": "succeeded"})
+    after = decide_and_claim(DRIFTED, config, now=T + 4 * week)
+    assert not after.retrain and after.suppressed_by == "persistence"  # the retrain ended the streak
+    assert decide_and_claim(DRIFTED, config, now=T + 5 * week).retrain
+    # the platform default acts on the first run that fires
+    assert decide(DRIFTED, world_config(tmp_path / "default"), T).retrain
+
+
 def test_no_second_trigger_while_a_retrain_runs(tmp_path: Path) -> None:
     config = world_config(tmp_path, cooldown_hours=0, retrain_timeout_hours=2)
     first = decide_and_claim(DRIFTED, config, now=T)

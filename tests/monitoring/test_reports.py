@@ -110,7 +110,7 @@ def test_clear_errors_for_missing_inputs(tmp_path: Path, shifted_world: tuple[Pa
 @pytest.mark.integration
 @pytest.mark.parametrize("page", ["index.html", "drift_user_features.html", "drift_user_embeddings.html"])
 def test_reports_open_in_headless_chromium(page: str, shifted_world: tuple[Path, dict, str]) -> None:
-    from tests.monitoring.browser import CHROMIUM, check_page
+    from benchmarks.browser import CHROMIUM, check_page
 
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is missing: run scripts/system_deps.sh")
@@ -150,10 +150,10 @@ def test_each_run_adds_its_snapshots_to_the_evidently_workspace(shifted_world: t
 @pytest.mark.integration
 def test_monitor_ui_serves_the_dashboard_on_loopback(shifted_world: tuple[Path, dict, str]) -> None:
     """`recsys monitor ui --detach` runs `evidently ui` over the workspace; Chromium (offline) draws the dashboard."""
+    from benchmarks.browser import check_page
     from monitoring.simulate import free_port
     from monitoring.workspace import PANELS
     from recsys.serve_api import http_status
-    from tests.monitoring.browser import check_page
 
     root, s, _ = shifted_world
     port = free_port()

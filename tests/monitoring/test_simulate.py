@@ -96,6 +96,7 @@ def test_replay_detects_the_shift_and_retrains_once(movielens_canonical, tmp_pat
                                 "model.max_seq_len=10", "evaluate.bootstrap_samples=10",
                                 "evaluate.cold_start_items=10", "compress.latency_repeats=1",
                                 "monitoring.min_drift_rows=20",
+                                "monitoring.signal_persistence_runs=1",  # two shifted weeks: act on the first
                                 f"paths.data_dir={tmp_path / 'data'}"])
     summary = run_simulation(config, tmp_path / "sim", TINY, tables_dir, progress=False)
 

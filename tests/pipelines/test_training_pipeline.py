@@ -93,7 +93,7 @@ def check_run_overview(result: dict, steps: set[str]) -> None:
     the run, it renders in headless Chromium without an error, and the run's full log is beside it."""
     import re
 
-    from tests.monitoring.browser import check_page
+    from benchmarks.browser import check_page
 
     run_dir, overview = Path(result["run_dir"]), Path(result["overview"])
     assert overview == run_dir / "index.html"
