@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SETUP_LOG := $(VENV)/setup.log
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -14,13 +15,15 @@ export PYTHONUNBUFFERED := 1
 .PHONY: demo test lint system-deps clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) --timeout 20 --retries 1 torch==2.13.0 \
-	  || $(BIN)/pip install -q torch==2.13.0  # the CPU index unreachable: the default index's build
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
-	touch $(STAMP)
+	@echo "setting up $(VENV): torch (CPU build), the project and its pinned dependencies (pip's output: $(SETUP_LOG))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@( $(BIN)/pip install --upgrade pip \
+	  && { $(BIN)/pip install --index-url $(TORCH_CPU_INDEX) --timeout 20 --retries 1 torch==2.13.0 \
+	       || $(BIN)/pip install torch==2.13.0; } \
+	  && $(BIN)/pip install -e ".[dev]" \
+	  && $(BIN)/pip install --no-deps nvidia-pytriton==0.7.0 ) > $(SETUP_LOG) 2>&1 \
+	  || { tail -n 30 $(SETUP_LOG); echo "set-up failed: the whole output is in $(SETUP_LOG)"; exit 1; }
+	@touch $(STAMP)
 
 system-deps:
 	@bash scripts/system_deps.sh
