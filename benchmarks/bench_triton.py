@@ -16,7 +16,6 @@ import logging
 import os
 import platform
 import shutil
-import socket
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -27,16 +26,12 @@ import numpy as np
 from components.bundle_ops import profile_sizes
 from components.config import load_config
 from components.deploy import deploy_bundle
+from components.processes import free_port
 from serving import triton_server as ts
 from serving.triton_admin import admin_key
 
 log = logging.getLogger("bench_triton")
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _requests(bundle: Path, n: int, k: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -129,9 +124,9 @@ def run(bundles: list[Path], concurrency: list[int], n_requests: int, max_second
         None,
         [
             "serving.host=127.0.0.1",
-            f"serving.triton_http_port={_free_port()}",
-            f"serving.triton_grpc_port={_free_port()}",
-            f"serving.triton_metrics_port={_free_port()}",
+            f"serving.triton_http_port={free_port()}",
+            f"serving.triton_grpc_port={free_port()}",
+            f"serving.triton_metrics_port={free_port()}",
             f"serving.model_repository={root / 'models'}",
             f"serving.triton_build_dir={root / 'build'}",
             f"serving.triton_log_file={root / 'build' / 'tritonserver.log'}",

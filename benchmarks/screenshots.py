@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.browser import check_page
 from components.config import load_config
-from monitoring.simulate import free_port
+from components.processes import free_port
 from recsys.monitor import start_ui
 from recsys.serve_api import stop_pid
 

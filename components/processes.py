@@ -127,3 +127,10 @@ def owned_pid(path: str | Path, program: str) -> int | None:
     raise PidFileError(f"refusing to stop pid {record.pid} named in {path}: it is no longer the server that was "
                        f"started ({why}; now running: {cmd[:120] or '?'}); nothing was stopped and the "
                        f"stale PID file was removed")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (for servers started on loopback by tests, simulations, benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

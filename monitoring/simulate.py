@@ -30,7 +30,6 @@ import logging
 import operator
 import re
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ import pandas as pd
 from components.config import Config, absolute_paths
 from components.dataset import DatasetSchema
 from components.errors import RecsysError
+from components.processes import free_port
 from components.schemas import INTERACTIONS, ITEMS, USERS, read_tables, table_path, write_tables
 from monitoring.html import page, table
 
@@ -211,11 +211,6 @@ def plan_replay(tables: dict[str, pd.DataFrame], s: SimSettings) -> Plan:
 
 
 # ------------------------------------------------------------------------------------------------- config
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def simulation_config(base: Config, root: str | Path, settings: SimSettings) -> Config:
     """`base` with every artifact, store and log under `root`, free loopback ports, and the policy cooldown."""

@@ -8,7 +8,6 @@ password: the store file's ${RECSYS_REDIS_PASSWORD} reference gets it from the p
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import requests
 import yaml
 
 from components.features import redis_server
+from components.processes import free_port
 from tests.k8s import policies as P
 
 pytestmark = [
@@ -31,11 +31,6 @@ pytestmark = [
 BIN = Path(sys.executable).parent
 REPO_IN_IMAGE = "/app/feature_repo"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> requests.Response:

@@ -5,13 +5,13 @@ only with the password the pod gets from the Secret."""
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 
 import pytest
 import redis
 
+from components.processes import free_port
 from tests.k8s import policies as P
 
 pytestmark = [
@@ -20,11 +20,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (make system-deps)"),
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_redis_statefulset_requires_its_password(tmp_path):

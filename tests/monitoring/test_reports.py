@@ -151,7 +151,7 @@ def test_each_run_adds_its_snapshots_to_the_evidently_workspace(shifted_world: t
 def test_monitor_ui_serves_the_dashboard_on_loopback(shifted_world: tuple[Path, dict, str]) -> None:
     """`recsys monitor ui --detach` runs `evidently ui` over the workspace; Chromium (offline) draws the dashboard."""
     from benchmarks.browser import check_page
-    from monitoring.simulate import free_port
+    from components.processes import free_port
     from monitoring.workspace import PANELS
     from recsys.serve_api import http_status
 

@@ -1,19 +1,13 @@
 """Fixtures for the serving tests: small real bundles and one real Triton server per test module."""
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from components.config import Config, load_config
+from components.processes import free_port
 from tests.serving.bundle_factory import make_bundle
 from tests.serving.oidc import Issuer
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serving_config(root: Path) -> Config:
