@@ -6,7 +6,7 @@ manifest (`to_dict` / `from_dict`), so a value means the same index everywhere. 
 
 - user attributes: categorical -> its value; bucketed -> its band label; numeric -> a quantile band;
 - item attributes: categorical -> one index; multi-valued -> several (0-padded); numeric with few distinct
-  integral values (e.g. a release year) -> the value as a category, other numbers -> a quantile band.
+  integral values (e.g. a count or a calendar value) -> the value as a category, other numbers -> a quantile band.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """What every sub-command shares: the resolved config, logging, and clean error exits."""
 
 import logging
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ from rich.logging import RichHandler
 
 from components.config import Config, load_config
 from components.errors import RecsysError
+from components.processes import pid_alive
 
 console = Console(stderr=True)
 
@@ -57,3 +60,17 @@ def errors_as_exit() -> Iterator[None]:
     except RecsysError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(code=1) from None
+
+
+def serve_in_foreground(pid: int, what: str, log_path: Path, stop: Callable[[int], None]) -> None:
+    """Wait on a server started in the foreground: exit 1 (naming its log) if it dies, stop it on Ctrl-C or
+    SIGTERM."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while pid_alive(pid):
+            time.sleep(0.5)
+        console.print(f"[bold red]the {what} exited[/]; see {log_path}")
+        raise typer.Exit(code=1)
+    except KeyboardInterrupt:
+        console.print(f"stopping the {what} ...")
+        stop(pid)

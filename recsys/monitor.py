@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,8 +11,8 @@ import typer
 
 from components.config import Config, absolute_paths
 from components.errors import RecsysError
-from components.processes import owned_pid, pid_alive, write_pid_file
-from recsys.common import console, errors_as_exit, state
+from components.processes import owned_pid, write_pid_file
+from recsys.common import console, errors_as_exit, serve_in_foreground, state
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,15 +181,7 @@ def ui(
     if detach:
         console.print(f"stop with `recsys monitor ui-stop{f' --port {port}' if port else ''}`")
         return
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        while pid_alive(pid):
-            time.sleep(0.5)
-        console.print(f"[bold red]the UI exited[/]; see {ui_files(config, port or config.monitoring.ui_port)[1]}")
-        raise typer.Exit(code=1)
-    except KeyboardInterrupt:
-        console.print("stopping the UI ...")
-        stop_pid(pid)
+    serve_in_foreground(pid, "UI", ui_files(config, port or config.monitoring.ui_port)[1], stop_pid)
 
 
 @app.command("ui-stop")

@@ -23,7 +23,7 @@ import typer
 from components.config import CONFIG_ENV, Config, absolute_paths, write_config
 from components.errors import RecsysError
 from components.processes import owned_pid, pid_alive, write_pid_file
-from recsys.common import console, errors_as_exit, state
+from recsys.common import console, errors_as_exit, serve_in_foreground, state
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:RecommendationService"
@@ -268,15 +268,7 @@ def register(app: typer.Typer) -> None:
         if detach:
             console.print(f"PID file {pid_file(config)}; stop with `recsys serve api-stop`")
             return
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
-            while pid_alive(pid):
-                time.sleep(0.5)
-            console.print(f"[bold red]the API server exited[/]; see {log_file(config)}")
-            raise typer.Exit(code=1)
-        except KeyboardInterrupt:
-            console.print("stopping the API ...")
-            stop_pid(pid)
+        serve_in_foreground(pid, "API server", log_file(config), stop_pid)
 
     @app.command("api-stop")
     def api_stop(ctx: typer.Context) -> None:

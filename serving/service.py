@@ -501,7 +501,9 @@ class Engine:
         mask = live.catalogue.mask(filters)
         try:
             return live, mask, self._rank_version(live, recent, profile, exclude, k, mask)
-        except TritonClientError:
+        except TritonClientError as err:
+            if not dependency_down(err):  # this request's values were refused: no version question to settle
+                raise
             self.check_triton()
             newer = self.live
             if newer.model is None or newer.model.version == live.model.version:

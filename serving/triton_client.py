@@ -218,10 +218,8 @@ class RecommenderClient:
         version that every step is pinned to (serving/templates/recommender.pbtxt.j2)."""
         if not self.model_ready(self.model_name):
             return None
-        meta = self._call(self.model_name, self._client.get_model_metadata, self.model_name, as_json=True,
-                          client_timeout=self.timeout_s)
-        versions = {int(v) for v in meta.get("versions", [])}
-        return versions.pop() if len(versions) == 1 else None
+        versions = self.served_versions()
+        return versions[0] if len(versions) == 1 else None
 
     def model_config(self, name: str | None = None) -> dict[str, Any]:
         name = name or self.model_name
