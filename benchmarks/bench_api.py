@@ -142,7 +142,7 @@ async def run_level(url: str, headers: dict[str, str], concurrency: int, request
 
 def _token_from_env() -> str:
     """The bearer token for --url: $RECSYS_API_TOKEN (a key with the `recommend` scope)."""
-    from recsys.serve_api import TOKEN_ENV
+    from serving.api_server import TOKEN_ENV
 
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
@@ -155,8 +155,7 @@ def build_movielens_sized_stack(root: Path, per_user: int, request_log: Path | N
     import torch
 
     torch.set_num_threads(1)
-    from tests.serving.bundle_factory import make_bundle
-    from tests.serving.service_stack import build_stack
+    from benchmarks.serving_stack import build_stack, make_bundle
 
     bundle = make_bundle(root / "bundle", n_items=1682, dim=64, max_seq_len=50, seed=0)
     overrides = {"features.last_n_items": 50}

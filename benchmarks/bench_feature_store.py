@@ -24,15 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from components.config import Config, load_config
-from components.features import (
-    build_feature_store,
-    feature_service,
-    materialize,
-    online_feature_rows,
-    push_interaction,
-    redis_server,
-    training_examples,
-)
+from components.features import build_feature_store, materialize, redis_server, training_examples
+from components.features_online import feature_service, online_feature_rows, push_interaction
 from components.schemas import read_tables
 
 log = logging.getLogger("bench_feature_store")

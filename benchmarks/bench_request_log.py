@@ -20,8 +20,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from components.request_log import RequestLog, RequestRecord
+from components.request_log import RequestRecord
 from components.request_log_pg import PASSWORD_ENV, postgres_server
+from components.request_logs import open_request_log
 
 
 def _record(n: int) -> RequestRecord:
@@ -32,7 +33,7 @@ def _record(n: int) -> RequestRecord:
 
 def measure(target: str, requests: int, threads: int) -> dict[str, float]:
     """Append `requests` requests from `threads` threads; committed appends/s and transactions used."""
-    with RequestLog(target) as log:
+    with open_request_log(target) as log:
         per = requests // threads
 
         def write(t: int) -> None:

@@ -25,9 +25,9 @@ import numpy as np
 
 from components.bundle_ops import profile_sizes
 from components.config import load_config
-from components.deploy import deploy_bundle
 from components.processes import free_port
 from serving import triton_server as ts
+from serving.deploy import deploy_bundle
 from serving.triton_admin import admin_key
 
 log = logging.getLogger("bench_triton")

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from benchmarks.browser import check_page
 from components.config import load_config
-from components.processes import free_port
+from components.processes import free_port, stop_process
 from recsys.monitor import start_ui
-from recsys.serve_api import stop_pid
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def main() -> None:
         shots.append(shoot(f"http://127.0.0.1:{port}/projects/{found.id}", out / "evidently_dashboard.png",
                            settle_s=6.0, window=(1400, 1300)))
     finally:
-        stop_pid(pid)
+        stop_process(pid)
     print("\n".join(str(p) for p in shots))
 
 

@@ -95,7 +95,11 @@ class Model(_Section):
     user_heads: int = Field(ge=1, le=16)
     dropout: float = Field(ge=0.0, lt=1.0)
     id_dropout: float = Field(ge=0.0, le=1.0)
+    item_representation: Literal["text_and_id", "text_only", "id_only"] = "text_and_id"
     temperature: float = Field(gt=0.0)
+    loss: Literal["auto", "full_softmax", "sampled_softmax", "in_batch"] = "auto"
+    full_softmax_max_items: int = Field(default=100_000, ge=1)
+    sampled_negatives: int = Field(default=2048, ge=1)
     logq_correction: bool
     hard_negatives: int = Field(ge=0)
 
@@ -104,6 +108,9 @@ class Train(_Section):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=2)
     learning_rate: float = Field(gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = Field(default=0, ge=0)
+    refit_on_validation: bool = False
     weight_decay: float = Field(ge=0.0)
     patience: int = Field(ge=1)
     seed: int
@@ -291,6 +298,43 @@ class Kfp(_Section):
     experiment: str
 
 
+class FairnessMitigation(_Section):
+    """Group-aware re-scoring chosen on validation (components.fairness_mitigation)."""
+
+    enabled: bool
+    attribute: str | None = None
+    priors: list[Literal["popularity", "group_popularity"]] = Field(min_length=1)
+    weights: list[float] = Field(min_length=1)
+    max_overall_loss: float = Field(ge=0.0, lt=1.0)
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(w < 0 for w in value):
+            raise ValueError("trust.fairness.weights must be >= 0")
+        return value
+
+
+class Defence(_Section):
+    """Fake-account detection before training (components.shilling_defence)."""
+
+    enabled: bool
+    burst_window_s: float = Field(gt=0.0)
+    candidate_z: float
+    min_group: int = Field(ge=2)
+    alpha: float = Field(gt=0.0, lt=1.0)
+    min_shared_items: int = Field(ge=1)
+
+
+class Trust(_Section):
+    """Diversity on request, fairness mitigation, and the fake-account defence and alarm."""
+
+    diversity: float = Field(ge=0.0, le=1.0)
+    fairness: FairnessMitigation
+    defence: Defence
+    alarm_min_accounts: int = Field(ge=1)
+
+
 class Config(_Section):
     paths: Paths
     dataset: DatasetSchema
@@ -303,6 +347,7 @@ class Config(_Section):
     compress: Compress
     serving: Serving
     monitoring: Monitoring
+    trust: Trust
     kfp: Kfp
 
     def dump(self) -> dict[str, Any]:

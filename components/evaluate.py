@@ -47,6 +47,7 @@ from components.recommender import Recommender
 from components.registry import read_champion
 from components.schemas import read_tables
 from components.splits import Split, cold_task, configured_split, histories
+from components.trust_report import trust_analysis
 
 log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION, BASELINE, REFERENCE = "candidate", "champion", "baseline", "reference"
@@ -66,11 +67,15 @@ def eval_data(split: Split, items: pd.DataFrame, users: pd.DataFrame,
     cold = cold_task(split, stage)
     cold_users = user_frame(cold.targets["user_id"].to_numpy(), users)
     cold_users["as_of"] = cold.targets["event_timestamp"]  # same row order (both 0..n-1, sorted by user)
+    main_users = user_frame(rows["user_id"].to_numpy(), users)
+    main_users["as_of"] = rows["event_timestamp"].to_numpy()  # the request time: popularity counts stop there
+    events = pd.concat([split.train, split.validation, split.test, split.cold_interactions,
+                        split.cold_validation_interactions])[["user_id", "item_id", "event_timestamp"]]
     return EvalData(
         split=split,
         items=items,
         catalogue=catalogue,
-        users=user_frame(rows["user_id"].to_numpy(), users),
+        users=main_users,
         histories=[hist.get(int(u), empty) for u in rows["user_id"]],
         targets=rows["item_id"].to_numpy(dtype=np.int64),
         cold_users=cold_users,
@@ -80,6 +85,7 @@ def eval_data(split: Split, items: pd.DataFrame, users: pd.DataFrame,
         cold_items=cold.items,
         cold_interactions=split.cold_interactions if stage == "test" else split.cold_validation_interactions,
         stage=stage,
+        item_events=events.sort_values("event_timestamp", kind="stable").reset_index(drop=True),
     )
 
 
@@ -179,6 +185,9 @@ def evaluate_main(recommender: Recommender, key: str, role: str, data: EvalData,
     """The main ranking of `data`'s stage; `options` go to `evaluate_task` (groups, ks, intervals)."""
     log.info("evaluating %s (%s) on %d %s users x %d items", key, recommender.name, len(data.users), data.stage,
              len(data.catalogue))
+    share = getattr(recommender, "set_item_events", None)
+    if share is not None and data.item_events is not None:  # point-in-time item popularity (the model's prior)
+        share(data.item_events)
     return evaluate_task(recommender, key, role, data.users, data.histories, data.targets, data.catalogue, config,
                          **options)
 
@@ -355,6 +364,10 @@ def run_evaluation(
         "group_ratio": {attr: group_ratio(results[0].groups, attr, metric) for attr in config.dataset.fairness_groups},
         "baseline_tuning": {name: getattr(rec, "tuning", []) for name, rec in baselines.items()},
     }
+    validation = eval_data(data.split, tables["items"], tables["users"], "validation")
+    info["trust"] = trust_analysis(cand_rec, data, validation, tables["users"], config,  # exposure, diversity, fairness
+                                   lambda rec: evaluate_main(rec, f"{CANDIDATE}+fairness", CANDIDATE, data, config),
+                                   Path(out_dir) / "plots", before=results[0])
     evaluation = Evaluation(results, cold, decision, info)
     write_report(evaluation, Path(out_dir), metric)
     return evaluation

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -14,7 +13,10 @@ import numpy as np
 import pandas as pd
 
 from components.evaluation_types import Evaluation, ModelResult
+from components.html_report import page as html_page
+from components.html_report import png_img
 from components.metrics import Estimate, per_user_metrics
+from components.trust_report import markdown as trust_markdown
 
 METHOD_NOTES = [
     "Split: temporal leave-last-out per user (last interaction = test, the one before = validation); the "
@@ -202,8 +204,10 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
         (f"By user group ({metric})", f"Worst/best group ratio of the candidate: {ratio}.\n\n{_to_markdown(groups)}"),
         ("Cold start", (f"{info['cold_users']} users, target ranked among {info['split']['cold_items']} new items."
                         f"\n\n{_to_markdown(cold)}") if evaluation.cold else "No cold items configured."),
+        *([("Trustworthy ranking", trust_markdown(info["trust"]))] if "trust" in info else []),
         ("Method", "\n".join(f"- {n}" for n in METHOD_NOTES)),
     ]
+    plots.update({name: Path(p) for name, p in info.get("trust", {}).get("plots", {}).items()})
     md = ["# Evaluation report", ""]
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
@@ -219,14 +223,14 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
               f"By user group ({metric})": f"<p>Worst/best group ratio of the candidate: {ratio}.</p>"
                                            f"{table_html(groups)}",
               "Cold start": table_html(cold) if evaluation.cold else "<p>No cold items configured.</p>",
+              **({"Trustworthy ranking": f"<pre>{html.escape(trust_markdown(info['trust']))}</pre>"}
+                 if "trust" in info else {}),
               "Method": "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in METHOD_NOTES) + "</ul>"}
-    imgs = "".join(f"<figure><img alt='{n}' src='data:image/png;base64,"
-                   f"{base64.b64encode(p.read_bytes()).decode()}'/></figure>" for n, p in plots.items())
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title><style>"
-            "body{font-family:sans-serif;margin:2em;max-width:1200px}table.t{border-collapse:collapse;font-size:13px}"
-            "table.t td,table.t th{border:1px solid #ccc;padding:3px 7px;text-align:right}img{max-width:100%}"
-            "</style></head><body><h1>Evaluation report</h1>"
-            + "".join(f"<h2>{html.escape(t)}</h2>{b}" for t, b in bodies.items()) + imgs + "</body></html>")
+    plots_html = "".join(png_img(p.read_bytes(), n) for n, p in plots.items())
+    page = html_page("Evaluation report", f"{verdict}: the candidate against the champion and the baselines on the "
+                     f"test split ({info['test_users']} users).",
+                     [*bodies.items(), *([("Plots", plots_html)] if plots else [])],
+                     style="table.t td,table.t th{text-align:right}table.t{font-size:13px}")
     (out_dir / "report.html").write_text(page, encoding="utf-8")
 
     payload = metrics_payload(evaluation)

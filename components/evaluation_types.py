@@ -51,7 +51,7 @@ class EvalData:
     split: Any
     items: pd.DataFrame
     catalogue: np.ndarray
-    users: pd.DataFrame  # the stage's users in order, with profile columns
+    users: pd.DataFrame  # the stage's users in order, with profile columns and `as_of` (the target's timestamp)
     histories: list[np.ndarray]
     targets: np.ndarray
     cold_users: pd.DataFrame  # cold-task users with profile columns and `as_of` (the target's timestamp)
@@ -61,6 +61,7 @@ class EvalData:
     cold_items: np.ndarray  # the cold task's candidates
     cold_interactions: pd.DataFrame  # every interaction on those items (point-in-time popularity)
     stage: str = "test"
+    item_events: pd.DataFrame | None = None  # every interaction of the split: point-in-time popularity of any item
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Feature step (Feast): the feature repository over the feature tables (components.feature_tables),
-point-in-time training examples (contract C1), materialization, online look-ups and pushes of new interactions.
+point-in-time training examples (contract C1) and materialization; the online look-ups and pushes of new
+interactions live in components.features_online.
 
 One place for the logic: the CLI (`recsys features`), the KFP component `features_op` and the serving API
 call these functions. Feast is imported lazily (it takes seconds); the definitions live in
@@ -9,7 +10,6 @@ call these functions. Feast is imported lazily (it takes seconds); the definitio
 import importlib.util
 import json
 import logging
-import math
 import os
 import secrets
 import shutil
@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import warnings
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ from kfp.dsl import Dataset, Input, Metrics, Output
 
 from components.config import Config, Features
 from components.dataset import Attribute
-from components.errors import RecsysError
 from components.feature_tables import UNKNOWN, duckdb_feature_tables, spark_feature_tables, spark_session, utc_us
+from components.features_online import SECONDS_PER_DAY, FeatureStoreError, int_list, online_features
 from components.kfp_support import step
 from components.schemas import write_tables
 
@@ -45,19 +44,11 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
-_SERVICES: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_FILE = "examples.parquet"
-PUSH_SOURCE = "user_activity_push"  # definitions.USER_ACTIVITY_PUSH
 ONE_US = pd.Timedelta(microseconds=1)
-SECONDS_PER_DAY = 86400.0
-ACTIVITY_COLUMNS = ("user_interaction_count", "user_mean_rating", "user_days_since_last", "recent_item_ids")
 REDIS_PASSWORD_SECRET = "recsys-redis"  # the cluster's Secret (key `password`), k8s/base/redis.yaml
-
-
-class FeatureStoreError(RecsysError):
-    """The feature store cannot do what was asked; the message says which table, view or entity."""
 
 
 # --------------------------------------------------------------------------------------------- locations
@@ -225,17 +216,11 @@ def training_examples(store: "FeatureStore", interactions: pd.DataFrame,
         "user_interaction_count": hist["user_interaction_count"].fillna(0).astype("int64"),
         "user_mean_rating": hist["user_mean_rating"].astype("float64"),
         "user_days_since_last": (event_ts.astype("int64").to_numpy() / 1e6 - last.to_numpy()) / SECONDS_PER_DAY,
-        "recent_item_ids": [_int_list(v) for v in hist["recent_item_ids"]],
+        "recent_item_ids": [int_list(v) for v in hist["recent_item_ids"]],
     })
     for col in _popularity_columns(store):
         out[col] = hist[col].fillna(0).astype("int64")
     return out
-
-
-def _int_list(value: Any) -> list[int]:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    return [int(v) for v in value]
 
 
 def write_examples(examples: pd.DataFrame, folder: str | Path) -> Path:
@@ -264,120 +249,6 @@ def materialize(store: "FeatureStore", end: datetime | None = None) -> dict[str,
     if seen:
         store.materialize_incremental(end_date=end, feature_views=seen)
     return {"full": len(fresh), "incremental": len(seen)}
-
-
-def _online_dict(store: "FeatureStore", features: Any, rows: list[dict[str, int]]) -> dict[str, list]:
-    try:
-        return store.get_online_features(features=features, entity_rows=rows).to_dict()
-    except Exception as err:  # Feast raises many types (registry, connection); name the store in the message
-        raise FeatureStoreError(f"online look-up failed in the {store.config.online_store.type} online store: "
-                                f"{err}") from err
-
-
-def feature_service(store: "FeatureStore", name: str) -> Any:
-    """A feature service, deserialized once per store (Feast rebuilds it on every registry read)."""
-    services = _SERVICES.setdefault(store, {})
-    if name not in services:
-        services[name] = store.get_feature_service(name, allow_cache=True)
-    return services[name]
-
-
-def _float_or_nan(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def online_feature_rows(store: "FeatureStore", user_ids: list[int] | int,
-                        as_of: datetime | None = None) -> list[dict[str, Any]]:
-    """The `serving` feature service for one or more users, as plain dicts (the API's fast path).
-
-    Each row holds the `user_profile` features (the declared attributes and band labels; None for unknown
-    users), then count (0), mean rating and recency (NaN) and `recent_item_ids` ([]);
-    `user_days_since_last` is measured to `as_of` (default now).
-    """
-    ids = [int(user_ids)] if isinstance(user_ids, int | np.integer) else [int(u) for u in user_ids]
-    raw = _online_dict(store, feature_service(store, "serving"), [{"user_id": u} for u in ids])
-    profile = profile_features(store)
-    now_s = (as_of or datetime.now(UTC)).timestamp()
-    rows = []
-    for i, uid in enumerate(ids):
-        last = raw["user_last_event_epoch_s"][i]
-        rows.append({
-            "user_id": uid, **{name: raw[name][i] for name in profile},
-            "user_interaction_count": int(raw["user_interaction_count"][i] or 0),
-            "user_mean_rating": _float_or_nan(raw["user_mean_rating"][i]),
-            "user_days_since_last": math.nan if last is None else (now_s - last) / SECONDS_PER_DAY,
-            "recent_item_ids": _int_list(raw["recent_item_ids"][i]),
-        })
-    return rows
-
-
-def profile_features(store: "FeatureStore") -> dict[str, str]:
-    """The `user_profile` features of the registered repository: name -> Feast value type name."""
-    services = _SERVICES.setdefault(store, {})
-    if "__profile__" not in services:
-        view = store.get_feature_view("user_profile", allow_registry_cache=True)
-        services["__profile__"] = {f.name: str(f.dtype) for f in view.features if f.name != "profile_known"}
-    return services["__profile__"]
-
-
-def online_features(store: "FeatureStore", user_ids: list[int] | int, as_of: datetime | None = None) -> pd.DataFrame:
-    """`online_feature_rows` as a DataFrame (integer profile features as nullable Int64)."""
-    profile = profile_features(store)
-    frame = pd.DataFrame(online_feature_rows(store, user_ids, as_of),
-                         columns=["user_id", *profile, *ACTIVITY_COLUMNS])
-    for name, dtype in profile.items():
-        if "Int" in dtype:
-            frame[name] = frame[name].astype("Int64")
-    return frame
-
-
-def online_item_features(store: "FeatureStore", item_ids: list[int]) -> pd.DataFrame:
-    """The `items` feature service (metadata, popularity) for items; unknown items come back as None/<NA>,
-    a known item without events in the windows with popularity 0."""
-    ids = [int(i) for i in item_ids]
-    raw = _online_dict(store, feature_service(store, "items"), [{"item_id": i} for i in ids])
-    known = [title is not None for title in raw["title"]]
-    out = pd.DataFrame({"item_id": pd.Series(ids, dtype="int64")})
-    for key, values in raw.items():
-        if key.startswith("item_popularity_"):  # no change point within the TTL = no events in the windows
-            values = [0 if v is None and k else v for v, k in zip(values, known, strict=True)]
-        if key.startswith("item_popularity_") or (values and all(isinstance(v, int) or v is None for v in values)
-                                                   and any(isinstance(v, int) for v in values)):
-            out[key] = pd.array(values, dtype="Int64")
-        elif key != "item_id":
-            out[key] = values
-    return out
-
-
-def push_interaction(store: "FeatureStore", user_id: int, item_id: int, rating: float | None = None,
-                     event_timestamp: datetime | None = None, last_n: int = 20) -> dict[str, Any]:
-    """Fold one new interaction into the user's online activity row (count, mean rating, last-N items)
-    and push it to the online store through the `user_activity_push` source. No retraining, no batch job.
-
-    Read-modify-write: concurrent pushes for the same user may lose one update (acceptable for features).
-    Returns the row that was pushed.
-    """
-    from feast.data_source import PushMode
-
-    ts = pd.Timestamp(event_timestamp or datetime.now(UTC))
-    ts = ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
-    # the cached `serving` service holds every user_activity feature: one fast online read
-    raw = _online_dict(store, feature_service(store, "serving"), [{"user_id": int(user_id)}])
-    cur = {k: v[0] for k, v in raw.items()}
-    count, rated = int(cur["user_interaction_count"] or 0), int(cur["user_rated_count"] or 0)
-    mean = cur["user_mean_rating"]
-    if rating is not None and not math.isnan(rating):
-        mean = ((mean or 0.0) * rated + float(rating)) / (rated + 1)
-        rated += 1
-    recent = (_int_list(cur["recent_item_ids"]) + [int(item_id)])[-last_n:]
-    last = max(ts.timestamp(), cur["user_last_event_epoch_s"] or -math.inf)
-    row = {"user_id": int(user_id), "event_timestamp": ts, "user_interaction_count": count + 1,
-           "user_rated_count": rated, "user_mean_rating": float("nan") if mean is None else float(mean),
-           "user_last_event_epoch_s": float(last), "recent_item_ids": recent}
-    frame = pd.DataFrame([row])
-    frame["event_timestamp"] = utc_us(frame["event_timestamp"])
-    store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
-    return row
 
 
 @dataclass

@@ -18,15 +18,24 @@ img{max-width:100%;margin:.5rem 0}p.note{color:#555;font-size:.92rem}
 """
 
 
-def figure_png(fig: Any) -> str:
-    """Render a matplotlib figure to an <img> tag with an embedded PNG, then close it."""
+def png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="figure" src="data:image/png;base64,{data}">'
+    return buf.getvalue()
+
+
+def png_img(png: bytes, alt: str = "figure") -> str:
+    """An <img> tag embedding PNG bytes."""
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def figure_png(fig: Any) -> str:
+    """Render a matplotlib figure to an <img> tag with an embedded PNG, then close it."""
+    return png_img(png_bytes(fig))
 
 
 def fmt(value: Any, digits: int = 4) -> str:

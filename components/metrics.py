@@ -189,3 +189,21 @@ def group_ratio(breakdown: pd.DataFrame, attribute: str, metric: str) -> float:
     if values.empty or values.max() <= 0:
         return float("nan")
     return float(values.min() / values.max())
+
+
+def gini(values: np.ndarray) -> float:
+    """Gini coefficient of non-negative values (0 = equal exposure, -> 1 = all on one item)."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n, total = len(x), x.sum()
+    if n == 0 or total <= 0:
+        return 0.0
+    return float(2.0 * np.sum(np.arange(1, n + 1) * x) / (n * total) - (n + 1.0) / n)
+
+
+def head_items(reference: pd.DataFrame, catalogue: np.ndarray, head_fraction: float) -> np.ndarray:
+    """The ceil(head_fraction * |catalogue|) most consumed catalogue items in the reference (ties: lower id)."""
+    counts = reference["item_id"].value_counts().reindex(catalogue, fill_value=0)
+    order = pd.DataFrame({"item_id": catalogue, "n": counts.to_numpy()}).sort_values(
+        ["n", "item_id"], ascending=[False, True], kind="stable")
+    n_head = int(np.ceil(head_fraction * len(catalogue)))
+    return order["item_id"].to_numpy()[:n_head]

@@ -2,7 +2,8 @@
 
 Item rows: catalogue row r (0-based, `item_ids[r]`) is model row r + 1; model row 0 is padding.
 Item tower: normalize(MLP(text) + ID embedding (dropped out in training, absent for never-trained items)
-+ one embedding per declared item attribute, averaged over a multi-valued attribute's values).
++ one embedding per declared item attribute, averaged over a multi-valued attribute's values); the ablations
+`item_representation` = text_only (no ID embedding) and id_only (no text or attributes: new items score 0).
 User tower: a causal transformer over [profile token, recent items]
 (left-padded, positions counted from the right); the user vector is the output at the most recent item,
 or at the profile token when there is no history. Score = dot(user, item) of unit vectors.
@@ -154,12 +155,15 @@ class TwoTowerModel(nn.Module):
     def item_vectors(self, rows: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """Unit item vectors of model rows; `text` overrides the cached text embeddings (fine-tuning)."""
         text = self.text[rows] if text is None else text
+        parts = self.cfg.get("item_representation", "text_and_id")
         id_vec = self.item_id(rows) * (self.train_count[rows] > 0).unsqueeze(-1)  # cold items: no ID part
-        if self.training and self.cfg["id_dropout"] > 0:
+        if self.training and self.cfg["id_dropout"] > 0 and parts == "text_and_id":
             keep = torch.rand(rows.shape[0], 1, device=rows.device) >= self.cfg["id_dropout"]
             id_vec = id_vec * keep
+        if parts == "id_only":
+            return F.normalize(id_vec, p=2, dim=-1)
         content = self.content_vectors(text, [buffer[rows] for buffer in self.attributes()])
-        return F.normalize(content + id_vec, p=2, dim=-1)
+        return F.normalize(content if parts == "text_only" else content + id_vec, p=2, dim=-1)
 
     def attributes(self) -> list[torch.Tensor]:
         """The item attribute index buffers, [N+1, width] each."""
@@ -183,16 +187,56 @@ class TwoTowerModel(nn.Module):
 
     def forward(self, history: torch.Tensor, targets: torch.Tensor, profile: torch.Tensor, log_pop: torch.Tensor,
                 cfg: Any, text_fn: Any = None) -> torch.Tensor:
-        """Training loss of a batch of windows (see `sampled_softmax_loss`); DDP wraps this call."""
-        return sampled_softmax_loss(self, history, targets, profile, log_pop, cfg, text_fn)
+        """Training loss of a batch of windows (see `next_item_loss`); DDP wraps this call."""
+        return next_item_loss(self, history, targets, profile, log_pop, cfg, text_fn)
 
     def user_positions(self, table: torch.Tensor, history: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
         """Per-position user vectors [B, L+1, D] for left-padded history rows [B, L]."""
         return self.user(table[history], history > 0, profile)
 
 
-def sampled_softmax_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.Tensor, profile: torch.Tensor,
-                         log_pop: torch.Tensor, cfg: Any, text_fn: Any = None) -> torch.Tensor:
+def resolved_loss(cfg: Any, n_items: int) -> str:
+    """The loss `model.loss` names for a catalogue of `n_items` (auto: full softmax while the catalogue fits)."""
+    if cfg.loss != "auto":
+        return cfg.loss
+    return "full_softmax" if n_items <= cfg.full_softmax_max_items else "sampled_softmax"
+
+
+def next_item_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.Tensor, profile: torch.Tensor,
+                   log_pop: torch.Tensor, cfg: Any, text_fn: Any = None) -> torch.Tensor:
+    """Next-item cross-entropy of every target token of a batch of windows, under the configured `model.loss`.
+
+    full_softmax: each target against the whole catalogue. sampled_softmax: against `sampled_negatives` items
+    shared by the batch, drawn with probability q ~ count^0.75; a negative's logit is corrected by -log(S q) and
+    the target's own draws are masked, so the sum estimates the full softmax's partition (importance sampling).
+    in_batch: against the batch's distinct targets (+ hard negatives), logQ-corrected.
+    """
+    kind = resolved_loss(cfg, int(model.text.shape[0]) - 1)
+    if kind == "in_batch":
+        return in_batch_softmax_loss(model, batch_in, batch_out, profile, log_pop, cfg, text_fn)
+    targets = batch_out[batch_out > 0]
+    if kind == "full_softmax":
+        rows = None
+    else:
+        q = torch.exp(0.75 * log_pop[1:])
+        q = q / q.sum()
+        sampled = torch.multinomial(q, cfg.sampled_negatives, replacement=True) + 1
+        rows = torch.unique(torch.cat([targets, sampled, batch_in[batch_in > 0]]))
+    table = model.item_table(rows, None if text_fn is None else text_fn(
+        torch.arange(1, model.text.shape[0], device=batch_in.device) if rows is None else rows))
+    query = model.user_positions(table, batch_in, profile)[batch_out > 0]  # [M, D]
+    if kind == "full_softmax":
+        return F.cross_entropy(query @ table[1:].T / cfg.temperature, targets - 1)
+    log_sq = torch.log(cfg.sampled_negatives * q.clamp(min=1e-12))
+    pos = (query * table[targets]).sum(-1, keepdim=True) / cfg.temperature
+    neg = query @ table[sampled].T / cfg.temperature - log_sq[sampled - 1]
+    neg = neg.masked_fill(sampled.unsqueeze(0) == targets.unsqueeze(1), -torch.inf)  # accidental hits
+    return F.cross_entropy(torch.cat([pos, neg], dim=1), torch.zeros(len(targets), dtype=torch.long,
+                                                                     device=pos.device))
+
+
+def in_batch_softmax_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.Tensor, profile: torch.Tensor,
+                          log_pop: torch.Tensor, cfg: Any, text_fn: Any = None) -> torch.Tensor:
     """Next-item sampled softmax: every target token against the batch's distinct target items (+ hard negatives).
 
     logQ correction subtracts log P(item among the batch's targets) = log(1 - (1 - p)^M) from the logits.
@@ -282,10 +326,14 @@ class TwoTowerRecommender(TowerRecommender):
         self._encoder = UserEncoder(self.model, self.item_embeddings).eval()
         self.new_item_popularity_weight = float(self.cfg.get("new_item_popularity_weight", 0.0))
         self.new_item_popularity_window = self.cfg.get("new_item_popularity_window_days")
+        self.popularity_weight = float(self.cfg.get("popularity_weight", 0.0))
+        self.popularity_window = self.cfg.get("popularity_window_days")
         self._new = self.model.train_count[1:].numpy() == 0  # per catalogue row: no trained ID embedding
         self._events: pd.DataFrame | None = None
         self.params = {"new_item_popularity_weight": self.new_item_popularity_weight,
-                       "new_item_popularity_window_days": self.new_item_popularity_window}
+                       "new_item_popularity_window_days": self.new_item_popularity_window,
+                       "popularity_weight": self.popularity_weight,
+                       "popularity_window_days": self.popularity_window}
 
     @torch.no_grad()
     def _encode(self, history: np.ndarray, profile: np.ndarray) -> np.ndarray:
@@ -293,25 +341,30 @@ class TwoTowerRecommender(TowerRecommender):
 
     def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
         """float32 [len(users), len(catalogue)]: cosine of user and item vectors (-inf for items without one), plus
-        the new-item prior on items without a trained ID embedding (see `set_item_events`)."""
+        the popularity priors (see `set_item_events`): one for items without a trained ID embedding, one for the
+        trained items."""
         scores = super().score(users, histories, catalogue)
-        if self.new_item_popularity_weight > 0 and self._events is not None:
-            catalogue = np.asarray(catalogue, dtype=np.int64)
-            rows = self.index.rows(catalogue)
-            cols = np.flatnonzero(rows >= 0)
-            cols = cols[self._new[rows[cols]]]
-            if len(cols):
-                counts = new_item_counts(self._events, users, catalogue[cols], self.new_item_popularity_window)
-                scores[:, cols] += self.new_item_popularity_weight * np.log1p(counts)
+        if self._events is None:
+            return scores
+        catalogue = np.asarray(catalogue, dtype=np.int64)
+        rows = self.index.rows(catalogue)
+        known = np.flatnonzero(rows >= 0)
+        for new, weight, window in ((True, self.new_item_popularity_weight, self.new_item_popularity_window),
+                                    (False, self.popularity_weight, self.popularity_window)):
+            cols = known[self._new[rows[known]] == new]
+            if weight > 0 and len(cols):
+                counts = item_event_counts(self._events, users, catalogue[cols], window)
+                scores[:, cols] += weight * np.log1p(counts)
         return scores
 
     def set_item_events(self, events: pd.DataFrame) -> None:
-        """Interactions (user_id, item_id, event_timestamp) the serving system has logged on new items.
+        """Interactions (user_id, item_id, event_timestamp) the serving system has logged.
 
-        Items without a trained ID embedding then score cosine + w * log(1 + n), n = the item's interactions by
-        other users strictly before the user's `as_of` (all of `events` when `users` has no `as_of`), within the
-        last `new_item_popularity_window_days` days when set; w and the window were chosen on the cold-validation
-        items at training time (`new_item_popularity_weight`, 0 = off).
+        Items then score cosine + w * log(1 + n), n = the item's interactions by other users strictly before the
+        user's `as_of` (all of `events` when `users` has no `as_of`), within the last `window` days when set. Items
+        without a trained ID embedding use `new_item_popularity_weight` / `_window_days` (chosen on the
+        cold-validation items at training time), trained items `popularity_weight` / `_window_days` (chosen on
+        the validation targets); a weight of 0 turns that prior off.
         """
         missing = {"user_id", "item_id", "event_timestamp"} - set(events.columns)
         if missing:
@@ -343,6 +396,8 @@ class TwoTowerRecommender(TowerRecommender):
             attributes.append(codes)
         with torch.no_grad():
             vec = m.content_vectors(torch.from_numpy(feats.text), attributes)
+            if m.cfg.get("item_representation") == "id_only":  # the ablation without content: nothing to embed
+                vec = torch.zeros_like(vec)
             emb = F.normalize(vec, p=2, dim=-1).numpy().astype(np.float32)
         self.set_item_table(np.concatenate([self.item_ids, new["item_id"].to_numpy(dtype=np.int64)]),
                             np.concatenate([self.item_embeddings, emb]))
@@ -356,7 +411,7 @@ def _epoch_us(values: Any) -> np.ndarray:
     return pd.to_datetime(pd.Series(values), utc=True).dt.as_unit("us").astype("int64").to_numpy()
 
 
-def new_item_counts(events: pd.DataFrame, users: pd.DataFrame, catalogue: np.ndarray,
+def item_event_counts(events: pd.DataFrame, users: pd.DataFrame, catalogue: np.ndarray,
                     window_days: float | None = None) -> np.ndarray:
     """float32 [len(users), len(catalogue)]: events on each item by other users strictly before the user's `as_of`
     (and, with `window_days`, at most that many days before it: the feature store's rolling-window popularity)."""

@@ -1,4 +1,5 @@
-"""Which process is which: a pid plus its start time (and host), so a recycled pid is never mistaken for ours.
+"""Which process is which (a pid plus its start time and host, so a recycled pid is never mistaken for ours), and
+the managed server processes built on it: launched with a log, waited on until ready, stopped by pid.
 
 A pid alone names whatever process holds that number now; after the process we started has exited, the
 kernel may give the number to any other process. The start time (field 22 of /proc/<pid>/stat, in clock
@@ -7,7 +8,13 @@ ticks since boot) tells the two apart. PID files and the retraining lock record 
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,10 @@ from components.errors import RecsysError
 
 class PidFileError(RecsysError):
     """A PID file names a process that is not the one it recorded; nothing was stopped."""
+
+
+class ServerStartError(RecsysError):
+    """A server process exited, reported a failure or did not become ready in time (it was stopped)."""
 
 
 def pid_alive(pid: int) -> bool:
@@ -134,3 +145,72 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+# ---- managed server processes: launched with a log, waited on until ready, stopped by pid ------------------
+def http_status(url: str, timeout: float = 1.0) -> int:
+    """The HTTP status of a GET to `url` (0 when nothing answers): the readiness probe of HTTP servers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URLs of our servers
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def launch(cmd: list[str], log_path: str | Path, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+           detach: bool = False) -> subprocess.Popen:
+    """Start a server with stdout and stderr appended to `log_path` (its folder created) and no stdin.
+
+    detach=True puts it in a session of its own, so it outlives this process (the caller writes its PID file)."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd, start_new_session=detach)
+
+
+def wait_ready(what: str, ready: Callable[[], bool], process: subprocess.Popen, timeout_s: float, log_path: str | Path,
+               failure: Callable[[], str | None] | None = None, error: type[RecsysError] = ServerStartError) -> None:
+    """Poll `ready` until it holds. Raises `error` naming `what` and its log when the process exits first, when
+    `failure` reports an error (the process is stopped) or after `timeout_s` (the process is stopped)."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if process.poll() is not None:
+            raise error(f"{what} exited with code {process.returncode} before it was ready; see {log_path}")
+        why = failure() if failure is not None else None
+        if why:
+            stop_process(process.pid, process=process)
+            raise error(f"{what} could not start: {why} (log {log_path})")
+        if time.monotonic() > deadline:
+            stop_process(process.pid, process=process)
+            raise error(f"{what} was not ready within {timeout_s:.0f} s; see {log_path}")
+        time.sleep(0.2)
+
+
+def stop_process(pid: int, timeout_s: float = 20.0, process: subprocess.Popen | None = None) -> bool:
+    """SIGTERM the process (a server's workers follow it), SIGKILL it after `timeout_s`, reap it when it is our
+    child. Returns False when it had to be killed."""
+    if not pid_alive(pid):
+        return True
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    graceful = True
+    while (process.poll() is None) if process is not None else pid_alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            graceful = False
+            break
+        time.sleep(0.05)
+    if process is not None:
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    return graceful

@@ -3,7 +3,7 @@
 One interface, `RequestLog`, two backends chosen by the configured target (`serving.request_log`):
 a path is an SQLite file (the embedded default, `SQLiteRequestLog` here), a ``postgresql://`` URL a
 PostgreSQL database that many API replicas share (`components.request_log_pg.PostgresRequestLog`).
-``RequestLog(target)`` returns the right one, as ``pathlib.Path`` does for its flavours.
+``components.request_logs.open_request_log(target)`` opens the right one.
 
 Both commit before acknowledgement: every append returns only once the transaction holding its entry has
 committed (SQLite: WAL with ``synchronous=FULL``; PostgreSQL: ``synchronous_commit=on``), so a process killed
@@ -158,22 +158,14 @@ def _rating(value: object) -> float | None:
 
 
 class RequestLog:
-    """The request/response and interaction log; ``RequestLog(target)`` opens the backend the target names.
+    """The request/response and interaction log; `components.request_logs.open_request_log` opens the backend
+    a target names.
 
     Subclasses implement `_commit` (one transaction, committed before it returns), `_select`, `_delete_before`
     and `_close`; this class holds the validation, the group commit and the frames.
     """
 
     placeholder = "?"  # the backend's SQL parameter marker
-
-    def __new__(cls, target: str | Path | None = None) -> RequestLog:
-        if cls is not RequestLog:
-            return super().__new__(cls)
-        if is_postgres_url(target):
-            from components.request_log_pg import PostgresRequestLog
-
-            return super().__new__(PostgresRequestLog)
-        return super().__new__(SQLiteRequestLog)
 
     def __init__(self, target: str | Path) -> None:
         self._lock = threading.Lock()  # the writer connection

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from components.baselines import BaselineError, _ItemIndex
+from components.item_index import BaselineError, _ItemIndex
 from components.recommender import catalogue_positions
 
 log = logging.getLogger(__name__)

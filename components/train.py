@@ -29,9 +29,17 @@ from components.evaluate import eval_data, evaluate_cold, evaluate_main
 from components.evaluation_types import EvalData
 from components.kfp_support import step
 from components.metrics import per_user_metrics, rank_targets
-from components.model import TwoTowerModel, UserEncoder, item_features, new_item_counts, save_artifact
+from components.model import (
+    TwoTowerModel,
+    UserEncoder,
+    item_event_counts,
+    item_features,
+    load_recommender,
+    save_artifact,
+)
 from components.recommender import Recommender, TowerRecommender
 from components.schemas import read_tables
+from components.shilling_defence import defended_tables
 from components.splits import Split, configured_split
 
 log = logging.getLogger(__name__)
@@ -131,13 +139,17 @@ def examples_from_tables(tables: dict[str, pd.DataFrame], last_n: int, schema: D
     return df
 
 
-def training_rows(examples: pd.DataFrame, split: Any) -> pd.DataFrame:
-    """Examples of the split's train rows only (no validation/test targets, no cold items), in split order."""
+def training_rows(examples: pd.DataFrame, split: Any, with_validation: bool = False) -> pd.DataFrame:
+    """Examples of the split's train rows only (no validation/test targets, no cold items), in split order; with
+    `with_validation` each user's validation row too (after their train rows: it is later in time)."""
     keys = ["user_id", "item_id", "event_timestamp"]
     missing = [c for c in keys if c not in examples]
     if missing:
         raise TrainError(f"examples lack column(s) {missing} (contract C1)")
     order = split.train[keys].copy()
+    if with_validation:
+        order = pd.concat([order.assign(_stage=0), split.validation[keys].assign(_stage=1)])
+        order = order.sort_values(["user_id", "_stage"], kind="stable").drop(columns="_stage")
     order["_pos"] = np.arange(len(order))
     ex = examples.copy()
     ex["event_timestamp"] = ex["event_timestamp"].astype(order["event_timestamp"].dtype)
@@ -172,12 +184,15 @@ def make_windows(rows: pd.DataFrame, row_of: pd.Series, profile: np.ndarray, max
     return np.stack(ins), np.stack(outs), np.stack(profs)
 
 
-def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.DataFrame) -> TrainData:
+def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.DataFrame,
+                 with_validation: bool = False) -> TrainData:
+    """Training windows, item counts and the validation/test tasks; `with_validation` also trains on the
+    validation targets (the refit after early stopping)."""
     split = configured_split(tables["interactions"], config)
     items = tables["items"].sort_values("item_id").reset_index(drop=True)
     item_ids = items["item_id"].to_numpy(dtype=np.int64)
     row_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    rows = training_rows(examples, split)
+    rows = training_rows(examples, split, with_validation)
     rows = rows[rows["item_id"].isin(row_of.index)].reset_index(drop=True)
     if rows.empty:
         raise TrainError("no training examples left after removing validation/test targets and cold items")
@@ -229,7 +244,8 @@ def in_training_recommender(model: Any, data: TrainData, device: torch.device) -
                             model.cfg["max_seq_len"], batch_size=1024)
 
 
-POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # new items: the prior may dominate
+WARM_POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)  # trained items: a nudge to the cosine
 POPULARITY_WINDOWS = (None, 30.0, 7.0)  # days (None = all history): the feature store's rolling windows
 
 
@@ -243,6 +259,31 @@ class _Fixed:
 
     def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
         return self.scores[users["_row"].to_numpy()]
+
+
+def choose_popularity_prior(cosine: np.ndarray, events: pd.DataFrame, users: pd.DataFrame,
+                            histories: list[np.ndarray], targets: np.ndarray, catalogue: np.ndarray,
+                            exclude: list[np.ndarray] | None, weights: tuple[float, ...],
+                            prefix: str) -> tuple[float, float | None, list[dict]]:
+    """(w, window days or None, curve): the prior cosine + w * log(1 + n) that ranks `targets` best, n = the
+    item's interactions in `events` by other users strictly before each user's `as_of` (within the window).
+    Best HR@10 wins for new items ("cold_val" prefix), NDCG@10 for trained ones ("val"); ties go to the smaller w."""
+    users = users.assign(_row=np.arange(len(users)))
+    first, second = (f"{prefix}_hr@{EVAL_K}", f"{prefix}_ndcg@{EVAL_K}")
+    if prefix == "val":
+        first, second = second, first
+    curve = []
+    for window in POPULARITY_WINDOWS:
+        prior = np.log1p(item_event_counts(events, users, catalogue, window))
+        for w in weights if window is None else weights[1:]:
+            ranks, _ = rank_targets(_Fixed(cosine + w * prior), users, histories, targets, catalogue, EVAL_K,
+                                    exclude=exclude)
+            values = per_user_metrics(ranks, [EVAL_K])
+            curve.append({"weight": w, "window_days": window,
+                          **{f"{prefix}_{k}": float(values[k].mean()) for k in (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")}})
+    best = max(curve, key=lambda c: (c[first], c[second], -c["weight"]))
+    window = best["window_days"] if best["weight"] > 0 else None
+    return float(best["weight"]), window, curve
 
 
 @torch.no_grad()
@@ -262,25 +303,50 @@ def choose_new_item_popularity_weight(model: Any, data: TrainData,
         return 0.0, None, []
     users = task.cold_users.assign(_row=np.arange(len(task.cold_users)))
     cosine = in_training_recommender(model, data, device).score(users, task.cold_histories, task.cold_items)
-    targets = task.cold_targets
-    curve = []
-    for window in POPULARITY_WINDOWS:
-        prior = np.log1p(new_item_counts(task.cold_interactions, users, task.cold_items, window))
-        for w in POPULARITY_WEIGHTS if window is None else POPULARITY_WEIGHTS[1:]:
-            ranks, _ = rank_targets(_Fixed(cosine + w * prior), users, task.cold_histories, targets, task.cold_items,
-                                    EVAL_K, exclude=task.cold_exclude)
-            values = per_user_metrics(ranks, [EVAL_K])
-            curve.append({"weight": w, "window_days": window, **{f"cold_val_{k}": float(values[k].mean())
-                                                                 for k in (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")}})
-    best = max(curve, key=lambda c: (c[f"cold_val_hr@{EVAL_K}"], c[f"cold_val_ndcg@{EVAL_K}"], -c["weight"]))
+    weight, window, curve = choose_popularity_prior(cosine, task.cold_interactions, task.cold_users,
+                                                    task.cold_histories, task.cold_targets, task.cold_items,
+                                                    task.cold_exclude, POPULARITY_WEIGHTS, "cold_val")
     log.info("new-item popularity weight %.3g, window %s days chosen on %d cold-validation targets "
-             "(HR@10 %.4f; w=0: %.4f)", best["weight"], best["window_days"], len(targets),
-             best[f"cold_val_hr@{EVAL_K}"], curve[0][f"cold_val_hr@{EVAL_K}"])
-    window = best["window_days"] if best["weight"] > 0 else None
-    return float(best["weight"]), window, curve
+             "(HR@10 %.4f; w=0: %.4f)", weight, window, len(task.cold_targets),
+             max(c[f"cold_val_hr@{EVAL_K}"] for c in curve), curve[0][f"cold_val_hr@{EVAL_K}"])
+    return weight, window, curve
+
+
+@torch.no_grad()
+def choose_warm_popularity_weight(model: Any, data: TrainData,
+                                  device: torch.device) -> tuple[float, float | None, list[dict]]:
+    """Weight w and window of the trained items' popularity prior (cosine + w * log(1 + n), n = the item's
+    interactions by other users in the window before the request), chosen on the VALIDATION targets by NDCG@10.
+
+    The loss's logQ correction takes popularity out of the cosine; this puts back what the validation targets
+    show, at the request's own time. Returns (0, None, []) without validation targets.
+    """
+    task = data.validation
+    if not len(task.targets) or task.item_events is None:
+        return 0.0, None, []
+    users = task.users.assign(_row=np.arange(len(task.users)))
+    cosine = in_training_recommender(model, data, device).score(users, task.histories, task.catalogue)
+    weight, window, curve = choose_popularity_prior(cosine, task.item_events, task.users, task.histories,
+                                                    task.targets, task.catalogue, None, WARM_POPULARITY_WEIGHTS,
+                                                    "val")
+    log.info("popularity weight %.3g, window %s days chosen on %d validation targets (NDCG@10 %.4f; w=0: %.4f)",
+             weight, window, len(task.targets), max(c[f"val_ndcg@{EVAL_K}"] for c in curve),
+             curve[0][f"val_ndcg@{EVAL_K}"])
+    return weight, window, curve
 
 
 # ---------------------------------------------------------------- training loop
+
+
+def lr_factor(config: Config, epoch: int) -> float:
+    """Multiplier of the learning rate in `epoch` (1-based): linear warm-up, then constant or cosine to 0."""
+    t = config.train
+    if epoch <= t.warmup_epochs:
+        return epoch / (t.warmup_epochs + 1)
+    if t.lr_schedule == "constant":
+        return 1.0
+    progress = (epoch - 1 - t.warmup_epochs) / max(1, t.epochs - t.warmup_epochs)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _device(config: Config) -> torch.device:
@@ -299,6 +365,7 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
     cfg = {
         "n_items": len(data.item_ids), "embedding_dim": m.embedding_dim, "max_seq_len": m.max_seq_len,
         "user_layers": m.user_layers, "user_heads": m.user_heads, "dropout": m.dropout, "id_dropout": m.id_dropout,
+        "item_representation": m.item_representation,
         "temperature": m.temperature, "text_dim": int(text_emb.shape[1]),
         "item_encoder": item_encoder.to_dict(), "item_attribute_sizes": item_encoder.sizes,
         "item_attribute_widths": item_encoder.widths,
@@ -350,6 +417,9 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     """Train, early-stop on validation NDCG@10, write the contract-C4 artifact to `out_dir`; returns metrics."""
     from tqdm.auto import tqdm
 
+    if config.train.refit_on_validation and config.model.fine_tune_encoder:
+        raise TrainError("train.refit_on_validation=true needs model.fine_tune_encoder=false (the refit reuses the "
+                         "frozen text embeddings)")
     started = time.monotonic()
     torch.set_num_threads(config.train.num_threads)
     device = _device(config)
@@ -360,7 +430,11 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
     tables = read_tables(canonical_dir)
-    data = prepare_data(config, tables, read_examples(examples_dir))
+    # -- trust: with trust.defence.enabled, flagged fake accounts are excluded (<out>/excluded_accounts.json)
+    tables = defended_tables(config, tables, out if dist.main else None)
+    # -- end trust
+    examples = read_examples(examples_dir)
+    data = prepare_data(config, tables, examples)
     text_emb = _text_embeddings(config, data.items, dist)
     model = build_model(config, data, text_emb).to(device)
     text_fn = _attach_encoder(model, config, data, device) if config.model.fine_tune_encoder else None
@@ -372,6 +446,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     if enc_ids:
         groups.append({"params": [p for p in params if id(p) in enc_ids], "lr": config.model.encoder_learning_rate})
     opt = torch.optim.AdamW(groups, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
+    base_lrs = [group.get("lr", config.train.learning_rate) for group in opt.param_groups]
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.world > 1 else None
     history: list[dict] = []
     start_epoch, best, best_state, bad_epochs = 1, -1.0, None, 0
@@ -383,18 +458,17 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         bad_epochs, history = ck["bad_epochs"], ck["history"]
         torch.set_rng_state(ck["torch_rng"])
         log.info("resumed from %s at epoch %d (best val NDCG@10 %.4f)", ckpt_path, ck["epoch"], best)
-    n_win = len(data.windows_in)
-    per_rank = math.ceil(n_win / dist.world)
     bs = config.train.batch_size
     amp_dtype = torch.float16 if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
     amp = torch.autocast(device.type, dtype=amp_dtype, enabled=config.model.fine_tune_encoder)
     scaler = torch.amp.GradScaler(device.type, enabled=config.model.fine_tune_encoder and amp_dtype == torch.float16)
-    stop = False
-    for epoch in range(start_epoch, config.train.epochs + 1):
-        if stop:
-            break
+    def step_epoch(epoch: int, model=model, ddp=ddp, opt=opt, data=data, log_pop=log_pop) -> tuple[float, np.ndarray]:
+        """One pass over the windows (this rank's share); returns (mean loss over ranks, the windows used)."""
         model.train()
-        t0 = time.monotonic()
+        for group, base_lr in zip(opt.param_groups, base_lrs, strict=True):
+            group["lr"] = base_lr * lr_factor(config, epoch)
+        n_win = len(data.windows_in)
+        per_rank = math.ceil(n_win / dist.world)
         perm = np.random.default_rng(config.train.seed + epoch).permutation(n_win)
         perm = np.resize(perm, per_rank * dist.world)[dist.rank :: dist.world]
         losses = []
@@ -409,7 +483,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
             scaler.step(opt)
             scaler.update()
             losses.append(float(loss.detach()))
@@ -419,6 +493,14 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
             t = torch.tensor([loss_mean])
             torch.distributed.all_reduce(t)
             loss_mean = float(t.item()) / dist.world
+        return loss_mean, perm
+
+    stop = False
+    for epoch in range(start_epoch, config.train.epochs + 1):
+        if stop:
+            break
+        t0 = time.monotonic()
+        loss_mean, perm = step_epoch(epoch)
         epoch_s = time.monotonic() - t0
         val = {f"ndcg@{EVAL_K}": 0.0, f"hr@{EVAL_K}": 0.0}
         if dist.main:
@@ -450,6 +532,22 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
                   "torch_rng": torch.get_rng_state()}
             with atomic_path(ckpt_path) as tmp:
                 torch.save(ck, tmp)
+    refit = None
+    if config.train.refit_on_validation:
+        best_epoch = max(history, key=lambda h: h[f"val_ndcg@{EVAL_K}"])["epoch"]
+        seed_everything(config.train.seed)
+        refit_data = prepare_data(config, tables, examples, with_validation=True)
+        refit = build_model(config, refit_data, text_emb).to(device)
+        refit_opt = torch.optim.AdamW(refit.parameters(), lr=config.train.learning_rate,
+                                      weight_decay=config.train.weight_decay)
+        refit_ddp = torch.nn.parallel.DistributedDataParallel(refit) if dist.world > 1 else None
+        refit_log_pop = torch.log(torch.from_numpy(np.concatenate([[0.0], refit_data.train_count])).float()
+                                  / refit_data.train_count.sum() + 1e-12).to(device)
+        for epoch in range(1, best_epoch + 1):
+            t0 = time.monotonic()
+            loss_mean, _ = step_epoch(epoch, refit, refit_ddp, refit_opt, refit_data, refit_log_pop)
+            log.info("refit epoch %d/%d on train + validation targets: loss %.4f, %.1fs", epoch, best_epoch,
+                     loss_mean, time.monotonic() - t0)
     metrics: dict[str, Any] = {}
     if dist.main:
         if best_state is not None:
@@ -462,14 +560,23 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         model.cfg["new_item_popularity_weight"] = weight
         model.cfg["new_item_popularity_window_days"] = window
         model.cfg["new_item_popularity_validation"] = curve
-        rec = in_training_recommender(model, data, device)
+        warm_weight, warm_window, warm_curve = choose_warm_popularity_weight(model, data, device)
+        model.cfg["popularity_weight"] = warm_weight
+        model.cfg["popularity_window_days"] = warm_window
+        model.cfg["popularity_validation"] = warm_curve
+        if refit is not None:  # the refit model serves, with the priors chosen on the early-stopped one
+            refit.eval()
+            refit.cfg.update({k: v for k, v in model.cfg.items() if "popularity" in k})
+            model, data = refit, refit_data
+        item_emb = in_training_recommender(model, data, device).item_embeddings
+        save_artifact(model.cpu(), out, data.item_ids, item_emb, data.profile_encoder, history)
+        rec = load_recommender(out)  # scored as served and evaluated: the saved artifact with its priors
         test = ranking_metrics(rec, data.test, config)
         cold = {f"cold_{k}": v for k, v in ranking_metrics(rec, data.test, config, cold=True).items()}
-        metrics = {"new_item_popularity_weight": weight,
+        metrics = {"new_item_popularity_weight": weight, "popularity_weight": warm_weight,
                    f"val_ndcg@{EVAL_K}": best, **{f"test_{k}": v for k, v in test.items()},
-                   **cold, "epochs": len(history),
+                   **cold, "epochs": len(history), "refit_on_validation": refit is not None,
                    "train_seconds": time.monotonic() - started, "train_positions": int((data.windows_out > 0).sum())}
-        save_artifact(model.cpu(), out, data.item_ids, rec.item_embeddings, data.profile_encoder, history)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         _plot_curve(history, out / "training_curve.png")
         log.info("model written to %s: %s", out, {k: round(v, 4) for k, v in metrics.items()})

@@ -21,6 +21,8 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 from components.config import Config
 from components.dataset import MULTI_VALUE_SEPARATOR, Attribute
 from components.errors import RecsysError
+from components.html_report import page
+from components.html_report import table as html_table
 from components.id_maps import IdMap, IdMapError, load_id_maps, save_id_maps
 from components.ingest import id_maps_dir
 from components.kfp_support import step
@@ -272,18 +274,14 @@ def validate_tables(config: Config, tables: dict[str, pd.DataFrame], docs_dir: s
 def summary_html(report: ValidationReport) -> str:
     """A self-contained page: verdict, failed expectations, statistics (the KFP HTML artifact)."""
     verdict = "PASSED" if report.success else "FAILED"
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in
-                         (f.table, f.column or "", f.expectation, f.observed, ", ".join(f.sample))) + "</tr>"
-        for f in report.failures
-    )
-    failures = (f"<h2>Failed expectations</h2><table border=1><tr><th>table</th><th>column</th><th>expectation</th>"
-                f"<th>observed</th><th>sample</th></tr>{rows}</table>") if rows else ""
-    stats = html.escape(json.dumps(report.statistics, indent=2))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Data validation: {verdict}</title></head>"
-            f"<body><h1>Data validation: {verdict}</h1><p>{report.evaluated} expectations evaluated, "
-            f"{len(report.failures)} failed. Full Data Docs: {html.escape(str(report.docs_index))}</p>{failures}"
-            f"<h2>Statistics</h2><pre>{stats}</pre></body></html>")
+    sections = []
+    if report.failures:
+        sections.append(("Failed expectations", html_table(
+            ["table", "column", "expectation", "observed", "sample"],
+            [[f.table, f.column or "", f.expectation, str(f.observed), ", ".join(f.sample)] for f in report.failures])))
+    sections.append(("Statistics", f"<pre>{html.escape(json.dumps(report.statistics, indent=2))}</pre>"))
+    return page(f"Data validation: {verdict}", f"{report.evaluated} expectations evaluated, {len(report.failures)} "
+                f"failed. Full Data Docs: {report.docs_index}", sections)
 
 
 def validate(

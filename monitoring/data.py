@@ -19,6 +19,7 @@ from components.config import Config
 from components.errors import RecsysError
 from components.id_maps import ExternalIds, load_id_maps
 from components.request_log import RequestLog, is_postgres_url
+from components.request_logs import open_request_log
 from components.schemas import ID_MAPS, INTERACTIONS, ITEMS, USERS, table_path
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class MonitoringData:
     current_interactions: pd.DataFrame  # logged interactions inside the current window
     outcome_interactions: pd.DataFrame  # logged interactions from the baseline start on (request outcomes)
     item_embeddings: tuple[np.ndarray, np.ndarray] | None  # (item_ids, vectors) of the champion, if any
+    current_interaction_users: pd.Series | None = None  # the log's external user ids of current_interactions' rows
 
 
 def resolve_windows(config: Config, log_: RequestLog, *, reference_start: Stamp = None, reference_end: Stamp = None,
@@ -189,7 +191,7 @@ def load_monitoring_data(config: Config, reference_dir: str | Path, log_path: st
             raise MonitoringError(f"canonical table '{table}' missing in {reference_dir}")
     if not is_postgres_url(log_path) and not Path(log_path).exists():
         raise MonitoringError(f"request log {log_path} does not exist")
-    log_ = RequestLog(log_path)
+    log_ = open_request_log(log_path)
     try:
         windows = windows or resolve_windows(config, log_, **bounds)
         w = windows
@@ -200,7 +202,8 @@ def load_monitoring_data(config: Config, reference_dir: str | Path, log_path: st
         def log_frame(frame: pd.DataFrame) -> pd.DataFrame:
             return keyed(frame, users_ids, item_ids)
 
-        logged = log_frame(log_.interactions_frame(since=w.baseline.start))
+        raw = log_.interactions_frame(since=w.baseline.start)
+        logged = log_frame(raw)
         data = MonitoringData(
             windows=w, reference_interactions=ref,
             reference_window=canonical[w.reference.mask(canonical["event_timestamp"])].reset_index(drop=True),
@@ -211,6 +214,8 @@ def load_monitoring_data(config: Config, reference_dir: str | Path, log_path: st
             baseline_requests=log_frame(log_.requests_frame(w.baseline.start, w.baseline.end)),
             baseline_recommendations=log_frame(log_.recommendations_frame(w.baseline.start, w.baseline.end)),
             current_interactions=logged[w.current.mask(logged["event_timestamp"])].reset_index(drop=True),
+            current_interaction_users=raw.loc[w.current.mask(raw["event_timestamp"]).to_numpy(),
+                                              "user_id"].reset_index(drop=True),
             outcome_interactions=logged,
             item_embeddings=load_embeddings(embeddings_dir) if embeddings_dir else champion_embeddings(config),
         )

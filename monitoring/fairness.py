@@ -7,6 +7,9 @@ import numpy as np
 import pandas as pd
 
 from components.dataset import UNKNOWN_GROUP, DatasetSchema, group_labels
+from components.metrics import gini, head_items
+
+__all__ = ["attribute_values", "exposure", "gini", "group_quality", "head_items", "lorenz_curve", "user_groups"]
 
 
 def attribute_values(requests: pd.DataFrame, users: pd.DataFrame, names: list[str]) -> pd.DataFrame:
@@ -49,24 +52,6 @@ def group_quality(per_request: pd.DataFrame, groups: pd.DataFrame, attribute: st
         if counted[best]["hit_rate"] > 0:
             result.update(ratio=counted[worst]["hit_rate"] / counted[best]["hit_rate"], worst=worst, best=best)
     return result
-
-
-def gini(values: np.ndarray) -> float:
-    """Gini coefficient of non-negative values (0 = equal exposure, -> 1 = all on one item)."""
-    x = np.sort(np.asarray(values, dtype=np.float64))
-    n, total = len(x), x.sum()
-    if n == 0 or total <= 0:
-        return 0.0
-    return float(2.0 * np.sum(np.arange(1, n + 1) * x) / (n * total) - (n + 1.0) / n)
-
-
-def head_items(reference: pd.DataFrame, catalogue: np.ndarray, head_fraction: float) -> np.ndarray:
-    """The ceil(head_fraction * |catalogue|) most consumed catalogue items in the reference (ties: lower id)."""
-    counts = reference["item_id"].value_counts().reindex(catalogue, fill_value=0)
-    order = pd.DataFrame({"item_id": catalogue, "n": counts.to_numpy()}).sort_values(
-        ["n", "item_id"], ascending=[False, True], kind="stable")
-    n_head = int(np.ceil(head_fraction * len(catalogue)))
-    return order["item_id"].to_numpy()[:n_head]
 
 
 def exposure(recommendations: pd.DataFrame, reference: pd.DataFrame, catalogue: np.ndarray,

@@ -23,6 +23,7 @@ import pandas as pd
 from components.config import Config
 from components.dataset import DatasetSchema
 from monitoring import fairness, quality
+from monitoring.attack_alarm import attack_alarm
 from monitoring.data import MonitoringData, Stamp, load_monitoring_data
 from monitoring.drift import DriftResult, DriftSettings, drift_share, embedding_drift, feature_drift
 
@@ -191,6 +192,7 @@ def build_summary(config: Config, data: MonitoringData, out_dir: str | Path,
     expo = fairness.exposure(data.current_recommendations, data.reference_interactions, catalogue,
                              m.long_tail_head_fraction)
 
+    alarm = attack_alarm(data.reference_window, data.current_interactions, data.current_interaction_users, config)
     summary: dict[str, Any] = {
         "generated_at": pd.Timestamp.now(tz="UTC").isoformat(),
         "windows": data.windows.as_dict(),
@@ -208,10 +210,12 @@ def build_summary(config: Config, data: MonitoringData, out_dir: str | Path,
         "fairness": {"groups": fair, "min_ratio": min(ratios) if ratios and enough else None,
                      "min_group_size": m.min_group_size},
         "exposure": expo,
+        "attack": alarm,
         "signals": {"drift_share": share, "quality_drop": drop,
                     "fairness_ratio": min(ratios) if ratios and enough else None,
                     "hit_rate": cur_s["hit_rate"], "ndcg": cur_s["ndcg"],
-                    "long_tail_share": expo["long_tail_share"], "exposure_gini": expo["gini"]},
+                    "long_tail_share": expo["long_tail_share"], "exposure_gini": expo["gini"],
+                    "suspicious_accounts": alarm["flagged_count"]},
         "reports": {"index": INDEX_FILE, **{r.name: r.html for r in drift if r.html}},
     }
     summary["evidently"] = workspace.add_run(config, summary, drift, at)

@@ -10,8 +10,9 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TextIO
 
 from components.config import Config, absolute_paths, config_to_text
 from components.errors import RecsysError
@@ -28,42 +29,42 @@ from pipelines.run_view import (
 )
 
 log = logging.getLogger(__name__)
-PipelineName = Literal["training", "monitoring"]
 RUN_LOG = "pipeline.log"  # in the run folder: every task's full output
 
 
 class PipelineError(RecsysError):
-    """A pipeline could not be compiled, run or submitted."""
+    """A pipeline could not be compiled, run or submitted; `run_dir` is the failed local run's folder, if any."""
+
+    def __init__(self, message: str, run_dir: Path | None = None) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
-def pipeline_function(name: PipelineName, config: Config) -> Callable:
-    """The @dsl.pipeline function for `name` (imported lazily: compiling imports every component)."""
-    gpu = config.model.fine_tune_encoder
-    if name == "training":
-        from pipelines.training import build_training_pipeline
+@dataclass(frozen=True)
+class Pipeline:
+    """A pipeline the runner compiles, runs locally, submits or schedules: its short name (file names, messages)
+    and how its @dsl.pipeline function is built from the resolved config (`pipelines.training.TRAINING`,
+    `monitoring.pipeline.MONITORING`)."""
 
-        return build_training_pipeline(config.kfp, gpu, config.features.redis_password_env)
-    if name == "monitoring":
-        from pipelines.monitoring import build_monitoring_pipeline
-
-        return build_monitoring_pipeline(config.kfp, gpu, config.features.redis_password_env)
-    raise PipelineError(f"unknown pipeline '{name}' (choose training or monitoring)")
+    name: str
+    build: Callable[[Config], Callable]
 
 
-def compile_pipeline(name: PipelineName, config: Config, out_dir: str | Path) -> Path:
+def compile_pipeline(pipeline: Pipeline, config: Config, out_dir: str | Path) -> Path:
     """Write `<out_dir>/<name>_pipeline.yaml`, with the resolved config as the default `config` parameter."""
     from kfp import compiler
 
-    out = Path(out_dir) / f"{name}_pipeline.yaml"
+    out = Path(out_dir) / f"{pipeline.name}_pipeline.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        pipeline_function(name, config), package_path=str(out), pipeline_parameters={"config": config_to_text(config)}
+        pipeline.build(config), package_path=str(out), pipeline_parameters={"config": config_to_text(config)}
     )
-    log.info("compiled %s pipeline to %s", name, out)
+    log.info("compiled %s pipeline to %s", pipeline.name, out)
     return out
 
 
-def _task_artifacts(run_dir: Path) -> dict[str, dict[str, str]]:
+def task_artifacts(run_dir: Path) -> dict[str, dict[str, str]]:
+    """Where each task of a local run wrote its outputs: task name -> output name -> path."""
     artifacts: dict[str, dict[str, str]] = {}
     for task_dir in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name != REPORTS_DIR):
         outputs = {p.name: str(p) for p in sorted(task_dir.iterdir()) if p.name != EXECUTOR_OUTPUT}
@@ -101,14 +102,17 @@ def _output_to(log: TextIO, tracker: RunTracker) -> Iterator[None]:
         os.close(saved)
 
 
-def run_pipeline(name: PipelineName, config: Config, on_step: Callable[[Step], None] | None = None) -> dict:
-    """Run a pipeline end to end with the KFP local SubprocessRunner.
+def run_pipeline(pipeline: Pipeline, config: Config, on_step: Callable[[Step], None] | None = None,
+                 arguments: dict[str, str] | None = None) -> dict:
+    """Run a pipeline end to end with the KFP local SubprocessRunner (`arguments`: its parameters besides
+    `config`).
 
     The console gets nothing from the run: the full task logs go to `pipeline.log` in the run folder, `on_step`
     hears each step start and end (with its status, seconds and figure), and the run folder gets its overview
     page. Returns the run folder, seconds, steps, log, overview and where each artifact landed."""
     from kfp import local
 
+    name = pipeline.name
     config = absolute_paths(config)
     root = Path(config.paths.pipeline_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -118,11 +122,11 @@ def run_pipeline(name: PipelineName, config: Config, on_step: Callable[[Step], N
     failure: str | None = None
     with log_path.open("a", encoding="utf-8", buffering=1) as log_file, _output_to(log_file, tracker):
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-        pipeline = pipeline_function(name, config)
-        tracker.steps[:] = pipeline_steps(pipeline)
+        function = pipeline.build(config)
+        tracker.steps[:] = pipeline_steps(function)
         try:
             warnings.filterwarnings("ignore", message=".*(have no effect in the current local runner|base image).*")
-            pipeline(config=config_to_text(config))
+            function(config=config_to_text(config), **(arguments or {}))
         except RuntimeError as err:
             failure = ANSI.sub("", str(err))
     tracker.finish()
@@ -134,7 +138,7 @@ def run_pipeline(name: PipelineName, config: Config, on_step: Callable[[Step], N
     overview = write_overview(name, run_dir, tracker.steps, seconds, log_path, pages) if run_dir is not None else None
     if failure is not None:
         where = f"; run overview {overview}" if overview else ""
-        raise PipelineError(f"{name} pipeline failed: {failure} (full log: {log_path}{where})")
+        raise PipelineError(f"{name} pipeline failed: {failure} (full log: {log_path}{where})", run_dir)
     result = {
         "pipeline": name,
         "run_dir": str(run_dir) if run_dir else None,
@@ -143,7 +147,7 @@ def run_pipeline(name: PipelineName, config: Config, on_step: Callable[[Step], N
         "log": str(log_path),
         "overview": str(overview) if overview else None,
         "pages": {f"{task}/{output}": str(path) for (task, output), path in pages.items()},
-        "artifacts": _task_artifacts(run_dir) if run_dir else {},
+        "artifacts": task_artifacts(run_dir) if run_dir else {},
     }
     log.debug("%s pipeline finished in %.1f s; artifacts under %s", name, seconds, run_dir)
     return result
@@ -170,24 +174,26 @@ def _client(host: str):
     return kfp.Client(host=host)
 
 
-def submit_pipeline(name: PipelineName, config: Config, host: str, experiment: str) -> str:
-    """Submit a run to a KFP installation (the dashboard shows it); returns the run id."""
+def submit_pipeline(pipeline: Pipeline, config: Config, host: str, experiment: str,
+                    arguments: dict[str, str] | None = None) -> str:
+    """Submit a run to a KFP installation (the dashboard shows it; `arguments`: its parameters besides
+    `config`); returns the run id."""
     client = _client(host)
-    package = compile_pipeline(name, config, Path(config.paths.artifacts_dir) / "compiled")
+    package = compile_pipeline(pipeline, config, Path(config.paths.artifacts_dir) / "compiled")
     run = client.create_run_from_pipeline_package(
-        str(package), arguments={"config": config_to_text(config)}, experiment_name=experiment
+        str(package), arguments={"config": config_to_text(config), **(arguments or {})}, experiment_name=experiment
     )
-    log.info("submitted %s pipeline to %s: run %s", name, host, run.run_id)
+    log.info("submitted %s pipeline to %s: run %s", pipeline.name, host, run.run_id)
     return run.run_id
 
 
-def schedule_pipeline(name: PipelineName, config: Config, host: str, experiment: str, cron: str) -> str:
+def schedule_pipeline(pipeline: Pipeline, config: Config, host: str, experiment: str, cron: str) -> str:
     """Create a recurring run (KFP cron: 6 fields, seconds first) on a KFP installation; returns its id."""
     client = _client(host)
-    package = compile_pipeline(name, config, Path(config.paths.artifacts_dir) / "compiled")
+    package = compile_pipeline(pipeline, config, Path(config.paths.artifacts_dir) / "compiled")
     exp = client.create_experiment(experiment)
     job = client.create_recurring_run(
-        experiment_id=exp.experiment_id, job_name=f"{name}-{int(time.time())}", cron_expression=cron,
+        experiment_id=exp.experiment_id, job_name=f"{pipeline.name}-{int(time.time())}", cron_expression=cron,
         pipeline_package_path=str(package), params={"config": config_to_text(config)},
     )
     return job.recurring_run_id

@@ -6,28 +6,50 @@ The gate is a KFP condition on evaluate's output: a candidate that does not beat
 neither compressed nor deployed. Cluster-only settings (GPU request, node selector, toleration) are
 compiled in. No task has a KFP retry policy (it would re-run a data or configuration error too): the steps
 that talk to servers retry transient failures themselves (`components.errors.retry_transient`).
+The deploy step's component is defined here: it drives Triton through `serving.deploy`, a layer above components/.
 """
 
 from collections.abc import Callable
 
 from kfp import dsl, kubernetes
+from kfp.dsl import Artifact, Input, Metrics, Output
 
 from components.compress import compress_op
-from components.config import Kfp
-from components.deploy import deploy_op
+from components.config import Config, Kfp
 from components.evaluate import evaluate_op
 from components.features import REDIS_PASSWORD_SECRET, features_op
 from components.ingest import ingest_op
-from components.kfp_support import TaskImages
+from components.kfp_support import TaskImages, step
 from components.promote import promote_op
 from components.train import train_op
 from components.validate import validate_op
+from pipelines.runner import Pipeline
 from serving.triton_admin import ADMIN_KEY_ENV, ADMIN_KEY_SECRET
 
 NAME = "recsys-training"
 GPU_RESOURCE = "nvidia.com/gpu"
 SHARED_PVC = "recsys-artifacts"  # k8s/base/storage.yaml; k8s/base/recsys-config.yaml points every path under it
 SHARED_MOUNT = "/var/lib/recsys"
+
+
+@step
+def deploy_op(config: str, bundle: Input[Artifact], deployment: Output[Artifact], metrics: Output[Metrics]):
+    """Deploy the serving bundle to Triton (starting a local server if none runs) and record the result."""
+    import json
+    from pathlib import Path
+
+    from components.config import config_from_text
+    from components.errors import retry_transient
+    from serving.deploy import deploy_bundle, ensure_server
+
+    cfg = config_from_text(config)
+    started = retry_transient(lambda: ensure_server(cfg), what="starting Triton")
+    result = retry_transient(lambda: deploy_bundle(cfg, bundle.path), what="deploy")
+    Path(deployment.path).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    deployment.metadata.update({"version": result.version, "grpc_url": result.grpc_url, "server_started": started})
+    metrics.log_metric("deployed_version", result.version)
+    metrics.log_metric("deploy_seconds", round(result.duration_s, 3))
+    metrics.log_metric("smoke_requests", len(result.smoke))
 
 
 def mount_shared(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -92,3 +114,11 @@ def build_training_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str) -> Cal
             mount_shared(promote).set_display_name("promote champion").set_caching_options(False)
 
     return training_pipeline
+
+
+def training_pipeline_for(config: Config) -> Callable:
+    """The training pipeline of a resolved config (the train step on a GPU node when model.fine_tune_encoder)."""
+    return build_training_pipeline(config.kfp, config.model.fine_tune_encoder, config.features.redis_password_env)
+
+
+TRAINING = Pipeline("training", training_pipeline_for)

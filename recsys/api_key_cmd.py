@@ -19,7 +19,7 @@ KEYS_FILE = typer.Option(None, "--keys-file", help="Keys file to change (default
 
 
 def _keys_file(ctx: typer.Context, keys_file: Path | None) -> Path:
-    from recsys.serve_api import api_keys_file
+    from serving.api_server import api_keys_file
 
     return keys_file or api_keys_file(state(ctx).config)
 

@@ -62,7 +62,7 @@ def errors_as_exit() -> Iterator[None]:
         raise typer.Exit(code=1) from None
 
 
-def serve_in_foreground(pid: int, what: str, log_path: Path, stop: Callable[[int], None]) -> None:
+def serve_in_foreground(pid: int, what: str, log_path: Path, stop: Callable[[int], object]) -> None:
     """Wait on a server started in the foreground: exit 1 (naming its log) if it dies, stop it on Ctrl-C or
     SIGTERM."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -52,9 +52,9 @@ def demo(
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Start the API after the pipeline."),
 ) -> None:
     """Run the training pipeline on MovieLens-100K, then start the API and show a sample call."""
-    from components.deploy import ensure_server
     from recsys.pipeline import run_with_progress
-    from recsys.serve_api import api_url, auth_headers, sample_curl, sample_request, start_api, stop_api
+    from serving.api_server import api_url, auth_headers, sample_curl, sample_request, start_api, stop_api
+    from serving.deploy import ensure_server
 
     config = state(ctx).config
     result = run_with_progress("training", config)

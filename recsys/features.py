@@ -49,7 +49,8 @@ def materialize(ctx: typer.Context) -> None:
 @app.command()
 def lookup(ctx: typer.Context, user_id: list[int] = typer.Option(..., "--user-id", "-u", help="Repeatable.")) -> None:
     """Print the online (`serving`) features of one or more users."""
-    from components.features import online_features, open_store
+    from components.features import open_store
+    from components.features_online import online_features
 
     config = state(ctx).config
     with errors_as_exit():

@@ -20,14 +20,15 @@ def prune(
     """Delete requests, their ranked items and interactions older than the retention age (prints the counts)."""
     from datetime import timedelta
 
-    from components.request_log import RequestLog, RequestLogError
+    from components.request_log import RequestLogError
+    from components.request_logs import open_request_log
 
     config = state(ctx).config
     keep = config.serving.request_log_retention_days if days is None else days
     with errors_as_exit():
         if keep <= 0:
             raise RequestLogError(f"--days must be positive, got {keep}")
-        with RequestLog(log or config.serving.request_log) as request_log:
+        with open_request_log(log or config.serving.request_log) as request_log:
             result = request_log.prune(timedelta(days=keep))
     console.print(json.dumps(result.as_dict(), indent=2))
     console.print(f"pruned entries before [bold]{result.cutoff.isoformat()}[/] ({keep:g} days kept)")

@@ -15,7 +15,6 @@ from recsys import (
     monitor,
     pipeline,
     serve,
-    serve_api,
 )
 from recsys.common import State, setup_logging
 from recsys.simulate_cmd import simulate
@@ -47,7 +46,6 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.add_typer(pipeline.app, name="pipeline")
 app.command("demo")(demo.demo)
 app.add_typer(serve.app, name="serve")
-serve_api.register(serve.app)
 app.add_typer(serve.deploy_app, name="deploy")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(log_cmd.app, name="log")

@@ -2,16 +2,14 @@
 
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import typer
 
 from components.config import Config, absolute_paths
 from components.errors import RecsysError
-from components.processes import owned_pid, write_pid_file
+from components.processes import http_status, launch, owned_pid, stop_process, wait_ready, write_pid_file
 from recsys.common import console, errors_as_exit, serve_in_foreground, state
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -44,13 +42,13 @@ def report(
     """Write the reports (index.html, Evidently drift pages, summary.json) and print the signals."""
     import pandas as pd
 
-    from components.monitor import run_monitoring
+    from monitoring.reports import generate_reports
 
     config = state(ctx).config
     reference = reference or Path(config.paths.data_dir) / "canonical"
     out = out or Path(config.monitoring.reports_dir) / pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S")
     with errors_as_exit():
-        summary = run_monitoring(config, reference, log or config.serving.request_log, out, embeddings_dir=embeddings,
+        summary = generate_reports(config, reference, log or config.serving.request_log, out, embeddings_dir=embeddings,
                                  **_windows(current_start=current_start, current_end=current_end,
                                             baseline_start=baseline_start, baseline_end=baseline_end,
                                             reference_start=reference_start, reference_end=reference_end))
@@ -62,23 +60,41 @@ def report(
 def decide(
     ctx: typer.Context,
     summary: Path = typer.Argument(..., help="summary.json written by `recsys monitor report`."),
-    execute: bool = typer.Option(False, "--execute/--dry-run", help="Start the training pipeline if due."),
+    execute: bool = typer.Option(False, "--execute/--dry-run",
+                                 help="Run the monitoring pipeline over the report's windows (reports, policy, "
+                                      "retrain through the training pipeline), locally or on kfp.host."),
+    reference: Path | None = typer.Option(
+        None, help="With --execute: canonical tables to monitor against (default: ingest the configured data)."),
 ) -> None:
-    """Apply the retraining policy (thresholds, cooldown, de-duplication) to a report's signals."""
+    """Apply the retraining policy (thresholds, cooldown, de-duplication) to a report's signals; with --execute,
+    run the monitoring pipeline over the same windows, as the cluster's schedule does."""
     from monitoring.data import MonitoringError
     from monitoring.policy import decide as decide_only
-    from monitoring.trigger import decide_and_trigger
 
     config = state(ctx).config
     with errors_as_exit():
         if not summary.exists():
             raise MonitoringError(f"summary file {summary} does not exist; run `recsys monitor report` first")
-        signals = json.loads(summary.read_text(encoding="utf-8"))["signals"]
-        decision = (decide_and_trigger(signals, config, out_dir=summary.parent) if execute
-                    else decide_only(signals, config))
-    console.print(json.dumps(decision.as_dict(), indent=2, default=str))
-    console.print(f"[bold]{'RETRAIN' if decision.retrain else 'no retrain'}[/]: {decision.reason}"
+        report = json.loads(summary.read_text(encoding="utf-8"))
+        if not execute:
+            decision = decide_only(report["signals"], config).as_dict()
+        else:
+            from monitoring.retraining import run_monitoring
+
+            bounds = {f"{name}_{end}": bound for name, window in report["windows"].items()
+                      for end, bound in window.items() if bound}
+            run = run_monitoring(config, reference, **bounds)
+            if run.decision is None:
+                console.print(f"monitoring pipeline submitted: run {run.outcome['run_id']} on {run.outcome['host']}")
+                return
+            decision = run.decision
+            console.print(f"monitoring pipeline {run.outcome['status']}: reports in {run.report_dir}")
+    console.print(json.dumps(decision, indent=2, default=str))
+    console.print(f"[bold]{'RETRAIN' if decision['retrain'] else 'no retrain'}[/]: {decision['reason']}"
                   + ("" if execute else " (dry run: nothing recorded)"))
+    if (decision.get("outcome") or {}).get("status") == "failed":
+        console.print(f"[bold red]the retrain failed:[/] {decision['outcome']['error']}")
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -115,7 +131,6 @@ def start_ui(config: Config, workspace: Path | None = None, port: int | None = N
     """Start `evidently ui` over the workspace (default: the configured one) on serving.host and wait until it
     answers; returns its PID. detach=True: own session and a PID file (stop with stop_ui)."""
     from monitoring.workspace import workspace_dir
-    from recsys.serve_api import http_status, stop_pid
 
     config = absolute_paths(config, PROJECT_ROOT)
     port = port or config.monitoring.ui_port
@@ -128,21 +143,12 @@ def start_ui(config: Config, workspace: Path | None = None, port: int | None = N
         raise UiError(f"something already answers at {url}; stop it (`recsys monitor ui-stop --port {port}`) "
                       "or pass --port")
     pid_path, log_path = ui_files(config, port)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DO_NOT_TRACK="1")  # no usage telemetry from the UI
     cmd = [str(Path(sys.executable).parent / "evidently"), "ui", "--workspace", str(folder), "--host",
            config.serving.host, "--port", str(port)]
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=detach)
-    deadline = time.monotonic() + timeout_s
-    while http_status(f"{url}/api/projects") != 200:
-        if proc.poll() is not None:
-            raise UiError(f"evidently ui exited with code {proc.returncode} before it answered; see {log_path}")
-        if time.monotonic() > deadline:
-            stop_pid(proc.pid)
-            raise UiError(f"evidently ui did not answer {url} within {timeout_s:.0f} s; see {log_path}")
-        time.sleep(0.2)
+    proc = launch(cmd, log_path, env=env, detach=detach)
+    wait_ready("evidently ui", lambda: http_status(f"{url}/api/projects") == 200, proc, timeout_s, log_path,
+               error=UiError)
     if detach:
         write_pid_file(pid_path, proc.pid)
     return proc.pid
@@ -150,13 +156,11 @@ def start_ui(config: Config, workspace: Path | None = None, port: int | None = N
 
 def stop_ui(config: Config, port: int | None = None) -> bool:
     """Stop the detached UI on `port` named in its PID file; False if none was running."""
-    from recsys.serve_api import stop_pid
-
     pid_path = ui_files(config, port or config.monitoring.ui_port)[0]
     pid = owned_pid(pid_path, "evidently")
     if pid is None:
         return False
-    stop_pid(pid)
+    stop_process(pid)
     pid_path.unlink(missing_ok=True)
     return True
 
@@ -172,8 +176,6 @@ def ui(
 ) -> None:
     """Serve Evidently's UI over the monitoring workspace: a project per deployment, its dashboard of the
     signals over time and every run's drift reports. Ctrl-C stops it (or `recsys monitor ui-stop`)."""
-    from recsys.serve_api import stop_pid
-
     config = state(ctx).config
     with errors_as_exit():
         pid = start_ui(config, workspace, port, detach=detach)
@@ -181,7 +183,7 @@ def ui(
     if detach:
         console.print(f"stop with `recsys monitor ui-stop{f' --port {port}' if port else ''}`")
         return
-    serve_in_foreground(pid, "UI", ui_files(config, port or config.monitoring.ui_port)[1], stop_pid)
+    serve_in_foreground(pid, "UI", ui_files(config, port or config.monitoring.ui_port)[1], stop_process)
 
 
 @app.command("ui-stop")

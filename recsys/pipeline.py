@@ -1,6 +1,5 @@
 """`recsys pipeline ...`: compile for the KFP dashboard, run locally, submit or schedule on a KFP host."""
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from rich.markup import escape
 from recsys.common import console, errors_as_exit, state
 
 app = typer.Typer(help="Compile, run locally, submit and schedule the KFP pipelines.", no_args_is_help=True)
-NAMES = ("training", "monitoring")
 
 
 MARKS = {"SUCCESS": "[green]ok[/]  ", "FAILURE": "[red]FAIL[/]", "SKIPPED": "[dim]skip[/]"}
@@ -35,21 +33,36 @@ def step_printer() -> Callable[[Any], None]:
     return on_step
 
 
+def pipelines() -> dict[str, Any]:
+    """The project's pipelines by name (imported lazily: building one imports every component)."""
+    from monitoring.pipeline import MONITORING
+    from pipelines.training import TRAINING
+
+    return {p.name: p for p in (TRAINING, MONITORING)}
+
+
+def pipeline_named(name: str) -> Any:
+    """The pipeline called `name`; a clear error naming the choices otherwise."""
+    from pipelines.runner import PipelineError
+
+    known = pipelines()
+    if name not in known:
+        raise PipelineError(f"unknown pipeline '{name}' (choose {' or '.join(known)})")
+    return known[name]
+
+
 def run_with_progress(name: str, config: Any) -> dict:
     """Run a pipeline locally with one console line per step, then where its overview page and log are."""
     from pipelines.runner import run_pipeline
 
     console.print(f"[bold]{name} pipeline[/] (KFP local runner)")
     with errors_as_exit():
-        result = run_pipeline(name, config, on_step=step_printer())
+        result = run_pipeline(pipeline_named(name), config, on_step=step_printer())
     console.print(f"  finished in {result['seconds']:.0f} s", highlight=False)
     console.print(f"  run overview: {Path(result['overview']).as_uri()}", soft_wrap=True, highlight=False)
     console.print(f"  full log:     {result['log']}", soft_wrap=True, highlight=False)
     return result
 
-
-def _available() -> list[str]:
-    return [n for n in NAMES if importlib.util.find_spec(f"pipelines.{n}") is not None]
 
 
 @app.command("compile")
@@ -62,8 +75,8 @@ def compile_(
 
     config = state(ctx).config
     with errors_as_exit():
-        for name in _available():
-            console.print(f"{name}: [bold]{compile_pipeline(name, config, out)}[/]")
+        for name, pipeline in pipelines().items():
+            console.print(f"{name}: [bold]{compile_pipeline(pipeline, config, out)}[/]")
 
 
 @app.command()
@@ -84,7 +97,7 @@ def submit(
 
     config = state(ctx).config
     with errors_as_exit():
-        run_id = submit_pipeline(name, config, host, experiment or config.kfp.experiment)
+        run_id = submit_pipeline(pipeline_named(name), config, host, experiment or config.kfp.experiment)
     console.print(f"submitted: run [bold]{run_id}[/] on {host}")
 
 
@@ -101,5 +114,5 @@ def schedule(
 
     config = state(ctx).config
     with errors_as_exit():
-        job = schedule_pipeline(name, config, host, experiment or config.kfp.experiment, cron)
+        job = schedule_pipeline(pipeline_named(name), config, host, experiment or config.kfp.experiment, cron)
     console.print(f"scheduled: recurring run [bold]{job}[/] ({cron}) on {host}")

@@ -1,4 +1,5 @@
-"""`recsys serve ...` (the local Triton server) and `recsys deploy ...` (versions, rollback, status)."""
+"""`recsys serve ...` (the local Triton server, the recommendation API and its keys) and `recsys deploy ...`
+(versions, rollback, status)."""
 
 import json
 import os
@@ -8,9 +9,13 @@ from pathlib import Path
 
 import typer
 
-from recsys.common import console, errors_as_exit, state
+from components.processes import stop_process
+from recsys import api_key_cmd
+from recsys.common import console, errors_as_exit, serve_in_foreground, state
 
-app = typer.Typer(help="Run the local Triton server (the binary from the nvidia-pytriton wheel).", no_args_is_help=True)
+app = typer.Typer(help="Run the local Triton server (the binary from the nvidia-pytriton wheel) and the "
+                       "recommendation API (BentoML).", no_args_is_help=True)
+app.add_typer(api_key_cmd.app, name="api-key")
 deploy_app = typer.Typer(
     help="Deploy serving bundles to Triton, roll back, show the deployment state.", no_args_is_help=True
 )
@@ -36,8 +41,8 @@ def triton(
 ) -> None:
     """Start Triton on loopback (explicit model control) and load the live version; Ctrl-C stops it. With
     --detach, a detached server that already runs (e.g. the one the pipeline's deploy step started) is kept."""
-    from components.deploy import restore_active
     from serving import triton_server as ts
+    from serving.deploy import restore_active
 
     config = state(ctx).config
     settings = ts.settings_from_config(config)
@@ -84,10 +89,38 @@ def triton_stop(ctx: typer.Context) -> None:
     console.print("Triton stopped" if stopped else f"no detached Triton server running ({ts.pid_file(settings)})")
 
 
+@app.command("api")
+def api(
+    ctx: typer.Context,
+    detach: bool = typer.Option(False, "--detach", help="Run in the background and write a PID file."),
+) -> None:
+    """Start the recommendation API (BentoML) in front of Feast and Triton; Ctrl-C stops it."""
+    from serving.api_server import api_url, log_file, pid_file, sample_curl, start_api
+
+    config = state(ctx).config
+    with errors_as_exit():
+        pid = start_api(config, detach=detach)
+    console.print(f"API ready at [bold]{api_url(config)}[/] (pid {pid}); try:\n{sample_curl(config)}")
+    if detach:
+        console.print(f"PID file {pid_file(config)}; stop with `recsys serve api-stop`")
+        return
+    serve_in_foreground(pid, "API server", log_file(config), stop_process)
+
+
+@app.command("api-stop")
+def api_stop(ctx: typer.Context) -> None:
+    """Stop the detached API named in the PID file."""
+    from serving.api_server import stop_api
+
+    with errors_as_exit():
+        stopped = stop_api(state(ctx).config)
+    console.print("API stopped" if stopped else "no detached API server running")
+
+
 @deploy_app.command("bundle")
 def deploy_bundle(ctx: typer.Context, bundle_dir: Path = typer.Argument(..., help="Serving bundle folder.")) -> None:
     """Write the bundle as a new version, load and smoke-test it; the previous version stays if it fails."""
-    from components.deploy import deploy_bundle as run
+    from serving.deploy import deploy_bundle as run
 
     with errors_as_exit():
         result = run(state(ctx).config, bundle_dir)
@@ -103,7 +136,7 @@ def deploy_rollback(
     to_version: int | None = typer.Option(None, "--to", help="Version to make live (default: the previous one)."),
 ) -> None:
     """Make the previously live version (or --to N) live again."""
-    from components.deploy import rollback
+    from serving.deploy import rollback
 
     with errors_as_exit():
         result = rollback(state(ctx).config, to_version)
@@ -113,7 +146,7 @@ def deploy_rollback(
 @deploy_app.command("status")
 def deploy_status(ctx: typer.Context) -> None:
     """The live version (history and server), versions on disk, recent deployments, as JSON."""
-    from components.deploy import status
+    from serving.deploy import status
 
     with errors_as_exit():
         info = status(state(ctx).config)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from monitoring.simulate import SimSettings
+from monitoring.replay_world import SimSettings
 from recsys.common import console, errors_as_exit, state
 
 DEFAULTS = SimSettings()

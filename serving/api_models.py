@@ -221,6 +221,9 @@ def _build(schema: DatasetSchema, limits: RequestLimits) -> ApiModels:
         user_id=(user_id, Field(description="The user to recommend for (the data set's own id).")),
         k=(Annotated[StrictInt, Field(ge=1, le=MAX_K)], Field(10, description=f"How many items (1..{MAX_K}).")),
         exclude_seen=(StrictBool, Field(True, description="Leave out the user's recent items.")),
+        diversity=(Annotated[Number, Field(ge=0.0, le=1.0)] | None, Field(
+            None, description="MMR re-ranking strength over item embeddings: 0 = the model's ranking, 1 = most varied; "
+            "default trust.diversity.")),
         filters=(filters | None, None),
         profile=(profile | None, Field(None, description="Used when the user is unknown (cold start).")))
     rating = schema.feedback

@@ -9,7 +9,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from components.atomic import atomic_path
 from components.errors import RecsysError
-from components.processes import PidFileError, owned_pid, pid_alive, write_pid_file
+from components.processes import PidFileError, launch, owned_pid, stop_process, wait_ready, write_pid_file
 from serving import triton_admin
 
 log = logging.getLogger(__name__)
@@ -174,22 +173,6 @@ def _ready(settings: ServerSettings) -> bool:
         return False
 
 
-def wait_ready(settings: ServerSettings, process: subprocess.Popen | None = None, pid: int | None = None) -> None:
-    """Block until the server answers ready over gRPC; raises if it exits or times out."""
-    deadline = time.monotonic() + settings.start_timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise TritonServerError(
-                f"tritonserver exited with code {process.returncode} before it was ready; see {settings.log_file}"
-            )
-        if pid is not None and not pid_alive(pid):
-            raise TritonServerError(f"tritonserver (pid {pid}) exited before it was ready; see {settings.log_file}")
-        if _ready(settings):
-            return
-        time.sleep(0.2)
-    raise TritonServerError(f"tritonserver at {settings.grpc_url} not ready after {settings.start_timeout_s:.0f} s")
-
-
 def start_server(settings: ServerSettings, detach: bool = False) -> TritonServer:
     """Start tritonserver (explicit model control) and wait until it is ready.
 
@@ -201,44 +184,25 @@ def start_server(settings: ServerSettings, detach: bool = False) -> TritonServer
     Path(settings.model_repository).mkdir(parents=True, exist_ok=True)
     cmd, env = server_command(settings)
     log_file = settings.log_file or Path(settings.build_dir) / f"triton_{settings.grpc_port}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
-        process = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=detach
-        )
+    process = launch(cmd, log_file, env=env, detach=detach)
     log.info("started tritonserver pid %d (gRPC %s, log %s)", process.pid, settings.grpc_url, log_file)
     log.debug("tritonserver command: %s", " ".join(triton_admin.redact(cmd)))
-    server = TritonServer(pid=process.pid, settings=settings, process=process)
     try:
-        wait_ready(settings, process=process)
+        wait_ready("tritonserver", lambda: _ready(settings), process, settings.start_timeout_s, log_file,
+                   error=TritonServerError)
     except TritonServerError:
-        server.stop()
+        clean_shm(settings)
         raise
     log.info("tritonserver ready at %s", settings.grpc_url)
-    return server
+    return TritonServer(pid=process.pid, settings=settings, process=process)
 
 
 def stop_server(
     pid: int, settings: ServerSettings, timeout_s: float = 20.0, process: subprocess.Popen | None = None
 ) -> None:
     """SIGTERM the server by PID, SIGKILL it after timeout_s, then remove its shared-memory regions."""
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                break
-            if process is None and not pid_alive(pid):
-                break
-            time.sleep(0.1)
-        else:
-            log.warning("tritonserver pid %d ignored SIGTERM for %.0f s; killing it", pid, timeout_s)
-            os.kill(pid, signal.SIGKILL)
-    if process is not None:
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+    if not stop_process(pid, timeout_s, process=process):
+        log.warning("tritonserver pid %d ignored SIGTERM for %.0f s; it was killed", pid, timeout_s)
     time.sleep(0.2)  # backend stubs exit right after their parent
     clean_shm(settings)
     log.info("tritonserver pid %d stopped", pid)

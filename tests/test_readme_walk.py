@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from components.config import parse_overrides
-from monitoring.simulate import SimSettings
-from tests.monitoring.test_simulate import TINY as TINY_REPLAY
-from tests.pipelines.test_your_data import TINY
-from tests.serving.conftest import free_port
+from components.processes import free_port
+from monitoring.replay_world import SimSettings
+from tests.conftest import TINY_PIPELINE as TINY
+from tests.conftest import TINY_REPLAY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 README = PROJECT_ROOT / "README.md"
@@ -85,11 +85,11 @@ def tiny_config(folder: Path) -> Path:
 
 
 def tiny_replay_options() -> str:
-    """The tiny replay of tests/monitoring/test_simulate.py as `recsys simulate` options."""
-    defaults = SimSettings()
-    return " ".join(f"--{f.name.replace('_', '-')} {getattr(TINY_REPLAY, f.name)}"
+    """The tiny replay of the simulation tests (tests/conftest.py) as `recsys simulate` options."""
+    tiny, defaults = SimSettings(**TINY_REPLAY), SimSettings()
+    return " ".join(f"--{f.name.replace('_', '-')} {getattr(tiny, f.name)}"
                     for f in dataclasses.fields(SimSettings)
-                    if getattr(TINY_REPLAY, f.name) != getattr(defaults, f.name))
+                    if getattr(tiny, f.name) != getattr(defaults, f.name))
 
 
 def as_walked(command: str, api: str, key_id: str | None) -> str:

@@ -7,8 +7,6 @@ import pytest
 from components.baselines import (
     ALS,
     EASE,
-    UNSEEN_SCORE,
-    BaselineError,
     ItemKNN,
     MostPopular,
     configured_baselines,
@@ -16,6 +14,7 @@ from components.baselines import (
     validation_score,
 )
 from components.config import ConfigError, load_config
+from components.item_index import UNSEEN_SCORE, BaselineError
 from components.metrics import per_user_metrics, rank_targets
 from components.recommender import Recommender, top_k
 from components.sasrec import SASRec

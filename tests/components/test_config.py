@@ -11,23 +11,36 @@ from components.config import (
 )
 
 
+def _same_value(got: object, written: object, where: str) -> None:
+    """`got` is `written`: same keys, same length, same scalar type (a whole number written for a float field is
+    that float, nothing else is converted) and equal."""
+    if isinstance(written, dict):
+        assert isinstance(got, dict) and set(got) == set(written), f"{where}: keys {sorted(got)} != {sorted(written)}"
+        for key, value in written.items():
+            _same_value(got[key], value, f"{where}.{key}")
+    elif isinstance(written, list):
+        assert isinstance(got, list) and len(got) == len(written), f"{where}: {got!r} != {written!r}"
+        for i, (item, value) in enumerate(zip(got, written, strict=True)):
+            _same_value(item, value, f"{where}[{i}]")
+    else:
+        number = isinstance(written, int) and not isinstance(written, bool) and type(got) is float
+        assert type(got) is type(written) or number, f"{where}: {got!r} is a {type(got).__name__}, not as written"
+        assert got == written, f"{where}: {got!r} != {written!r}"
+
+
 def test_defaults_are_the_documented_values():
-    """Every key of components/defaults.yaml reaches the loaded config with the value written there."""
+    """Every key of components/defaults.yaml reaches the loaded config with the value and type written there."""
     import yaml
 
     from components.config import DEFAULTS_PATH, PROJECT_ROOT
 
     written = yaml.safe_load(DEFAULTS_PATH.read_text())
+    written["features"]["repo_path"] = str(PROJECT_ROOT / written["features"]["repo_path"])  # anchored at the project
     dumped = load_config().dump()
-    for section, values in written.items():
-        if section == "dataset":  # a preset name, expanded into the declaration
-            continue
-        for key, value in values.items():
-            got = dumped[section][key]
-            if (section, key) == ("features", "repo_path"):  # project code: anchored at the project root
-                value = str(PROJECT_ROOT / value)
-            assert got == value or str(got) == str(value), f"{section}.{key}: {got!r} != {value!r}"
     assert set(dumped) == set(written)
+    for section, values in written.items():
+        if section != "dataset":  # a preset name, expanded into the declaration
+            _same_value(dumped[section], values, section)
     assert load_config().dataset.name == "movielens-100k"
 
 

@@ -22,6 +22,7 @@ from components.evaluate import (
 from components.metrics import bootstrap, per_user_metrics
 from components.schemas import read_tables, write_tables
 from components.splits import configured_split
+from tests.conftest import kfp_interface
 
 
 def planted_tables(n_users: int = 90, n_clusters: int = 6, per_cluster: int = 8) -> dict[str, pd.DataFrame]:
@@ -186,18 +187,10 @@ def test_cli_prints_table(canonical, tmp_path) -> None:
 
 
 def test_kfp_component_interface(tmp_path) -> None:
-    import yaml
-    from kfp import compiler
-
     from components.evaluate import evaluate_op
 
-    path = tmp_path / "evaluate.yaml"
-    compiler.Compiler().compile(evaluate_op, package_path=str(path))
-    spec = yaml.safe_load(path.read_text())
-    inputs, outputs = spec["root"]["inputDefinitions"], spec["root"]["outputDefinitions"]
-    assert inputs["parameters"]["config"]["parameterType"] == "STRING"
-    assert {k: v["artifactType"]["schemaTitle"] for k, v in inputs["artifacts"].items()} == {
-        "canonical": "system.Dataset", "model": "system.Model"}
-    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs["artifacts"].items()} == {
-        "report": "system.HTML", "metrics": "system.Metrics", "decision": "system.Artifact"}
-    assert outputs["parameters"]["Output"]["parameterType"] == "BOOLEAN"
+    assert kfp_interface(evaluate_op, tmp_path) == {
+        "inputs.parameters": {"config": "STRING"},
+        "inputs.artifacts": {"canonical": "system.Dataset", "model": "system.Model"},
+        "outputs.parameters": {"Output": "BOOLEAN"},
+        "outputs.artifacts": {"report": "system.HTML", "metrics": "system.Metrics", "decision": "system.Artifact"}}

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from components.feature_tables import compute_feature_tables
-from tests.components.test_features import DATASET, LAST_N, WINDOWS, tiny_tables
+from tests.components.feature_world import DATASET, LAST_N, WINDOWS, tiny_tables
 
 
 def test_profile_holds_declared_attributes_and_bands():

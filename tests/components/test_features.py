@@ -6,7 +6,7 @@ requires a password, which Feast gets from the environment.
 
 import math
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,54 +15,24 @@ import pytest
 
 from components.config import ConfigError, load_config
 from components.features import (
-    FeatureStoreError,
     build_feature_store,
     materialize,
-    online_features,
-    online_item_features,
     open_store,
-    push_interaction,
     redis_connection_string,
     redis_server,
     training_examples,
     write_examples,
 )
-
-LAST_N = 3
-REDIS_PASSWORD_ENV = load_config().features.redis_password_env
-WINDOWS = (1, 3)  # days
-NOW = datetime.now(UTC).replace(microsecond=0)
-T0 = pd.Timestamp(NOW - timedelta(days=6))
-H, D = pd.Timedelta(hours=1), pd.Timedelta(days=1)
-DATASET = load_config().dataset  # the MovieLens declaration: age (bucketed), gender, occupation; year, genres
-PROFILE = DATASET.user_attributes
-
-
-def tiny_tables() -> dict[str, pd.DataFrame]:
-    """Events chosen so that any leak changes an answer: ties at one time, an event exactly one window
-    before another, a user whose final state differs from every earlier state, a profile-only user."""
-    events = [
-        (1, 10, 5.0, T0), (1, 11, 3.0, T0 + H), (1, 12, 4.0, T0 + H), (1, 13, 1.0, T0 + 2 * D),
-        (1, 10, 2.0, T0 + 5 * D),
-        (2, 10, 4.0, T0 + 0.5 * H), (2, 11, np.nan, T0 + 2.5 * D), (2, 10, 2.0, T0 + 2.5 * D + H),
-        (3, 13, 3.0, T0 + D), (3, 14, 4.0, T0 + 5 * D),
-    ]
-    interactions = pd.DataFrame(events, columns=["user_id", "item_id", "rating", "event_timestamp"])
-    interactions["rating"] = interactions["rating"].astype("float32")
-    interactions["event_timestamp"] = pd.to_datetime(interactions["event_timestamp"], utc=True).astype(
-        "datetime64[us, UTC]")
-    created = (T0 - 30 * D).tz_convert(UTC)
-    users = pd.DataFrame({"user_id": [1, 2, 3, 4], "age": [17, 30, 56, 45], "gender": ["F", "M", "F", "M"],
-                          "occupation": ["student", "artist", "writer", "doctor"], "zip_code": ["0"] * 4,
-                          "created_timestamp": created})
-    items = pd.DataFrame({"item_id": [10, 11, 12, 13, 14], "title": [f"Film {i}" for i in range(10, 15)],
-                          "year": pd.array([1990, 1991, None, 1993, 1994], dtype="Int64"),
-                          "genres": ["Drama", "Comedy|Drama", "Action", "Horror", "Drama"],
-                          "created_timestamp": created})
-    items["text"] = items["title"] + "."
-    for frame in (users, items):
-        frame["created_timestamp"] = frame["created_timestamp"].astype("datetime64[us, UTC]")
-    return {"interactions": interactions, "users": users, "items": items}
+from components.features_online import FeatureStoreError, online_features, online_item_features, push_interaction
+from tests.components.feature_world import (
+    LAST_N,
+    NOW,
+    PROFILE,
+    REDIS_PASSWORD_ENV,
+    WINDOWS,
+    D,
+    tiny_tables,
+)
 
 
 def reference_examples(interactions: pd.DataFrame) -> pd.DataFrame:
@@ -89,14 +59,6 @@ def make_config(tmp_path, backend: str = "sqlite", redis: str = "127.0.0.1:6379"
     return load_config(overrides=[f"features.data_dir={tmp_path / 'features'}", f"features.online_store={backend}",
                                   f"features.redis_connection={redis}", f"features.last_n_items={LAST_N}",
                                   f"features.popularity_windows_days=[{WINDOWS[0]}, {WINDOWS[1]}]"])
-
-
-@pytest.fixture(scope="module")
-def local_redis():
-    """A password-protected redis-server; its password in $RECSYS_REDIS_PASSWORD while the module runs."""
-    with redis_server() as server, pytest.MonkeyPatch.context() as env:
-        env.setenv(REDIS_PASSWORD_ENV, server.password)
-        yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
@@ -316,7 +278,8 @@ def test_features_op_runs_in_the_kfp_local_runner(tmp_path):
 def test_features_step_over_each_data_set(source_dataset, tmp_path):
     """ingest -> validate -> the features step (real Feast, SQLite online): the declared attributes are the
     profile and metadata features, offline in the examples and online for the API."""
-    from components.features import online_feature_rows, open_store, run_features
+    from components.features import open_store, run_features
+    from components.features_online import online_feature_rows
     from components.ingest import ingest
     from components.schemas import read_tables
     from components.validate import validate

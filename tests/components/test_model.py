@@ -1,8 +1,6 @@
 """Two-tower model: learns a planted pattern, cold-start items from real MiniLM text, ONNX equals torch.
 
-Shared planted data set (also used by test_train.py and test_recommend.py): three groups of items whose
-texts differ in topic; each user walks the ring of one group (next item = successor), so the last item of a
-user is predictable from the previous one, and an item's group is readable from its text.
+On the planted data set of tests/conftest.py (`planted_tables`, `planted_model`).
 """
 
 import json
@@ -12,91 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import Config, load_config
-
-GROUPS = {
-    "space": "A science fiction adventure in outer space with rockets, astronauts, aliens and distant planets.",
-    "romance": "A romantic comedy about love, a wedding, a first kiss and two people falling in love in Paris.",
-    "horror": "A horror film with ghosts, monsters, blood, screams and a haunted house at midnight.",
-}
-PER_GROUP = 12
-SEQ = 8
-_TRAINED: dict[str, Path] = {}
-
-
-def planted_tables(n_users: int = 60, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Canonical tables with the planted sequential + textual pattern."""
-    rng = np.random.default_rng(seed)
-    start = pd.Timestamp("2024-01-01", tz="UTC")
-    names = list(GROUPS)
-    items = pd.DataFrame({"item_id": np.arange(1, PER_GROUP * len(names) + 1, dtype=np.int64)})
-    items["group"] = [names[(i - 1) // PER_GROUP] for i in items["item_id"]]
-    items["title"] = [f"{g.title()} story {(i - 1) % PER_GROUP + 1}"
-                      for i, g in zip(items["item_id"], items["group"], strict=True)]
-    items["text"] = [f"{t}. {GROUPS[g]}" for t, g in zip(items["title"], items["group"], strict=True)]
-    items["year"] = pd.array(rng.integers(1980, 2000, len(items)), dtype="Int64")
-    items["created_timestamp"] = start
-    rows = []
-    for user in range(1, n_users + 1):
-        group = (user - 1) % len(names)
-        first = int(rng.integers(0, PER_GROUP))
-        for j in range(SEQ):
-            item = group * PER_GROUP + (first + j) % PER_GROUP + 1
-            rows.append((user, item, 4.0, start + pd.Timedelta(hours=user * 10 + j)))
-    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "event_timestamp"])
-    interactions["rating"] = interactions["rating"].astype("float32")
-    interactions["event_timestamp"] = interactions["event_timestamp"].astype("datetime64[us, UTC]")
-    users = pd.DataFrame({
-        "user_id": np.arange(1, n_users + 1, dtype=np.int64),
-        "age": rng.integers(18, 70, n_users),
-        "gender": rng.choice(["F", "M"], n_users),
-        "occupation": rng.choice(["student", "engineer", "artist"], n_users),
-        "zip_code": ["00000"] * n_users,
-        "created_timestamp": start,
-    })
-    users["created_timestamp"] = users["created_timestamp"].astype("datetime64[us, UTC]")
-    items["created_timestamp"] = items["created_timestamp"].astype("datetime64[us, UTC]")
-    return {"interactions": interactions, "users": users, "items": items.drop(columns="group")}
-
-
-def tiny_config(data_dir: Path, **extra: object) -> Config:
-    """A model that trains in seconds on the planted data."""
-    overrides = {
-        "paths.data_dir": str(data_dir), "model.embedding_dim": 32, "model.max_seq_len": SEQ, "model.user_layers": 1,
-        "model.user_heads": 2, "model.dropout": 0.0, "model.id_dropout": 0.5, "model.temperature": 0.1,
-        "train.epochs": 40, "train.batch_size": 32, "train.learning_rate": 0.01, "train.patience": 40,
-        "train.max_minutes": 3, "evaluate.cold_start_items": 0, **extra,
-    }
-    return load_config(overrides=[f"{k}={v}" for k, v in overrides.items()])
-
-
-def write_dataset(root: Path, tables: dict[str, pd.DataFrame] | None = None) -> tuple[Path, Path]:
-    """Canonical tables + C1 examples under `root`; returns (canonical_dir, examples_dir)."""
-    from components.schemas import write_tables
-    from components.train import examples_from_tables
-
-    tables = tables or planted_tables()
-    canonical = write_tables(tables, root / "canonical")
-    examples_dir = root / "examples"
-    examples_dir.mkdir(parents=True, exist_ok=True)
-    examples_from_tables(tables, 20, load_config().dataset).to_parquet(examples_dir / "examples.parquet", index=False)
-    return canonical, examples_dir
-
-
-def trained_model(root: Path) -> Path:
-    """Train the tiny model once per test session (real MiniLM text embeddings, cached under `root`)."""
-    if "planted" not in _TRAINED:
-        from components.train import train_model
-
-        canonical, examples = write_dataset(root / "data")
-        train_model(tiny_config(root / "data"), canonical, examples, root / "model", progress=False)
-        _TRAINED["planted"] = root / "model"
-    return _TRAINED["planted"]
-
-
-@pytest.fixture(scope="session")
-def planted_model(tmp_path_factory) -> Path:
-    return trained_model(tmp_path_factory.getbasetemp() / "planted")
+from components.config import load_config
+from tests.conftest import GROUPS, PER_GROUP, SEQ, planted_tables
 
 
 def _group_users(tables: dict[str, pd.DataFrame], group: int) -> pd.DataFrame:
@@ -133,14 +48,22 @@ def test_artifact_follows_contract_c4(planted_model: Path) -> None:
     assert scores.shape == (4, 10) and scores.dtype == np.float32 and np.isfinite(scores).all()
 
 
-def test_users_without_history_get_profile_vectors(planted_model: Path) -> None:
+def test_the_profile_changes_the_trained_models_user_vector(planted_model: Path) -> None:
+    """Users without history get a vector from their profile alone: the same profile the same vector, another
+    profile (or none) another one; with a history the profile still moves the vector."""
     from components.model import load_recommender
 
     rec = load_recommender(planted_model)
-    users = planted_tables()["users"].head(3)
-    vectors = rec.user_embeddings(users, [np.array([], np.int64)] * 3)
-    assert vectors.shape == (3, 32) and np.isfinite(vectors).all()
+    users = pd.DataFrame({"age": [20, 20, 65, None], "gender": ["F", "F", "M", None],
+                          "occupation": ["student", "student", "artist", None]})
+    vectors = rec.user_embeddings(users, [np.array([], np.int64)] * 4)
+    assert vectors.shape == (4, 32) and np.isfinite(vectors).all()
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
+    cosine = vectors @ vectors.T
+    assert max(cosine[0, 2], cosine[0, 3], cosine[2, 3]) < 0.99, cosine.round(4)
+    with_history = rec.user_embeddings(users.iloc[[0, 2]], [np.array([1, 2, 3])] * 2)
+    assert float(with_history[0] @ with_history[1]) < 0.999
 
 
 def test_new_item_from_text_alone_lands_in_its_group_and_is_recommended(planted_model: Path) -> None:
@@ -201,11 +124,10 @@ def test_profile_inputs_use_the_declared_attributes(planted_model: Path) -> None
     assert idx[0, 0] != idx[1, 0] and (idx[0] > 0).all() and idx[1, 2] == 0 and (idx[2] == 0).all()
 
 
-@pytest.mark.parametrize("hard_negatives,logq", [(0, False), (3, True)])
-def test_sampled_softmax_loss_is_finite_and_trains_every_part(hard_negatives: int, logq: bool) -> None:
+def _loss_fixture():
     import torch
 
-    from components.model import TwoTowerModel, sampled_softmax_loss
+    from components.model import TwoTowerModel
 
     torch.manual_seed(0)
     cfg = {"n_items": 20, "embedding_dim": 8, "max_seq_len": 4, "user_layers": 1, "user_heads": 2, "dropout": 0.0,
@@ -219,20 +141,67 @@ def test_sampled_softmax_loss_is_finite_and_trains_every_part(hard_negatives: in
     targets = torch.tensor([[0, 2, 3, 4, 0], [0, 0, 0, 6, 7]])
     profile = torch.tensor([[1, 1, 2], [0, 2, 1]])
     log_pop = torch.log(torch.full((21,), 1 / 20))
-    opts = load_config(overrides=[f"model.hard_negatives={hard_negatives}", f"model.logq_correction={logq}"]).model
-    loss = sampled_softmax_loss(model, history, targets, profile, log_pop, opts)
-    loss.backward()
-    assert torch.isfinite(loss) and loss.item() > 0
+    return model, history, targets, profile, log_pop
+
+
+@pytest.mark.parametrize("loss,hard_negatives,logq", [("in_batch", 0, False), ("in_batch", 3, True),
+                                                      ("full_softmax", 0, True), ("sampled_softmax", 0, True)])
+def test_next_item_loss_is_finite_and_trains_every_part(loss: str, hard_negatives: int, logq: bool) -> None:
+    import torch
+
+    from components.model import next_item_loss
+
+    model, history, targets, profile, log_pop = _loss_fixture()
+    opts = load_config(overrides=[f"model.loss={loss}", f"model.hard_negatives={hard_negatives}",
+                                  f"model.logq_correction={logq}", "model.sampled_negatives=8"]).model
+    torch.manual_seed(1)
+    value = next_item_loss(model, history, targets, profile, log_pop, opts)
+    value.backward()
+    assert torch.isfinite(value) and value.item() > 0
     for name in ("text_mlp.0.weight", "item_id.weight", "attribute_emb.0.weight", "user.profile.0.weight",
                  "user.blocks.0.qkv.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+def test_full_softmax_is_cross_entropy_over_the_whole_catalogue() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from components.model import next_item_loss, resolved_loss
+
+    model, history, targets, profile, log_pop = _loss_fixture()
+    model.eval()  # no ID dropout: the same table both ways
+    opts = load_config(overrides=["model.loss=full_softmax"]).model
+    table = model.item_table()
+    query = model.user_positions(table, history, profile)[targets > 0]
+    expected = F.cross_entropy(query @ table[1:].T / opts.temperature, targets[targets > 0] - 1)
+    torch.testing.assert_close(next_item_loss(model, history, targets, profile, log_pop, opts), expected)
+    auto = load_config(overrides=["model.loss=auto", "model.full_softmax_max_items=10"]).model
+    assert resolved_loss(auto, 10) == "full_softmax" and resolved_loss(auto, 11) == "sampled_softmax"
+
+
+def test_sampled_softmax_with_every_item_sampled_ranks_like_the_full_softmax() -> None:
+    """With many uniform shared negatives the logQ-corrected sampled loss approaches the full softmax's."""
+    import torch
+
+    from components.model import next_item_loss
+
+    model, history, targets, profile, log_pop = _loss_fixture()
+    model.eval()
+    full = next_item_loss(model, history, targets, profile, log_pop,
+                          load_config(overrides=["model.loss=full_softmax"]).model)
+    torch.manual_seed(0)
+    sampled = next_item_loss(model, history, targets, profile, log_pop,
+                             load_config(overrides=["model.loss=sampled_softmax",
+                                                    "model.sampled_negatives=20000"]).model)
+    assert abs(sampled.item() - full.item()) < 0.05 * full.item()
 
 
 def test_int8_user_tower_quantizes_the_item_table(planted_model: Path, tmp_path: Path) -> None:
     """The table lookup exports as Gather (quantizable), without the exporter's per-node debug records."""
     import onnx
 
-    from components.compress import quantize_int8
+    from components.compress_export import quantize_int8
     from components.model import export_user_tower_onnx
 
     fp32 = export_user_tower_onnx(planted_model, tmp_path / "fp32.onnx")
@@ -244,17 +213,17 @@ def test_int8_user_tower_quantizes_the_item_table(planted_model: Path, tmp_path:
     assert "table" not in tables and tables.get("table_quantized") in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 
 
-def test_new_item_counts_are_point_in_time_by_other_users_and_windowed() -> None:
-    from components.model import new_item_counts
+def test_item_event_counts_are_point_in_time_by_other_users_and_windowed() -> None:
+    from components.model import item_event_counts
 
     ts = pd.to_datetime(["2024-01-01", "2024-01-05", "2024-01-09", "2024-01-10", "2024-01-10"], utc=True)
     events = pd.DataFrame({"user_id": [1, 2, 3, 1, 4], "item_id": [10, 10, 10, 20, 10], "event_timestamp": ts})
     users = pd.DataFrame({"user_id": [1, 2], "as_of": pd.to_datetime(["2024-01-10", "2024-01-10"], utc=True)})
-    counts = new_item_counts(events, users, np.array([10, 20, 30]))
+    counts = item_event_counts(events, users, np.array([10, 20, 30]))
     # user 1: item 10 by users 2, 3 (own event and the event at as_of not counted); user 2: by 1 and 3
     np.testing.assert_array_equal(counts, [[2, 0, 0], [2, 0, 0]])
-    np.testing.assert_array_equal(new_item_counts(events, users, np.array([10]), window_days=3), [[1], [1]])
-    everything = new_item_counts(events, users[["user_id"]], np.array([10, 20]))  # no as_of: all events known
+    np.testing.assert_array_equal(item_event_counts(events, users, np.array([10]), window_days=3), [[1], [1]])
+    everything = item_event_counts(events, users[["user_id"]], np.array([10, 20]))  # no as_of: all events known
     np.testing.assert_array_equal(everything, [[3, 0], [3, 1]])
 
 
@@ -279,3 +248,25 @@ def test_new_item_prior_changes_only_new_items(planted_model: Path) -> None:
     np.testing.assert_allclose(boosted[:, :-2], plain[:, :-2])  # trained items: no prior
     np.testing.assert_allclose(boosted[:, -2], plain[:, -2])  # new item without events
     np.testing.assert_allclose(boosted[:, -1], plain[:, -1] + 0.5 * np.log1p(2), rtol=1e-5)
+
+
+def test_popularity_prior_of_trained_items_counts_other_users_before_the_request(planted_model: Path) -> None:
+    from components.model import load_recommender
+
+    rec = load_recommender(planted_model)
+    users = planted_tables()["users"].head(2).assign(as_of=pd.Timestamp("2024-06-10", tz="UTC"))
+    users.loc[users.index[1], "as_of"] = pd.Timestamp("2024-05-01", tz="UTC")  # before every event
+    hist = [np.array([1, 2])] * 2
+    plain = rec.score(users, hist, rec.item_ids)
+    rec.popularity_weight, rec.popularity_window = 0.1, 30.0
+    item = int(rec.item_ids[3])
+    rec.set_item_events(pd.DataFrame({"user_id": [90, 91, 92, int(users["user_id"].iloc[0])],
+                                      "item_id": [item, item, item, item],
+                                      "event_timestamp": pd.to_datetime(["2024-06-01", "2024-06-02", "2024-01-01",
+                                                                         "2024-06-03"], utc=True)}))
+    boosted = rec.score(users, hist, rec.item_ids)
+    others = np.arange(len(rec.item_ids)) != 3
+    np.testing.assert_allclose(boosted[:, others], plain[:, others])
+    # user 0: two events by others inside the 30-day window (the one in January is outside, their own is skipped)
+    np.testing.assert_allclose(boosted[0, 3], plain[0, 3] + 0.1 * np.log1p(2), rtol=1e-5)
+    np.testing.assert_allclose(boosted[1, 3], plain[1, 3])  # user 1 asked before any of them

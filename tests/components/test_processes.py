@@ -1,9 +1,7 @@
 """Process identity: a recorded pid is ours only while its start time (and command line) still match."""
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,6 @@ import pytest
 from components.processes import (
     PidFileError,
     ProcessIdentity,
-    command_line,
     owned_pid,
     read_pid_file,
     start_ticks,
@@ -19,16 +16,7 @@ from components.processes import (
 )
 
 
-def sleeping_process(*cmd: str) -> subprocess.Popen:
-    """A child that just sleeps (`sleep 60` unless `cmd` says otherwise), returned once its command line shows."""
-    child = subprocess.Popen(list(cmd) or ["sleep", "60"])
-    deadline = time.monotonic() + 5
-    while not command_line(child.pid) and time.monotonic() < deadline:  # empty until exec has finished
-        time.sleep(0.01)
-    return child
-
-
-def test_identity_tells_a_recycled_pid_apart(tmp_path: Path) -> None:
+def test_identity_tells_a_recycled_pid_apart(tmp_path: Path, sleeping_process) -> None:
     child = sleeping_process(sys.executable, "-c", "import time; time.sleep(60)")
     try:
         me = ProcessIdentity.of(child.pid)
@@ -42,7 +30,7 @@ def test_identity_tells_a_recycled_pid_apart(tmp_path: Path) -> None:
     assert me.alive() is False and start_ticks(child.pid) is None
 
 
-def test_pid_file_round_trip_and_legacy_format(tmp_path: Path) -> None:
+def test_pid_file_round_trip_and_legacy_format(tmp_path: Path, sleeping_process) -> None:
     child = sleeping_process(sys.executable, "-c", "import time; time.sleep(60)")
     try:
         path = write_pid_file(tmp_path / "server.pid", child.pid)

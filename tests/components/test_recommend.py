@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.schemas import check_recommendations
-from tests.components.test_model import planted_model, planted_tables, tiny_config, write_dataset  # noqa: F401
+from tests.conftest import planted_tables, tiny_config, write_dataset
 
 runner = CliRunner()
 

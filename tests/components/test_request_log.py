@@ -14,21 +14,16 @@ import pandas as pd
 import pytest
 
 from components.request_log import RequestLog, RequestLogError, RequestRecord, is_postgres_url
+from components.request_logs import open_request_log
+from tests.conftest import LOG_T0, request_record
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def record(i: int, user: int = 1, ts: datetime | None = None) -> RequestRecord:
-    return RequestRecord(request_id=f"r{i}", ts=ts or T0 + timedelta(minutes=i), user_id=user, k=3, exclude_seen=True,
-                         filters={"genre": "Drama"}, profile={"age": 25, "gender": "F", "occupation": "writer"},
-                         item_ids=[10 + i, 20, 30], scores=[0.9, 0.5, 0.1], model_version="v1", degraded=False,
-                         cold_start=False, latency_ms=3.5)
+T0 = LOG_T0
 
 
 def test_round_trip_and_windows(log_target: str) -> None:
-    with RequestLog(log_target) as log:
+    with open_request_log(log_target) as log:
         for i in range(5):
-            log.append_request(record(i, user=i % 2))
+            log.append_request(request_record(i, user=i % 2))
         log.append_interaction(1, 20, 4.0, T0 + timedelta(minutes=2))
         log.append_interaction(0, 30, None, T0 + timedelta(minutes=9))
         req = log.requests_frame()
@@ -45,33 +40,34 @@ def test_round_trip_and_windows(log_target: str) -> None:
         assert len(inter) == 1 and inter["item_id"].iloc[0] == 20 and inter["rating"].dtype == "float32"
         assert pd.isna(log.interactions_frame()["rating"].iloc[1])
         with pytest.raises(RequestLogError, match="r1"):
-            log.append_request(record(1))  # request ids are unique
+            log.append_request(request_record(1))  # request ids are unique
         with pytest.raises(RequestLogError, match="time zone"):
             log.append_interaction(1, 2, 3.0, datetime(2026, 1, 1))
-    assert RequestLog(log_target).requests_frame(since=T0 + timedelta(hours=1)).empty
+    assert open_request_log(log_target).requests_frame(since=T0 + timedelta(hours=1)).empty
 
 
 def test_mismatched_scores_are_refused(log_target: str) -> None:
-    bad = record(0)
+    bad = request_record(0)
     bad.scores = [1.0]
     with pytest.raises(RequestLogError, match="3 item_ids but 1 scores"):
-        RequestLog(log_target).append_request(bad)
+        open_request_log(log_target).append_request(bad)
 
 
 def test_batch_append_is_all_or_nothing(log_target: str) -> None:
-    log = RequestLog(log_target)
-    assert log.append_requests([record(0), record(1)]) == 2
+    log = open_request_log(log_target)
+    assert log.append_requests([request_record(0), request_record(1)]) == 2
     with pytest.raises(RequestLogError, match="3 requests"):
-        log.append_requests([record(2), record(3), record(1)])  # r1 exists: the whole batch is rolled back
+        # r1 exists: the whole batch is rolled back
+        log.append_requests([request_record(2), request_record(3), request_record(1)])
     assert list(log.requests_frame()["request_id"]) == ["r0", "r1"] and len(log.recommendations_frame()) == 6
 
 
 def test_concurrent_writers(log_target: str) -> None:
-    log = RequestLog(log_target)
+    log = open_request_log(log_target)
 
     def write(start: int) -> None:
         for i in range(start, start + 50):
-            log.append_request(record(i))
+            log.append_request(request_record(i))
             log.append_interaction(i, i, 1.0, T0)
 
     threads = [threading.Thread(target=write, args=(n * 1000,)) for n in range(4)]
@@ -86,8 +82,9 @@ def test_concurrent_writers(log_target: str) -> None:
 CHILD = """
 import sys
 from datetime import UTC, datetime
-from components.request_log import RequestLog, RequestRecord
-log = RequestLog(sys.argv[1])
+from components.request_log import RequestRecord
+from components.request_logs import open_request_log
+log = open_request_log(sys.argv[1])
 i = 0
 while True:
     log.append_request(RequestRecord(f"req-{i}", datetime.now(UTC), i, 2, True, {}, {}, [1, 2], [0.2, 0.1],
@@ -113,7 +110,7 @@ def test_sigkill_right_after_append_loses_nothing(log_target: str) -> None:
         rest, _ = child.communicate(timeout=30)
     acknowledged += [line for line in rest.split() if line]
     assert child.returncode == -signal.SIGKILL
-    log = RequestLog(log_target)
+    log = open_request_log(log_target)
     logged = set(log.requests_frame()["request_id"])
     assert set(acknowledged) <= logged, f"lost: {sorted(set(acknowledged) - logged)}"
     inter = log.interactions_frame()
@@ -142,24 +139,24 @@ def _queued_behind_held_lock(log: RequestLog, records: list[RequestRecord]) -> t
 
 
 def test_concurrent_appends_are_group_committed(log_target: str) -> None:
-    log = RequestLog(log_target)
+    log = open_request_log(log_target)
     with log._lock:  # a commit in progress: the next callers queue up behind it
-        threads, errors = _queued_behind_held_lock(log, [record(i) for i in range(12)])
+        threads, errors = _queued_behind_held_lock(log, [request_record(i) for i in range(12)])
         assert all(t.is_alive() for t in threads)  # nobody returns before its entry is committed
     for t in threads:
         t.join(timeout=30)
     assert not errors and log.commits == 1  # twelve requests, one transaction
     # each entry is durable: a fresh connection (another process would see the same) reads all of them
-    assert sorted(RequestLog(log_target).requests_frame()["request_id"]) == sorted(
+    assert sorted(open_request_log(log_target).requests_frame()["request_id"]) == sorted(
         f"r{i}" for i in range(12))
     assert len(log.recommendations_frame()) == 36
 
 
 def test_bad_record_in_a_group_fails_alone(log_target: str) -> None:
-    log = RequestLog(log_target)
-    log.append_request(record(1))
+    log = open_request_log(log_target)
+    log.append_request(request_record(1))
     with log._lock:
-        threads, errors = _queued_behind_held_lock(log, [record(2), record(1), record(3)])
+        threads, errors = _queued_behind_held_lock(log, [request_record(2), request_record(1), request_record(3)])
     for t in threads:
         t.join(timeout=30)
     assert list(errors) == ["r1"] and "r1" in str(errors["r1"])  # the duplicate id, and only it, is refused
@@ -169,8 +166,9 @@ def test_bad_record_in_a_group_fails_alone(log_target: str) -> None:
 THREADED_CHILD = """
 import sys, threading
 from datetime import UTC, datetime
-from components.request_log import RequestLog, RequestRecord
-log = RequestLog(sys.argv[1])
+from components.request_log import RequestRecord
+from components.request_logs import open_request_log
+log = open_request_log(sys.argv[1])
 out = threading.Lock()
 def write(t):
     i = 0
@@ -202,18 +200,18 @@ def test_sigkill_during_group_commits_loses_no_acknowledged_request(log_target: 
         rest, _ = child.communicate(timeout=30)
     acknowledged += [line for line in rest.split() if line]
     assert child.returncode == -signal.SIGKILL
-    log = RequestLog(log_target)
+    log = open_request_log(log_target)
     logged = set(log.requests_frame()["request_id"])
     assert set(acknowledged) <= logged, f"lost: {sorted(set(acknowledged) - logged)}"
     assert len(log.recommendations_frame()) == 2 * len(logged)
 
 
 def test_external_ids_round_trip_with_their_type(log_target: str) -> None:
-    with RequestLog(log_target) as log:
-        log.append_request(record(0, user=7))
+    with open_request_log(log_target) as log:
+        log.append_request(request_record(0, user=7))
         assert log.requests_frame()["user_id"].dtype == "int64"  # all ids integers: int64 columns
         assert log.recommendations_frame()["item_id"].dtype == "int64"
-        shop = record(1)
+        shop = request_record(1)
         shop.user_id, shop.item_ids = "u-42", ["sku-1", "10", 10]
         log.append_request(shop)
         log.append_interaction("u-42", "sku-1", None, T0)
@@ -234,9 +232,9 @@ def test_external_ids_round_trip_with_their_type(log_target: str) -> None:
 
 def test_prune_deletes_only_entries_past_retention(log_target: str) -> None:
     now = T0 + timedelta(days=30)
-    with RequestLog(log_target) as log:
+    with open_request_log(log_target) as log:
         for day in (1, 10, 25, 29):
-            log.append_request(record(day, ts=T0 + timedelta(days=day)))
+            log.append_request(request_record(day, ts=T0 + timedelta(days=day)))
             log.append_interaction(day, 5, 1.0, T0 + timedelta(days=day))
         result = log.prune(timedelta(days=14), now=now)
         assert (result.requests, result.recommendations, result.interactions) == (2, 6, 2)
@@ -244,14 +242,14 @@ def test_prune_deletes_only_entries_past_retention(log_target: str) -> None:
         assert list(log.requests_frame()["request_id"]) == ["r25", "r29"] and len(log.recommendations_frame()) == 6
         assert list(log.interactions_frame()["user_id"]) == [25, 29]
         assert log.prune(timedelta(days=14), now=now).requests == 0  # idempotent
-        log.append_request(record(30, ts=now))  # the log keeps working after a prune
+        log.append_request(request_record(30, ts=now))  # the log keeps working after a prune
         with pytest.raises(RequestLogError, match="positive"):
             log.prune(timedelta(0))
 
 
 
 def test_check_writable_commits_nothing_and_fails_when_the_log_is_gone(log_target: str, request) -> None:
-    log = RequestLog(log_target)
+    log = open_request_log(log_target)
     log.check_writable()  # an empty committed transaction (readiness probes)
     assert log.requests_frame().empty and log.interactions_frame().empty
     if is_postgres_url(log_target):  # the database disappears under the open log

@@ -16,15 +16,17 @@ import pytest
 from components.config import ConfigError, load_config
 from components.request_log import RequestLog, RequestLogError
 from components.request_log_pg import PASSWORD_ENV, PostgresRequestLog, redact_url
-from tests.components.test_request_log import record
+from components.request_logs import open_request_log
+from tests.conftest import request_record
 
 pytestmark = pytest.mark.integration
 
 WRITER = """
 import sys, threading
 from datetime import UTC, datetime
-from components.request_log import RequestLog, RequestRecord
-log = RequestLog(sys.argv[1])
+from components.request_log import RequestRecord
+from components.request_logs import open_request_log
+log = open_request_log(sys.argv[1])
 name = sys.argv[2]
 out = threading.Lock()
 def write(t):
@@ -74,7 +76,7 @@ def test_two_writer_processes_one_killed_lose_no_acknowledged_entry(pg_url: str)
     acknowledged += [line for line in rest.split() if line]
     assert victim.returncode == -signal.SIGKILL and survivor.returncode == 0
     assert sum(a.startswith("B-") for a in acknowledged) == 240  # the other writer went on to its end
-    with RequestLog(pg_url) as log:
+    with open_request_log(pg_url) as log:
         requests, inter = log.requests_frame(), log.interactions_frame()
         assert requests["request_id"].is_unique
         logged = set(requests["request_id"])
@@ -88,12 +90,12 @@ def test_two_writer_processes_one_killed_lose_no_acknowledged_entry(pg_url: str)
 def test_opening_the_log_does_not_wait_for_writers_in_flight(pg_url: str, postgres) -> None:
     """A replica starting while others write: no DDL on existing tables (it would queue behind their
     transactions, or deadlock with them)."""
-    RequestLog(pg_url).close()  # the schema exists
+    open_request_log(pg_url).close()  # the schema exists
     with psycopg.connect(pg_url, password=postgres.password) as writer:
         writer.execute("INSERT INTO interactions (user_id, item_id, rating, ts_us, logged_us) "
                        "VALUES ('1', '2', NULL, 0, 0)")  # a transaction in flight, holding its table locks
         opened: list[RequestLog] = []
-        thread = threading.Thread(target=lambda: opened.append(RequestLog(pg_url)), daemon=True)
+        thread = threading.Thread(target=lambda: opened.append(open_request_log(pg_url)), daemon=True)
         thread.start()
         thread.join(timeout=10)
         assert opened, "opening the log waited for another writer's transaction"
@@ -102,19 +104,19 @@ def test_opening_the_log_does_not_wait_for_writers_in_flight(pg_url: str, postgr
 
 
 def test_writer_reconnects_after_its_connection_is_killed(pg_url: str, postgres) -> None:
-    with RequestLog(pg_url) as log:
-        log.append_request(record(1))
+    with open_request_log(pg_url) as log:
+        log.append_request(request_record(1))
         with psycopg.connect(postgres.url(), password=postgres.password, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                           "WHERE application_name = 'recsys-request-log'")
-        log.append_request(record(2))  # the broken writer connection is replaced
+        log.append_request(request_record(2))  # the broken writer connection is replaced
         assert list(log.requests_frame()["request_id"]) == ["r1", "r2"]
 
 
 @pytest.mark.parametrize("committed", [True, False], ids=["lost-after-commit", "lost-before-commit"])
 def test_unknown_commit_outcome_is_resolved_without_loss_or_duplicate(pg_url: str, committed: bool,
                                                                       monkeypatch) -> None:
-    log = RequestLog(pg_url)
+    log = open_request_log(pg_url)
     real_run, calls = PostgresRequestLog._run, []
 
     def flaky_run(self, txn, *params):
@@ -126,7 +128,7 @@ def test_unknown_commit_outcome_is_resolved_without_loss_or_duplicate(pg_url: st
         return real_run(self, txn, *params)
 
     monkeypatch.setattr(PostgresRequestLog, "_run", flaky_run)
-    log.append_request(record(1))  # acknowledged: found committed, or retried once under the same marker
+    log.append_request(request_record(1))  # acknowledged: found committed, or retried once under the same marker
     assert len(calls) == (1 if committed else 2) and len(set(calls)) == 1
     calls.clear()
     log.append_interaction("u", "i", None, datetime.now(UTC))
@@ -141,14 +143,14 @@ def test_password_never_in_the_url_nor_in_messages(postgres, monkeypatch) -> Non
     secret = "s3cret-" + str(time.time_ns())
     with_password = f"postgresql://recsys:{secret}@127.0.0.1:{postgres.port}/postgres"
     with pytest.raises(RequestLogError, match="carries a password") as err:
-        RequestLog(with_password)
+        open_request_log(with_password)
     assert secret not in str(err.value) and redact_url(with_password).count("***") == 1
     with pytest.raises(ConfigError, match="password") as err:
         load_config(overrides=[f"serving.request_log={with_password}"])
     assert secret not in str(err.value)
     monkeypatch.setenv(PASSWORD_ENV, secret)  # a wrong password from the environment: refused, not printed
     with pytest.raises(RequestLogError, match="password authentication failed") as err:
-        RequestLog(postgres.url())
+        open_request_log(postgres.url())
     assert secret not in str(err.value)
     config = load_config(overrides=[f"serving.request_log={postgres.url()}"])
     assert config.serving.request_log == postgres.url()  # a URL stays a URL (not a Path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.components.test_model import planted_tables, tiny_config, write_dataset
+from tests.conftest import kfp_interface, planted_tables, tiny_config, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def test_time_budget_stops_training(dataset, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_ddp_two_processes_give_metrics_of_the_same_shape(dataset, tmp_path: Path) -> None:
+def test_ddp_two_processes_all_reduce_and_give_metrics_of_the_same_shape(dataset, tmp_path: Path) -> None:
     from components.config import write_config
     from components.train import train_model
 
@@ -87,12 +87,22 @@ def test_ddp_two_processes_give_metrics_of_the_same_shape(dataset, tmp_path: Pat
     cfg_file = write_config(config, tmp_path / "config.yaml")
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    snapshots = tmp_path / "snapshots"  # each rank's weights before its first step and after it
     done = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "components.train", "--config", str(cfg_file),
-         "--canonical", str(canonical), "--examples", str(examples), "--out", str(tmp_path / "ddp")],
+        [torchrun, "--standalone", "--nproc_per_node=2", str(Path(__file__).with_name("ddp_snapshot.py")),
+         str(snapshots), "--config", str(cfg_file), "--canonical", str(canonical), "--examples", str(examples),
+         "--out", str(tmp_path / "ddp")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    state = {(rank, n): torch.load(snapshots / f"rank{rank}_forward{n}.pt", weights_only=True)
+             for rank in (0, 1) for n in (1, 2)}
+    trained = [name for name, value in state[0, 1].items() if value.is_floating_point()]
+    moved = [name for name in trained if not torch.equal(state[0, 1][name], state[0, 2][name])]
+    assert len(moved) >= 3, "one optimizer step must change the weights"
+    for n in (1, 2):  # the ranks read different windows; only all-reduced gradients keep their weights equal
+        unequal = [name for name in trained if not torch.equal(state[0, n][name], state[1, n][name])]
+        assert unequal == [], f"ranks differ after {n - 1} step(s) in {unequal[:5]}"
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert set(ddp) == set(single)
     assert all(np.isfinite(v) for v in ddp.values())
@@ -157,14 +167,13 @@ def test_train_op_runs_with_the_kfp_local_runner(dataset, tmp_path: Path, monkey
 
 
 def test_train_op_is_a_kfp_component(tmp_path: Path) -> None:
-    from kfp import compiler
-
     from components.train import train_op
 
-    compiler.Compiler().compile(train_op, str(tmp_path / "train_op.yaml"))
-    spec = (tmp_path / "train_op.yaml").read_text()
-    for name in ("canonical", "examples", "model", "metrics", "curve", "config"):
-        assert name in spec
+    assert kfp_interface(train_op, tmp_path) == {
+        "inputs.parameters": {"config": "STRING"},
+        "inputs.artifacts": {"canonical": "system.Dataset", "examples": "system.Dataset"},
+        "outputs.parameters": {},
+        "outputs.artifacts": {"model": "system.Model", "metrics": "system.Metrics", "curve": "system.HTML"}}
 
 
 def test_new_item_prior_weight_is_chosen_on_cold_validation_items(dataset, tmp_path: Path) -> None:
@@ -195,3 +204,63 @@ def test_new_item_prior_weight_is_chosen_on_cold_validation_items(dataset, tmp_p
     # without cold-validation items the prior stays off
     off = prepare_data(tiny_config(data_dir), planted_tables(), read_examples(examples))
     assert choose_new_item_popularity_weight(model, off, torch.device("cpu")) == (0.0, None, [])
+
+
+def test_warm_popularity_prior_is_chosen_on_validation_targets(dataset, tmp_path: Path) -> None:
+    from components.model import load_model
+    from components.train import (
+        POPULARITY_WINDOWS,
+        WARM_POPULARITY_WEIGHTS,
+        choose_warm_popularity_weight,
+        prepare_data,
+        read_examples,
+        train_model,
+    )
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.epochs": 4})
+    metrics = train_model(config, canonical, examples, tmp_path / "model", progress=False)
+    cfg = json.loads((tmp_path / "model" / "model_config.json").read_text())
+    assert metrics["popularity_weight"] == cfg["popularity_weight"] in WARM_POPULARITY_WEIGHTS
+    assert cfg["popularity_window_days"] in POPULARITY_WINDOWS
+    data = prepare_data(config, planted_tables(), read_examples(examples))
+    model, _ = load_model(tmp_path / "model")
+    weight, window, curve = choose_warm_popularity_weight(model, data, torch.device("cpu"))
+    assert (weight, window) == (cfg["popularity_weight"], cfg["popularity_window_days"])
+    best = max(c["val_ndcg@10"] for c in curve)
+    chosen = [c for c in curve if c["weight"] == weight and (c["window_days"] == window or weight == 0)]
+    assert chosen[0]["val_ndcg@10"] == best and curve[0]["weight"] == 0.0
+
+
+@pytest.mark.parametrize("schedule,warmup,expected", [
+    ("constant", 0, [1.0, 1.0, 1.0, 1.0]),
+    ("cosine", 0, [1.0, 0.8536, 0.5, 0.1464]),
+    ("cosine", 1, [0.5, 1.0, 0.75, 0.25]),
+])
+def test_learning_rate_schedule(schedule: str, warmup: int, expected: list[float]) -> None:
+    from components.config import load_config
+    from components.train import lr_factor
+
+    config = load_config(overrides=[f"train.lr_schedule={schedule}", f"train.warmup_epochs={warmup}",
+                                    "train.epochs=4"])
+    assert [round(lr_factor(config, epoch), 4) for epoch in range(1, 5)] == expected
+
+
+def test_refit_trains_on_validation_targets_for_the_best_epoch_count(dataset, tmp_path: Path) -> None:
+    from components.model import load_model
+    from components.train import TrainError, prepare_data, read_examples, train_model
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.epochs": 3, "train.refit_on_validation": True})
+    metrics = train_model(config, canonical, examples, tmp_path / "model", progress=False)
+    assert metrics["refit_on_validation"] is True
+    model, _ = load_model(tmp_path / "model")
+    plain = prepare_data(config, planted_tables(), read_examples(examples))
+    refit = prepare_data(config, planted_tables(), read_examples(examples), with_validation=True)
+    assert refit.train_count.sum() == plain.train_count.sum() + len(plain.split.validation)
+    np.testing.assert_array_equal(model.train_count[1:].numpy(), refit.train_count)  # the refit model was saved
+    cfg = json.loads((tmp_path / "model" / "model_config.json").read_text())
+    assert "popularity_weight" in cfg and "new_item_popularity_weight" in cfg
+    with pytest.raises(TrainError, match="refit_on_validation"):
+        train_model(tiny_config(data_dir, **{"train.refit_on_validation": True, "model.fine_tune_encoder": True}),
+                    canonical, examples, tmp_path / "other", progress=False)

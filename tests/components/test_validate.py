@@ -112,3 +112,13 @@ def test_failed_gate_removes_stale_output_and_names_sample(tmp_path, tables):
         validate(load_config(overrides=[f"paths.data_dir={tmp_path}"]), canonical, validated, tmp_path / "docs")
     assert not validated.exists()
     assert not (tmp_path / "id_maps").exists(), "a failed gate must not commit id maps"
+
+
+def test_summary_page_names_the_verdict_and_each_failed_expectation() -> None:
+    from components.validate import Failure, ValidationReport, summary_html
+
+    failed = Failure("interactions", "values_between", "rating", "3 rows outside [1, 5]", ["<7>", "9"])
+    page = summary_html(ValidationReport(False, 12, [failed], {"users": 3}, "docs/index.html"))
+    assert "<title>Data validation: FAILED</title>" in page and "12 expectations evaluated, 1 failed" in page
+    assert "<td>values_between</td>" in page and "<td>&lt;7&gt;, 9</td>" in page  # cells escaped
+    assert "Failed expectations" not in summary_html(ValidationReport(True, 12, [], {}, None))

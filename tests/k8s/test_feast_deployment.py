@@ -19,14 +19,14 @@ import redis
 import requests
 import yaml
 
-from components.features import redis_server
 from components.processes import free_port
+from tests.conftest import KUBECTL_MISSING, REDIS_MISSING
 from tests.k8s import policies as P
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH: cannot render the manifests"),
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (make system-deps)"),
+    KUBECTL_MISSING,
+    REDIS_MISSING,
 ]
 BIN = Path(sys.executable).parent
 REPO_IN_IMAGE = "/app/feature_repo"
@@ -56,12 +56,6 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-
-
-@pytest.fixture
-def local_redis():
-    with redis_server() as server:
-        yield server
 
 
 def local_command(command: list[str], repo: Path, **swap: str) -> list[str]:

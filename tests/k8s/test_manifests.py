@@ -9,7 +9,6 @@ run on a broken manifest to show that it rejects it.
 import base64
 import copy
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,14 +19,12 @@ from components.config import load_config
 from components.features import REDIS_PASSWORD_SECRET
 from components.request_log_pg import PASSWORD_ENV, PASSWORD_SECRET
 from serving.triton_admin import ADMIN_KEY_ENV, ADMIN_KEY_SECRET, HEADER, RESTRICTED_PROTOCOLS
+from tests.conftest import KUBECTL_MISSING
 from tests.k8s import policies as P
 
 OVERLAYS = ("overlays/local", "overlays/gpu")
 NAMESPACE = "recsys"
-needs_kubectl = pytest.mark.skipif(
-    shutil.which("kubectl") is None,
-    reason="kubectl not on PATH: the kustomizations cannot be built (needs kubectl with kustomize v5)",
-)
+needs_kubectl = KUBECTL_MISSING
 _CACHE: dict[str, list[dict]] = {}
 
 
@@ -676,9 +673,8 @@ def test_operator_rules_reject_bad_jobs(pytorchjob, breaker, expected):
     assert any(expected in p for p in P.check_pytorchjob_operator_rules(pytorchjob))
 
 
+@needs_kubectl
 def test_kustomize_failure_is_reported(tmp_path):
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl not on PATH")
     (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n", encoding="utf-8")
     with pytest.raises(P.RenderError, match="missing.yaml"):
         P.render(tmp_path)

@@ -4,7 +4,6 @@ only with the password the pod gets from the Secret."""
 
 import os
 import re
-import shutil
 import subprocess
 import time
 
@@ -12,12 +11,13 @@ import pytest
 import redis
 
 from components.processes import free_port
+from tests.conftest import KUBECTL_MISSING, REDIS_MISSING
 from tests.k8s import policies as P
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH: cannot render the manifests"),
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (make system-deps)"),
+    KUBECTL_MISSING,
+    REDIS_MISSING,
 ]
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.request_log import RequestLog, RequestRecord
+from components.request_log import RequestRecord
+from components.request_logs import open_request_log
 from monitoring.data import load_monitoring_data
 from tests.monitoring.world import make_world, world_config
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_monitoring_data_is_the_same_from_postgres(tmp_path: Path, postgres) -> None:
     canonical, log_path = make_world(tmp_path, shift=True)
     url = postgres.create_database(f"world_{uuid.uuid4().hex[:12]}")
-    with RequestLog(log_path) as sqlite_log, RequestLog(url) as pg_log:
+    with open_request_log(log_path) as sqlite_log, open_request_log(url) as pg_log:
         frames = [sqlite_log.requests_frame(), sqlite_log.interactions_frame()]
         writer = pd.DataFrame({"user_id": frames[1]["user_id"], "item_id": frames[1]["item_id"],
                                "rating": frames[1]["rating"], "event_timestamp": frames[1]["event_timestamp"]})

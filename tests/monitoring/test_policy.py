@@ -25,7 +25,6 @@ from monitoring.policy import (
     stale_reason,
     update_running,
 )
-from monitoring.trigger import run_retrain
 from tests.monitoring.world import world_config
 
 T = pd.Timestamp("2026-05-01 00:00", tz="UTC")
@@ -107,22 +106,21 @@ def test_concurrent_monitors_trigger_once(tmp_path: Path) -> None:
     assert sum(d.retrain for d in decisions) == 1
 
 
-def test_trigger_releases_the_lock_when_submission_fails(tmp_path: Path) -> None:
-    """A KFP host that does not answer: the trigger records the failure and frees the retrain lock."""
-    pytest.importorskip("pipelines.runner")
-    import socket
+def test_a_monitoring_run_for_an_unreachable_host_fails_before_deciding(tmp_path: Path) -> None:
+    """With `kfp.host` set the monitoring pipeline is submitted: a host that does not answer is a clear error, and
+    nothing was decided or claimed here (the cluster's run decides)."""
+    from components.processes import free_port
+    from monitoring.retraining import run_monitoring
+    from pipelines.runner import PipelineError
 
-    with socket.socket() as s:  # a loopback port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a loopback port that nothing listens on
     config = world_config(tmp_path, cooldown_hours=0)
     config.kfp.host = f"http://127.0.0.1:{port}"
-    decision = decide_and_claim(DRIFTED, config, now=T)
-    outcome = run_retrain(config, decision)
-    assert outcome["status"] == "failed" and str(port) in outcome["error"]
-    assert running_retrain(config, T) is None and load_state(config)["last_outcome"]["status"] == "failed"
-    with pytest.raises(MonitoringError, match="does not call for a retrain"):
-        run_retrain(config, decide(QUIET, config, T))
+    with pytest.raises(PipelineError, match=f"127.0.0.1:{port} does not answer"):
+        run_monitoring(config, now=T)
+    assert running_retrain(config, T) is None and load_state(config)["last_outcome"] is None
+    with pytest.raises(MonitoringError, match="unknown monitoring pipeline input.*'current_begin'"):
+        run_monitoring(config, current_begin=T)
 
 
 def _claim_in_child(config_path: Path) -> subprocess.Popen:

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from components.config import config_to_text
-from components.monitor import monitor_and_decide, run_monitoring
 from monitoring.data import MonitoringError
 from monitoring.policy import decide, decide_and_claim
+from monitoring.reports import generate_reports
+from monitoring.trigger import monitor_and_decide
 from recsys.main import app
 from tests.monitoring.world import item_embeddings, make_world, window_bounds, world_config
 
@@ -18,7 +18,7 @@ from tests.monitoring.world import item_embeddings, make_world, window_bounds, w
 def same_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("same")
     canonical, log_path = make_world(root, shift=False)
-    summary = run_monitoring(world_config(root), canonical, log_path, root / "reports",
+    summary = generate_reports(world_config(root), canonical, log_path, root / "reports",
                              embeddings_dir=item_embeddings(root / "emb"), **window_bounds())
     return root, summary
 
@@ -92,18 +92,18 @@ def test_monitor_and_decide_claims_once(tmp_path: Path, shifted_world: tuple[Pat
 
 
 def test_clear_errors_for_missing_inputs(tmp_path: Path, shifted_world: tuple[Path, dict, str]) -> None:
-    from components.request_log import RequestLog
+    from components.request_logs import open_request_log
 
     root, config = shifted_world[0], world_config(tmp_path)
     with pytest.raises(MonitoringError, match="does not exist"):
-        run_monitoring(config, root / "canonical", tmp_path / "missing.sqlite", tmp_path / "out")
+        generate_reports(config, root / "canonical", tmp_path / "missing.sqlite", tmp_path / "out")
     with pytest.raises(MonitoringError, match="canonical table 'interactions' missing"):
-        run_monitoring(config, tmp_path, root / "log.sqlite", tmp_path / "out")
-    RequestLog(tmp_path / "empty.sqlite").close()
+        generate_reports(config, tmp_path, root / "log.sqlite", tmp_path / "out")
+    open_request_log(tmp_path / "empty.sqlite").close()
     with pytest.raises(MonitoringError, match="holds no requests"):
-        run_monitoring(config, root / "canonical", tmp_path / "empty.sqlite", tmp_path / "out")
+        generate_reports(config, root / "canonical", tmp_path / "empty.sqlite", tmp_path / "out")
     with pytest.raises(MonitoringError, match="is not before its end"):
-        run_monitoring(config, root / "canonical", root / "log.sqlite", tmp_path / "out",
+        generate_reports(config, root / "canonical", root / "log.sqlite", tmp_path / "out",
                        current_start="2026-03-01", current_end="2026-02-01")
 
 
@@ -151,9 +151,8 @@ def test_each_run_adds_its_snapshots_to_the_evidently_workspace(shifted_world: t
 def test_monitor_ui_serves_the_dashboard_on_loopback(shifted_world: tuple[Path, dict, str]) -> None:
     """`recsys monitor ui --detach` runs `evidently ui` over the workspace; Chromium (offline) draws the dashboard."""
     from benchmarks.browser import check_page
-    from components.processes import free_port
+    from components.processes import free_port, http_status
     from monitoring.workspace import PANELS
-    from recsys.serve_api import http_status
 
     root, s, _ = shifted_world
     port = free_port()
@@ -180,30 +179,38 @@ def test_monitor_ui_serves_the_dashboard_on_loopback(shifted_world: tuple[Path, 
 
 @pytest.mark.integration
 @pytest.mark.filterwarnings("ignore:You may be attemping to run a task")
-def test_monitor_op_in_kfp_local_runner(tmp_path: Path, shifted_world: tuple[Path, dict, str]) -> None:
-    """importer(canonical) -> monitor_op with the KFP SubprocessRunner; embeddings come from the champion."""
-    from kfp import dsl, local
-
-    from components.monitor import monitor_op
+def test_decide_execute_runs_the_monitoring_pipeline(tmp_path: Path, shifted_world: tuple[Path, dict, str]) -> None:
+    """`recsys monitor decide --execute` runs the monitoring pipeline in the KFP local runner over the report's
+    windows: reference step -> reports + policy (embeddings from the champion) -> the nested training pipeline,
+    which fails here at its ingest (the configured files do not exist): the command says so and exits 1, and the
+    retrain lock the decision claimed is released with the failure."""
+    from components.config import load_config
+    from monitoring.policy import load_state, running_retrain
 
     root = shifted_world[0]
-    config = world_config(tmp_path)
-    config.serving.request_log = root / "log.sqlite"
-    config.monitoring.window_hours = 24 * 7  # default windows: the last week of the log vs the week before
     registry = tmp_path / "artifacts" / "registry"
     registry.mkdir(parents=True)
     (registry / "champion.json").write_text(json.dumps({"model_dir": str(item_embeddings(tmp_path / "model"))}))
-
-    @dsl.pipeline(name="monitor-test")
-    def pipeline(config: str) -> bool:
-        canonical = dsl.importer(artifact_uri=str(root / "canonical"), artifact_class=dsl.Dataset)
-        return monitor_op(config=config, canonical=canonical.output).outputs["Output"]
-
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
-    run = pipeline(config=config_to_text(config))
-    assert run.output is True
-    summary_dir = next((tmp_path / "kfp").glob("monitor-test-*/monitor-op/summary"))
+    sets = {"paths.artifacts_dir": tmp_path / "artifacts", "paths.data_dir": tmp_path / "data",
+            "paths.pipeline_root": tmp_path / "kfp", "monitoring.state_path": tmp_path / "state" / "policy.json",
+            "monitoring.workspace_dir": tmp_path / "workspace", "serving.request_log": root / "log.sqlite",
+            "evaluate.cold_start_items": 5, "data.source": "files",
+            **{f"data.{t}_path": tmp_path / f"missing_{t}.csv" for t in ("interactions", "users", "items")}}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    result = CliRunner().invoke(app, [*args, "monitor", "decide", str(root / "reports" / "summary.json"), "--execute",
+                                      "--reference", str(root / "canonical")])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1 and "RETRAIN" in output and "the retrain failed" in output, output
+    [run_dir] = (tmp_path / "kfp").glob("recsys-monitoring-*")
+    summary_dir = run_dir / "monitor-op" / "summary"
     summary = json.loads((summary_dir / "summary.json").read_text())
     assert summary["drift"]["reports"]["user_embeddings"]["status"] == "ok"
+    assert summary["windows"] == shifted_world[1]["windows"]  # the report's windows, passed as the run's inputs
+    assert summary["signals"]["drift_share"] == pytest.approx(shifted_world[1]["signals"]["drift_share"])
     assert json.loads((summary_dir / "decision.json").read_text())["retrain"] is True
     assert (summary_dir.parent / "reports").read_text().startswith("<!DOCTYPE html>")
+    assert (run_dir / "reference-op" / "canonical" / "interactions.parquet").is_file()  # a copy, nothing ingested
+    config = load_config(overrides=[f"{k}={v}" for k, v in sets.items()])
+    assert running_retrain(config) is None
+    assert load_state(config)["last_outcome"]["status"] == "failed"
+    assert "ingest-op" in load_state(config)["last_outcome"]["error"]

@@ -8,19 +8,13 @@ import pytest
 
 from components.config import load_config
 from components.schemas import read_tables, write_tables
-from monitoring.simulate import (
-    SimSettings,
-    cohort_users,
-    parse_cohort,
-    plan_replay,
-    run_simulation,
-    sample_week,
-    user_profiles,
-)
+from monitoring.replay_traffic import user_profiles
+from monitoring.replay_world import SimSettings, cohort_users, parse_cohort, plan_replay, sample_week
+from monitoring.simulate import run_simulation
 from recsys.simulate_cmd import SIMULATION_DEFAULTS
+from tests.conftest import TINY_REPLAY
 
-TINY = SimSettings(train_weeks=14, serve_weeks=2, shift_weeks=2, events_per_week=150, events_per_user_week=5,
-                   new_items=20, cohort_share=1.0, cooldown_weeks=5)
+TINY = SimSettings(**TINY_REPLAY)
 
 
 def _tiny_tables(movielens_canonical, out, n_items=250, n_late=50):
@@ -153,7 +147,8 @@ def test_replay_detects_the_shift_and_retrains_once(movielens_canonical, tmp_pat
 
 
 def test_a_new_run_starts_from_a_clean_folder(tmp_path):
-    from monitoring.simulate import SimulationError, fresh_root
+    from monitoring.replay_world import SimulationError
+    from monitoring.simulate import fresh_root
 
     previous = tmp_path / "sim"
     (previous / "policy").mkdir(parents=True)

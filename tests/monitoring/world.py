@@ -14,6 +14,7 @@ import pandas as pd
 
 from components.config import Config, load_config
 from components.request_log import RequestLog, RequestRecord
+from components.request_logs import open_request_log
 from components.schemas import write_tables
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
@@ -120,7 +121,7 @@ def make_world(root: Path, shift: bool, seed: int = 0) -> tuple[Path, Path]:
     reference = _reference(rng, users)
     canonical = write_tables({"interactions": reference, "users": users, "items": _items()}, root / "canonical")
     log_path = root / "log.sqlite"
-    with RequestLog(log_path) as log:
+    with open_request_log(log_path) as log:
         _log_window(log, rng, users, T0 + pd.Timedelta(days=REF_DAYS), False, "base")
         _log_window(log, rng, users, T0 + pd.Timedelta(days=REF_DAYS + WINDOW_DAYS), shift, "cur")
     return canonical, log_path

@@ -4,21 +4,22 @@ task-status lines (skips included, nested conditions that share a name told apar
 from pathlib import Path
 
 from components.config import load_config
+from monitoring.pipeline import MONITORING
 from pipelines.run_view import RunTracker, Step, pipeline_steps
-from pipelines.runner import pipeline_function
+from pipelines.training import TRAINING
 
 RUNNER_LINE = "06:36:06.254 - INFO - "
 
 
 def test_training_steps_in_run_order_with_the_gate_as_a_group():
-    steps = pipeline_steps(pipeline_function("training", load_config()))
+    steps = pipeline_steps(TRAINING.build(load_config()))
     assert [s.task for s in steps] == ["ingest-op", "validate-op", "features-op", "train-op", "evaluate-op",
                                        "compress-op", "deploy-op", "promote-op"]
     assert {s.group for s in steps[5:]} == {"gate-passed"} and {s.group for s in steps[:5]} == {None}
 
 
 def test_monitoring_steps_nest_the_training_pipeline_under_the_retrain_condition():
-    steps = pipeline_steps(pipeline_function("monitoring", load_config()))
+    steps = pipeline_steps(MONITORING.build(load_config()))
     assert [s.label for s in steps[:2]] == ["collect reference", "reports + policy"]
     assert steps[-1].task == "retrain-done-op" and steps[-1].group == "retrain"
     assert all(s.group_tasks[0] == "condition-1" for s in steps[2:])

@@ -12,6 +12,8 @@ from components.config import absolute_paths, config_to_text, load_config
 from components.ingest import ingest_op
 from components.validate import validate_op
 from pipelines.runner import PipelineError, check_host, compile_pipeline, run_pipeline
+from pipelines.training import TRAINING
+from recsys.pipeline import pipeline_named
 from tests.conftest import small_tables, write_csvs
 
 STEPS = {
@@ -24,7 +26,7 @@ STEPS = {
 @pytest.mark.parametrize("name", ["training", "monitoring"])
 def test_compiled_yaml_loads_back_and_names_every_component(tmp_path, name):
     config = load_config(overrides=["train.epochs=2"])
-    path = compile_pipeline(name, config, tmp_path)
+    path = compile_pipeline(pipeline_named(name), config, tmp_path)
     component = load_component_from_file(str(path))
     assert component.name == f"recsys-{name}"
     docs = list(yaml.safe_load_all(path.read_text()))
@@ -34,19 +36,29 @@ def test_compiled_yaml_loads_back_and_names_every_component(tmp_path, name):
     assert yaml.safe_load(default)["train"]["epochs"] == 2
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {config.kfp.image, config.kfp.gpu_image}
-    assert "retryPolicy" not in path.read_text()  # KFP would retry bad data too; steps retry transient errors
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    retried = [name for dag in dags for name, task in dag["tasks"].items() if "retryPolicy" in task]
+    assert retried == []  # KFP would retry bad data too; steps retry transient errors
 
 
 def test_gate_is_a_condition_and_gpu_is_requested_only_when_fine_tuning(tmp_path):
-    cpu = list(yaml.safe_load_all(compile_pipeline("training", load_config(), tmp_path / "cpu").read_text()))
+    cpu = list(yaml.safe_load_all(compile_pipeline(TRAINING, load_config(), tmp_path / "cpu").read_text()))
     gate = cpu[0]["root"]["dag"]["tasks"]["condition-1"]
     assert "evaluate-op" in gate["triggerPolicy"]["condition"]
-    assert "nvidia.com/gpu" not in str(cpu)
-    gpu = compile_pipeline("training", load_config(overrides=["model.fine_tune_encoder=true"]), tmp_path / "gpu")
+    assert [n for n, e in cpu[0]["deploymentSpec"]["executors"].items()
+            if "accelerator" in e["container"].get("resources", {})] == []
+    cpu_platform = cpu[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert [n for n, e in cpu_platform.items() if "nodeSelector" in e or "tolerations" in e] == []
+    gpu = compile_pipeline(TRAINING, load_config(overrides=["model.fine_tune_encoder=true"]), tmp_path / "gpu")
     spec, platform = yaml.safe_load_all(gpu.read_text())
-    train = next(e for n, e in spec["deploymentSpec"]["executors"].items() if "train" in n)
-    assert train["container"]["resources"]["accelerator"]["resourceCount"] == "1"
-    assert "nodeSelector" in str(platform) and "recsys-artifacts" in str(platform)
+    accelerated = {n: e["container"]["resources"]["accelerator"]["resourceCount"]
+                   for n, e in spec["deploymentSpec"]["executors"].items()
+                   if "accelerator" in e["container"].get("resources", {})}
+    assert accelerated == {"exec-train-op": "1"}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-train-op"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert [t["key"] for t in executors["exec-train-op"]["tolerations"]] == ["nvidia.com/gpu"]
+    assert {m["constant"] for e in executors.values() for m in e.get("pvcMount", [])} == {"recsys-artifacts"}
 
 
 def test_unreachable_host_fails_fast():
@@ -118,11 +130,11 @@ def check_run_overview(result: dict, steps: set[str]) -> None:
 @pytest.mark.integration
 def test_full_pipeline_on_a_tiny_configuration(tmp_path, capfd):
     """ingest -> validate -> features -> train -> evaluate -> gate -> compress -> deploy -> promote, all real."""
+    from components.processes import free_port
     from components.registry import read_champion
     from serving.triton_client import RecommenderClient
     from serving.triton_server import settings_from_config, stop_detached
-    from tests.components.test_model import SEQ, planted_tables
-    from tests.serving.conftest import free_port
+    from tests.conftest import SEQ, planted_tables
 
     tiny = {
         "model.embedding_dim": 16, "model.max_seq_len": SEQ, "model.user_layers": 1, "model.dropout": 0.0,
@@ -142,7 +154,7 @@ def test_full_pipeline_on_a_tiny_configuration(tmp_path, capfd):
     config = _files_config(tmp_path, tables, *[f"{k}={v}" for k, v in tiny.items()])
     try:
         seen: list[tuple[str, str]] = []
-        result = run_pipeline("training", config, on_step=lambda step: seen.append((step.task, step.status)))
+        result = run_pipeline(TRAINING, config, on_step=lambda step: seen.append((step.task, step.status)))
         out, err = capfd.readouterr()
         assert "KFP Executor" not in out + err and "Warning" not in out + err  # all of it went to the run's log
         assert seen[:2] == [("ingest-op", "RUNNING"), ("ingest-op", "SUCCESS")] and len(seen) == 16
@@ -170,7 +182,7 @@ def test_local_run_stops_at_the_gate_on_bad_data(tmp_path):
     tables = small_tables()
     tables["interactions"].loc[0, "rating"] = 11.0
     with pytest.raises(PipelineError, match="validate-op") as failure:
-        run_pipeline("training", _files_config(tmp_path, tables))
+        run_pipeline(TRAINING, _files_config(tmp_path, tables))
     runs = [p for p in (tmp_path / "kfp").iterdir() if p.is_dir()]
     assert len(runs) == 1
     assert not (runs[0] / "validate-op" / "validated").exists()
@@ -185,7 +197,8 @@ def test_local_run_stops_at_the_gate_on_bad_data(tmp_path):
 def test_monitoring_step_gets_the_request_log_password_from_the_secret(tmp_path):
     from components.request_log_pg import PASSWORD_ENV, PASSWORD_SECRET
 
-    _, platform = yaml.safe_load_all(compile_pipeline("monitoring", load_config(), tmp_path).read_text())
+    compiled = compile_pipeline(pipeline_named("monitoring"), load_config(), tmp_path)
+    _, platform = yaml.safe_load_all(compiled.read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     monitor = next(e for name, e in executors.items() if "monitor-op" in name)
     [secret] = monitor["secretAsEnv"]
@@ -208,7 +221,7 @@ def test_compiled_pipeline_names_the_secrets_and_holds_none(tmp_path, monkeypatc
     values = {env: secrets.token_hex(16) for env in (ADMIN_KEY_ENV, config.features.redis_password_env, PASSWORD_ENV)}
     for env, value in values.items():
         monkeypatch.setenv(env, value)
-    text = compile_pipeline(name, config, tmp_path).read_text()
+    text = compile_pipeline(pipeline_named(name), config, tmp_path).read_text()
     assert [env for env, value in values.items() if value in text] == []
     _, platform = yaml.safe_load_all(text)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

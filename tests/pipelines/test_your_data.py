@@ -9,21 +9,12 @@ import pandas as pd
 import pytest
 
 from components.config import load_config
+from components.processes import free_port
 from components.schemas import ITEMS, table_path
 from components.synth import SynthSpec, write_synthetic
 from pipelines.runner import run_pipeline
-from tests.serving.conftest import free_port
-
-TINY = {
-    "model.embedding_dim": 16, "model.max_seq_len": 8, "model.user_layers": 1, "train.epochs": 2,
-    "train.batch_size": 64, "train.max_minutes": 2, "evaluate.cold_start_items": 0, "evaluate.bootstrap_samples": 10,
-    "evaluate.gate_min_improvement": -1.0, "evaluate.knn_neighbours": [20], "evaluate.ease_lambdas": [100],
-    "evaluate.sasrec.max_seq_len": 8, "evaluate.sasrec.embedding_dim": 16, "evaluate.sasrec.blocks": 1,
-    "evaluate.sasrec.epochs": 3, "evaluate.als.factors": [8], "evaluate.als.regularization": [0.1],
-    "evaluate.als.iterations": [5], "evaluate.als.alpha": [1.0],
-    "compress.variants": ["fp32"], "compress.latency_repeats": 1,
-    "monitoring.quality_horizon_hours": 1 / 3600, "monitoring.min_requests": 10, "monitoring.min_group_size": 3,
-}
+from pipelines.training import TRAINING
+from tests.conftest import TINY_PIPELINE as TINY
 
 
 def _shop_config(tmp_path: Path):
@@ -43,14 +34,14 @@ def _shop_config(tmp_path: Path):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_shop_runs_end_to_end_from_its_declaration(tmp_path):
-    from components.monitor import run_monitoring
-    from recsys.serve_api import api_url, auth_headers, start_api, stop_api
+    from monitoring.reports import generate_reports
+    from serving.api_server import api_url, auth_headers, start_api, stop_api
     from serving.triton_server import settings_from_config, stop_detached
 
     config = _shop_config(tmp_path)
     assert config.dataset.user_id.type == "string" and "segment" in config.dataset.user_attributes
     try:
-        tasks = run_pipeline("training", config)["artifacts"]
+        tasks = run_pipeline(TRAINING, config)["artifacts"]
         assert "deploy-op" in tasks, "the gate is open in this test: the model must be deployed"
         start_api(config, detach=True)
         maps = Path(config.paths.data_dir) / "id_maps"
@@ -89,7 +80,7 @@ def test_the_shop_runs_end_to_end_from_its_declaration(tmp_path):
                 assert all(i.startswith("SKU-") for i in pushed.json()["recent_item_ids"])
             time.sleep(1.5)
             http.post("/interactions", json={"user_id": users.iloc[0], "item_id": skus.iloc[0]})
-        summary = run_monitoring(config, tasks["validate-op"]["validated"], config.serving.request_log,
+        summary = generate_reports(config, tasks["validate-op"]["validated"], config.serving.request_log,
                                  tmp_path / "report")
         groups = summary["fairness"]["groups"]
         assert set(groups) == {"segment", "tenure_days"}

@@ -48,19 +48,20 @@ def test_submit_to_a_dead_host_fails_fast_and_clearly():
 def test_log_prune_applies_the_configured_retention(log_target):
     from datetime import UTC, datetime, timedelta
 
-    from components.request_log import RequestLog
-    from tests.components.test_request_log import record
+    from components.request_logs import open_request_log
+    from tests.conftest import request_record
 
     now = datetime.now(UTC)
-    with RequestLog(log_target) as log:
-        log.append_requests([record(1, ts=now - timedelta(days=10)), record(2, ts=now - timedelta(days=1))])
+    with open_request_log(log_target) as log:
+        log.append_requests([request_record(1, ts=now - timedelta(days=10)),
+                             request_record(2, ts=now - timedelta(days=1))])
         log.append_interaction("u-1", "sku-1", None, now - timedelta(days=30))
     args = ["--set", f"serving.request_log={log_target}", "--set", "serving.request_log_retention_days=7"]
     result = runner.invoke(app, [*args, "log", "prune"])
     assert result.exit_code == 0, result.output
     assert '"requests": 1' in result.output and '"interactions": 1' in result.output
-    with RequestLog(log_target) as log:
+    with open_request_log(log_target) as log:
         assert list(log.requests_frame()["request_id"]) == ["r2"] and log.interactions_frame().empty
     assert runner.invoke(app, [*args, "log", "prune", "--days", "0.5"]).exit_code == 0
-    with RequestLog(log_target) as log:
+    with open_request_log(log_target) as log:
         assert log.requests_frame().empty

@@ -4,27 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from components.config import Config, load_config
-from components.processes import free_port
-from tests.serving.bundle_factory import make_bundle
+from benchmarks.serving_stack import make_bundle, serving_config
 from tests.serving.oidc import Issuer
-
-
-def serving_config(root: Path) -> Config:
-    """Defaults with free loopback ports and every serving path under `root`."""
-    return load_config(
-        None,
-        [
-            "serving.host=127.0.0.1",
-            f"serving.triton_http_port={free_port()}",
-            f"serving.triton_grpc_port={free_port()}",
-            f"serving.triton_metrics_port={free_port()}",
-            f"serving.model_repository={root / 'models'}",
-            f"serving.triton_build_dir={root / 'build'}",
-            f"serving.triton_log_file={root / 'build' / 'tritonserver.log'}",
-            "serving.grpc_timeout_s=10",
-        ],
-    )
 
 
 @pytest.fixture(scope="session")

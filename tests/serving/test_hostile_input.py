@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from components.request_log import RequestLog
+from benchmarks.serving_stack import Stack, build_stack
+from components.request_logs import open_request_log
 from serving.http_guard import MAX_ERROR_BYTES, MAX_HEADER_BYTES
-from tests.serving.service_stack import Stack, build_stack
 
 pytestmark = pytest.mark.integration
 
@@ -488,7 +488,7 @@ def test_the_api_is_healthy_and_every_acknowledged_write_is_logged(stack):
     assert details["triton"]["up"] and details["feature_store"]["up"], details
     acked = ACKED[stack.backend]
     assert len(acked["requests"]) >= 8 and sum(acked["interactions"].values()) == 4
-    with RequestLog(stack.config.serving.request_log) as log:
+    with open_request_log(stack.config.serving.request_log) as log:
         requests, interactions = log.requests_frame(), log.interactions_frame()
     missing = set(acked["requests"]) - set(requests["request_id"])
     assert not missing, f"{len(missing)} acknowledged requests are not in the log"

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from components.processes import free_port
 from serving.http_guard import MAX_ERROR_BYTES, RequestGuard, bounded_error, content_type_problem
-from tests.serving.conftest import free_port
 
 DEADLINE_S = 1.0
 LATE: list[str] = []  # handlers that finished after their request had been answered

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.serving_stack import build_stack
 from components.config import write_config
 from components.ensemble import EnsembleReference
-from components.request_log import RequestLog
-from recsys.serve_api import api_dir, api_keys_file, api_token, sample_curl, sample_request, token_file
+from components.processes import free_port
+from components.request_logs import open_request_log
+from serving.api_server import api_dir, api_keys_file, api_token, sample_curl, sample_request, token_file
 from serving.auth import create_key, revoke_key
 from serving.triton_client import encode_profile
-from tests.serving.conftest import free_port
-from tests.serving.service_stack import build_stack
 
 pytestmark = pytest.mark.integration
 LAST_N = 8  # features.last_n_items of the stack
@@ -169,7 +169,7 @@ def test_interaction_is_visible_in_the_next_request(http, stack, reference):
     want_ids, _ = expected(reference, new_history, profile, new_history, 5)
     assert new_item not in [i["item_id"] for i in after["items"]]
     assert [i["item_id"] for i in after["items"]] == want_ids.tolist()
-    logged = RequestLog(stack.config.serving.request_log).interactions_frame()
+    logged = open_request_log(stack.config.serving.request_log).interactions_frame()
     assert ((logged.user_id == 9) & (logged.item_id == new_item)).sum() == 1
 
 
@@ -302,7 +302,7 @@ def test_cli_serve_api_detached_and_stop(stack, tmp_path):
 
 
 def test_every_answered_request_is_logged_and_counted(http, stack):
-    frame = RequestLog(stack.config.serving.request_log).requests_frame()
+    frame = open_request_log(stack.config.serving.request_log).requests_frame()
     assert set(ACKED) <= set(frame.request_id)
     row = frame.set_index("request_id").loc[ACKED[0]]
     assert row.user_id == 3 and row.model_version == "test-0" and len(row.item_ids) == 7
@@ -313,7 +313,7 @@ def test_every_answered_request_is_logged_and_counted(http, stack):
 
 def test_schemathesis_finds_no_server_error(stack, tmp_path):
     junit = tmp_path / "schemathesis.xml"
-    before = len(RequestLog(stack.config.serving.request_log).requests_frame())
+    before = len(open_request_log(stack.config.serving.request_log).requests_frame())
     cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{stack.url}/docs.json",
            "--checks", "not_a_server_error", "--max-examples", "30", "--seed", "7", "--workers", "1",
            "--phases", "examples,coverage,fuzzing", "--include-path-regex", "^/(recommend|interactions)$",
@@ -323,7 +323,7 @@ def test_schemathesis_finds_no_server_error(stack, tmp_path):
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     cases = ET.parse(junit).getroot().iter("testcase")
     assert {c.get("name") for c in cases} >= {"POST /recommend", "POST /interactions"}
-    after = len(RequestLog(stack.config.serving.request_log).requests_frame())
+    after = len(open_request_log(stack.config.serving.request_log).requests_frame())
     assert after - before >= 20, "schemathesis must have sent valid requests too"
     assert httpx.get(f"{stack.url}/readyz", timeout=10).status_code == 200
 
@@ -353,7 +353,7 @@ def test_log_keeps_every_acknowledged_request_after_kill_9(stack):
     for thread in threads:
         thread.join(timeout=30)
     assert len(acked) >= 40
-    log = RequestLog(stack.config.serving.request_log)
+    log = open_request_log(stack.config.serving.request_log)
     frame = log.requests_frame()
     missing = set(acked) - set(frame.request_id)
     assert not missing, f"{len(missing)} acknowledged requests lost"
@@ -364,7 +364,8 @@ def test_log_keeps_every_acknowledged_request_after_kill_9(stack):
     stack.start_api()  # restarts on the same log and goes on appending
     resp = httpx.post(f"{stack.url}/recommend", json={"user_id": 1, "k": 3}, timeout=30, headers=stack.auth_headers())
     assert resp.status_code == 200
-    assert resp.json()["request_id"] in set(RequestLog(stack.config.serving.request_log).requests_frame().request_id)
+    logged = open_request_log(stack.config.serving.request_log).requests_frame()
+    assert resp.json()["request_id"] in set(logged.request_id)
 
 
 def test_triton_down_degrades_then_recovers(http, stack):

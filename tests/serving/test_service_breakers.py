@@ -1,14 +1,14 @@
-"""Which failures trip a dependency's breaker (serving.service.dependency_down), on errors a real Triton server
+"""Which failures trip a dependency's breaker (serving.engine.dependency_down), on errors a real Triton server
 gives: an outage (nothing listening, a call past its deadline, the model not loaded) does; an error about one
 request's values (INVALID_ARGUMENT, a ValueError) does not, so one bad request never degrades everyone."""
 
 import numpy as np
 import pytest
 
-from components import deploy
-from serving.service import dependency_down
+from components.processes import free_port
+from serving import deploy
+from serving.engine import dependency_down
 from serving.triton_client import RecommenderClient, TritonClientError
-from tests.serving.conftest import free_port
 
 pytestmark = pytest.mark.integration
 

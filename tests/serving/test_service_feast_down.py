@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from benchmarks.serving_stack import NOW, build_stack
 from components.config import load_config
 from components.features import open_store, start_redis
-from components.request_log import RequestLog
-from tests.serving.conftest import free_port
-from tests.serving.service_stack import NOW, build_stack
+from components.processes import free_port
+from components.request_logs import open_request_log
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_feature_store_down_degrades_then_recovers(redis_stack):
         assert server["redis"].password not in json.dumps(details)
         resp = http.post("/interactions", json={"user_id": 4, "item_id": healthy["items"][0]["item_id"]})
         assert resp.status_code == 200 and resp.json()["logged"] and not resp.json()["pushed"]
-        logged = RequestLog(stack.config.serving.request_log).interactions_frame()
+        logged = open_request_log(stack.config.serving.request_log).interactions_frame()
         assert (logged.user_id == 4).sum() == 1
 
         old = server["redis"]

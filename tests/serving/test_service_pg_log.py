@@ -8,10 +8,10 @@ import uuid
 import httpx
 import pytest
 
-from components.request_log import RequestLog
-from recsys.serve_api import api_url, start_api, stop_pid
-from tests.serving.conftest import free_port
-from tests.serving.service_stack import build_stack
+from benchmarks.serving_stack import build_stack
+from components.processes import free_port, stop_process
+from components.request_logs import open_request_log
+from serving.api_server import api_url, start_api
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_two_apis_share_a_postgres_log_and_a_kill_9_loses_nothing(tmp_path, bund
         for thread in threads:
             thread.join(timeout=30)
         assert len(acked["killed"]) >= 30 and len(acked["survivor"]) > killed_at["survivor"]
-        with RequestLog(log_url) as log:
+        with open_request_log(log_url) as log:
             requests = log.requests_frame()
             per_request = log.recommendations_frame().groupby("request_id").size()
         assert requests["request_id"].is_unique
@@ -62,5 +62,5 @@ def test_two_apis_share_a_postgres_log_and_a_kill_9_loses_nothing(tmp_path, bund
     finally:
         stop.set()
         if other_pid is not None:
-            stop_pid(other_pid)
+            stop_process(other_pid)
         stack.stop()

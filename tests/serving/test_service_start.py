@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.conftest import free_port
+from components.processes import free_port
 
 pytestmark = pytest.mark.integration
 

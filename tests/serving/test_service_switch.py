@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from components import deploy
+from benchmarks.serving_stack import build_stack
 from components.ensemble import EnsembleReference
+from serving import deploy
 from serving import triton_repo as tr
-from serving.service import Engine
+from serving.engine import Engine
 from serving.triton_client import encode_profile
-from tests.serving.service_stack import build_stack
 
 pytestmark = pytest.mark.integration
 LAST_N = 8  # features.last_n_items of the stack

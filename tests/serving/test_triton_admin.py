@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-from components import deploy
-from serving import triton_admin
+from serving import deploy, triton_admin
 from serving import triton_repo as tr
 from serving import triton_server as ts
 from serving.triton_client import RecommenderClient, TritonAdminKeyError

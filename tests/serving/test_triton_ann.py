@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from components import deploy
 from components.ann import ANN_FILE, ANN_META_FILE
 from components.ensemble import EnsembleReference
+from serving import deploy
 from serving import triton_repo as tr
 from serving.triton_client import RecommenderClient
 

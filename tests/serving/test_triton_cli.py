@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.serving_stack import serving_config
 from components.config import config_to_text
-from components.deploy import read_history
 from serving import triton_admin
 from serving import triton_server as ts
-from tests.serving.conftest import serving_config
+from serving.deploy import read_history
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def test_cli_serve_deploy_status_stop(tmp_path, bundles):
 def test_deploy_op_starts_triton_and_deploys(tmp_path, bundles):
     from kfp import dsl, local
 
-    from components.deploy import deploy_op
+    from pipelines.training import deploy_op
 
     config = serving_config(tmp_path)
     settings = ts.settings_from_config(config)

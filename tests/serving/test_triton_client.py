@@ -4,8 +4,8 @@ import time
 
 import pytest
 
+from components.processes import free_port
 from serving.triton_client import RecommenderClient, TritonClientError
-from tests.serving.conftest import free_port
 
 
 def test_unreachable_server_is_retried_then_reported():

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.serving_stack import serving_config
 from components.processes import PidFileError, start_ticks
 from serving import triton_server as ts
-from tests.components.test_processes import sleeping_process
-from tests.serving.conftest import serving_config
 
 
-def test_stop_detached_refuses_a_pid_that_is_no_longer_the_server(tmp_path: Path) -> None:
+def test_stop_detached_refuses_a_pid_that_is_no_longer_the_server(tmp_path: Path, sleeping_process) -> None:
     settings = ts.settings_from_config(serving_config(tmp_path))
     path = ts.pid_file(settings)
     path.parent.mkdir(parents=True)

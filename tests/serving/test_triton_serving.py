@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from components import deploy
 from components.ensemble import EnsembleReference
+from serving import deploy
 from serving.triton_client import RecommenderClient, TritonClientError
 
 pytestmark = pytest.mark.integration

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kfp.dsl import Artifact, Input, Metrics, Output
 
 from components.atomic import write_json_atomic
 from components.config import Config
 from components.errors import RecsysError
-from components.kfp_support import step
+from serving import triton_repo as tr
+from serving import triton_server as ts
+from serving.triton_admin import admin_key
+from serving.triton_client import RecommenderClient
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +63,8 @@ class DeployResult:
 
 
 def _settings(config: Config):
-    from serving.triton_repo import RepoSettings
-
     s = config.serving
-    return RepoSettings(
+    return tr.RepoSettings(
         backend="python",
         max_batch_size=s.max_batch_size,
         max_queue_delay_us=s.max_queue_delay_us,
@@ -77,9 +77,6 @@ def _settings(config: Config):
 def _client(config: Config):
     """A client with the admin key ($RECSYS_TRITON_ADMIN_KEY, else the local launcher's key file): deploy,
     rollback and status use model control."""
-    from serving.triton_admin import admin_key
-    from serving.triton_client import RecommenderClient
-
     s = config.serving
     return RecommenderClient(f"{s.host}:{s.triton_grpc_port}", timeout_s=s.grpc_timeout_s, retries=s.grpc_retries,
                              admin_key=admin_key(s.triton_build_dir))
@@ -122,8 +119,6 @@ def _deploy_lock(repo_dir: Path) -> Iterator[None]:
 def stage(client, repo_dir: Path, version: int, keep: list[int], settings) -> None:
     """Load `version` of every composing model next to the versions in `keep`; the ensemble, which carries the
     traffic, is left as it is (its steps stay pinned to the live version)."""
-    from serving import triton_repo as tr
-
     bundle = tr.version_bundle(repo_dir, version)
     configs = tr.render_all(bundle, version, sorted({version, *keep}), settings)
     tr.write_configs(repo_dir, {m: configs[m] for m in tr.COMPOSING})
@@ -138,8 +133,6 @@ def activate(client, repo_dir: Path, version: int, keep: list[int], settings) ->
     disk); the ensemble is loaded with a config override, so the on-disk ensemble still names the old
     version until persist_active() once the new one has passed its smoke test.
     """
-    from serving import triton_repo as tr
-
     bundle = tr.version_bundle(repo_dir, version)
     configs = tr.render_all(bundle, version, sorted({version, *keep}), settings)
     tr.write_configs(repo_dir, {m: configs[m] for m in tr.COMPOSING})
@@ -150,8 +143,6 @@ def activate(client, repo_dir: Path, version: int, keep: list[int], settings) ->
 
 def persist_active(repo_dir: Path, version: int, keep: list[int], settings) -> None:
     """Write the configs that make `version` the one a restarted server loads."""
-    from serving import triton_repo as tr
-
     bundle = tr.version_bundle(repo_dir, version)
     tr.write_configs(repo_dir, tr.render_all(bundle, version, sorted({version, *keep}), settings))
 
@@ -214,8 +205,6 @@ def _require_server(client, config: Config) -> None:
 
 def _switch(config: Config, action: str, version: int, previous: int | None, keep: list[int]) -> DeployResult:
     """Activate `version`, smoke-test it, and fall back to `previous` if anything fails."""
-    from serving import triton_repo as tr
-
     repo = Path(config.serving.model_repository)
     settings = _settings(config)
     manifest = tr.version_bundle(repo, version).manifest
@@ -263,8 +252,6 @@ def _switch(config: Config, action: str, version: int, previous: int | None, kee
 
 def _restore(client, repo: Path, previous: int | None, settings) -> None:
     """Put the previous version back (or unload everything when there was none)."""
-    from serving import triton_repo as tr
-
     try:
         if previous is None:
             for model in tr.MODELS:
@@ -278,8 +265,6 @@ def _restore(client, repo: Path, previous: int | None, settings) -> None:
 
 def deploy_bundle(config: Config, bundle_dir: str | Path) -> DeployResult:
     """Write the bundle as a new version, load it, smoke-test it, keep it live or roll back."""
-    from serving import triton_repo as tr
-
     repo = Path(config.serving.model_repository)
     with _client(config) as client:
         _require_server(client, config)
@@ -297,8 +282,6 @@ def rollback(config: Config, to_version: int | None = None) -> DeployResult:
 
 
 def _rollback(config: Config, repo: Path, to_version: int | None) -> DeployResult:
-    from serving import triton_repo as tr
-
     history = read_history(repo)
     current = history.get("active")
     if current is None:
@@ -317,8 +300,6 @@ def _rollback(config: Config, repo: Path, to_version: int | None) -> DeployResul
 
 def restore_active(config: Config) -> int | None:
     """After a (re)start: load the version the history says is live; returns it (None if nothing deployed)."""
-    from serving import triton_repo as tr
-
     repo = Path(config.serving.model_repository)
     active = read_history(repo).get("active")
     if active is None:
@@ -334,8 +315,6 @@ def restore_active(config: Config) -> int | None:
 
 def status(config: Config) -> dict[str, Any]:
     """Live version per history and per server, versions on disk, the last events."""
-    from serving import triton_repo as tr
-
     repo = Path(config.serving.model_repository)
     history = read_history(repo)
     with _client(config) as client:
@@ -353,31 +332,9 @@ def status(config: Config) -> dict[str, Any]:
 
 def ensure_server(config: Config) -> bool:
     """Start a detached Triton server (and restore the live version) unless one answers; True if started."""
-    from serving import triton_server as ts
-
     settings = ts.settings_from_config(config)
     if ts.is_ready(settings):
         return False
     ts.start_detached(settings)
     restore_active(config)
     return True
-
-
-@step
-def deploy_op(config: str, bundle: Input[Artifact], deployment: Output[Artifact], metrics: Output[Metrics]):
-    """Deploy the serving bundle to Triton (starting a local server if none runs) and record the result."""
-    import json
-    from pathlib import Path
-
-    from components.config import config_from_text
-    from components.deploy import deploy_bundle, ensure_server
-    from components.errors import retry_transient
-
-    cfg = config_from_text(config)
-    started = retry_transient(lambda: ensure_server(cfg), what="starting Triton")
-    result = retry_transient(lambda: deploy_bundle(cfg, bundle.path), what="deploy")
-    Path(deployment.path).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
-    deployment.metadata.update({"version": result.version, "grpc_url": result.grpc_url, "server_started": started})
-    metrics.log_metric("deployed_version", result.version)
-    metrics.log_metric("deploy_seconds", round(result.duration_s, 3))
-    metrics.log_metric("smoke_requests", len(result.smoke))

@@ -1,4 +1,4 @@
-"""`recsys serve api-stop`: the PID file's pid is stopped only while it is still the API server started."""
+"""The API launcher (serving.api_server): a PID file's pid is stopped only while it is still the API server."""
 
 from pathlib import Path
 
@@ -6,11 +6,10 @@ import pytest
 
 from components.config import load_config
 from components.processes import PidFileError, write_pid_file
-from recsys.serve_api import pid_file, stop_api
-from tests.components.test_processes import sleeping_process
+from serving.api_server import pid_file, stop_api
 
 
-def test_stop_api_refuses_an_unrelated_process(tmp_path: Path) -> None:
+def test_stop_api_refuses_an_unrelated_process(tmp_path: Path, sleeping_process) -> None:
     config = load_config(None, [f"serving.triton_build_dir={tmp_path / 'build'}", "serving.api_port=3999"])
     path = pid_file(config)
     other = sleeping_process()

@@ -1,29 +1,25 @@
-"""`recsys serve api` / `recsys serve api-stop`: the BentoML recommendation API, started by PID on loopback.
+"""The BentoML recommendation API as a managed process on loopback (the Triton launcher is serving/triton_server.py).
 
-`start_api(config)` is the one launcher (CLI, demo, tests and benchmark call it): it writes the resolved config
-to a file, runs `bentoml serve serving.service:RecommendationService` with $RECSYS_CONFIG pointing at it, waits
-for /healthz and returns the PID (a PID file records detached servers). Every route but the probes needs a bearer
-token (serving/auth.py): the first start creates an admin key and writes its token to a 0600 file beside the keys
-file, which the local clients (demo, simulation, benchmark, sample curl) read, unless $RECSYS_API_TOKEN is set.
+`start_api(config)` is the one launcher (CLI, demo, simulation, tests and benchmarks call it): it writes the resolved
+config to a file, runs `bentoml serve serving.service:RecommendationService` with $RECSYS_CONFIG pointing at it,
+waits for /healthz and returns the PID (a PID file records detached servers). Every route but the probes needs a
+bearer token (serving/auth.py): the first start creates an admin key and writes its token to a 0600 file beside the
+keys file, which the local clients (demo, simulation, benchmark, sample curl) read, unless $RECSYS_API_TOKEN is set.
 """
 
 import json
+import logging
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-
-import typer
 
 from components.config import CONFIG_ENV, Config, absolute_paths, write_config
 from components.errors import RecsysError
-from components.processes import owned_pid, pid_alive, write_pid_file
-from recsys.common import console, errors_as_exit, serve_in_foreground, state
+from components.processes import http_status, launch, owned_pid, stop_process, wait_ready, write_pid_file
+from serving.auth import SCOPES, create_key, write_token_file
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "serving.service:RecommendationService"
@@ -84,8 +80,6 @@ def auth_headers(config: Config) -> dict[str, str]:
 def ensure_first_key(config: Config) -> Path | None:
     """On the first start (no keys file yet, authentication on): create one key with every scope, write its token
     once to the 0600 token file and say how to use it. Returns the token file when it was written."""
-    from serving.auth import SCOPES, create_key, write_token_file
-
     keys = api_keys_file(config)
     if not config.serving.auth.enabled or keys.exists():
         return None
@@ -94,9 +88,9 @@ def ensure_first_key(config: Config) -> Path | None:
         raise ApiError(f"{tokens} exists but {keys} does not: move the old token away (or restore the keys file)")
     record, token = create_key(keys, "first-start admin", SCOPES)
     write_token_file(tokens, token)
-    console.print(f"created API key {record.id} ({', '.join(SCOPES)}) in {keys}; its token is in {tokens} "
-                  f"(readable by you only). Use it as\n  curl -H {bearer_from_file(tokens)} {api_url(config)}/...\n"
-                  "More keys: `recsys serve api-key create --help`", soft_wrap=True, markup=False)
+    log.info("created API key %s (%s) in %s; its token is in %s (readable by you only). Use it as\n"
+             "  curl -H %s %s/...\nMore keys: `recsys serve api-key create --help`",
+             record.id, ", ".join(SCOPES), keys, tokens, bearer_from_file(tokens), api_url(config))
     return tokens
 
 
@@ -106,17 +100,6 @@ def pid_file(config: Config) -> Path:
 
 def log_file(config: Config) -> Path:
     return api_dir(config) / f"api_{config.serving.api_port}.log"
-
-
-def http_status(url: str, timeout: float = 1.0) -> int:
-    """The HTTP status of a GET to `url` (0 when nothing answers)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL from the config
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except (urllib.error.URLError, OSError):
-        return 0
 
 
 def _startup_failure(path: Path, offset: int) -> str | None:
@@ -138,7 +121,7 @@ def start_api(config: Config, detach: bool = True, timeout_s: float = 90.0) -> i
     """Start the API on serving.host:serving.api_port and wait for /healthz; returns the server PID.
 
     detach=True: own session, outlives this process, PID file written (stop with stop_api). Either way the
-    caller stops it by PID (SIGTERM ends the server and its worker).
+    caller may stop it by PID with components.processes.stop_process (SIGTERM ends the server and its worker).
     """
     config = absolute_paths(config, PROJECT_ROOT)
     url = api_url(config)
@@ -161,43 +144,12 @@ def start_api(config: Config, detach: bool = True, timeout_s: float = 90.0) -> i
            "--port", str(config.serving.api_port), "--working-dir", str(PROJECT_ROOT)]
     log_path = log_file(config)
     offset = log_path.stat().st_size if log_path.exists() else 0
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=PROJECT_ROOT, start_new_session=detach)
-    deadline = time.monotonic() + timeout_s
-    while http_status(f"{url}/healthz") != 200:
-        if proc.poll() is not None:
-            raise ApiError(f"the API server exited with code {proc.returncode} before it answered; "
-                           f"see {log_file(config)}")
-        failure = _startup_failure(log_path, offset)
-        if failure:
-            stop_pid(proc.pid)
-            raise ApiError(f"the API could not start: {failure} (log {log_path})")
-        if time.monotonic() > deadline:
-            stop_pid(proc.pid)
-            raise ApiError(f"the API server did not answer {url}/healthz within {timeout_s:.0f} s; "
-                           f"see {log_file(config)}")
-        time.sleep(0.2)
+    proc = launch(cmd, log_path, env=env, cwd=PROJECT_ROOT, detach=detach)
+    wait_ready("the API server", lambda: http_status(f"{url}/healthz") == 200, proc, timeout_s, log_path,
+               failure=lambda: _startup_failure(log_path, offset), error=ApiError)
     if detach:
         write_pid_file(pid_file(config), proc.pid)
     return proc.pid
-
-
-def stop_pid(pid: int, timeout_s: float = 20.0) -> None:
-    """SIGTERM the server (its worker follows), SIGKILL it after timeout_s."""
-    if not pid_alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-    except ChildProcessError:
-        pass
 
 
 def stop_api(config: Config) -> bool:
@@ -209,7 +161,7 @@ def stop_api(config: Config) -> bool:
     pid = owned_pid(path, SERVICE)
     if pid is None:
         return False
-    stop_pid(pid)
+    stop_process(pid)
     path.unlink(missing_ok=True)
     return True
 
@@ -248,31 +200,3 @@ def sample_curl(config: Config, body: dict | None = None) -> str:
     return (f"curl -s -X POST {api_url(config)}/recommend -H {bearer_from_file(token_file(config))} "
             f"-H 'Content-Type: application/json' -d '{payload}'")
 
-
-def register(app: typer.Typer) -> None:
-    """Add `api`, `api-stop` and `api-key ...` to the `serve` sub-app."""
-    from recsys import api_key_cmd
-
-    app.add_typer(api_key_cmd.app, name="api-key")
-
-    @app.command("api")
-    def api(
-        ctx: typer.Context,
-        detach: bool = typer.Option(False, "--detach", help="Run in the background and write a PID file."),
-    ) -> None:
-        """Start the recommendation API (BentoML) in front of Feast and Triton; Ctrl-C stops it."""
-        config = state(ctx).config
-        with errors_as_exit():
-            pid = start_api(config, detach=detach)
-        console.print(f"API ready at [bold]{api_url(config)}[/] (pid {pid}); try:\n{sample_curl(config)}")
-        if detach:
-            console.print(f"PID file {pid_file(config)}; stop with `recsys serve api-stop`")
-            return
-        serve_in_foreground(pid, "API server", log_file(config), stop_pid)
-
-    @app.command("api-stop")
-    def api_stop(ctx: typer.Context) -> None:
-        """Stop the detached API named in the PID file."""
-        with errors_as_exit():
-            stopped = stop_api(state(ctx).config)
-        console.print("API stopped" if stopped else "no detached API server running")

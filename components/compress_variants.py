@@ -1,0 +1,229 @@
+"""The compression variants of a trained model (contract C4), each a user tower + item text encoder + item table:
+fp32 (the reference), int8 (dynamic quantization), pruned (L1 magnitude pruning of every Linear layer) and
+distilled (a shallower text encoder trained to match the teacher). A variant's item table is rebuilt through the
+model's item tower from its own text encoder and its user tower exported over that table, so its parts agree."""
+
+import copy
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.compress_export import (
+    TEXT_ENCODER_FILE,
+    TOKENIZER_DIR,
+    CompressError,
+    encode_with,
+    export_text_encoder_onnx,
+    quantize_int8,
+    session,
+)
+from components.config import Config
+from components.encoders import PROFILE_ENCODER_FILE, ProfileEncoder
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "fp32"
+
+
+def prune_linear(module: Any, amount: float) -> dict[str, float]:
+    """L1 unstructured pruning of every nn.Linear weight in `module`, made permanent; returns the sparsity."""
+    import torch
+    from torch.nn.utils import prune
+
+    zeros = total = 0
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Linear):
+            if amount > 0:
+                prune.l1_unstructured(layer, "weight", amount=amount)
+                prune.remove(layer, "weight")
+            zeros += int((layer.weight == 0).sum())
+            total += layer.weight.numel()
+    if total == 0:
+        raise CompressError(f"{type(module).__name__} has no Linear layer to prune")
+    return {"linear_weights": total, "sparsity": zeros / total}
+
+
+def clone_encoder(encoder: Any) -> Any:
+    """A deep copy of a `SentenceEncoder`'s network sharing its (read-only) tokenizer."""
+    tokenizer = encoder.tokenizer
+    encoder.tokenizer = None
+    try:
+        twin = copy.deepcopy(encoder)
+    finally:
+        encoder.tokenizer = tokenizer
+    twin.tokenizer = tokenizer
+    return twin
+
+
+def make_student(teacher: Any, layers: int) -> Any:
+    """A copy of the teacher keeping its embeddings and its first `layers` transformer layers."""
+    import torch
+
+    student = clone_encoder(teacher)
+    blocks = student.transformer.encoder.layer
+    if layers > len(blocks):
+        raise CompressError(f"compress.distill_layers={layers} but the teacher has only {len(blocks)} layers")
+    student.transformer.encoder.layer = torch.nn.ModuleList(list(blocks)[:layers])
+    student.transformer.config.num_hidden_layers = layers
+    return student
+
+
+def distill_text_encoder(teacher: Any, texts: list[str], targets: np.ndarray, layers: int, epochs: int,
+                         batch_size: int, learning_rate: float, seed: int, progress: bool = True) -> tuple[Any, dict]:
+    """Train a shallower student to reproduce the teacher's embeddings (`targets`) of `texts` (loss 1 - cosine).
+
+    The token embeddings stay frozen (the teacher's, so words absent from the catalogue keep their meaning, and
+    each step is about twice as fast). Every 10th text is held out: its cosine estimates the quality on texts
+    the student never saw (new items).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    student = make_student(teacher, layers)
+    for param in student.transformer.embeddings.parameters():
+        param.requires_grad_(False)
+    target = torch.from_numpy(np.asarray(targets, dtype=np.float32))
+    held = np.arange(len(texts)) % 10 == 9 if len(texts) >= 10 else np.zeros(len(texts), dtype=bool)
+    train_idx = np.flatnonzero(~held)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=learning_rate)
+    rng = np.random.default_rng(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        student.train()
+        losses = []
+        order = rng.permutation(train_idx)
+        for s in tqdm(range(0, len(order), batch_size), desc=f"distil epoch {epoch}", disable=not progress,
+                      leave=False):
+            idx = order[s : s + batch_size]
+            tok = student.tokenize([texts[i] for i in idx])
+            pred = student(tok["input_ids"], tok["attention_mask"])
+            loss = (1 - (pred * target[idx]).sum(-1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else 0.0})
+        log.info("distillation epoch %d: 1 - cos = %.5f", epoch, history[-1]["loss"])
+    student.eval()
+    info = {"layers": layers, "epochs": epochs, "history": history, "held_out_texts": int(held.sum())}
+    if held.any():
+        got = student.encode([texts[i] for i in np.flatnonzero(held)])
+        info["held_out_cosine"] = float((got * targets[held]).sum(-1).mean())
+    return student, info
+
+
+def item_embeddings_from_text(model: Any, text_emb: np.ndarray) -> np.ndarray:
+    """The model's item tower over new text embeddings (catalogue order): float32 [N, D]."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return model.item_table(text=torch.from_numpy(np.asarray(text_emb, dtype=np.float32)))[1:].numpy()
+
+
+@dataclass
+class Variant:
+    """One variant's files under `dir` (user_tower.onnx, text_encoder.onnx), its item table and its figures."""
+
+    name: str
+    dir: Path
+    item_embeddings: np.ndarray = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def user_tower(self) -> Path:
+        return self.dir / "user_tower.onnx"
+
+    @property
+    def text_encoder(self) -> Path:
+        return self.dir / TEXT_ENCODER_FILE
+
+
+def _encoder_dir(model_dir: Path, cfg: dict) -> str | None:
+    enc = cfg.get("encoder_dir")
+    if enc and not Path(enc).is_absolute():
+        enc = str(model_dir / enc)
+    return enc
+
+
+def _variant_tower(model: Any, model_dir: Path, out: Path, item_embeddings: np.ndarray) -> Path:
+    """A C4 copy of `model` over `item_embeddings`, exported with the model's own ONNX exporter."""
+    from components.model import export_user_tower_onnx, save_artifact
+
+    with tempfile.TemporaryDirectory(prefix="compress-model-") as tmp:
+        encoder = ProfileEncoder.from_dict(json.loads((model_dir / PROFILE_ENCODER_FILE).read_text(encoding="utf-8")))
+        save_artifact(model, tmp, np.load(model_dir / "item_ids.npy"), item_embeddings, encoder, [])
+        return export_user_tower_onnx(tmp, out / "user_tower.onnx")
+
+
+def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path,
+                   progress: bool = True) -> dict[str, Variant]:
+    """Export fp32 and build every configured variant under `work/<variant>/`."""
+    import torch
+
+    from components.model import export_user_tower_onnx, load_model
+    from components.text_encoder import SentenceEncoder
+
+    cfg = config.compress
+    torch.set_num_threads(config.train.num_threads)
+    model, _ = load_model(model_dir)
+    teacher = SentenceEncoder(_encoder_dir(model_dir, model.cfg)).eval()
+    base_emb = np.load(model_dir / "item_embeddings.npy").astype(np.float32)
+    out: dict[str, Variant] = {}
+
+    fp32 = Variant(REFERENCE, work / REFERENCE, base_emb)
+    export_user_tower_onnx(model_dir, fp32.user_tower)
+    export_text_encoder_onnx(teacher, fp32.text_encoder)
+    teacher_text = encode_with(session(fp32.text_encoder), teacher.tokenizer, texts)
+    rebuilt = item_embeddings_from_text(model, teacher_text)
+    fp32.info = {"text_path_max_abs_diff": float(np.abs(rebuilt - base_emb).max())}
+    if fp32.info["text_path_max_abs_diff"] > 1e-3:
+        log.warning("the model's item embeddings differ from its item tower over the fp32 text encoder by %.2e: "
+                    "the model was trained on other text embeddings", fp32.info["text_path_max_abs_diff"])
+    out[REFERENCE] = fp32
+
+    def finish(name: str, net: Any, info: dict) -> Variant:
+        """Item table through `net` from work/<name>/text_encoder.onnx, then the user tower over it."""
+        text = encode_with(session(work / name / "text_encoder.onnx"), teacher.tokenizer, texts)
+        emb = item_embeddings_from_text(net, text)
+        info = {**info, "text_cosine_mean": float((text * teacher_text).sum(-1).mean()),
+                "text_cosine_min": float((text * teacher_text).sum(-1).min())}
+        variant = Variant(name, work / name, emb, info)
+        _variant_tower(net, model_dir, variant.dir, emb)
+        return variant
+
+    if "int8" in cfg.variants:
+        log.info("int8: dynamic per-channel quantization of both networks")
+        quantize_int8(fp32.text_encoder, work / "int8" / "text_encoder.onnx")
+        v = finish("int8", model, {})
+        # attribution: fp32 tower over the int8-text item table (text only); int8 fp32-table tower (tower only)
+        text_only = v.dir / "parts" / "user_tower_text_only.onnx"
+        text_only.parent.mkdir(parents=True, exist_ok=True)
+        v.user_tower.rename(text_only)
+        quantize_int8(text_only, v.user_tower)
+        quantize_int8(fp32.user_tower, v.dir / "parts" / "user_tower_only.onnx")
+        out["int8"] = v
+    if "pruned" in cfg.variants:
+        log.info("pruned: L1 unstructured pruning of %.0f%% of every Linear weight", 100 * cfg.prune_amount)
+        net = copy.deepcopy(model)
+        tower_stats = prune_linear(net, cfg.prune_amount)
+        student = clone_encoder(teacher)
+        text_stats = prune_linear(student.transformer, cfg.prune_amount)
+        export_text_encoder_onnx(student, work / "pruned" / "text_encoder.onnx")
+        out["pruned"] = finish("pruned", net, {"two_tower_sparsity": tower_stats["sparsity"],
+                                                     "text_encoder_sparsity": text_stats["sparsity"]})
+    if "distilled" in cfg.variants:
+        log.info("distilled: %d-layer student of the text encoder, %d epochs", cfg.distill_layers, cfg.distill_epochs)
+        student, info = distill_text_encoder(teacher, texts, teacher_text, cfg.distill_layers, cfg.distill_epochs,
+                                             cfg.distill_batch_size, cfg.distill_learning_rate, config.train.seed,
+                                             progress)
+        export_text_encoder_onnx(student, work / "distilled" / "text_encoder.onnx")
+        out["distilled"] = finish("distilled", model, info)
+    teacher.tokenizer.save_pretrained(str(work / TOKENIZER_DIR))
+    return out

@@ -1,0 +1,524 @@
+"""The recommendation API's request logic without HTTP: request -> online features -> one call of the
+`recommender` ensemble -> filters, fallback, explanations -> response, each served list appended to the request log.
+
+The parts it talks to are injected: a scorer of the ensemble (Triton's gRPC client in the service; `ReferenceScorer`,
+the same ensemble run in process, where no Triton runs), the online store (Feast) and the request log (contract C6).
+When the scorer or the store fail, a popularity ranking answers with `degraded: true`; a circuit breaker skips the
+failed part and a watcher thread re-checks it (fresh scorer, fresh store) so the engine recovers without a restart.
+Only an outage trips a breaker: an error about one request's values degrades that request alone. serving/service.py
+wraps the engine in the BentoML service.
+"""
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+from components.config import Config
+from components.ensemble import EnsembleReference
+from components.features import feature_data_dir, open_store
+from components.features_online import online_feature_rows, push_interaction
+from components.id_maps import ExternalIds, load_id_maps
+from components.ingest import id_maps_dir
+from components.request_log import RequestLog, RequestRecord
+from components.request_logs import open_request_log
+from components.rerank import mmr_order, pool_size
+from serving import triton_repo as tr
+from serving.api_models import ApiModels, FiltersBase, RequestLimits, api_models
+from serving.catalogue import Catalogue, ModelState, ServiceError
+from serving.triton_client import RecommenderClient, TritonClientError, encode_profile
+
+log = logging.getLogger("recsys.api")
+
+HEALTH_INTERVAL_S = 1.0  # watcher period: version check and re-check of failed parts
+FEAST_TIMEOUT_S = 1.0  # a feature look-up or push without an answer by then counts as a failure
+OVERFETCH_SLACK = 1.5  # filtered requests fetch k / selectivity * this (capped at the catalogue)
+POPULARITY_VERSION = "popularity"
+STAGES = ("feast", "triton", "log")
+
+
+class Scorer(Protocol):
+    """What the engine calls of the `recommender` ensemble (serving.triton_client.RecommenderClient's signatures)."""
+
+    def server_ready(self) -> bool: ...
+
+    def served_versions(self) -> list[int]: ...
+
+    def recommend(self, history_item_ids: Sequence[int], profile: Sequence[int], exclude_item_ids: Sequence[int] = (),
+                  k: int = 10, version: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class ReferenceScorer:
+    """The `recommender` ensemble run in process (components.ensemble) for the versions it is given, with
+    Triton's version semantics: `served_versions` lists them, a call for another version is a TritonClientError
+    with status NOT_FOUND. `serve` replaces the served versions (a switch), as Triton's model control does."""
+
+    def __init__(self, bundles: dict[int, str | Path]) -> None:
+        """`bundles`: deployment version -> the serving bundle it was written from."""
+        self._references: dict[int, EnsembleReference] = {}
+        self.serve(bundles)
+
+    def serve(self, bundles: dict[int, str | Path]) -> None:
+        """Serve exactly these versions from now on."""
+        self._references = {int(v): self._references.get(int(v)) or EnsembleReference(path)
+                            for v, path in bundles.items()}
+
+    def server_ready(self) -> bool:
+        return True
+
+    def served_versions(self) -> list[int]:
+        return sorted(self._references)
+
+    def recommend(self, history_item_ids: Sequence[int], profile: Sequence[int], exclude_item_ids: Sequence[int] = (),
+                  k: int = 10, version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        references = self._references  # one mapping for the whole call: `serve` may replace it meanwhile
+        if version is None and references:
+            version = max(references)
+        if version not in references:
+            raise TritonClientError(tr.ENSEMBLE, "NOT_FOUND", f"version {version} is not served")
+        return references[version].recommend(list(history_item_ids), list(profile), list(exclude_item_ids), k)
+
+    def close(self) -> None:
+        """Nothing to release (the sessions go with the object)."""
+
+
+@dataclass(frozen=True)
+class Live:
+    """Everything a request reads that changes with the deployed version: the model state, the item catalogue
+    and the id maps. Immutable: a request takes it once (`Engine.live`) and uses it to the end; a version
+    change builds a new one and replaces the reference in one assignment."""
+
+    model: ModelState | None
+    catalogue: Catalogue
+    users: ExternalIds
+    items: ExternalIds
+
+
+class Breaker:
+    """Up/down state of one dependency: requests skip it while it is down; the watcher re-checks it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.up = True
+        self.error = ""
+
+    def ok(self) -> None:
+        if not self.up:
+            log.info("%s is back", self.name)
+        self.up, self.error = True, ""
+
+    def fail(self, err: BaseException | str) -> None:
+        if self.up:
+            log.warning("%s unavailable: %s", self.name, err)
+        self.up, self.error = False, (str(err) or type(err).__name__)[:300]
+
+
+class WritableCheck:
+    """Whether the request log takes writes (an empty committed transaction), checked at most once per interval
+    so that a stream of probes costs the log nothing."""
+
+    def __init__(self, request_log: RequestLog, interval_s: float = HEALTH_INTERVAL_S) -> None:
+        self.request_log, self.interval_s = request_log, interval_s
+        self.error = ""
+        self._checked_at = -math.inf
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._checked_at >= self.interval_s:
+                try:
+                    self.request_log.check_writable()
+                    self.error = ""
+                except Exception as err:  # noqa: BLE001 - any failure means "not writable"; the reason is kept
+                    self.error = (str(err) or type(err).__name__)[:300]
+                self._checked_at = time.monotonic()
+            return not self.error
+
+
+OUTAGE_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "NOT_FOUND"})
+REQUEST_ERRORS = (ValueError, TypeError, KeyError, IndexError, ArithmeticError)  # a value of one request refused
+
+
+def dependency_down(err: BaseException) -> bool:
+    """Whether a failed Triton or Feast call means the dependency is unavailable for everyone (unreachable,
+    timed out, overloaded, model not loaded) rather than that this one request's values were refused (e.g.
+    INVALID_ARGUMENT, a ValueError): only the first trips its breaker."""
+    if isinstance(err, TritonClientError):
+        return err.status.removeprefix("StatusCode.") in OUTAGE_STATUSES
+    return not isinstance(err, REQUEST_ERRORS)
+
+
+# ------------------------------------------------------------------------------------------------ engine
+class Engine:
+    """The API's logic without HTTP: usable in-process (tests, benchmarks) and inside the BentoML service."""
+
+    def __init__(self, config: Config, *, new_scorer: Callable[[], Scorer] | None = None,
+                 open_features: Callable[[], Any] | None = None, request_log: RequestLog | None = None,
+                 watch: bool = True) -> None:
+        """`new_scorer` makes a fresh scorer of the ensemble (default: a gRPC client of Triton at serving.host and
+        serving.triton_grpc_port; called again to reconnect), `open_features` opens the online store (default:
+        Feast, components.features.open_store), `request_log` is where served lists and interactions are
+        appended (default: serving.request_log); `watch` starts the thread that re-checks failed parts."""
+        self.config = config
+        s = config.serving
+        self.repo_dir = Path(s.model_repository)
+        self.grpc_url = f"{s.host}:{s.triton_grpc_port}"
+        self.schema = config.dataset
+        self.models: ApiModels = api_models(self.schema, RequestLimits.from_serving(s))
+        self.live = Live(None, Catalogue.from_feature_dir(feature_data_dir(config), self.schema), *self._load_ids())
+        self._new_scorer = new_scorer or (lambda: RecommenderClient(self.grpc_url, timeout_s=s.grpc_timeout_s,
+                                                                    retries=s.grpc_retries))
+        self._open_features = open_features or (lambda: open_store(config))
+        self.request_log = request_log if request_log is not None else open_request_log(s.request_log)
+        self.log_writable = WritableCheck(self.request_log)
+        self.feast = Breaker("feature store")
+        self.triton = Breaker(f"Triton at {self.grpc_url}")
+        # one thread talks to Feast: look-ups and pushes are serialised and each waits at most FEAST_TIMEOUT_S
+        # (a Redis client that retries for seconds must not stall the API)
+        self._feast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-feast")
+        self._store = None
+        try:
+            self._store = self._open_features()  # first open imports Feast: no deadline here
+        except Exception as err:  # noqa: BLE001 - the watcher retries
+            self.feast.fail(err)
+        self._client = self._new_scorer()
+        self._watch_client = self._new_scorer()
+        self._retired: list[Scorer] = []
+        self._stop = threading.Event()
+        self._check_lock = threading.Lock()
+        self.check_feast()
+        self.check_triton()
+        self._watcher = None
+        if watch:
+            self._watcher = threading.Thread(target=self._watch, name="recsys-api-health", daemon=True)
+            self._watcher.start()
+
+    # ---- dependencies --------------------------------------------------------------------------------
+    def _reconnect(self) -> None:
+        """Fresh gRPC channels (an old channel may sit in a long reconnect back-off); old ones closed later."""
+        for old in self._retired:
+            old.close()
+        self._retired = [self._client, self._watch_client]
+        self._client, self._watch_client = self._new_scorer(), self._new_scorer()
+
+    def check_triton(self) -> bool:
+        """Server ready and the ensemble loaded; (re)loads the model state when the live version changed."""
+        with self._check_lock:  # the watcher and /readyz may check at the same time
+            return self._check_triton()
+
+    @property
+    def model(self) -> ModelState | None:
+        """The model state of the version the API serves now (a request reads `live` once instead)."""
+        return self.live.model
+
+    def _check_triton(self) -> bool:
+        try:
+            versions = self._watch_client.served_versions() if self._watch_client.server_ready() else []
+            if not versions:
+                raise ServiceError(f"Triton at {self.grpc_url} is not ready or has no '{tr.ENSEMBLE}' loaded")
+            live = self.live
+            # during a switch Triton serves both versions: the API keeps its own until Triton drops it
+            keep = live.model is not None and live.model.version in versions
+            version = live.model.version if keep else versions[-1]
+            if live.model is None or live.model.version != version:
+                model = ModelState.load(self.repo_dir, version)
+                # a new version: the pipeline that built it refreshed the item metadata (new items included)
+                tables = (self._read_catalogue(live) if live.model is not None
+                          else (live.catalogue, live.users, live.items))
+                self.live = Live(model, *tables)  # one assignment: a request sees the old state or the new
+                log.info("serving version %d (model %s)", version, model.model_version)
+            self.triton.ok()
+            return True
+        except Exception as err:  # noqa: BLE001 - any failure means "down"; the breaker keeps the reason
+            self.triton.fail(err)
+            self._reconnect()
+            return False
+
+    def _load_ids(self) -> tuple[ExternalIds, ExternalIds]:
+        """The committed id maps (the ones validate extended): external ids of requests <-> keys."""
+        folder = id_maps_dir(self.config)
+        try:
+            maps = load_id_maps(folder, {"user": self.schema.user_id.type, "item": self.schema.item_id.type})
+        except (OSError, ValueError) as err:
+            raise ServiceError(f"cannot read the id maps in {folder}: {err}") from err
+        return ExternalIds(maps["user"]), ExternalIds(maps["item"])
+
+    def _read_catalogue(self, live: Live) -> tuple[Catalogue, ExternalIds, ExternalIds]:
+        """The item catalogue and id maps read afresh (those of `live` when they cannot be read)."""
+        try:
+            users, items = self._load_ids()
+            catalogue = Catalogue.from_feature_dir(feature_data_dir(self.config), self.schema)
+            log.info("item catalogue reloaded: %d items", len(catalogue.item_ids))
+            return catalogue, users, items
+        except Exception as err:  # noqa: BLE001 - keep serving with the catalogue it has
+            log.warning("item catalogue not reloaded, keeping %d items: %s", len(live.catalogue.item_ids), err)
+            return live.catalogue, live.users, live.items
+
+    def _feast(self, fn: Any, *args: Any) -> Any:
+        """fn(store, *args) on the Feast thread, opening the store if needed; TimeoutError after FEAST_TIMEOUT_S."""
+
+        def run() -> Any:
+            if self._store is None:
+                self._store = self._open_features()
+            return fn(self._store, *args)
+
+        try:
+            return self._feast_pool.submit(run).result(timeout=FEAST_TIMEOUT_S)
+        except FutureTimeout as err:
+            raise TimeoutError(f"no answer from the feature store within {FEAST_TIMEOUT_S} s") from err
+
+    def check_feast(self) -> bool:
+        """The online store answers a look-up."""
+        try:
+            self._feast(online_feature_rows, [0])
+            self.feast.ok()
+            return True
+        except Exception as err:  # noqa: BLE001 - the store's own client reconnects (redis); opening may retry
+            self.feast.fail(err)
+            return False
+
+    def ready(self) -> bool:
+        """The API can answer, from its popularity fallback if need be: the catalogue is loaded and the request
+        log takes writes. Triton and Feast being down degrades answers but does not make the API unready (a
+        Triton outage must not take every replica out of the Service); `health()` reports them."""
+        return len(self.live.catalogue.item_ids) > 0 and self.log_writable()
+
+    def health(self) -> dict[str, Any]:
+        """Readiness and the state of each dependency (GET /healthz/details)."""
+        live = self.live
+        return {
+            "ready": self.ready(),
+            "catalogue_items": int(len(live.catalogue.item_ids)),
+            "request_log": {"writable": not self.log_writable.error, "error": self.log_writable.error or None},
+            "triton": {"up": self.triton.up, "error": self.triton.error or None,
+                       "model_version": live.model.model_version if live.model else None},
+            "feature_store": {"up": self.feast.up, "error": self.feast.error or None},
+        }
+
+    def _watch(self) -> None:
+        while not self._stop.wait(HEALTH_INTERVAL_S):
+            try:
+                self.check_triton()
+                if not self.feast.up:
+                    self.check_feast()
+            except Exception:  # noqa: BLE001 - the watcher must never die
+                log.exception("health watcher")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        for client in (self._client, self._watch_client, *self._retired):
+            client.close()
+        self._feast_pool.shutdown(wait=False, cancel_futures=True)
+        self.request_log.close()
+
+    # ---- /recommend ----------------------------------------------------------------------------------
+    def _features(self, user_id: int | None) -> dict[str, Any] | None:
+        """Profile and recent items of a user key from the online store (None when the store is down); a user
+        without a key (a string id the id map does not hold yet) is unknown without a look-up."""
+        if user_id is None:
+            return {"known": False, "profile": {}, "recent": []}
+        if not self.feast.up:
+            return None
+        try:
+            row = self._feast(online_feature_rows, [user_id])[0]
+        except Exception as err:  # noqa: BLE001
+            if dependency_down(err):
+                self.feast.fail(err)
+            else:
+                log.warning("feature look-up failed for user key %s: %r", user_id, err)
+            return None
+        profile = {name: row.get(name) for name in self.config.dataset.user_attributes}
+        profile = {name: None if value is not None and value != value else value  # NaN is missing, as None
+                   for name, value in profile.items()}
+        known = any(v is not None for v in profile.values()) or (row["user_interaction_count"] or 0) > 0
+        return {"known": known, "profile": profile, "recent": row["recent_item_ids"]}
+
+    def _rank(self, live: Live, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
+              filters: FiltersBase | None, diversity: float = 0.0,
+              ) -> tuple[Live, np.ndarray | None, list[tuple[int, float]]]:
+        """Rank by the exact version of `live.model` (its manifest, catalogue and Triton version together).
+        When Triton no longer serves that version (a switch finished since `live` was read), the live state is
+        re-read once and the request is ranked by the new version end to end; returns the state used, the
+        filter mask of its catalogue and the ranking."""
+        mask = live.catalogue.mask(filters)
+        try:
+            return live, mask, self._rank_version(live, recent, profile, exclude, k, mask, diversity)
+        except TritonClientError as err:
+            if not dependency_down(err):  # this request's values were refused: no version question to settle
+                raise
+            self.check_triton()
+            newer = self.live
+            if newer.model is None or newer.model.version == live.model.version:
+                raise
+        log.info("version %d left Triton during a request; ranked by version %d", live.model.version,
+                 newer.model.version)
+        mask = newer.catalogue.mask(filters)
+        return newer, mask, self._rank_version(newer, recent, profile, exclude, k, mask, diversity)
+
+    def _rank_version(self, live: Live, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
+                      mask: np.ndarray | None, diversity: float = 0.0) -> list[tuple[int, float]]:
+        model = live.model
+        want = pool_size(k, model.n_items) if diversity > 0 else k  # MMR picks k among the best `want`
+        fetch = want
+        if mask is not None:
+            rows = live.catalogue.rows(model.sorted_ids)
+            selectivity = float(mask[rows[rows >= 0]].sum()) / max(model.n_items, 1)
+            fetch = model.n_items if selectivity <= 0 else math.ceil(want / selectivity * OVERFETCH_SLACK)
+        fetch = max(1, min(fetch, model.n_items))
+        codes = encode_profile(model.manifest, profile)
+        ids, scores = self._client.recommend(recent, codes, exclude, fetch, version=model.version)
+        if mask is not None:
+            rows = live.catalogue.rows(ids)
+            keep = (rows >= 0) & mask[np.maximum(rows, 0)]
+            ids, scores = ids[keep], scores[keep]
+        if diversity > 0:  # diversity on request: MMR over the version's item embeddings (components.rerank)
+            ids, scores = ids[:want], scores[:want]
+            order = mmr_order(scores, model.unit_embeddings[np.maximum(model.rows(ids), 0)], k, diversity)
+            ids, scores = ids[order], scores[order]
+        return [(int(i), float(s)) for i, s in zip(ids[:k], scores[:k], strict=True)]
+
+    def recommend(self, req: BaseModel, *, reveal_history: bool) -> BaseModel:
+        """Answer one RecommendRequest (of `self.models`) with a RecommendResponse; never raises for Triton
+        or Feast failures (popularity answers, `degraded: true`). Explanations name the user's recent items
+        only when the caller may read the user's history (`reveal_history`, see serving.auth)."""
+        t0 = time.perf_counter()
+        timings = dict.fromkeys(STAGES, 0.0)
+        reasons: list[str] = []
+        live = self.live  # one version's model state, catalogue and id maps for the whole request
+        feats = self._features(live.users.key(req.user_id))
+        timings["feast"] = time.perf_counter() - t0
+        request_profile = (req.profile or self.models.Profile()).model_dump()
+        if feats is None:
+            reasons.append(f"feature store unavailable: {self.feast.error or 'skipped after a recent failure'}")
+            known, recent, profile = False, [], request_profile
+        else:
+            known, recent = feats["known"], feats["recent"]
+            profile = feats["profile"] if known else request_profile
+        cold_start = feats is not None and not known
+        has_profile = any(v is not None for v in profile.values())
+        if cold_start:
+            reasons.append("unknown user: ranked from the given profile" if has_profile
+                           else "unknown user without a profile: popularity")
+        exclude = recent if req.exclude_seen else []
+        mask = live.catalogue.mask(req.filters)
+        model = live.model
+        ranked: list[tuple[int, float]] = []
+        source = POPULARITY_VERSION
+        use_model = feats is not None and (known or has_profile)
+        if use_model and model is None:
+            reasons.append(f"no model served: {self.triton.error or 'Triton not checked yet'}")
+        elif use_model and not self.triton.up:
+            reasons.append(f"Triton unavailable: {self.triton.error}")
+        elif use_model:
+            t1 = time.perf_counter()
+            try:
+                diversity = self.config.trust.diversity if req.diversity is None else req.diversity
+                live, mask, ranked = self._rank(live, recent, profile, exclude, req.k, req.filters, diversity)
+                model, source = live.model, "model"
+            except Exception as err:  # noqa: BLE001 - any Triton failure degrades this request to popularity
+                if dependency_down(err):
+                    self.triton.fail(err)
+                    reasons.append(f"Triton unavailable: {str(err)[:300]}")
+                else:  # this request's values were refused: Triton stays up for everyone else
+                    log.warning("model ranking failed for one request: %r", err)
+                    reasons.append(f"model ranking failed for this request: {str(err)[:300]}")
+            timings["triton"] = time.perf_counter() - t1
+        degraded = use_model and source != "model" or feats is None
+        items = self._items(live, ranked, "model", recent, reveal_history)
+        if len(items) < req.k:  # fallback, or too few items passed the filters: popular items fill up
+            taken = {item for item, _ in ranked} | set(exclude)
+            extra = live.catalogue.popular(req.k - len(items), taken, mask)
+            items += self._items(live, extra, "popularity", recent, reveal_history, start=len(items))
+            if source == "model" and extra:
+                reasons.append(f"only {len(ranked)} ranked items passed the filters; popular items fill up")
+        response = self.models.RecommendResponse(
+            request_id=uuid.uuid4().hex, user_id=req.user_id,
+            model_version=model.model_version if source == "model" and model else POPULARITY_VERSION,
+            cold_start=cold_start, degraded=degraded, reasons=reasons, items=items, timings_ms={})
+        t2 = time.perf_counter()
+        self.request_log.append_request(RequestRecord(
+            request_id=response.request_id, ts=datetime.now(UTC), user_id=req.user_id, k=req.k,
+            exclude_seen=req.exclude_seen, filters=req.filters.model_dump(exclude_none=True) if req.filters else {},
+            profile={k: v for k, v in profile.items() if v is not None}, item_ids=[i.item_id for i in items],
+            scores=[i.score for i in items], model_version=response.model_version, degraded=degraded,
+            cold_start=cold_start, latency_ms=(t2 - t0) * 1000))
+        timings["log"] = time.perf_counter() - t2
+        total = time.perf_counter() - t0
+        timings["service"] = max(total - sum(timings[s] for s in STAGES), 0.0)
+        timings["total"] = total
+        response.timings_ms = {k: round(v * 1000, 3) for k, v in timings.items()}
+        return response
+
+    def _items(self, live: Live, ranked: list[tuple[int, float]], source: str, recent: list[int],
+               reveal_history: bool, start: int = 0) -> list[BaseModel]:
+        """Response items (external ids, title, displayed attributes, explanation) of ranked item keys, described
+        by `live` (the request's one state); without `reveal_history` the explanation names no recent item and
+        closest_recent_item_id stays null."""
+        model = live.model if source == "model" else None
+        near = model.closest([i for i, _ in ranked], recent) if model is not None and ranked else []
+        out = []
+        for n, (item, score) in enumerate(ranked):
+            meta = live.catalogue.describe(item)
+            closest, sim = near[n] if near else (None, 0.0)
+            if source == "popularity":
+                why = "popular in the latest window of interactions"
+            elif closest is not None and reveal_history:
+                title = live.catalogue.title(closest) or f"item {live.items.external(closest)}"
+                why = f"closest to your recent '{title}' (similarity {sim:.2f})"
+            elif closest is not None:
+                why, closest = "close to your recent interactions", None
+            else:
+                why = "matches your profile"
+            out.append(self.models.RecommendedItem(
+                item_id=live.items.external(item), rank=start + n + 1, score=round(score, 6), explanation=why,
+                closest_recent_item_id=None if closest is None else live.items.external(closest), source=source,
+                **meta))
+        return out
+
+    # ---- /interactions -------------------------------------------------------------------------------
+    def interaction(self, req: BaseModel, *, reveal_history: bool) -> BaseModel:
+        """Log one InteractionRequest (external ids) and push it to the online store under the ids' keys; an
+        id the id maps do not hold yet is logged only (the next ingest gives it a key). The user's recent items
+        come back only when the caller may read the user's history (`reveal_history`)."""
+        ts = req.event_timestamp or datetime.now(UTC)
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        pushed, recent, reason = False, [], None
+        live = self.live  # the id maps of one state for the whole request
+        user_key, item_key = live.users.key(req.user_id), live.items.key(req.item_id)
+        if user_key is None or item_key is None:
+            which = "user_id" if user_key is None else "item_id"
+            reason = f"{which} {getattr(req, which)!r} is not in the id map yet: logged, pushed after the next ingest"
+        elif self.feast.up:
+            try:
+                row = self._feast(push_interaction, user_key, item_key, req.rating, ts,
+                                  self.config.features.last_n_items)
+                pushed, recent = True, [live.items.external(int(i)) for i in row["recent_item_ids"]]
+            except Exception as err:  # noqa: BLE001 - logged anyway; pushed after the next ingest
+                if dependency_down(err):
+                    self.feast.fail(err)
+                    reason = f"feature store unavailable: {str(err)[:300]}"
+                else:  # this event's values were refused: the store stays up for everyone else
+                    log.warning("feature push failed for one event: %r", err)
+                    reason = f"feature push failed for this event: {str(err)[:300]}"
+        else:
+            reason = f"feature store unavailable: {self.feast.error}"
+        self.request_log.append_interaction(req.user_id, req.item_id, req.rating, ts)
+        return self.models.InteractionResponse(user_id=req.user_id, item_id=req.item_id, logged=True, pushed=pushed,
+                                   degraded=not pushed, recent_item_ids=recent if reveal_history else [],
+                                   reason=reason)
