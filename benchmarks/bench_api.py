@@ -46,7 +46,7 @@ def _process_group(proc: Any) -> str:
     """Which part of the stack a process is (by its command line)."""
     cmd = " ".join(proc.cmdline())
     if "triton_python_backend_stub" in cmd:
-        for model in ("recommender_topk", "recommender_user_tower", "recommender_prep"):
+        for model in ("recommender_topk", "recommender_user_tower", "recommender_prep", "recommender_graph"):
             if f"/{model}/" in cmd:
                 return f"triton_{model.removeprefix('recommender_')}"
         return "triton_other"

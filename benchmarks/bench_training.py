@@ -82,7 +82,8 @@ def main() -> dict:
     from components.metrics import paired_difference
     from components.model import load_recommender
     from components.schemas import read_tables
-    from components.train import examples_from_tables, train_model
+    from components.train import train_model
+    from components.train_data import examples_from_tables
 
     config = load_config(args.config, args.overrides)
     variants = [("two-tower", [])] + [parse_variant(v) for v in args.variants]

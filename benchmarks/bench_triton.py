@@ -49,13 +49,16 @@ def _requests(bundle: Path, n: int, k: int, seed: int) -> list[dict[str, np.ndar
                 "profile": np.array([rng.integers(0, s) for s in sizes], np.int64),
                 "exclude_item_ids": history.astype(np.int64),
                 "k": np.array([k], np.int32),
+                "prior_item_ids": np.zeros(0, np.int64),  # the bundle's priors, counts from the API (none here)
+                "prior_counts": np.zeros(0, np.float32),
             }
         )
     return out
 
 
-async def _load(url: str, payloads: list[dict[str, np.ndarray]], concurrency: int, max_seconds: float) -> dict:
-    """Send the payloads with `concurrency` requests in flight; stop early at max_seconds."""
+async def _load(url: str, payloads: list[dict[str, np.ndarray]], concurrency: int, max_seconds: float,
+                model: str = "recommender") -> dict:
+    """Send the payloads to `model` with `concurrency` requests in flight; stop early at max_seconds."""
     import tritonclient.grpc.aio as aioclient
     from tritonclient.utils import np_to_triton_dtype
 
@@ -76,7 +79,7 @@ async def _load(url: str, payloads: list[dict[str, np.ndarray]], concurrency: in
                 inputs.append(tensor)
             start = time.perf_counter()
             try:
-                result = await client.infer("recommender", inputs, client_timeout=10.0)
+                result = await client.infer(model, inputs, client_timeout=10.0)
                 result.as_numpy("item_ids")
                 latencies.append(time.perf_counter() - start)
             except Exception as err:  # noqa: BLE001 - counted, reported

@@ -28,7 +28,8 @@ log = logging.getLogger("bench_trust")
 def _train(config, tables, folder: Path) -> Path:
     """Write `tables` as canonical tables + examples under `folder` and train a model there; returns its dir."""
     from components.schemas import write_tables
-    from components.train import examples_from_tables, train_model
+    from components.train import train_model
+    from components.train_data import examples_from_tables
 
     model_dir = folder / "model"
     if (model_dir / "metrics.json").is_file():
@@ -47,8 +48,9 @@ def attack_part(config, tables, out: Path, epochs: int, share: float, kind: str,
     from components.attacks import AttackSpec, inject_attack, target_hit_ratio
     from components.config import load_config
     from components.evaluate import prepare
+    from components.fairness_mitigation import stage_events
     from components.model import load_recommender
-    from components.shilling_defence import DefenceSettings, account_signals
+    from components.shilling_defence import DefenceSettings, account_signals, defended_tables
 
     budget = [f"train.epochs={epochs}", "train.patience=1000", "train.max_minutes=120"]
     cfg = load_config(overrides=[f"paths.data_dir={config.paths.data_dir}", *budget])
@@ -81,6 +83,8 @@ def attack_part(config, tables, out: Path, epochs: int, share: float, kind: str,
                                                        f"{'-'.join(map(str, targets))}")
         model_dir = _train(run_cfg, run_tables, out / "trust_attack" / f"{name}{tag}")
         rec = load_recommender(model_dir)
+        # ranked as the evaluator ranks it: the popularity priors count the events of the data it was trained on
+        stage_events(rec, prepare(run_cfg, defended_tables(run_cfg, run_tables)))
         scores = rec.score(clean.users, clean.histories, clean.catalogue)
         effect = target_hit_ratio(scores, clean.histories, clean.catalogue, np.asarray(targets), k=10)
         effect["hit_ratio@50"] = target_hit_ratio(scores, clean.histories, clean.catalogue, np.asarray(targets),

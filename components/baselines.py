@@ -3,7 +3,8 @@
 - most-popular: number of training interactions of each item.
 - item-kNN: cosine similarity between item columns of the user-item matrix, each item keeping its `neighbours`
   most similar items; a user's score for item j is the summed similarity of j to the user's history items.
-- EASE (Steck, 2019): B = I - P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0; score = x_u B.
+- EASE (Steck, 2019): B = I - P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0; score = x_u B. Only up to
+  `evaluate.ease_max_items` training items (memory ~ 3 x 8 x n_items^2 bytes); above, item-kNN (sparse) and ALS.
 - ALS (Hu, Koren & Volinsky, 2008) from `implicit`, one thread: item factors learned on the training matrix, a
   user's factors solved from their history at scoring time (so validation and test rows count); score = x_u . y_i.
 - SASRec with full-softmax cross-entropy (components/sasrec.py), early-stopped on validation.
@@ -22,9 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from components.item_index import BaselineError, _ItemIndex
-from components.metrics import per_user_metrics, rank_targets
+from components.metrics import per_user_metrics, rank_targets, sample_users
 from components.recommender import Recommender
 from components.splits import Split, histories
 
@@ -50,17 +52,22 @@ class MostPopular(_ItemIndex):
 
 
 class ItemKNN(_ItemIndex):
-    """Cosine item-item neighbourhood model (dense similarity: memory n_items^2)."""
+    """Cosine item-item neighbourhood model: a dense similarity (memory n_items^2) up to `dense_max_items` training
+    items, above that a sparse one built a block of items at a time (memory n_items x neighbours)."""
 
     name = "item-knn"
 
-    def __init__(self, neighbours: int = 100) -> None:
+    def __init__(self, neighbours: int = 100, dense_max_items: int = 20_000) -> None:
         if neighbours < 1:
             raise BaselineError(f"item-knn: neighbours must be >= 1, got {neighbours}")
-        self.neighbours = neighbours
+        self.neighbours, self.dense_max_items = neighbours, dense_max_items
 
     def fit(self, train: pd.DataFrame) -> ItemKNN:
         x = self._index(train)
+        if x.shape[1] > self.dense_max_items:
+            self.similarity = self._sparse_similarity(x)
+            self.params = {"neighbours": float(self.neighbours)}
+            return self
         co = np.asarray((x.T @ x).todense(), dtype=np.float64)
         norms = np.sqrt(np.diag(co))
         sim = co / np.maximum(np.outer(norms, norms), 1e-12)
@@ -73,8 +80,39 @@ class ItemKNN(_ItemIndex):
         self.params = {"neighbours": float(self.neighbours)}
         return self
 
+    def _sparse_similarity(self, x: sp.csr_matrix, max_cells: int = 1 << 24) -> sp.csc_matrix:
+        """Each item's (column's) `neighbours` most cosine-similar items, `max_cells` similarities at a time."""
+        xc = x.tocsc()
+        n = x.shape[1]
+        norms = np.sqrt(np.asarray(xc.multiply(xc).sum(axis=0), dtype=np.float64).ravel())
+        block = max(1, max_cells // n)
+        keep = min(self.neighbours, n - 1)
+        rows, cols, vals = [], [], []
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            sim = np.asarray((xc.T @ xc[:, start:stop]).todense(), dtype=np.float64)
+            sim /= np.maximum(np.outer(norms, norms[start:stop]), 1e-12)
+            sim[np.arange(start, stop), np.arange(stop - start)] = 0.0
+            if keep < 1:
+                continue
+            top = np.argpartition(-sim, keep - 1, axis=0)[:keep, :]
+            top_vals = np.take_along_axis(sim, top, axis=0)
+            nonzero = top_vals > 0
+            rows.append(top[nonzero])
+            cols.append(np.broadcast_to(np.arange(start, stop), top.shape)[nonzero])
+            vals.append(top_vals[nonzero].astype(np.float32))
+        if not vals:
+            return sp.csc_matrix((n, n), dtype=np.float32)
+        return sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+
     def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
-        return self._to_catalogue(np.asarray(self._history_matrix(histories) @ self.similarity), catalogue)
+        scores = self._history_matrix(histories) @ self.similarity
+        return self._to_catalogue(scores.toarray() if sp.issparse(scores) else np.asarray(scores), catalogue)
+
+
+def ease_fits(n_items: int, max_items: int) -> bool:
+    """Whether EASE's dense items x items inverse is affordable: at most `max_items` training items."""
+    return n_items <= max_items
 
 
 class EASE(_ItemIndex):
@@ -152,11 +190,14 @@ def user_frame(user_ids: np.ndarray, users: pd.DataFrame | None) -> pd.DataFrame
 
 def validation_score(
     recommender: Recommender, split: Split, users: pd.DataFrame | None, catalogue: np.ndarray,
-    metric: str = TUNE_METRIC,
+    metric: str = TUNE_METRIC, max_users: int | None = None, seed: int = 0,
 ) -> float:
-    """Mean `metric` (e.g. ndcg@10) on the validation rows, excluding each user's training items."""
+    """Mean `metric` (e.g. ndcg@10) on the validation rows (a seeded sample of `max_users` of them when set),
+    excluding each user's training items."""
     hist = histories(split, "validation")
     val = split.validation.sort_values("user_id")
+    sample = sample_users(len(val), max_users, seed)
+    val = val if sample is None else val.iloc[sample]
     user_ids = val["user_id"].to_numpy(dtype=np.int64)
     seen = [hist.get(int(u), np.empty(0, dtype=np.int64)) for u in user_ids]
     k = int(metric.split("@")[1]) if "@" in metric else 10
@@ -178,10 +219,13 @@ def fit_baselines(
     sasrec: SASRecSettings | None = None,
     seed: int = 0,
     num_threads: int = 1,
+    ease_max_items: int = 20_000,
+    max_users: int | None = None,
 ) -> dict[str, Recommender]:
     """Most-popular, item-kNN and EASE fitted on `split.train`, kNN size and EASE lambda picked on validation;
     plus ALS (grid picked on validation) and SASRec (early-stopped on validation) when their settings are given
-    and enabled.
+    and enabled. EASE is left out above `ease_max_items` training items (its items x items inverse), item-kNN
+    turns sparse there; validation uses a seeded sample of `max_users` users when set.
 
     Each fitted model gets `.tuning` (list of (param, validation metric); for SASRec (epoch, metric)) and
     `.params` (the chosen ones).
@@ -189,20 +233,28 @@ def fit_baselines(
     pop = MostPopular().fit(split.train)
     pop.tuning = []
     out: dict[str, Recommender] = {pop.name: pop}
-    for name, make, grid in (("item-knn", ItemKNN, knn_neighbours), ("ease", EASE, ease_lambdas)):
+    n_items = int(split.train["item_id"].nunique())
+    families = [("item-knn", lambda k: ItemKNN(k, dense_max_items=ease_max_items), knn_neighbours)]
+    if ease_fits(n_items, ease_max_items):
+        families.append(("ease", EASE, ease_lambdas))
+    else:
+        log.warning("ease skipped: %d training items > evaluate.ease_max_items=%d (its items x items inverse would "
+                    "take %.1f GB)", n_items, ease_max_items, 3 * 8 * n_items**2 / 1e9)
+    for name, make, grid in families:
         best, best_value, tuning = None, -np.inf, []
         for value in grid:
             model = make(value).fit(split.train)
-            score = validation_score(model, split, users, catalogue, metric) if len(split.validation) else 0.0
+            score = (validation_score(model, split, users, catalogue, metric, max_users, seed)
+                     if len(split.validation) else 0.0)
             tuning.append((float(value), score))
-            log.info("%s %s=%s: validation %s %.4f", name, "k" if make is ItemKNN else "lambda", value, metric, score)
+            log.info("%s %s=%s: validation %s %.4f", name, "lambda" if make is EASE else "k", value, metric, score)
             if score > best_value:
                 best, best_value = model, score
         best.tuning = tuning
         out[name] = best
     has_validation = len(split.validation) > 0
     if als is not None and als.enabled:
-        out[ALS.name] = _fit_als(split, users, catalogue, als, metric, seed, num_threads)
+        out[ALS.name] = _fit_als(split, users, catalogue, als, metric, seed, num_threads, max_users)
     if sasrec is not None and sasrec.enabled:
         from components.sasrec import SASRec
 
@@ -210,23 +262,33 @@ def fit_baselines(
                        sasrec.epochs, sasrec.patience, sasrec.batch_size, sasrec.learning_rate, sasrec.max_minutes,
                        seed=seed, num_threads=num_threads)
         out[model.name] = model.fit(split.train, validate=(lambda m: validation_score(
-            m, split, users, catalogue, metric)) if has_validation else None)
+            m, split, users, catalogue, metric, max_users, seed)) if has_validation else None)
     return out
 
 
 def _fit_als(split: Split, users: pd.DataFrame | None, catalogue: np.ndarray, settings: ALSSettings, metric: str,
-             seed: int, num_threads: int) -> ALS:
+             seed: int, num_threads: int, max_users: int | None = None) -> ALS:
     best, best_value, tuning = None, -np.inf, []
     for factors, reg, iterations, alpha in product(settings.factors, settings.regularization, settings.iterations,
                                                    settings.alpha):
         model = ALS(factors, reg, iterations, alpha, seed=seed, num_threads=num_threads).fit(split.train)
-        score = validation_score(model, split, users, catalogue, metric) if len(split.validation) else 0.0
+        score = (validation_score(model, split, users, catalogue, metric, max_users, seed)
+                 if len(split.validation) else 0.0)
         tuning.append((dict(model.params), score))
         log.info("als %s: validation %s %.4f", model.params, metric, score)
         if score > best_value:
             best, best_value = model, score
     best.tuning = tuning
     return best
+
+
+def skipped_baselines(split: Split, config: Config) -> dict[str, str]:
+    """The baselines `configured_baselines` leaves out for size on this split, with the reason."""
+    n_items, limit = int(split.train["item_id"].nunique()), config.evaluate.ease_max_items
+    if ease_fits(n_items, limit):
+        return {}
+    return {EASE.name: f"{n_items} training items > evaluate.ease_max_items={limit}: its items x items inverse "
+                       f"would take ~{3 * 8 * n_items**2 / 1e9:.1f} GB; item-kNN (sparse) and ALS cover this size"}
 
 
 def configured_baselines(split: Split, users: pd.DataFrame | None, catalogue: np.ndarray, config: Config,
@@ -239,4 +301,5 @@ def configured_baselines(split: Split, users: pd.DataFrame | None, catalogue: np
     als = e.als if only in (None, ALS.name) else None
     sasrec = e.sasrec if only in (None, "sasrec-ce") else None
     return fit_baselines(split, users, catalogue, e.knn_neighbours, e.ease_lambdas, metric, als=als,
-                         sasrec=sasrec, seed=config.train.seed, num_threads=config.train.num_threads)
+                         sasrec=sasrec, seed=config.train.seed, num_threads=config.train.num_threads,
+                         ease_max_items=e.ease_max_items, max_users=e.max_users)

@@ -131,14 +131,69 @@ def item_scores(item_embeddings: np.ndarray, user_embedding: np.ndarray) -> np.n
     return (item_embeddings @ user).reshape(1, -1)
 
 
+PRIOR_KEY = "popularity_prior"  # the manifest's popularity-prior settings (see `PopularityPrior`)
+
+
+class PopularityPrior:
+    """The model's popularity priors over a bundle's catalogue: an item scores cosine + w * log1p(n), n = its
+    interactions by other users strictly before the request within the prior's window; items without a trained
+    ID embedding (`is_new`) use the new-item weight and window, trained items the other ones (weight 0 = off)."""
+
+    def __init__(self, index: ItemIndex, settings: dict | None) -> None:
+        settings = settings or {}
+        self.new_item_weight = float(settings.get("new_item_weight", 0.0))
+        self.new_item_window_days = settings.get("new_item_window_days")
+        self.weight = float(settings.get("weight", 0.0))
+        self.window_days = settings.get("window_days")
+        rows = index.rows(np.asarray(settings.get("new_item_ids", []), dtype=np.int64))
+        self.is_new = np.zeros(len(index), dtype=bool)
+        self.is_new[rows[rows >= 0]] = True
+        self.weights = np.where(self.is_new, np.float32(self.new_item_weight), np.float32(self.weight))
+
+    @property
+    def active(self) -> bool:
+        return self.new_item_weight > 0 or self.weight > 0
+
+    def windows(self) -> list[tuple[np.ndarray, float | None]]:
+        """(catalogue rows, window in days or None) of each prior that is on."""
+        out = []
+        for new, weight, window in ((True, self.new_item_weight, self.new_item_window_days),
+                                    (False, self.weight, self.window_days)):
+            if weight > 0:
+                out.append((np.flatnonzero(self.is_new == new), window))
+        return out
+
+    def boost(self, index: ItemIndex, item_ids: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+        """float32 [N] w * log1p(n) per catalogue row from sparse (item ids, counts n in each item's own window);
+        None when nothing is boosted. Unknown ids are refused (they name an item the bundle does not hold)."""
+        item_ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+        counts = np.asarray(counts, dtype=np.float32).reshape(-1)
+        if item_ids.size != counts.size:
+            raise RequestError(f"prior_item_ids has {item_ids.size} values, prior_counts {counts.size}")
+        if item_ids.size == 0 or not self.active:
+            return None
+        if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+            raise RequestError("prior_counts must be finite and non-negative")
+        rows = index.rows(item_ids)
+        if np.any(rows < 0):
+            raise RequestError(f"prior_item_ids holds ids outside the catalogue, e.g. {int(item_ids[rows < 0][0])}")
+        out = np.zeros(len(index), dtype=np.float32)
+        out[rows] = self.weights[rows] * np.log1p(counts)
+        return out
+
+
 def request_top_k(
-    index: ItemIndex, item_embeddings: np.ndarray, user_embedding: np.ndarray, exclude_item_ids: np.ndarray, k: int
+    index: ItemIndex, item_embeddings: np.ndarray, user_embedding: np.ndarray, exclude_item_ids: np.ndarray, k: int,
+    boost: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top-K step of one request: best-first (item_ids int64 [k'], scores float32 [k']) by dot product over the
-    whole item table, excluded items left out, k' <= k."""
+    whole item table plus `boost` (float32 [N], the popularity prior), excluded items left out, k' <= k."""
     if k < 1:
         raise RequestError(f"k must be at least 1, got {k}")
-    ids, scores = top_k(item_scores(item_embeddings, user_embedding), k, [exclude_item_ids], index)
+    scores = item_scores(item_embeddings, user_embedding)
+    if boost is not None:
+        scores = scores + boost
+    ids, scores = top_k(scores, k, [exclude_item_ids], index)
     keep = ids[0] >= 0
     return ids[0][keep], scores[0][keep]
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
+from components.bundle_ops import PRIOR_KEY
 from components.compress_export import TEXT_ENCODER_FILE, TEXT_INPUTS, TEXT_OUTPUT, TOKENIZER_DIR, CompressError
 from components.compress_gate import METRIC, choose_variant, measure, targets_check, validation_task
 from components.compress_report import write_report
@@ -143,6 +144,23 @@ def run_compress(config: Config, canonical_dir: str | Path, model_dir: str | Pat
     return comparison
 
 
+def popularity_prior_settings(model_dir: str | Path) -> dict[str, Any]:
+    """The model's popularity priors as the bundle carries them (manifest key `popularity_prior`): the weights and
+    windows of model_config.json and the ids of the items without a trained ID embedding (the new-item prior's)."""
+    import torch
+
+    model_dir = Path(model_dir)
+    cfg = json.loads((model_dir / "model_config.json").read_text(encoding="utf-8"))
+    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+    item_ids = np.load(model_dir / "item_ids.npy").astype(np.int64)
+    trained = state["train_count"][1:].numpy() > 0
+    return {"new_item_weight": float(cfg.get("new_item_popularity_weight", 0.0)),
+            "new_item_window_days": cfg.get("new_item_popularity_window_days"),
+            "weight": float(cfg.get("popularity_weight", 0.0)),
+            "window_days": cfg.get("popularity_window_days"),
+            "new_item_ids": item_ids[~trained].tolist()}
+
+
 def write_bundle(variant: Variant, tokenizer_dir: Path, model_dir: Path, bundle_dir: Path, comparison: dict,
                  requests: list[dict[str, Any]]) -> Path:
     """Contract C5 (+ the text encoder and its tokenizer) from one variant; smoke.json computed on the result."""
@@ -168,6 +186,7 @@ def write_bundle(variant: Variant, tokenizer_dir: Path, model_dir: Path, bundle_
                          "inputs": list(TEXT_INPUTS), "output": TEXT_OUTPUT},
         "validation": {METRIC: chosen[METRIC], "reference_" + METRIC: comparison["variants"][REFERENCE][METRIC]},
         "gate": comparison["reason"],
+        PRIOR_KEY: popularity_prior_settings(model_dir),
     }
     (bundle_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     write_smoke(bundle_dir, requests)

@@ -97,7 +97,7 @@ class Model(_Section):
     id_dropout: float = Field(ge=0.0, le=1.0)
     item_representation: Literal["text_and_id", "text_only", "id_only"] = "text_and_id"
     temperature: float = Field(gt=0.0)
-    loss: Literal["auto", "full_softmax", "sampled_softmax", "in_batch"] = "auto"
+    loss: Literal["auto", "full_softmax", "sampled_softmax", "in_batch"] = "in_batch"
     full_softmax_max_items: int = Field(default=100_000, ge=1)
     sampled_negatives: int = Field(default=2048, ge=1)
     logq_correction: bool
@@ -167,6 +167,8 @@ class Evaluate(_Section):
     gate_min_improvement: float
     knn_neighbours: list[int] = Field(min_length=1)
     ease_lambdas: list[float] = Field(min_length=1)
+    ease_max_items: int = Field(default=20_000, ge=1)
+    max_users: int | None = Field(default=None, ge=1)
     sasrec: SASRecSettings
     als: ALSSettings
 
@@ -244,6 +246,7 @@ class Serving(_Section):
     tower_instances: int = Field(ge=1, le=64)
     ann_min_items: int = Field(ge=0)
     ann_ef_search: int = Field(ge=1, le=10_000)
+    retrieval_layout: Literal["steps", "graph"]
     max_body_bytes: int = Field(ge=1024, le=16 * 2**20)
     request_timeout_s: float = Field(gt=0.0, le=300.0)
     event_max_age_days: float = Field(gt=0.0)

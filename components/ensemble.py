@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from components.bundle_ops import ItemIndex, history_tensor, profile_sizes, profile_tensor, request_top_k
+from components.bundle_ops import (
+    PRIOR_KEY,
+    ItemIndex,
+    PopularityPrior,
+    history_tensor,
+    profile_sizes,
+    profile_tensor,
+    request_top_k,
+)
 from components.schemas import BundleError, read_bundle
 
 
@@ -40,13 +48,18 @@ class EnsembleReference:
         self.sizes = profile_sizes(self.manifest)
         self.index = ItemIndex(np.array(item_ids))  # copies: the bundle folder may be replaced while this lives
         self.embeddings = np.array(embeddings, dtype=np.float32)
+        self.prior = PopularityPrior(self.index, self.manifest.get(PRIOR_KEY))
         self.session = onnx_session(self.path / "user_tower.onnx")
 
     def recommend(self, history_item_ids: list[int], profile: list[int], exclude_item_ids: list[int],
-                  k: int) -> tuple[np.ndarray, np.ndarray]:
+                  k: int, prior_item_ids: list[int] | np.ndarray = (),
+                  prior_counts: list[float] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
         """Best-first (item ids, scores) of one request: unknown and -1 history ids dropped, the latest max_seq_len
-        kept, profile values outside their vocabulary read as unknown (0), excluded items left out."""
+        kept, profile values outside their vocabulary read as unknown (0), excluded items left out; items of
+        `prior_item_ids` get the bundle's popularity prior of their `prior_counts`."""
         history = history_tensor(self.index, [np.asarray(history_item_ids, np.int64)], self.max_seq_len)
         prof = profile_tensor(np.asarray(profile, np.int64), self.sizes)
+        boost = self.prior.boost(self.index, np.asarray(prior_item_ids, np.int64),
+                                 np.asarray(prior_counts, np.float32))
         (user,) = self.session.run(["user_embedding"], {"history": history, "profile": prof})
-        return request_top_k(self.index, self.embeddings, user, np.asarray(exclude_item_ids, np.int64), k)
+        return request_top_k(self.index, self.embeddings, user, np.asarray(exclude_item_ids, np.int64), k, boost)

@@ -13,6 +13,9 @@ Protocol (all recommenders, same run, same split from `components.splits`):
   w * log(1 + n) to its text-based score of items it has no trained ID for, n = that item's events by other users
   strictly before the target within its rolling window (w and window chosen at training time on the cold-validation
   items: the next-newest items, held out of training too, never the report's).
+- Size: above `evaluate.max_users` test (and cold-start) users a seeded sample of that many is ranked, the
+  intervals are over the sample and the report gives its size; ranking holds at most `MAX_SCORE_CELLS` scores
+  at once, so a large catalogue is ranked exactly in small user batches.
 - Gate: the candidate is promoted when its `evaluate.gate_metric` beats the champion's by more than
   `evaluate.gate_min_improvement` (relative). The champion is the registry's model re-evaluated on this split, or
   before the first promotion the strongest baseline.
@@ -20,6 +23,7 @@ Protocol (all recommenders, same run, same split from `components.splits`):
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +31,7 @@ import numpy as np
 import pandas as pd
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.baselines import configured_baselines, user_frame
+from components.baselines import configured_baselines, skipped_baselines, user_frame
 from components.config import Config
 from components.dataset import group_labels
 from components.evaluation_report import write_report
@@ -42,6 +46,7 @@ from components.metrics import (
     paired_difference,
     per_user_metrics,
     rank_targets,
+    sample_users,
 )
 from components.recommender import Recommender
 from components.registry import read_champion
@@ -89,12 +94,34 @@ def eval_data(split: Split, items: pd.DataFrame, users: pd.DataFrame,
     )
 
 
+def sample_task(data: EvalData, max_users: int | None, seed: int) -> EvalData:
+    """`data` with its main and cold-start users each cut to a seeded uniform sample of `max_users` (all when
+    None or fewer); `users_total` keeps how many there were."""
+    main = sample_users(len(data.users), max_users, seed)
+    cold = sample_users(len(data.cold_targets), max_users, seed)
+    if main is None and cold is None:
+        return data
+    out = replace(data, users_total=len(data.users), cold_users_total=len(data.cold_targets))
+    if main is not None:
+        out = replace(out, users=data.users.iloc[main].reset_index(drop=True),
+                      histories=[data.histories[i] for i in main], targets=data.targets[main])
+    if cold is not None:
+        out = replace(out, cold_users=data.cold_users.iloc[cold].reset_index(drop=True),
+                      cold_histories=[data.cold_histories[i] for i in cold],
+                      cold_exclude=[data.cold_exclude[i] for i in cold], cold_targets=data.cold_targets[cold])
+    log.info("evaluating a seeded sample of %d of %d test users (%d of %d cold-start users)", len(out.users),
+             out.users_total, len(out.cold_targets), out.cold_users_total)
+    return out
+
+
 def prepare(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
-    """Split the interactions (contract C2) and build the test and cold-start tasks."""
+    """Split the interactions (contract C2) and build the test and cold-start tasks (on a seeded sample of
+    `evaluate.max_users` users when set)."""
     split = configured_split(tables["interactions"], config)
     if split.test.empty:
         raise EvaluationError("no test rows: every user has fewer than 3 interactions on non-cold items")
-    return eval_data(split, tables["items"], tables["users"], "test")
+    data = eval_data(split, tables["items"], tables["users"], "test")
+    return sample_task(data, config.evaluate.max_users, config.train.seed)
 
 
 def _epoch_us(values: Any) -> np.ndarray:
@@ -282,6 +309,9 @@ def baseline_candidate(config: Config, canonical_dir: str | Path, spec: str) -> 
     models = configured_baselines(data.split, tables["users"], data.catalogue, config, _tuning_metric(config),
                                   only=name)
     if name not in models:
+        skipped = skipped_baselines(data.split, config)
+        if name in skipped:
+            raise EvaluationError(f"baseline {name!r} is not fitted at this size: {skipped[name]}")
         raise EvaluationError(f"unknown baseline {name!r}; choose one of {sorted(models)}")
     return models[name]
 
@@ -355,6 +385,7 @@ def run_evaluation(
         "split": data.split.summary(),
         "catalogue_items": int(len(data.catalogue)),
         "test_users": int(len(data.users)),
+        "test_users_total": int(data.users_total if data.users_total is not None else len(data.users)),
         "cold_users": int(len(data.cold_targets)),
         "ks": sorted(config.evaluate.ks),
         "bootstrap_samples": config.evaluate.bootstrap_samples,
@@ -363,6 +394,7 @@ def run_evaluation(
         "champion_key": champion.key if champion is not None else None,
         "group_ratio": {attr: group_ratio(results[0].groups, attr, metric) for attr in config.dataset.fairness_groups},
         "baseline_tuning": {name: getattr(rec, "tuning", []) for name, rec in baselines.items()},
+        "baselines_skipped": skipped_baselines(data.split, config),
     }
     validation = eval_data(data.split, tables["items"], tables["users"], "validation")
     info["trust"] = trust_analysis(cand_rec, data, validation, tables["users"], config,  # exposure, diversity, fairness

@@ -182,6 +182,19 @@ def metrics_payload(evaluation: Evaluation) -> dict[str, Any]:
             "cold_start": {r.key: result(r) for r in evaluation.cold}, "decision": evaluation.decision}
 
 
+def users_line(info: dict) -> str:
+    """"N users", or "a seeded sample of N of M users" when the evaluation sampled them."""
+    total = info.get("test_users_total", info["test_users"])
+    if total == info["test_users"]:
+        return f"{info['test_users']} users"
+    return f"a seeded sample of {info['test_users']} of {total} users (evaluate.max_users; intervals over the sample)"
+
+
+def skipped_line(info: dict) -> str:
+    """A sentence per baseline left out for size (empty when none)."""
+    return "".join(f" Baseline {name} skipped: {why}." for name, why in info.get("baselines_skipped", {}).items())
+
+
 def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str, Path]:
     """Write every report file into `out_dir`; returns their paths."""
     out_dir = Path(out_dir)
@@ -199,8 +212,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
 
     sections = [
         ("Gate", f"**{verdict}** — {d['reason']}"),
-        ("Ranking on the test split", f"{info['test_users']} users, {info['catalogue_items']} candidate items; "
-                                      f"split: {split_line}.\n\n{_to_markdown(overall)}"),
+        ("Ranking on the test split", f"{users_line(info)}, {info['catalogue_items']} candidate items; "
+                                      f"split: {split_line}.{skipped_line(info)}\n\n{_to_markdown(overall)}"),
         (f"By user group ({metric})", f"Worst/best group ratio of the candidate: {ratio}.\n\n{_to_markdown(groups)}"),
         ("Cold start", (f"{info['cold_users']} users, target ranked among {info['split']['cold_items']} new items."
                         f"\n\n{_to_markdown(cold)}") if evaluation.cold else "No cold items configured."),
@@ -218,8 +231,9 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
         return "<p><em>(none)</em></p>" if df.empty else df.to_html(index=False, border=0, classes="t")
 
     bodies = {"Gate": f"<p><b>{verdict}</b> — {html.escape(d['reason'])}</p>",
-              "Ranking on the test split": f"<p>{info['test_users']} users, {info['catalogue_items']} candidate "
-                                           f"items; split: {html.escape(split_line)}.</p>{table_html(overall)}",
+              "Ranking on the test split": f"<p>{html.escape(users_line(info))}, {info['catalogue_items']} "
+                                           f"candidate items; split: {html.escape(split_line)}."
+                                           f"{html.escape(skipped_line(info))}</p>{table_html(overall)}",
               f"By user group ({metric})": f"<p>Worst/best group ratio of the candidate: {ratio}.</p>"
                                            f"{table_html(groups)}",
               "Cold start": table_html(cold) if evaluation.cold else "<p>No cold items configured.</p>",

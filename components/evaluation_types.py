@@ -62,6 +62,8 @@ class EvalData:
     cold_interactions: pd.DataFrame  # every interaction on those items (point-in-time popularity)
     stage: str = "test"
     item_events: pd.DataFrame | None = None  # every interaction of the split: point-in-time popularity of any item
+    users_total: int | None = None  # main-task users before sampling (None: not sampled)
+    cold_users_total: int | None = None  # cold-task users before sampling (None: not sampled)
 
 
 @dataclass

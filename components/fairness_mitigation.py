@@ -32,6 +32,15 @@ class MitigationError(RecsysError, ValueError):
     """The mitigation cannot run as configured; the message names the field."""
 
 
+def stage_events(recommender: Any, stage: EvalData) -> None:
+    """Hand `recommender` the stage's point-in-time item events, as the evaluator does before ranking (a model with
+    popularity priors, `set_item_events`, then scores the stage as the evaluation does)."""
+    share = getattr(recommender, "set_item_events", None)
+    events = getattr(stage, "item_events", None)
+    if share is not None and events is not None:
+        share(events)
+
+
 def standardised(values: np.ndarray, axis: int = -1) -> np.ndarray:
     """(x - mean) / std along `axis` over finite entries (-inf stays -inf; a constant row becomes 0)."""
     x = np.asarray(values, dtype=np.float64)
@@ -97,6 +106,12 @@ class MitigatedRecommender:
         self.params = {"attribute": choice.attribute, "prior": choice.prior,
                        **{f"w[{g}]": w for g, w in choice.weights.items()}}
 
+    def set_item_events(self, events: pd.DataFrame) -> None:
+        """Forwarded to the base recommender where it takes item events (see `stage_events`)."""
+        share = getattr(self.base, "set_item_events", None)
+        if share is not None:
+            share(events)
+
     def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
         scores = self.base.score(users, histories, catalogue)
         if not self.choice.active:
@@ -145,6 +160,7 @@ def choose(base: Any, validation: EvalData, train: pd.DataFrame, users: pd.DataF
                               f"fairness_groups {attrs}")
     if not attrs:
         raise MitigationError("the data set declares no fairness_groups the mitigation could balance")
+    stage_events(base, validation)
     base_scores = base.score(validation.users, validation.histories, validation.catalogue).astype(np.float64)
     base_ndcg = _ndcg(base_scores, validation)
     overall = float(base_ndcg.mean())

@@ -37,8 +37,9 @@ from components.config import Config, Features
 from components.dataset import Attribute
 from components.feature_tables import UNKNOWN, duckdb_feature_tables, spark_feature_tables, spark_session, utc_us
 from components.features_online import SECONDS_PER_DAY, FeatureStoreError, int_list, online_features
+from components.item_events import write_item_events
 from components.kfp_support import step
-from components.schemas import write_tables
+from components.schemas import INTERACTIONS, table_path, write_tables
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -152,6 +153,7 @@ def write_feature_tables(config: Config, canonical: str | Path | dict[str, pd.Da
         else:
             counts = duckdb_feature_tables(canonical, out, config.dataset, cfg.last_n_items,
                                            cfg.popularity_windows_days, memory_limit=cfg.duckdb_memory_limit)
+        write_item_events(table_path(canonical, INTERACTIONS), out)  # what the API's popularity priors count
     defs = load_definitions(config)
     manifest = defs.fields_manifest(out)
     (out / defs.FIELDS_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -20,6 +20,8 @@ from components.dataset import UNKNOWN_GROUP, group_order
 from components.errors import RecsysError
 from components.recommender import Recommender, check_scores
 
+MAX_SCORE_CELLS = 1 << 24  # users x items scored at once while ranking (128 MiB of float64 scores)
+
 
 class MetricsError(RecsysError, ValueError):
     """Metric inputs do not fit together; the message says how."""
@@ -74,14 +76,17 @@ def rank_targets(
     k: int,
     exclude: Sequence[np.ndarray] | None = None,
     batch_size: int = 1024,
+    max_cells: int = MAX_SCORE_CELLS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score users in batches; return (target rank ranges [U, 2], top-k item ids [U, k]) excluding `exclude`
-    (default: the histories) from the candidates."""
+    (default: the histories) from the candidates. A batch holds at most `batch_size` users and `max_cells` scores
+    (users x catalogue), so a large catalogue is ranked exactly in small batches (each user's result is the same)."""
     exclude = histories if exclude is None else exclude
     if not (len(users) == len(histories) == len(targets) == len(exclude)):
         raise MetricsError("users, histories, targets and exclude must have one entry per user")
     catalogue = np.asarray(catalogue, dtype=np.int64)
     index = ItemIndex(catalogue)
+    batch_size = max(1, min(batch_size, max_cells // max(len(catalogue), 1)))
     ranks, tops = [], []
     for start in range(0, len(users), batch_size):
         stop = start + batch_size
@@ -93,6 +98,16 @@ def rank_targets(
     if not ranks:
         return np.empty((0, 2)), np.empty((0, min(k, len(catalogue))), dtype=np.int64)
     return np.concatenate(ranks), np.concatenate(tops)
+
+
+def sample_users(n_users: int, max_users: int | None, seed: int) -> np.ndarray | None:
+    """Sorted positions of a seeded uniform sample of `max_users` of `n_users` users; None when all are kept
+    (max_users is None or not below n_users)."""
+    if max_users is None or max_users >= n_users:
+        return None
+    if max_users < 1:
+        raise MetricsError(f"evaluate.max_users must be >= 1 or null, got {max_users}")
+    return np.sort(np.random.default_rng(seed).choice(n_users, size=max_users, replace=False))
 
 
 def per_user_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,11 @@ def recommend_users(recommender, users: pd.DataFrame, interactions: pd.DataFrame
 
 
 def recommend(model_dir: str | Path, users_path: str | Path, canonical_dir: str | Path, k: int, exclude_seen: bool,
-              out_path: str | Path) -> pd.DataFrame:
-    """Read users + canonical tables, score with the model at `model_dir`, write `out_path`; returns the frame."""
+              out_path: str | Path, as_of: datetime | str | None = None) -> pd.DataFrame:
+    """Read users + canonical tables, score with the model at `model_dir`, write `out_path`; returns the frame.
+
+    The model's popularity priors count the interactions of the canonical table by other users before `as_of`
+    (default now), as the API counts them for a request at that time."""
     from components.model import load_recommender
     from components.schemas import INTERACTIONS, USERS, table_path
 
@@ -99,7 +103,11 @@ def recommend(model_dir: str | Path, users_path: str | Path, canonical_dir: str 
         external = normalise_ids(users["user_id"], maps["user"].id_type, f"{users_path}: user_id")
         maps["user"] = maps["user"].extended(external)  # new users get keys for this run only (cold start)
         users = users.assign(user_id=maps["user"].keys_of(external, f"{users_path}: user_id").to_numpy())
-    recs = recommend_users(load_recommender(model_dir), users, interactions, k, exclude_seen, profiles)
+    recommender = load_recommender(model_dir)
+    recommender.set_item_events(interactions)
+    stamp = pd.Timestamp(datetime.now(UTC) if as_of is None else as_of)
+    users = users.assign(as_of=stamp if stamp.tzinfo else stamp.tz_localize(UTC))
+    recs = recommend_users(recommender, users, interactions, k, exclude_seen, profiles)
     if maps is not None:
         recs = recs.assign(user_id=maps["user"].externals_of(recs["user_id"].to_numpy()),
                            item_id=maps["item"].externals_of(recs["item_id"].to_numpy()))

@@ -101,7 +101,7 @@ def _items(spec: SynthSpec, rng: np.random.Generator, start: pd.Timestamp, end: 
         "brand": [f"brand-{b:03d}" for b in brand],
         "tags": tags,
         "price": price,
-        "listed_at": (start + pd.to_timedelta(offset, unit="s")).tz_localize(None),
+        "listed_at": (start + pd.to_timedelta(offset, unit="s")).tz_convert(LOCAL_ZONE).tz_localize(None),  # local
     })
 
 

@@ -1,7 +1,7 @@
 """The item tower's language model: all-MiniLM-L6-v2 (mean pooling + L2 normalize), loaded offline.
 
-`encode_texts` runs the encoder; `cached_text_embeddings` keeps its output in a .npy file keyed by a hash of
-the encoder and the texts, so a frozen-encoder (CPU) training reads each catalogue's embeddings once.
+`SentenceEncoder.encode` runs the encoder in batches; `cached_text_embeddings` keeps each text's vector in a store
+keyed by a hash of (encoder identity, text), so a frozen-encoder training encodes only new or changed item texts.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -86,13 +87,24 @@ class SentenceEncoder(nn.Module):
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 
 
-def texts_key(texts: list[str], encoder_dir: str | Path | None) -> str:
-    """Hash of the encoder's identity (its config + weights file sizes) and of the texts, in order."""
+def _encoder_digest(encoder_dir: str | Path | None) -> hashlib._Hash:
+    """sha256 fed with the encoder's identity: its config and the names and sizes of its weights files."""
     path = resolve_encoder_dir(encoder_dir)
     digest = hashlib.sha256()
     digest.update((path / "config.json").read_bytes())
     for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest
+
+
+def encoder_key(encoder_dir: str | Path | None) -> str:
+    """Hash of the encoder's identity."""
+    return _encoder_digest(encoder_dir).hexdigest()[:32]
+
+
+def texts_key(texts: list[str], encoder_dir: str | Path | None) -> str:
+    """Hash of the encoder's identity and of the texts, in order (the whole-list cache file of earlier versions)."""
+    digest = _encoder_digest(encoder_dir)
     for text in texts:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
@@ -100,29 +112,103 @@ def texts_key(texts: list[str], encoder_dir: str | Path | None) -> str:
 
 
 def cache_path(cache_dir: str | Path, texts: list[str], encoder_dir: str | Path | None) -> Path:
-    """Where the embeddings of these texts under this encoder are (or will be) cached."""
+    """The whole-list cache file of these texts under this encoder (read once and folded into the store)."""
     return Path(cache_dir) / f"text_emb_{texts_key(texts, encoder_dir)}.npy"
 
 
+def text_hashes(texts: list[str], encoder: str) -> np.ndarray:
+    """16-byte keys (`S16`) of each text under the encoder with identity hash `encoder`."""
+    prefix = encoder.encode() + b"\x00"
+    return np.array([hashlib.sha256(prefix + t.encode("utf-8")).digest()[:16] for t in texts], dtype="S16")
+
+
+class TextEmbeddingStore:
+    """One encoder's text embeddings keyed by a hash of (encoder identity, text), kept as a single .npy of sorted
+    (key, vector) records under the cache folder: memory-mapped on read, replaced atomically on write, so a
+    retrain encodes only the texts it has not seen."""
+
+    def __init__(self, cache_dir: str | Path, encoder: str) -> None:
+        self.encoder = encoder
+        self.path = Path(cache_dir) / f"text_emb_store_{encoder}.npy"
+
+    def _records(self) -> np.ndarray | None:
+        if not self.path.is_file():
+            return None
+        try:
+            return np.load(self.path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            log.warning("text-embedding store %s is unreadable (%s); starting it again", self.path, err)
+            return None
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(found [n] bool, vectors [n, dim] float32 with zeros where not found; None when the store is empty)."""
+        records = self._records()
+        if records is None or len(records) == 0:
+            return np.zeros(len(keys), dtype=bool), None
+        stored = records["key"]
+        pos = np.minimum(np.searchsorted(stored, keys), len(stored) - 1)
+        found = stored[pos] == keys
+        vectors = np.zeros((len(keys), records["vector"].shape[1]), dtype=np.float32)
+        vectors[found] = records["vector"][pos[found]]
+        return found, vectors
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Merge (key, vector) pairs into the store (a key already there keeps its new vector)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        fresh = np.empty(len(keys), dtype=[("key", "S16"), ("vector", np.float32, (vectors.shape[1],))])
+        fresh["key"], fresh["vector"] = keys, vectors
+        old = self._records()
+        if old is not None and len(old) and old["vector"].shape[1] == vectors.shape[1]:
+            fresh = np.concatenate([fresh, np.asarray(old)])  # new first: np.unique keeps the first occurrence
+        _, first = np.unique(fresh["key"], return_index=True)
+        merged = fresh[first]  # sorted by key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path, suffix=".npy") as tmp:
+            np.save(tmp, merged)
+
+
+class TextEncoder(Protocol):
+    """What `cached_text_embeddings` needs of an encoder (e.g. `SentenceEncoder`)."""
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
+
+
 def cached_text_embeddings(
-    texts: list[str], encoder_dir: str | Path | None, cache_dir: str | Path | None, progress: bool = True
+    texts: list[str], encoder_dir: str | Path | None, cache_dir: str | Path | None, progress: bool = True,
+    encoder: TextEncoder | None = None, batch_size: int = 64,
 ) -> np.ndarray:
-    """Embeddings of `texts` from the cache, or computed with the encoder and cached (cache_dir=None: no cache)."""
+    """Embeddings of `texts`: each distinct text is read from the per-text cache or, when missing (new or changed
+    text), encoded in batches and added to it (cache_dir=None: no cache). `encoder` is the loaded encoder of
+    `encoder_dir` to use (default: load it only if something must be encoded)."""
     texts = [str(t) for t in texts]
-    path = cache_path(cache_dir, texts, encoder_dir) if cache_dir else None
-    if path is not None and path.is_file():
-        emb = np.load(path)
-        if emb.shape[0] == len(texts):
-            log.info("text embeddings of %d items read from cache %s", len(texts), path)
-            return emb.astype(np.float32)
-        log.warning("text-embedding cache %s has %d rows for %d texts; recomputing", path, emb.shape[0], len(texts))
-    log.info("encoding %d item texts with %s (frozen)", len(texts), resolve_encoder_dir(encoder_dir))
-    emb = SentenceEncoder(encoder_dir).encode(texts, progress=progress)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, suffix=".npy") as tmp:
-            np.save(tmp, emb)
-    return emb
+    if cache_dir is None:
+        return (encoder or SentenceEncoder(encoder_dir)).encode(texts, batch_size=batch_size, progress=progress)
+    store = TextEmbeddingStore(cache_dir, encoder_key(encoder_dir))
+    keys = text_hashes(texts, store.encoder)
+    found, vectors = store.lookup(keys)
+    if not found.all():
+        legacy = cache_path(cache_dir, texts, encoder_dir)
+        if legacy.is_file() and (old := np.load(legacy)).shape[0] == len(texts):  # a whole-list file: fold it in
+            log.info("text embeddings of %d items read from the whole-list cache %s", len(texts), legacy)
+            store.add(keys, old)
+            return old.astype(np.float32)
+        missing_keys, first = np.unique(keys[~found], return_index=True)
+        missing = [texts[i] for i in np.flatnonzero(~found)[first]]
+        order = np.argsort([len(t) for t in missing], kind="stable")  # similar lengths share a batch: less padding
+        log.info("encoding %d new or changed item texts of %d with %s (frozen)", len(missing), len(texts),
+                 resolve_encoder_dir(encoder_dir))
+        encoded = np.empty((len(missing), 0), dtype=np.float32)
+        if missing:
+            encoded = (encoder or SentenceEncoder(encoder_dir)).encode(
+                [missing[i] for i in order], batch_size=batch_size, progress=progress)
+            encoded[order] = encoded.copy()
+            store.add(missing_keys, encoded)
+        found, vectors = store.lookup(keys)
+    else:
+        log.info("text embeddings of %d items read from cache %s", len(texts), store.path)
+    if vectors is None:  # no texts at all
+        return np.zeros((0, TEXT_DIM), dtype=np.float32)
+    return vectors
 
 
 def store_text_embeddings(
@@ -132,7 +218,6 @@ def store_text_embeddings(
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.shape[0] != len(texts):
         raise EncoderError(f"{embeddings.shape[0]} embeddings given for {len(texts)} texts")
-    path = cache_path(cache_dir, [str(t) for t in texts], encoder_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, embeddings)
-    return path
+    store = TextEmbeddingStore(cache_dir, encoder_key(encoder_dir))
+    store.add(text_hashes([str(t) for t in texts], store.encoder), embeddings)
+    return store.path

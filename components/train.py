@@ -1,7 +1,8 @@
-"""Training of the two-tower model: next-item sampled softmax over users' recent sequences, DDP-ready.
+"""The training loop of the two-tower model: next-item softmax over users' recent sequences, DDP-ready.
 
 `train_model(config, canonical_dir, examples_dir, out_dir)` is the one implementation; the CLI, the KFP
 component `train_op` and `python -m components.train` (also under `torchrun --nproc_per_node=N`) call it.
+Its data come from `components.train_data`, its scoring and popularity priors from `components.popularity_prior`.
 """
 
 import argparse
@@ -22,33 +23,28 @@ from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from components.atomic import atomic_path
 from components.config import Config
-from components.dataset import DatasetSchema
-from components.encoders import ItemEncoder, ProfileEncoder
-from components.errors import RecsysError
-from components.evaluate import eval_data, evaluate_cold, evaluate_main
-from components.evaluation_types import EvalData
+from components.encoders import ItemEncoder
 from components.kfp_support import step
-from components.metrics import per_user_metrics, rank_targets
 from components.model import (
     TwoTowerModel,
-    UserEncoder,
-    item_event_counts,
     item_features,
     load_recommender,
     save_artifact,
 )
-from components.recommender import Recommender, TowerRecommender
+from components.popularity_prior import (
+    EVAL_K,
+    choose_new_item_popularity_weight,
+    choose_warm_popularity_weight,
+    in_training_recommender,
+    ranking_metrics,
+)
 from components.schemas import read_tables
 from components.shilling_defence import defended_tables
-from components.splits import Split, configured_split
+from components.train_data import TrainData, TrainError, prepare_data, read_examples
 
 log = logging.getLogger(__name__)
-EVAL_K = 10
-EXAMPLES_FILE = "examples.parquet"
 
 
-class TrainError(RecsysError, RuntimeError):
-    """Training cannot run on the given inputs; the message says what is missing."""
 
 
 # ---------------------------------------------------------------- distributed helpers
@@ -95,244 +91,6 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------- data
 
 
-@dataclass
-class TrainData:
-    item_ids: np.ndarray  # catalogue (all items of the items table), row r -> model row r + 1
-    items: pd.DataFrame
-    windows_in: np.ndarray  # int64 [W, L] left-padded model rows (inputs)
-    windows_out: np.ndarray  # int64 [W, L+1] targets per token (0 = none); token 0 = profile token
-    window_profile: np.ndarray  # int64 [W, P]
-    train_count: np.ndarray  # float [N] training interactions per catalogue row
-    profile_encoder: ProfileEncoder
-    split: Split
-    users: pd.DataFrame
-    validation: EvalData  # early stopping and the new-item prior
-    test: EvalData  # the metrics written with the model
-
-
-def read_examples(examples_dir: str | Path) -> pd.DataFrame:
-    """examples.parquet of contract C1 from a Dataset directory (or the file itself)."""
-    path = Path(examples_dir)
-    path = path / EXAMPLES_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise TrainError(f"training examples not found: {path} (contract C1: <dir>/{EXAMPLES_FILE})")
-    return pd.read_parquet(path)
-
-
-def examples_from_tables(tables: dict[str, pd.DataFrame], last_n: int, schema: DatasetSchema) -> pd.DataFrame:
-    """C1-shaped examples straight from canonical tables (no feature store): profile + recent items strictly before.
-
-    The path for `recsys train --interactions FILE`; the pipeline's `features` step (Feast) is the reference.
-    """
-    inter = tables["interactions"].sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
-    users = tables["users"]
-    profile = [name for name in schema.user_attributes if name in users]  # missing values stay missing
-    df = inter.merge(users[["user_id", *profile]], on="user_id", how="left")
-    recent, counts = [], []
-    for _, g in df.groupby("user_id", sort=False):
-        items, ts = g["item_id"].to_numpy(np.int64), g["event_timestamp"].to_numpy()
-        first_at = np.searchsorted(ts, ts, side="left")  # events strictly before each one
-        recent += [items[max(0, f - last_n) : f].tolist() for f in first_at]
-        counts += first_at.tolist()
-    df["user_interaction_count"] = np.asarray(counts, dtype=np.int64)
-    df["recent_item_ids"] = recent
-    return df
-
-
-def training_rows(examples: pd.DataFrame, split: Any, with_validation: bool = False) -> pd.DataFrame:
-    """Examples of the split's train rows only (no validation/test targets, no cold items), in split order; with
-    `with_validation` each user's validation row too (after their train rows: it is later in time)."""
-    keys = ["user_id", "item_id", "event_timestamp"]
-    missing = [c for c in keys if c not in examples]
-    if missing:
-        raise TrainError(f"examples lack column(s) {missing} (contract C1)")
-    order = split.train[keys].copy()
-    if with_validation:
-        order = pd.concat([order.assign(_stage=0), split.validation[keys].assign(_stage=1)])
-        order = order.sort_values(["user_id", "_stage"], kind="stable").drop(columns="_stage")
-    order["_pos"] = np.arange(len(order))
-    ex = examples.copy()
-    ex["event_timestamp"] = ex["event_timestamp"].astype(order["event_timestamp"].dtype)
-    merged = order.merge(ex.drop_duplicates(keys), on=keys, how="inner")
-    if len(merged) < len(order):
-        log.warning("%d of %d train interactions have no training example; they are skipped",
-                    len(order) - len(merged), len(order))
-    return merged.sort_values("_pos", kind="stable").drop(columns="_pos").reset_index(drop=True)
-
-
-def make_windows(rows: pd.DataFrame, row_of: pd.Series, profile: np.ndarray, max_len: int):
-    """Cut each user's chronological sequence into next-item windows (every training item is a target once)."""
-    seqs = rows.groupby("user_id", sort=True)["item_id"].apply(lambda s: row_of.loc[s.to_numpy()].to_numpy() + 1)
-    first = rows.groupby("user_id", sort=True).head(1)  # profile as of the user's first training example
-    prof_of = dict(zip(first["user_id"], profile[first.index.to_numpy()], strict=True))
-    ins, outs, profs = [], [], []
-    for user, seq in seqs.items():
-        end = len(seq)
-        while end > 0:
-            start = max(0, end - max_len - 1)
-            w = seq[start:end]
-            x, y = np.zeros(max_len, np.int64), np.zeros(max_len + 1, np.int64)
-            if len(w) > 1:
-                x[max_len - (len(w) - 1) :] = w[:-1]
-                y[max_len + 1 - (len(w) - 1) :] = w[1:]
-            if start == 0:
-                y[0] = w[0]  # the profile token predicts the user's first item
-            ins.append(x)
-            outs.append(y)
-            profs.append(prof_of[user])
-            end = start + 1 if start > 0 else 0
-    return np.stack(ins), np.stack(outs), np.stack(profs)
-
-
-def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.DataFrame,
-                 with_validation: bool = False) -> TrainData:
-    """Training windows, item counts and the validation/test tasks; `with_validation` also trains on the
-    validation targets (the refit after early stopping)."""
-    split = configured_split(tables["interactions"], config)
-    items = tables["items"].sort_values("item_id").reset_index(drop=True)
-    item_ids = items["item_id"].to_numpy(dtype=np.int64)
-    row_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    rows = training_rows(examples, split, with_validation)
-    rows = rows[rows["item_id"].isin(row_of.index)].reset_index(drop=True)
-    if rows.empty:
-        raise TrainError("no training examples left after removing validation/test targets and cold items")
-    users = tables["users"]
-    declared = list(config.dataset.user_attributes)
-    if not set(declared) <= set(rows.columns):  # examples without point-in-time profiles: the users table's
-        rows = rows.drop(columns=[c for c in declared if c in rows]).merge(
-            users[["user_id", *[c for c in declared if c in users]]], on="user_id", how="left")
-    encoder = ProfileEncoder.fit(users, config.dataset)
-    profile = encoder.encode(rows)
-    w_in, w_out, w_prof = make_windows(rows, row_of, profile, config.model.max_seq_len)
-    counts = rows["item_id"].map(row_of).value_counts()
-    train_count = np.zeros(len(item_ids))
-    train_count[counts.index.to_numpy()] = counts.to_numpy()
-    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, encoder, split, users,
-                     eval_data(split, items, users, "validation"), eval_data(split, items, users, "test"))
-
-
-# ---------------------------------------------------------------- evaluation (the evaluator's ranking)
-
-
-def ranking_metrics(rec: Recommender, stage: EvalData, config: Config, cold: bool = False) -> dict[str, float]:
-    """NDCG@10 and HR@10 of `rec` on a stage's main ranking (the warm catalogue, each user's history excluded) or
-    its cold-start ranking, computed by the evaluate step's own `evaluate_main` / `evaluate_cold`.
-    Without targets: zeros for the main ranking, nothing for the cold one."""
-    names = (f"ndcg@{EVAL_K}", f"hr@{EVAL_K}")
-    if cold:
-        if not len(stage.cold_targets):
-            return {}
-        result = evaluate_cold(rec, rec.name, "candidate", stage, config, ks=[EVAL_K], intervals=False)
-    else:
-        if not len(stage.targets):
-            return dict.fromkeys(names, 0.0)
-        result = evaluate_main(rec, rec.name, "candidate", stage, config, groups=False, ks=[EVAL_K], intervals=False)
-    return {name: result.value(name) for name in names}
-
-
-def in_training_recommender(model: Any, data: TrainData, device: torch.device) -> TowerRecommender:
-    """The model being trained as a Recommender, scored like the saved artifact (eval mode, current weights)."""
-    with torch.no_grad():
-        item_emb = model.item_table(text=None)[1:].float().cpu().numpy()
-    encoder = UserEncoder(model, item_emb).to(device).eval()
-
-    @torch.no_grad()
-    def tower(history: np.ndarray, profile: np.ndarray) -> np.ndarray:
-        return encoder(torch.from_numpy(history).to(device), torch.from_numpy(profile).to(device)).float().cpu().numpy()
-
-    return TowerRecommender("two_tower", tower, data.item_ids, item_emb, data.profile_encoder,
-                            model.cfg["max_seq_len"], batch_size=1024)
-
-
-POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # new items: the prior may dominate
-WARM_POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)  # trained items: a nudge to the cosine
-POPULARITY_WINDOWS = (None, 30.0, 7.0)  # days (None = all history): the feature store's rolling windows
-
-
-class _Fixed:
-    """Precomputed scores [users, catalogue] served through the Recommender protocol (rows by `_row`)."""
-
-    name = "fixed"
-
-    def __init__(self, scores: np.ndarray) -> None:
-        self.scores = scores
-
-    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
-        return self.scores[users["_row"].to_numpy()]
-
-
-def choose_popularity_prior(cosine: np.ndarray, events: pd.DataFrame, users: pd.DataFrame,
-                            histories: list[np.ndarray], targets: np.ndarray, catalogue: np.ndarray,
-                            exclude: list[np.ndarray] | None, weights: tuple[float, ...],
-                            prefix: str) -> tuple[float, float | None, list[dict]]:
-    """(w, window days or None, curve): the prior cosine + w * log(1 + n) that ranks `targets` best, n = the
-    item's interactions in `events` by other users strictly before each user's `as_of` (within the window).
-    Best HR@10 wins for new items ("cold_val" prefix), NDCG@10 for trained ones ("val"); ties go to the smaller w."""
-    users = users.assign(_row=np.arange(len(users)))
-    first, second = (f"{prefix}_hr@{EVAL_K}", f"{prefix}_ndcg@{EVAL_K}")
-    if prefix == "val":
-        first, second = second, first
-    curve = []
-    for window in POPULARITY_WINDOWS:
-        prior = np.log1p(item_event_counts(events, users, catalogue, window))
-        for w in weights if window is None else weights[1:]:
-            ranks, _ = rank_targets(_Fixed(cosine + w * prior), users, histories, targets, catalogue, EVAL_K,
-                                    exclude=exclude)
-            values = per_user_metrics(ranks, [EVAL_K])
-            curve.append({"weight": w, "window_days": window,
-                          **{f"{prefix}_{k}": float(values[k].mean()) for k in (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")}})
-    best = max(curve, key=lambda c: (c[first], c[second], -c["weight"]))
-    window = best["window_days"] if best["weight"] > 0 else None
-    return float(best["weight"]), window, curve
-
-
-@torch.no_grad()
-def choose_new_item_popularity_weight(model: Any, data: TrainData,
-                                      device: torch.device) -> tuple[float, float | None, list[dict]]:
-    """Weight w and window of the new-item prior (cosine + w * log(1 + recent interactions)) chosen on the COLD
-    VALIDATION items: the next-newest items, held out of training like the cold-start report's, never those.
-
-    Each cold-validation target is ranked among the cold-validation items (text + metadata vectors, as every new
-    item has), scored cosine + w * log(1 + n), n = the item's interactions by other users strictly before the
-    target (within the window: all history, 30 or 7 days). Best HR@10 wins, then NDCG@10, then the smaller w.
-    Returns (w, window days or None, the validation curve); (0, None, []) without cold-validation targets.
-    """
-    task = data.validation
-    if not len(task.cold_targets):
-        log.info("no cold-validation targets (evaluate.cold_validation_items=0): new-item popularity prior off")
-        return 0.0, None, []
-    users = task.cold_users.assign(_row=np.arange(len(task.cold_users)))
-    cosine = in_training_recommender(model, data, device).score(users, task.cold_histories, task.cold_items)
-    weight, window, curve = choose_popularity_prior(cosine, task.cold_interactions, task.cold_users,
-                                                    task.cold_histories, task.cold_targets, task.cold_items,
-                                                    task.cold_exclude, POPULARITY_WEIGHTS, "cold_val")
-    log.info("new-item popularity weight %.3g, window %s days chosen on %d cold-validation targets "
-             "(HR@10 %.4f; w=0: %.4f)", weight, window, len(task.cold_targets),
-             max(c[f"cold_val_hr@{EVAL_K}"] for c in curve), curve[0][f"cold_val_hr@{EVAL_K}"])
-    return weight, window, curve
-
-
-@torch.no_grad()
-def choose_warm_popularity_weight(model: Any, data: TrainData,
-                                  device: torch.device) -> tuple[float, float | None, list[dict]]:
-    """Weight w and window of the trained items' popularity prior (cosine + w * log(1 + n), n = the item's
-    interactions by other users in the window before the request), chosen on the VALIDATION targets by NDCG@10.
-
-    The loss's logQ correction takes popularity out of the cosine; this puts back what the validation targets
-    show, at the request's own time. Returns (0, None, []) without validation targets.
-    """
-    task = data.validation
-    if not len(task.targets) or task.item_events is None:
-        return 0.0, None, []
-    users = task.users.assign(_row=np.arange(len(task.users)))
-    cosine = in_training_recommender(model, data, device).score(users, task.histories, task.catalogue)
-    weight, window, curve = choose_popularity_prior(cosine, task.item_events, task.users, task.histories,
-                                                    task.targets, task.catalogue, None, WARM_POPULARITY_WEIGHTS,
-                                                    "val")
-    log.info("popularity weight %.3g, window %s days chosen on %d validation targets (NDCG@10 %.4f; w=0: %.4f)",
-             weight, window, len(task.targets), max(c[f"val_ndcg@{EVAL_K}"] for c in curve),
-             curve[0][f"val_ndcg@{EVAL_K}"])
-    return weight, window, curve
 
 
 # ---------------------------------------------------------------- training loop
@@ -644,19 +402,31 @@ def main(argv: list[str] | None = None) -> None:
 def train_op(config: str, canonical: Input[Dataset], examples: Input[Dataset], model: Output[Model],
              metrics: Output[Metrics], curve: Output[HTML]):
     """KFP: train the two-tower model; writes the contract-C4 model directory, metrics and the training curve."""
-    import base64
     from pathlib import Path
 
     from components.config import config_from_text
-    from components.train import train_model
+    from components.train import train_model, training_page
 
     result = train_model(config_from_text(config), canonical.path, examples.path, model.path)
     for key, value in result.items():
         metrics.log_metric(key, float(value))
-    png = base64.b64encode((Path(model.path) / "training_curve.png").read_bytes()).decode()
-    Path(curve.path).write_text(f"<html><body><h2>Two-tower training</h2><img src='data:image/png;base64,{png}'/>"
-                                f"<pre>{result}</pre></body></html>", encoding="utf-8")
+    Path(curve.path).write_text(training_page(Path(model.path), result), encoding="utf-8")
 
+
+def training_page(model_dir: Path, metrics: dict[str, Any]) -> str:
+    """The training step's HTML page: the curve, the metrics and the popularity priors chosen on validation."""
+    from components.html_report import page, png_img, table
+
+    cfg = json.loads((model_dir / "model_config.json").read_text(encoding="utf-8"))
+    priors = [("new items (cold-validation HR@10)", cfg.get("new_item_popularity_weight"),
+               cfg.get("new_item_popularity_window_days")),
+              ("trained items (validation NDCG@10)", cfg.get("popularity_weight"), cfg.get("popularity_window_days"))]
+    sections = [("Validation NDCG@10 and training loss per epoch",
+                 png_img((model_dir / "training_curve.png").read_bytes(), "training curve")),
+                ("Metrics", table(["metric", "value"], sorted(metrics.items()))),
+                ("Popularity priors (w * log(1 + recent interactions by other users))",
+                 table(["items", "weight w", "window (days; empty = all history)"], priors))]
+    return page("Two-tower training", f"Model directory: {model_dir}", sections)
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ import pandas as pd
 
 from components.bundle_ops import ItemIndex, top_k
 from components.dataset import group_labels
-from components.fairness_mitigation import choose
+from components.fairness_mitigation import choose, stage_events
 from components.metrics import coverage, gini, group_ratio, head_items, paired_difference
 from components.rerank import diversify, intra_list_diversity, list_ndcg, novelty
 
@@ -92,6 +92,7 @@ def fairness_section(rec: Any, data: Any, validation: Any, users: pd.DataFrame, 
         out["worst_group_difference"] = paired_difference(
             after.per_user[METRIC][members], before.per_user[METRIC][members], config.evaluate.bootstrap_samples,
             config.train.seed).as_dict()
+    stage_events(mitigated, data)
     scores = mitigated.score(data.users, data.histories, data.catalogue)
     out["exposure_with"] = exposure_of(top_k(scores, K, data.histories, data.catalogue)[0], data.catalogue, head)
     return out
@@ -103,6 +104,7 @@ def trust_analysis(rec: Any, data: Any, validation: Any, users: pd.DataFrame, co
     stage; `validation` chooses the mitigation); PNGs in `plots_dir`. `evaluate(recommender)` is the evaluator's
     main-ranking result on `data`; `before` = rec's, when already computed."""
     head = head_items(data.split.train, data.catalogue, config.monitoring.long_tail_head_fraction)
+    stage_events(rec, data)  # ranked as the evaluator ranks it
     scores = rec.score(data.users, data.histories, data.catalogue)
     default_ids = top_k(scores, K, data.histories, data.catalogue)[0]
     out: dict[str, Any] = {"k": K, "exposure": exposure_of(default_ids, data.catalogue, head)}
@@ -188,4 +190,11 @@ def markdown(analysis: dict[str, Any]) -> str:
         lines += [f"| {r['group']} | {r['users']} | {r['value_without']:.4f} [{r['low_without']:.4f}, "
                   f"{r['high_without']:.4f}] | {r['value_with']:.4f} [{r['low_with']:.4f}, {r['high_with']:.4f}] |"
                   for r in fair["groups"]]
+        if not fair["weights"]:
+            lines += ["", "No weight raised the worst group's validation NDCG@10 within the allowed overall loss, so "
+                          "the ranking is unchanged. The measured validation frontier (one weight for every "
+                          "under-served group):", "", "| prior | weight | overall NDCG@10 | worst group NDCG@10 |",
+                      "| --- | --- | --- | --- |"]
+            lines += [f"| {c['prior']} | {c['weight']:g} | {c['overall']:.4f} | {c['worst_group']:.4f} |"
+                      for c in fair["validation_curve"]]
     return "\n".join(lines)

@@ -45,11 +45,12 @@ class MonitoringRun:
 
 def monitoring_arguments(reference: str | Path | None = None, now: Stamp = None, snapshot_at: Stamp = None,
                          **bounds: Stamp) -> dict[str, str]:
-    """The monitoring pipeline's parameters besides `config` (None: the default, "")."""
-    values = {"reference": reference, "now": now, "snapshot_at": snapshot_at, **bounds}
-    unknown = sorted(set(values) - set(MONITOR_INPUTS))
+    """Every parameter of the monitoring pipeline besides `config`, as text ("" where None: the default)."""
+    unknown = sorted(set(bounds) - set(MONITOR_INPUTS))
     if unknown:
         raise MonitoringError(f"unknown monitoring pipeline input(s) {unknown}; known: {list(MONITOR_INPUTS)}")
+    values = {**dict.fromkeys(MONITOR_INPUTS), "reference": reference, "now": now, "snapshot_at": snapshot_at,
+              **bounds}
     return {name: "" if value is None else _text(value) for name, value in values.items()}
 
 

@@ -1,5 +1,6 @@
 """`recsys train` and `recsys recommend`: train the two-tower model, write batch recommendations."""
 
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -12,7 +13,7 @@ def _training_inputs(config, canonical: Path, examples: Path | None, interaction
     """(canonical dir, examples dir): as given, or built from `--interactions` (+ users/items) files."""
     from components.ingest import coerce_table, read_table_file
     from components.schemas import INTERACTIONS, ITEMS, USERS, read_tables, table_path, write_tables
-    from components.train import EXAMPLES_FILE, TrainError, examples_from_tables
+    from components.train_data import EXAMPLES_FILE, TrainError, examples_from_tables
 
     if interactions is None:
         if examples is None:
@@ -66,6 +67,8 @@ def recommend(
     k: int = typer.Option(10, help="Items per user."),
     exclude_seen: bool = typer.Option(True, "--exclude-seen/--include-seen", help="Skip items a user has seen."),
     out: Path = typer.Option(Path("recommendations.parquet"), help="Output .parquet or .csv."),
+    as_of: datetime | None = typer.Option(
+        None, help="Request time the popularity priors count interactions before (UTC; default now)."),
 ) -> None:
     """Write the top-K items per user (user_id,item_id,rank,score)."""
     from components.recommend import recommend as run_recommend
@@ -74,5 +77,5 @@ def recommend(
     canonical = canonical or Path(config.paths.data_dir) / "canonical"
     with errors_as_exit():
         recs = run_recommend(model or Path(config.paths.artifacts_dir) / "model", users, canonical, k, exclude_seen,
-                             out)
+                             out, as_of)
     console.print(f"{len(recs)} recommendations for {recs['user_id'].nunique()} users in [bold]{out}[/]")

@@ -71,6 +71,7 @@ def _settings(config: Config):
         tower_instances=s.tower_instances,
         ann_min_items=s.ann_min_items,
         ann_ef_search=s.ann_ef_search,
+        graph=s.retrieval_layout == "graph",  # the one-graph model beside the ensemble (which deploy smoke-tests)
     )
 
 
@@ -121,8 +122,8 @@ def stage(client, repo_dir: Path, version: int, keep: list[int], settings) -> No
     traffic, is left as it is (its steps stay pinned to the live version)."""
     bundle = tr.version_bundle(repo_dir, version)
     configs = tr.render_all(bundle, version, sorted({version, *keep}), settings)
-    tr.write_configs(repo_dir, {m: configs[m] for m in tr.COMPOSING})
-    for model in tr.COMPOSING:
+    tr.write_configs(repo_dir, {m: configs[m] for m in tr.composing(settings)})
+    for model in tr.composing(settings):
         client.load(model)
 
 
@@ -135,7 +136,7 @@ def activate(client, repo_dir: Path, version: int, keep: list[int], settings) ->
     """
     bundle = tr.version_bundle(repo_dir, version)
     configs = tr.render_all(bundle, version, sorted({version, *keep}), settings)
-    tr.write_configs(repo_dir, {m: configs[m] for m in tr.COMPOSING})
+    tr.write_configs(repo_dir, {m: configs[m] for m in tr.composing(settings)})
     client.load(tr.ENSEMBLE, tr.config_json(configs[tr.ENSEMBLE]))
     if client.active_version() != version:
         raise DeployError(f"Triton did not switch '{tr.ENSEMBLE}' to version {version}")
@@ -254,7 +255,7 @@ def _restore(client, repo: Path, previous: int | None, settings) -> None:
     """Put the previous version back (or unload everything when there was none)."""
     try:
         if previous is None:
-            for model in tr.MODELS:
+            for model in tr.models_of(settings):
                 client.unload(model)
             return
         activate(client, repo, previous, [previous], settings)

@@ -23,14 +23,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel
 
+from components.bundle_ops import PRIOR_KEY, ItemIndex, PopularityPrior
 from components.config import Config
 from components.ensemble import EnsembleReference
 from components.features import feature_data_dir, open_store
 from components.features_online import online_feature_rows, push_interaction
 from components.id_maps import ExternalIds, load_id_maps
 from components.ingest import id_maps_dir
+from components.item_events import ItemEventIndex, datetime_us, read_item_events
 from components.request_log import RequestLog, RequestRecord
 from components.request_logs import open_request_log
 from components.rerank import mmr_order, pool_size
@@ -56,7 +59,8 @@ class Scorer(Protocol):
     def served_versions(self) -> list[int]: ...
 
     def recommend(self, history_item_ids: Sequence[int], profile: Sequence[int], exclude_item_ids: Sequence[int] = (),
-                  k: int = 10, version: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+                  k: int = 10, version: int | None = None, prior_item_ids: Sequence[int] | np.ndarray = (),
+                  prior_counts: Sequence[float] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]: ...
 
     def close(self) -> None: ...
 
@@ -83,13 +87,15 @@ class ReferenceScorer:
         return sorted(self._references)
 
     def recommend(self, history_item_ids: Sequence[int], profile: Sequence[int], exclude_item_ids: Sequence[int] = (),
-                  k: int = 10, version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  k: int = 10, version: int | None = None, prior_item_ids: Sequence[int] | np.ndarray = (),
+                  prior_counts: Sequence[float] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]:
         references = self._references  # one mapping for the whole call: `serve` may replace it meanwhile
         if version is None and references:
             version = max(references)
         if version not in references:
             raise TritonClientError(tr.ENSEMBLE, "NOT_FOUND", f"version {version} is not served")
-        return references[version].recommend(list(history_item_ids), list(profile), list(exclude_item_ids), k)
+        return references[version].recommend(list(history_item_ids), list(profile), list(exclude_item_ids), k,
+                                             prior_item_ids, prior_counts)
 
     def close(self) -> None:
         """Nothing to release (the sessions go with the object)."""
@@ -105,6 +111,28 @@ class Live:
     catalogue: Catalogue
     users: ExternalIds
     items: ExternalIds
+    priors: "Priors | None" = None
+
+
+@dataclass(frozen=True)
+class Priors:
+    """The served version's popularity priors (from its manifest) and the interactions they count."""
+
+    prior: PopularityPrior
+    events: ItemEventIndex
+
+    @classmethod
+    def load(cls, model: ModelState, events: pd.DataFrame) -> "Priors":
+        ids = np.empty_like(model.sorted_ids)
+        ids[model.sorted_rows] = model.sorted_ids  # catalogue row order
+        index = ItemIndex(ids)
+        return cls(PopularityPrior(index, model.manifest.get(PRIOR_KEY)), ItemEventIndex(index, events))
+
+    def counts(self, user_key: int | None, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse (item ids, counts) of the priors for one request (no counts when the priors are off)."""
+        if not self.prior.active:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return self.events.prior_counts(self.prior, -1 if user_key is None else user_key, datetime_us(as_of))
 
 
 class Breaker:
@@ -167,20 +195,23 @@ class Engine:
 
     def __init__(self, config: Config, *, new_scorer: Callable[[], Scorer] | None = None,
                  open_features: Callable[[], Any] | None = None, request_log: RequestLog | None = None,
-                 watch: bool = True) -> None:
+                 watch: bool = True, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         """`new_scorer` makes a fresh scorer of the ensemble (default: a gRPC client of Triton at serving.host and
         serving.triton_grpc_port; called again to reconnect), `open_features` opens the online store (default:
         Feast, components.features.open_store), `request_log` is where served lists and interactions are
-        appended (default: serving.request_log); `watch` starts the thread that re-checks failed parts."""
+        appended (default: serving.request_log); `watch` starts the thread that re-checks failed parts; `clock` is
+        the request time (the popularity priors count the interactions before it)."""
         self.config = config
+        self.clock = clock
         s = config.serving
         self.repo_dir = Path(s.model_repository)
         self.grpc_url = f"{s.host}:{s.triton_grpc_port}"
         self.schema = config.dataset
         self.models: ApiModels = api_models(self.schema, RequestLimits.from_serving(s))
         self.live = Live(None, Catalogue.from_feature_dir(feature_data_dir(config), self.schema), *self._load_ids())
+        infer_model = tr.GRAPH if s.retrieval_layout == "graph" else tr.ENSEMBLE  # versions: the ensemble's
         self._new_scorer = new_scorer or (lambda: RecommenderClient(self.grpc_url, timeout_s=s.grpc_timeout_s,
-                                                                    retries=s.grpc_retries))
+                                                                    retries=s.grpc_retries, infer_model=infer_model))
         self._open_features = open_features or (lambda: open_store(config))
         self.request_log = request_log if request_log is not None else open_request_log(s.request_log)
         self.log_writable = WritableCheck(self.request_log)
@@ -238,7 +269,7 @@ class Engine:
                 # a new version: the pipeline that built it refreshed the item metadata (new items included)
                 tables = (self._read_catalogue(live) if live.model is not None
                           else (live.catalogue, live.users, live.items))
-                self.live = Live(model, *tables)  # one assignment: a request sees the old state or the new
+                self.live = Live(model, *tables, self._priors(model, *tables[1:]))  # one assignment: old or new
                 log.info("serving version %d (model %s)", version, model.model_version)
             self.triton.ok()
             return True
@@ -246,6 +277,24 @@ class Engine:
             self.triton.fail(err)
             self._reconnect()
             return False
+
+    def _priors(self, model: ModelState, users: ExternalIds, items: ExternalIds) -> Priors:
+        """The version's priors over the events of the feature tables plus the interactions logged since (their
+        external ids read through the version's id maps)."""
+        events = read_item_events(feature_data_dir(self.config))
+        try:
+            since = events["event_timestamp"].max() if len(events) else None
+            logged = self.request_log.interactions_frame(since=since)
+            if len(logged) and since is not None:
+                logged = logged[pd.to_datetime(logged["event_timestamp"], utc=True) > since]
+            keys = pd.DataFrame({"user_id": [users.key(u) for u in logged["user_id"]],
+                                 "item_id": [items.key(i) for i in logged["item_id"]],
+                                 "event_timestamp": logged["event_timestamp"]}).dropna()
+            if len(keys):
+                events = pd.concat([events, keys.astype({"user_id": "int64", "item_id": "int64"})], ignore_index=True)
+        except Exception as err:  # noqa: BLE001 - the table's events still count
+            log.warning("logged interactions not counted by the popularity priors: %s", err)
+        return Priors.load(model, events)
 
     def _load_ids(self) -> tuple[ExternalIds, ExternalIds]:
         """The committed id maps (the ones validate extended): external ids of requests <-> keys."""
@@ -349,7 +398,7 @@ class Engine:
         return {"known": known, "profile": profile, "recent": row["recent_item_ids"]}
 
     def _rank(self, live: Live, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
-              filters: FiltersBase | None, diversity: float = 0.0,
+              filters: FiltersBase | None, diversity: float = 0.0, who: tuple[int | None, datetime] | None = None,
               ) -> tuple[Live, np.ndarray | None, list[tuple[int, float]]]:
         """Rank by the exact version of `live.model` (its manifest, catalogue and Triton version together).
         When Triton no longer serves that version (a switch finished since `live` was read), the live state is
@@ -357,7 +406,7 @@ class Engine:
         filter mask of its catalogue and the ranking."""
         mask = live.catalogue.mask(filters)
         try:
-            return live, mask, self._rank_version(live, recent, profile, exclude, k, mask, diversity)
+            return live, mask, self._rank_version(live, recent, profile, exclude, k, mask, diversity, who)
         except TritonClientError as err:
             if not dependency_down(err):  # this request's values were refused: no version question to settle
                 raise
@@ -368,10 +417,12 @@ class Engine:
         log.info("version %d left Triton during a request; ranked by version %d", live.model.version,
                  newer.model.version)
         mask = newer.catalogue.mask(filters)
-        return newer, mask, self._rank_version(newer, recent, profile, exclude, k, mask, diversity)
+        return newer, mask, self._rank_version(newer, recent, profile, exclude, k, mask, diversity, who)
 
     def _rank_version(self, live: Live, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
-                      mask: np.ndarray | None, diversity: float = 0.0) -> list[tuple[int, float]]:
+                      mask: np.ndarray | None, diversity: float = 0.0,
+                      who: tuple[int | None, datetime] | None = None) -> list[tuple[int, float]]:
+        """The version's ranking; `who` = (user key, request time) for the popularity priors' counts."""
         model = live.model
         want = pool_size(k, model.n_items) if diversity > 0 else k  # MMR picks k among the best `want`
         fetch = want
@@ -381,7 +432,10 @@ class Engine:
             fetch = model.n_items if selectivity <= 0 else math.ceil(want / selectivity * OVERFETCH_SLACK)
         fetch = max(1, min(fetch, model.n_items))
         codes = encode_profile(model.manifest, profile)
-        ids, scores = self._client.recommend(recent, codes, exclude, fetch, version=model.version)
+        prior_ids, prior_counts = (live.priors.counts(*who) if live.priors is not None and who is not None
+                                   else ((), ()))
+        ids, scores = self._client.recommend(recent, codes, exclude, fetch, version=model.version,
+                                             prior_item_ids=prior_ids, prior_counts=prior_counts)
         if mask is not None:
             rows = live.catalogue.rows(ids)
             keep = (rows >= 0) & mask[np.maximum(rows, 0)]
@@ -400,7 +454,8 @@ class Engine:
         timings = dict.fromkeys(STAGES, 0.0)
         reasons: list[str] = []
         live = self.live  # one version's model state, catalogue and id maps for the whole request
-        feats = self._features(live.users.key(req.user_id))
+        user_key, as_of = live.users.key(req.user_id), self.clock()
+        feats = self._features(user_key)
         timings["feast"] = time.perf_counter() - t0
         request_profile = (req.profile or self.models.Profile()).model_dump()
         if feats is None:
@@ -428,7 +483,8 @@ class Engine:
             t1 = time.perf_counter()
             try:
                 diversity = self.config.trust.diversity if req.diversity is None else req.diversity
-                live, mask, ranked = self._rank(live, recent, profile, exclude, req.k, req.filters, diversity)
+                live, mask, ranked = self._rank(live, recent, profile, exclude, req.k, req.filters, diversity,
+                                                (user_key, as_of))
                 model, source = live.model, "model"
             except Exception as err:  # noqa: BLE001 - any Triton failure degrades this request to popularity
                 if dependency_down(err):
@@ -519,6 +575,8 @@ class Engine:
         else:
             reason = f"feature store unavailable: {self.feast.error}"
         self.request_log.append_interaction(req.user_id, req.item_id, req.rating, ts)
+        if live.priors is not None and user_key is not None and item_key is not None:
+            live.priors.events.add(user_key, item_key, datetime_us(ts))  # counted from the next request
         return self.models.InteractionResponse(user_id=req.user_id, item_id=req.item_id, logged=True, pushed=pushed,
                                    degraded=not pushed, recent_item_ids=recent if reveal_history else [],
                                    reason=reason)

@@ -68,12 +68,16 @@ class RecommenderClient:
         backoff_s: float = 0.05,
         model_name: str = MODEL,
         admin_key: str | None = None,
+        infer_model: str | None = None,
     ) -> None:
+        """`model_name`: the model whose versions and readiness the client reports; `infer_model`: the one
+        `recommend` calls (default the same; `recommender_graph` is the one-graph layout of the same retrieval)."""
         self.url = url
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.model_name = model_name
+        self.infer_model = infer_model or model_name
         self._admin_headers = triton_admin.grpc_headers(admin_key)
         self._client = grpcclient.InferenceServerClient(url=url)
 
@@ -113,17 +117,21 @@ class RecommenderClient:
         exclude_item_ids: Sequence[int] = (),
         k: int = 10,
         version: int | None = None,
+        prior_item_ids: Sequence[int] | np.ndarray = (),
+        prior_counts: Sequence[float] | np.ndarray = (),
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Best-first (item_ids int64, scores float32), at most k, excluded ids left out.
+        """Best-first (item_ids int64, scores float32), at most k, excluded ids left out; the items of
+        `prior_item_ids` get the bundle's popularity prior of their `prior_counts` (interactions in the prior's window).
 
         `version`: the deployment version that must answer (its ensemble runs that version's every step); a
         version Triton does not serve is a TritonClientError (StatusCode.NOT_FOUND or UNAVAILABLE), never
         another version's answer. None: whichever version is loaded."""
-        return self.infer_raw(_request_arrays(history_item_ids, profile, exclude_item_ids, k), version)
+        return self.infer_raw(_request_arrays(history_item_ids, profile, exclude_item_ids, k, prior_item_ids,
+                                              prior_counts), version)
 
     def infer_raw(self, arrays: dict[str, np.ndarray], version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Send the given arrays as they are (any dtype/shape: the server checks them)."""
-        out = self._infer(self.model_name, arrays, ("item_ids", "scores"), version)
+        out = self._infer(self.infer_model, arrays, ("item_ids", "scores"), version)
         return out["item_ids"].astype(np.int64, copy=False), out["scores"].astype(np.float32, copy=False)
 
     def recommend_steps(
@@ -133,16 +141,18 @@ class RecommenderClient:
         exclude_item_ids: Sequence[int],
         k: int,
         version: int,
+        prior_item_ids: Sequence[int] | np.ndarray = (),
+        prior_counts: Sequence[float] | np.ndarray = (),
     ) -> tuple[np.ndarray, np.ndarray]:
         """What the ensemble answers, computed by calling `version` of each of its steps in turn (prep -> user
         tower -> top-K): a version whose steps are loaded is tested before the ensemble routes traffic to it."""
-        arrays = _request_arrays(history_item_ids, profile, exclude_item_ids, k)
+        arrays = _request_arrays(history_item_ids, profile, exclude_item_ids, k, prior_item_ids, prior_counts)
         prep = self._infer("recommender_prep", {n: arrays[n] for n in ("history_item_ids", "profile")},
                            ("history", "profile_index"), version)
         tower = self._infer("recommender_user_tower", {"history": prep["history"], "profile": prep["profile_index"]},
                             ("user_embedding",), version)
         top = self._infer("recommender_topk", {"user_embedding": tower["user_embedding"],
-                                               "exclude_item_ids": arrays["exclude_item_ids"], "k": arrays["k"]},
+                                               **{n: arrays[n] for n in TOPK_REQUEST_INPUTS}},
                           ("item_ids", "scores"), version)
         return top["item_ids"].astype(np.int64, copy=False), top["scores"].astype(np.float32, copy=False)
 
@@ -234,8 +244,12 @@ class RecommenderClient:
         )
 
 
+TOPK_REQUEST_INPUTS = ("exclude_item_ids", "k", "prior_item_ids", "prior_counts")  # what the top-K step reads
+
+
 def _request_arrays(
-    history_item_ids: Sequence[int], profile: Sequence[int], exclude_item_ids: Sequence[int], k: int
+    history_item_ids: Sequence[int], profile: Sequence[int], exclude_item_ids: Sequence[int], k: int,
+    prior_item_ids: Sequence[int] | np.ndarray = (), prior_counts: Sequence[float] | np.ndarray = (),
 ) -> dict[str, np.ndarray]:
     """The ensemble's inputs."""
     return {
@@ -243,6 +257,8 @@ def _request_arrays(
         "profile": np.asarray(list(profile), dtype=np.int64).reshape(-1),
         "exclude_item_ids": np.asarray(list(exclude_item_ids), dtype=np.int64).reshape(-1),
         "k": np.asarray([k], dtype=np.int32),
+        "prior_item_ids": np.asarray(prior_item_ids, dtype=np.int64).reshape(-1),
+        "prior_counts": np.asarray(prior_counts, dtype=np.float32).reshape(-1),
     }
 
 

@@ -27,6 +27,7 @@ from components import bundle_ops
 from components.ann import AnnParams, write_item_index
 from components.atomic import fsync_dir, write_atomic
 from components.errors import RecsysError
+from components.retrieval_graph import build_graph
 from components.schemas import read_bundle
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ TOWER = "recommender_user_tower"
 TOPK = "recommender_topk"
 COMPOSING = (PREP, TOWER, TOPK)
 MODELS = (ENSEMBLE, *COMPOSING)
+GRAPH = "recommender_graph"  # the one-graph layout (components.retrieval_graph), written when RepoSettings.graph
 Backend = Literal["python", "onnxruntime_onnx"]
 OPS_FILE = "bundle_ops.py"  # components/bundle_ops.py, copied beside each Python model (loaded there by path)
 
@@ -71,6 +73,7 @@ class RepoSettings:
     gpus: tuple[int, ...] = (0,)
     ann_min_items: int = 100_000  # catalogues from this size get an HNSW item index (components.ann)
     ann_ef_search: int = 256
+    graph: bool = False  # also write `recommender_graph`: the same retrieval as one ONNX graph, one hop
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,11 +100,11 @@ def _environment() -> jinja2.Environment:
 
 def render_config(model: str, bundle: Bundle, active: int, versions: list[int], settings: RepoSettings) -> str:
     """config.pbtxt text of one model, checked against Triton's ModelConfig schema."""
-    if model not in MODELS:
+    if model not in (*MODELS, GRAPH):
         raise RepositoryError(f"unknown model '{model}'; the repository holds {', '.join(MODELS)}")
     # composing models of the embedded repository hold several versions at once (rollout, rollback), and a
     # config is shared by all versions: leave the sizes free there; the GPU repository pins them for the ORT backend
-    fixed = settings.backend != "python" or model == ENSEMBLE
+    fixed = settings.backend != "python" or model in (ENSEMBLE, GRAPH)
     text = (
         _environment()
         .get_template(f"{model}.pbtxt.j2")
@@ -138,8 +141,19 @@ def config_json(text: str) -> str:
 
 
 def render_all(bundle: Bundle, active: int, versions: list[int], settings: RepoSettings) -> dict[str, str]:
-    """Configs of all four models: the ensemble pinned to `active`, composing models loading `versions`."""
-    return {model: render_config(model, bundle, active, versions, settings) for model in MODELS}
+    """Configs of all four models (five with the graph): the ensemble pinned to `active`, composing models (and the
+    graph) loading `versions`."""
+    return {model: render_config(model, bundle, active, versions, settings) for model in models_of(settings)}
+
+
+def models_of(settings: RepoSettings) -> tuple[str, ...]:
+    """Every model of the repository (the graph when it is written)."""
+    return (*MODELS, GRAPH) if settings.graph else MODELS
+
+
+def composing(settings: RepoSettings) -> tuple[str, ...]:
+    """The models that load every kept version (the ensemble's steps, and the graph when it is written)."""
+    return (*COMPOSING, GRAPH) if settings.graph else COMPOSING
 
 
 def versions_on_disk(repo_dir: str | Path, model: str = ENSEMBLE) -> list[int]:
@@ -162,12 +176,15 @@ def _version_files(bundle: Bundle, model: str, settings: RepoSettings) -> dict[s
     ops = {OPS_FILE: Path(bundle_ops.__file__)}  # the very module the in-process runtimes import
     if model == ENSEMBLE:
         return {"manifest.json": src / "manifest.json", "smoke.json": src / "smoke.json"}
+    if model == GRAPH:  # model.onnx is built into the version folder (write_version)
+        return {**ops, "model.py": py / "graph_model.py"} if settings.backend == "python" else {}
     if model == PREP:
         ops["model.py"] = py / "prep_model.py"
         return {**ops, "item_ids.npy": src / "item_ids.npy", "manifest.json": src / "manifest.json"}
     if model == TOPK:
         ops["model.py"] = py / "topk_model.py"
-        return {**ops, "item_ids.npy": src / "item_ids.npy", "item_embeddings.npy": src / "item_embeddings.npy"}
+        return {**ops, "item_ids.npy": src / "item_ids.npy", "item_embeddings.npy": src / "item_embeddings.npy",
+                "manifest.json": src / "manifest.json"}
     files = {"model.onnx": src / "user_tower.onnx"}
     if (src / "user_tower.onnx.data").is_file():
         files["user_tower.onnx.data"] = src / "user_tower.onnx.data"  # external weights keep their name
@@ -201,12 +218,14 @@ def write_version(
         raise RepositoryError(f"version {version} already exists in {repo}; versions are never overwritten")
     staged: list[tuple[Path, Path]] = []
     try:
-        for model in (*COMPOSING, ENSEMBLE):
+        for model in (*COMPOSING, *((GRAPH,) if settings.graph else ()), ENSEMBLE):
             stage = repo / model / f".staging-{version}-{uuid.uuid4().hex[:8]}"
             stage.mkdir(parents=True)
             staged.append((stage, repo / model / str(version)))
             for name, source in _version_files(bundle, model, settings).items():
                 shutil.copy2(source, stage / name)
+            if model == GRAPH:
+                build_graph(bundle.path, stage / "model.onnx")
             if model == TOPK and bundle.n_items >= settings.ann_min_items:
                 write_item_index(stage, np.load(stage / "item_embeddings.npy"),
                                  AnnParams(ef_search=settings.ann_ef_search))
@@ -217,7 +236,7 @@ def write_version(
         for stage, _ in staged:
             shutil.rmtree(stage, ignore_errors=True)
         raise RepositoryError(f"could not write version {version} into {repo}: {err}") from err
-    if not all((repo / m / "config.pbtxt").exists() for m in MODELS):
+    if not all((repo / m / "config.pbtxt").exists() for m in models_of(settings)):
         write_configs(repo, render_all(bundle, version, [version], settings))
     log.info(
         "wrote version %d of %s (%s, %s) into %s", version, ENSEMBLE, bundle.manifest["variant"], bundle.path, repo
@@ -244,7 +263,9 @@ def version_bundle(repo_dir: str | Path, version: int) -> Bundle:
 
 
 def build_cluster_repository(bundle_dir: str | Path, out_dir: str | Path, gpus: tuple[int, ...] = (0,)) -> Path:
-    """A repository for the official Triton image: the user tower on the native onnxruntime_onnx GPU backend."""
-    settings = RepoSettings(backend="onnxruntime_onnx", max_batch_size=256, preferred_batch_sizes=(32, 64), gpus=gpus)
+    """A repository for the official Triton image: the user tower on the native onnxruntime_onnx GPU backend, and
+    the whole retrieval as one graph on the same backend (`recommender_graph`, no Python)."""
+    settings = RepoSettings(backend="onnxruntime_onnx", max_batch_size=256, preferred_batch_sizes=(32, 64), gpus=gpus,
+                            graph=True)
     write_version(bundle_dir, out_dir, settings=settings, version=1)
     return Path(out_dir)

@@ -287,7 +287,7 @@ def tiny_config(data_dir: Path, **extra: object) -> Config:
 def write_dataset(root: Path, tables: dict[str, pd.DataFrame] | None = None) -> tuple[Path, Path]:
     """Canonical tables + C1 examples under `root`; returns (canonical_dir, examples_dir)."""
     from components.schemas import write_tables
-    from components.train import examples_from_tables
+    from components.train_data import examples_from_tables
 
     tables = tables or planted_tables()
     canonical = write_tables(tables, root / "canonical")

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from components.baselines import (
     ALS,
@@ -213,3 +214,36 @@ def test_baseline_settings_are_validated(override: str) -> None:
     overrides = [override] if "embedding_dim" not in override else [override, "evaluate.sasrec.heads=4"]
     with pytest.raises(ConfigError):
         load_config(overrides=overrides)
+
+
+def test_sparse_item_knn_matches_the_dense_one(split_and_catalogue) -> None:
+    split, catalogue = split_and_catalogue
+    dense = ItemKNN(5).fit(split.train)
+    sparse = ItemKNN(5, dense_max_items=1).fit(split.train)  # blocked sparse similarity
+    assert sparse.similarity.nnz <= 5 * len(sparse.item_ids)
+    users = pd.DataFrame({"user_id": [0, 1, 2]})
+    hist = [np.array([2, 3]), np.array([20, 21, 22]), np.array([], dtype=np.int64)]
+    np.testing.assert_allclose(sparse.score(users, hist, catalogue), dense.score(users, hist, catalogue), atol=1e-6)
+    assert _test_ndcg(sparse, split, catalogue) == pytest.approx(_test_ndcg(dense, split, catalogue), abs=1e-9)
+
+
+def test_ease_is_skipped_above_its_item_budget(split_and_catalogue, caplog) -> None:
+    split, catalogue = split_and_catalogue
+    n_items = split.train["item_id"].nunique()
+    with caplog.at_level("WARNING", logger="components.baselines"):
+        models = fit_baselines(split, None, catalogue, knn_neighbours=[10], ease_lambdas=[10.0],
+                               ease_max_items=n_items - 1)
+    assert set(models) == {"most-popular", "item-knn"}
+    assert "ease skipped" in caplog.text and "ease_max_items" in caplog.text
+    assert sp.issparse(models["item-knn"].similarity)  # item-kNN turns sparse at the same size
+    models = fit_baselines(split, None, catalogue, knn_neighbours=[10], ease_lambdas=[10.0], ease_max_items=n_items)
+    assert "ease" in models
+
+
+def test_validation_on_a_user_sample(split_and_catalogue) -> None:
+    split, catalogue = split_and_catalogue
+    pop = MostPopular().fit(split.train)
+    n = len(split.validation)
+    assert validation_score(pop, split, None, catalogue, max_users=n) == validation_score(pop, split, None, catalogue)
+    assert validation_score(pop, split, None, catalogue, max_users=5, seed=1) == validation_score(
+        pop, split, None, catalogue, max_users=5, seed=1)

@@ -194,3 +194,34 @@ def test_kfp_component_interface(tmp_path) -> None:
         "inputs.artifacts": {"canonical": "system.Dataset", "model": "system.Model"},
         "outputs.parameters": {"Output": "BOOLEAN"},
         "outputs.artifacts": {"report": "system.HTML", "metrics": "system.Metrics", "decision": "system.Artifact"}}
+
+
+def test_prepare_samples_users_when_asked(canonical, tmp_path) -> None:
+    full = prepare(_config(tmp_path), read_tables(canonical))
+    assert full.users_total is None
+    same = prepare(_config(tmp_path, f"evaluate.max_users={len(full.users)}"), read_tables(canonical))
+    assert same.users_total is None and same.users["user_id"].tolist() == full.users["user_id"].tolist()
+    sample = prepare(_config(tmp_path, "evaluate.max_users=20"), read_tables(canonical))
+    assert len(sample.users) == len(sample.targets) == len(sample.histories) == 20
+    assert sample.users_total == len(full.users)
+    position = {int(u): i for i, u in enumerate(full.users["user_id"])}
+    for user, target, hist in zip(sample.users["user_id"], sample.targets, sample.histories, strict=True):
+        assert full.targets[position[int(user)]] == target  # each sampled user keeps its own task
+        np.testing.assert_array_equal(full.histories[position[int(user)]], hist)
+    again = prepare(_config(tmp_path, "evaluate.max_users=20"), read_tables(canonical))
+    assert again.users["user_id"].tolist() == sample.users["user_id"].tolist()  # seeded
+
+
+def test_sampled_evaluation_reports_its_size_and_skipped_ease(canonical, tmp_path) -> None:
+    config = _config(tmp_path, "evaluate.max_users=25", "evaluate.ease_max_items=5", "evaluate.sasrec.enabled=false",
+                     "evaluate.als.enabled=false")
+    ev = run_evaluation(config, canonical, tmp_path / "out", candidate=MostPopular().fit(
+        configured_split(read_tables(canonical)["interactions"], config).train))
+    assert ev.info["test_users"] == 25 < ev.info["test_users_total"]
+    assert len(ev.result("candidate").per_user["ndcg@10"]) == 25
+    est = ev.result("candidate").summary["ndcg@10"]
+    assert est.low <= est.value <= est.high and est.low < est.high  # the bootstrap interval over the sample
+    assert "ease" not in {r.key for r in ev.results} and "ease" in ev.info["baselines_skipped"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"a seeded sample of 25 of {ev.info['test_users_total']} users" in md
+    assert "Baseline ease skipped" in md and "evaluate.ease_max_items=5" in md

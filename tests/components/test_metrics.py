@@ -101,3 +101,37 @@ def test_group_breakdown_and_ratio() -> None:
     assert by_group.loc["M", "value"] == 1.0 and by_group.loc["unknown", "users"] == 1
     assert group_ratio(table, "gender", "hr@10") == 0.5
     assert math.isnan(group_ratio(pd.DataFrame(columns=table.columns), "gender", "hr@10"))
+
+
+def test_rank_targets_in_memory_bounded_batches_match_one_batch() -> None:
+    from components.metrics import rank_targets
+
+    rng = np.random.default_rng(0)
+    catalogue = np.arange(10, 60, dtype=np.int64)
+    table = rng.normal(size=(30, len(catalogue))).round(1)  # rounded: ties happen
+
+    class Table:
+        name = "table"
+
+        def score(self, users, histories, cat):
+            return table[users["user_id"].to_numpy()][:, np.searchsorted(catalogue, cat)]
+
+    users = pd.DataFrame({"user_id": np.arange(30)})
+    hist = [rng.choice(catalogue, 3, replace=False) for _ in range(30)]
+    targets = rng.choice(catalogue, 30)
+    whole = rank_targets(Table(), users, hist, targets, catalogue, 5)
+    small = rank_targets(Table(), users, hist, targets, catalogue, 5, max_cells=2 * len(catalogue) + 1)  # 2 users
+    np.testing.assert_array_equal(small[0], whole[0])
+    np.testing.assert_array_equal(small[1], whole[1])
+
+
+def test_sample_users_is_seeded_sorted_and_all_when_small() -> None:
+    from components.metrics import sample_users
+
+    a, b = sample_users(100, 10, seed=3), sample_users(100, 10, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert len(set(a.tolist())) == 10 and (np.diff(a) > 0).all() and a.max() < 100
+    assert not np.array_equal(a, sample_users(100, 10, seed=4))
+    assert sample_users(100, None, 0) is None and sample_users(100, 100, 0) is None
+    with pytest.raises(MetricsError, match="max_users"):
+        sample_users(100, 0, 0)

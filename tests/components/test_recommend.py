@@ -18,7 +18,7 @@ def canonical(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("recommend"))[0]
 
 
-def test_recommendations_exclude_seen_items(planted_model: Path, canonical: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_recommendations_exclude_seen_items(planted_model: Path, canonical: Path, tmp_path: Path) -> None:
     from components.recommend import recommend
 
     users = pd.DataFrame({"user_id": [1, 2, 3, 4, 5, 999]})  # 999: unknown user, profile only
@@ -35,7 +35,7 @@ def test_recommendations_exclude_seen_items(planted_model: Path, canonical: Path
     assert recs.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
 
 
-def test_recommend_cli_writes_csv_and_can_include_seen(planted_model: Path, canonical: Path,  # noqa: F811
+def test_recommend_cli_writes_csv_and_can_include_seen(planted_model: Path, canonical: Path,
                                                        tmp_path: Path) -> None:
     from recsys.main import app
 
@@ -53,7 +53,7 @@ def test_recommend_cli_writes_csv_and_can_include_seen(planted_model: Path, cano
     assert bad.exit_code == 1 and "not found" in bad.output
 
 
-def test_next_item_is_recommended_first(planted_model: Path, canonical: Path) -> None:  # noqa: F811
+def test_next_item_is_recommended_first(planted_model: Path, canonical: Path) -> None:
     """The planted successor of a user's last item should usually top the list."""
     from components.model import load_recommender
     from components.recommend import recommend_users
@@ -94,7 +94,7 @@ def test_train_cli_from_an_interactions_file(tmp_path: Path) -> None:
     assert len(np.load(tmp_path / "model" / "item_ids.npy")) == 36
 
 
-def test_users_file_and_output_speak_external_ids(planted_model: Path, canonical: Path,  # noqa: F811
+def test_users_file_and_output_speak_external_ids(planted_model: Path, canonical: Path,
                                                   tmp_path: Path) -> None:
     """With id maps beside the tables, batch recommendations read and write the data set's own ids."""
     import shutil

@@ -30,7 +30,7 @@ def dataset(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def test_training_inputs_hold_no_validation_test_or_cold_rows(dataset) -> None:
-    from components.train import prepare_data, read_examples
+    from components.train_data import prepare_data, read_examples
 
     data_dir, canonical, examples = dataset
     config = tiny_config(data_dir, **{"evaluate.cold_start_items": 3})
@@ -163,7 +163,10 @@ def test_train_op_runs_with_the_kfp_local_runner(dataset, tmp_path: Path, monkey
     task_dir = next((tmp_path / "kfp").glob("train-only-*/train-op"))
     assert (task_dir / "model" / "item_embeddings.npy").is_file()
     assert (task_dir / "model" / "model_config.json").is_file()
-    assert "data:image/png;base64" in (task_dir / "curve").read_text()
+    curve = (task_dir / "curve").read_text()
+    assert "data:image/png;base64" in curve and "Popularity priors" in curve
+    cfg = json.loads((task_dir / "model" / "model_config.json").read_text())
+    assert f"<td>{cfg['popularity_weight']:.4f}</td>" in curve  # the chosen prior, as written in the artifact
 
 
 def test_train_op_is_a_kfp_component(tmp_path: Path) -> None:
@@ -178,14 +181,9 @@ def test_train_op_is_a_kfp_component(tmp_path: Path) -> None:
 
 def test_new_item_prior_weight_is_chosen_on_cold_validation_items(dataset, tmp_path: Path) -> None:
     from components.model import load_model
-    from components.train import (
-        POPULARITY_WEIGHTS,
-        POPULARITY_WINDOWS,
-        choose_new_item_popularity_weight,
-        prepare_data,
-        read_examples,
-        train_model,
-    )
+    from components.popularity_prior import POPULARITY_WEIGHTS, POPULARITY_WINDOWS, choose_new_item_popularity_weight
+    from components.train import train_model
+    from components.train_data import prepare_data, read_examples
 
     data_dir, canonical, examples = dataset
     config = tiny_config(data_dir, **{"evaluate.cold_start_items": 3, "train.epochs": 8})
@@ -208,14 +206,9 @@ def test_new_item_prior_weight_is_chosen_on_cold_validation_items(dataset, tmp_p
 
 def test_warm_popularity_prior_is_chosen_on_validation_targets(dataset, tmp_path: Path) -> None:
     from components.model import load_model
-    from components.train import (
-        POPULARITY_WINDOWS,
-        WARM_POPULARITY_WEIGHTS,
-        choose_warm_popularity_weight,
-        prepare_data,
-        read_examples,
-        train_model,
-    )
+    from components.popularity_prior import POPULARITY_WINDOWS, WARM_POPULARITY_WEIGHTS, choose_warm_popularity_weight
+    from components.train import train_model
+    from components.train_data import prepare_data, read_examples
 
     data_dir, canonical, examples = dataset
     config = tiny_config(data_dir, **{"train.epochs": 4})
@@ -248,7 +241,8 @@ def test_learning_rate_schedule(schedule: str, warmup: int, expected: list[float
 
 def test_refit_trains_on_validation_targets_for_the_best_epoch_count(dataset, tmp_path: Path) -> None:
     from components.model import load_model
-    from components.train import TrainError, prepare_data, read_examples, train_model
+    from components.train import train_model
+    from components.train_data import TrainError, prepare_data, read_examples
 
     data_dir, canonical, examples = dataset
     config = tiny_config(data_dir, **{"train.epochs": 3, "train.refit_on_validation": True})

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from components.rerank import intra_list_diversity
-from tests.serving.test_engine import World, ask, ids_and_scores
+from tests.serving.engine_world import World, ask, ids_and_scores
 
 
 @pytest.fixture(scope="module")

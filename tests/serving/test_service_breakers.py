@@ -13,7 +13,8 @@ from serving.triton_client import RecommenderClient, TritonClientError
 pytestmark = pytest.mark.integration
 
 GOOD = {"history_item_ids": np.array([1, 2], np.int64), "profile": np.array([1, 1, 1], np.int64),
-        "exclude_item_ids": np.array([], np.int64), "k": np.array([5], np.int32)}
+        "exclude_item_ids": np.array([], np.int64), "k": np.array([5], np.int32),
+        "prior_item_ids": np.array([], np.int64), "prior_counts": np.array([], np.float32)}
 
 
 def _failure(url: str, arrays: dict, timeout_s: float = 10.0, model: str = "recommender") -> TritonClientError:

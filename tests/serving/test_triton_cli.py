@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.serving_stack import serving_config
 from components.config import config_to_text
+from components.processes import pid_alive
 from serving import triton_admin
 from serving import triton_server as ts
 from serving.deploy import read_history
@@ -58,7 +59,7 @@ def test_cli_serve_deploy_status_stop(tmp_path, bundles):
     outputs = (started, deployed, lonely, stopped)
     assert all(key not in p.stdout + p.stderr for p in outputs) and key not in json.dumps(status)
     assert key not in settings.log_file.read_text(errors="replace")
-    assert not ts.pid_alive(pid) and not ts.is_ready(settings)
+    assert not pid_alive(pid) and not ts.is_ready(settings)
     assert not list(ts.SHM_DIR.glob(f"{settings.shm_prefix}*"))
 
 

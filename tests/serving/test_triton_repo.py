@@ -26,6 +26,8 @@ def test_python_backend_configs(bundles):
         "profile": [3],
         "exclude_item_ids": [-1],
         "k": [1],
+        "prior_item_ids": [-1],
+        "prior_counts": [-1],
     }
     assert {o.name for o in ensemble.output} == {"item_ids", "scores"}
     tower = tr.parse_config(configs["recommender_user_tower"])
@@ -50,6 +52,13 @@ def test_gpu_variant_matches_the_onnx_model(bundles, tmp_path):
     assert sorted(p.name for p in (repo / "recommender_user_tower" / "1").iterdir()) == ["model.onnx"]
     for model_name in tr.MODELS:
         tr.parse_config((repo / model_name / "config.pbtxt").read_text(), where=model_name)
+    # the whole retrieval as one graph on the native backend: no Python model in its folder, its inputs the graph's
+    graph = tr.parse_config((repo / tr.GRAPH / "config.pbtxt").read_text())
+    assert graph.platform == "onnxruntime_onnx" and not graph.backend and graph.max_batch_size == 0
+    assert sorted(p.name for p in (repo / tr.GRAPH / "1").iterdir()) == ["model.onnx"]
+    retrieval = onnx.load(str(repo / tr.GRAPH / "1" / "model.onnx"))
+    assert [i.name for i in graph.input] == [i.name for i in retrieval.graph.input]
+    assert [o.name for o in graph.output] == [o.name for o in retrieval.graph.output] == ["item_ids", "scores"]
 
 
 def test_versions_are_written_completely_and_never_overwritten(bundles, tmp_path):

@@ -102,6 +102,8 @@ def test_malformed_requests_get_clear_errors(deployed):
             "profile": np.array([1, 1, 1], np.int64),
             "exclude_item_ids": np.array([], np.int64),
             "k": np.array([5], np.int32),
+            "prior_item_ids": np.array([], np.int64),
+            "prior_counts": np.array([], np.float32),
         }
         with pytest.raises(TritonClientError, match="recommender.*INVALID_ARGUMENT.*data-type"):
             client.infer_raw({**good, "history_item_ids": np.array([1.0, 2.0], np.float32)})
@@ -109,6 +111,8 @@ def test_malformed_requests_get_clear_errors(deployed):
             client.infer_raw({**good, "profile": np.array([1, 1], np.int64)})
         with pytest.raises(TritonClientError, match="INVALID_ARGUMENT.*k must be at least 1"):
             client.infer_raw({**good, "k": np.array([0], np.int32)})
+        with pytest.raises(TritonClientError, match="INVALID_ARGUMENT.*prior_item_ids has 1 values, prior_counts 0"):
+            client.infer_raw({**good, "prior_item_ids": np.array([1], np.int64)})
         with pytest.raises(TritonClientError, match="INVALID_ARGUMENT"):
             client.infer_raw({key: v for key, v in good.items() if key != "k"})
     with RecommenderClient(client.url, timeout_s=5, model_name="no_such_model") as other:

@@ -30,6 +30,8 @@ class TritonPythonModel:
         self.ops = _load_ops(version_dir)
         self.index = self.ops.ItemIndex(np.load(os.path.join(version_dir, "item_ids.npy")))
         self.embeddings = np.ascontiguousarray(np.load(os.path.join(version_dir, "item_embeddings.npy")), np.float32)
+        with open(os.path.join(version_dir, "manifest.json"), encoding="utf-8") as fh:
+            self.prior = self.ops.PopularityPrior(self.index, json.load(fh).get(self.ops.PRIOR_KEY))
         meta_path = os.path.join(version_dir, "item_index.json")  # written with the ANN index at deploy time
         ef_search = 64
         if os.path.isfile(meta_path):
@@ -48,10 +50,13 @@ class TritonPythonModel:
                 k = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "k")).reshape(-1)
                 if k.size != 1:
                     raise self.ops.RequestError(f"k must hold exactly one value, got {k.size}")
-                if self.ann is not None:
+                prior_ids = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "prior_item_ids"))
+                prior_counts = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "prior_counts"))
+                boost = self.prior.boost(self.index, prior_ids, prior_counts)
+                if self.ann is not None and boost is None:  # the index ranks by dot product alone
                     ids, scores = self.ops.ann_top_k(self.ann, self.index, self.embeddings, user, exclude, int(k[0]))
                 else:
-                    ids, scores = self.ops.request_top_k(self.index, self.embeddings, user, exclude, int(k[0]))
+                    ids, scores = self.ops.request_top_k(self.index, self.embeddings, user, exclude, int(k[0]), boost)
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[

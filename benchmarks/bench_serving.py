@@ -1,0 +1,218 @@
+"""One serving benchmark, three layers, one run: the in-process limit, Triton direct (gRPC) and the API end to end.
+
+A MovieLens-sized stack (synthetic ids; 1682 items, a 64-d tower over 50 recent items, both popularity priors on) is
+built under a temporary folder with the one-graph layout (`serving.retrieval_layout=graph`: Triton serves both the
+three-step `recommender` ensemble and `recommender_graph`). Then, on the same cores:
+- in process: the three steps (components.ensemble) and the one graph (ONNX Runtime), one request at a time;
+- Triton direct: an asyncio gRPC load generator (tritonclient) against each layout at each concurrency;
+- the API: an asyncio HTTP load generator (httpx) against POST /recommend at each concurrency.
+Each level is bounded in requests and seconds. CPU per request comes from the CPU times of each process (Triton's
+server and Python-backend stubs, the API, this load generator). The load average before the run is recorded: the
+machine is shared.
+
+    .venv/bin/python -m benchmarks.bench_serving [--requests 1500] [--max-seconds 15] [--concurrency 1 8 32]
+
+Writes artifacts/benchmarks/serving.json and prints the README table rows.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_api import cpu_seconds, run_level
+from benchmarks.bench_triton import _load, _requests
+
+log = logging.getLogger("bench_serving")
+OUT = Path("artifacts/benchmarks/serving.json")
+TRITON_GROUPS = ("triton_server", "triton_prep", "triton_user_tower", "triton_topk", "triton_graph", "triton_other")
+
+
+def _cpu_ms(before: dict[str, float], after: dict[str, float], groups: tuple[str, ...], n: int) -> float:
+    return round(sum(after.get(g, 0.0) - before.get(g, 0.0) for g in groups) * 1000 / max(n, 1), 3)
+
+
+def with_priors(bundle: Path) -> None:
+    """Both popularity priors on, 5 % of the items new (what the served ranking of a trained model carries)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ids = np.load(bundle / "item_ids.npy")
+    manifest["popularity_prior"] = {"new_item_weight": 0.1, "new_item_window_days": 30, "weight": 0.02,
+                                    "window_days": None, "new_item_ids": ids[: len(ids) // 20].tolist()}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def in_process(bundle: Path, payloads: list[dict[str, np.ndarray]]) -> dict[str, dict]:
+    """CPU and wall time per request of each layout in this process (one request at a time, 1 ORT thread)."""
+    from components.ensemble import EnsembleReference, onnx_session
+    from components.retrieval_graph import OUTPUTS, build_graph
+
+    reference = EnsembleReference(bundle)
+    graph = onnx_session(build_graph(bundle, bundle.parent / "retrieval.onnx"))
+    calls = {
+        "steps": lambda p: reference.recommend(p["history_item_ids"], p["profile"], p["exclude_item_ids"],
+                                               int(p["k"][0]), p["prior_item_ids"], p["prior_counts"]),
+        "graph": lambda p: graph.run(list(OUTPUTS), p),
+    }
+    out = {}
+    for name, call in calls.items():
+        for p in payloads[:50]:
+            call(p)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for p in payloads:
+            call(p)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        out[name] = {"requests": len(payloads), "ms_per_request": round(wall * 1000 / len(payloads), 4),
+                     "cpu_ms_per_request": round(cpu * 1000 / len(payloads), 4),
+                     "limit_requests_per_s_per_core": round(len(payloads) / cpu, 1)}
+        log.info("in process, %s: %.3f ms CPU per request", name, out[name]["cpu_ms_per_request"])
+    return out
+
+
+def with_prior_counts(payloads: list[dict[str, np.ndarray]], bundle: Path, seed: int = 1) -> None:
+    """Give each request sparse prior counts (what the API sends): 200 items with events."""
+    ids = np.load(bundle / "item_ids.npy")
+    rng = np.random.default_rng(seed)
+    for p in payloads:
+        p["prior_item_ids"] = rng.choice(ids, size=min(200, len(ids)), replace=False).astype(np.int64)
+        p["prior_counts"] = rng.integers(1, 100, size=p["prior_item_ids"].size).astype(np.float32)
+
+
+def triton_direct(url: str, payloads: list, concurrency: list[int], max_seconds: float) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for layout, model in (("steps", "recommender"), ("graph", "recommender_graph")):
+        asyncio.run(_load(url, payloads[:50], 4, 30.0, model))  # warm-up
+        levels = []
+        for c in concurrency:
+            before = cpu_seconds()
+            level = asyncio.run(_load(url, payloads, c, max_seconds, model))
+            after = cpu_seconds()
+            level["cpu_ms_per_request"] = {
+                "triton": _cpu_ms(before, after, TRITON_GROUPS, level["requests"]),
+                "load_generator": _cpu_ms(before, after, ("bench_client",), level["requests"])}
+            levels.append(level)
+            log.info("Triton %s c=%d: %.0f req/s, p50 %.2f ms, p99 %.2f ms, Triton CPU %.3f ms/req, %d errors",
+                     layout, c, level["requests_per_s"], level["p50_ms"] or 0, level["p99_ms"] or 0,
+                     level["cpu_ms_per_request"]["triton"], level["errors"])
+        out[layout] = levels
+    return out
+
+
+def api_levels(stack, users: int, concurrency: list[int], requests: int) -> list[dict]:
+    headers = stack.auth_headers()
+    asyncio.run(run_level(stack.url, headers, 4, 100, users, 0.0, seed=99))  # warm-up
+    levels = []
+    for c in concurrency:
+        level = run_level(stack.url, headers, c, requests, users, 0.0, seed=c)
+        level = asyncio.run(level)
+        cpu = level["cpu_ms_per_request"]
+        level["cpu_ms_per_request_by_layer"] = {
+            "api": round(cpu.get("api_bentoml", 0.0), 3),
+            "triton": round(sum(cpu.get(g, 0.0) for g in TRITON_GROUPS), 3),
+            "load_generator": round(cpu.get("bench_client", 0.0), 3)}
+        levels.append(level)
+        log.info("API c=%d: %.0f req/s, p50 %.2f ms, p99 %.2f ms, API CPU %.2f ms/req, %d errors", c, level["rps"],
+                 level["p50_ms"], level["p99_ms"], level["cpu_ms_per_request_by_layer"]["api"], level["errors"])
+    return levels
+
+
+def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: int = 1, users: int = 943,
+        per_user: int = 20) -> dict:
+    import torch
+
+    from benchmarks.serving_stack import build_stack, make_bundle
+
+    torch.set_num_threads(1)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    root = Path(tempfile.mkdtemp(prefix="bench_serving_"))
+    try:
+        bundle = make_bundle(root / "bundle", n_items=1682, dim=64, max_seq_len=50, seed=0)
+        with_priors(bundle)
+        payloads = _requests(bundle, n_requests, 10, seed=0)
+        with_prior_counts(payloads, bundle)
+        local = in_process(bundle, payloads)
+        stack = build_stack(root, bundle, n_users=users, per_user=per_user,
+                            overrides={"features.last_n_items": 50, "serving.retrieval_layout": "graph",
+                                       "serving.tower_instances": instances})
+        try:
+            triton = triton_direct(stack.triton.grpc_url, payloads, concurrency, max_seconds)
+            api = api_levels(stack, users, concurrency, min(n_requests, int(max_seconds * 150)))
+        finally:
+            stack.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    limit = local["steps"]["limit_requests_per_s_per_core"]
+    top = {layout: next(lv for lv in levels if lv["concurrency"] == max(concurrency))
+           for layout, levels in triton.items()}
+    cores = os.cpu_count() or 1
+    ratios = {
+        f"triton_{layout}_c{max(concurrency)}_rps_over_in_process_limit_{cores}_cores":
+            round(level["requests_per_s"] / (limit * cores), 3) for layout, level in top.items()}
+    ratios.update({
+        f"triton_{layout}_cpu_per_request_over_in_process_{layout}": round(
+            level["cpu_ms_per_request"]["triton"] / local[layout]["cpu_ms_per_request"], 2)
+        for layout, level in top.items()})
+    api_top = api[-1]
+    ratios[f"api_c{max(concurrency)}_rps_over_triton_graph"] = round(
+        api_top["rps"] / max(top["graph"]["requests_per_s"], 1e-9), 3)
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": cores, "platform": platform.platform(), "load_average_before": load_before,
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "stack": {"items": 1682, "embedding_dim": 64, "max_seq_len": 50, "users": users, "k": 10,
+                  "priors": "both on, 200 items with counts per request", "api_layout": "graph",
+                  "instances_per_model": instances,
+                  "api_load_generator": "httpx asyncio (locust is not installed in this environment)"},
+        "requests_per_level": n_requests, "max_seconds_per_level": max_seconds,
+        "in_process": local, "triton_direct": triton, "api": api, "ratios": ratios,
+    }
+
+
+def markdown(report: dict) -> list[str]:
+    rows = []
+    for layout, entry in report["in_process"].items():
+        rows.append(f"| in process, {layout} | 1 | {entry['limit_requests_per_s_per_core']} req/s per core | "
+                    f"{entry['ms_per_request']} ms | | {entry['cpu_ms_per_request']} ms | |")
+    for layout, levels in report["triton_direct"].items():
+        for lv in levels:
+            cpu = lv["cpu_ms_per_request"]
+            rows.append(f"| Triton gRPC, {layout} | {lv['concurrency']} | {lv['requests_per_s']} req/s | "
+                        f"{lv['p50_ms']} ms | {lv['p99_ms']} ms | {cpu['triton']} ms | {cpu['load_generator']} ms |")
+    for lv in report["api"]:
+        cpu = lv["cpu_ms_per_request_by_layer"]
+        rows.append(f"| API /recommend (graph) | {lv['concurrency']} | {lv['rps']} req/s | {lv['p50_ms']} ms | "
+                    f"{lv['p99_ms']} ms | API {cpu['api']} + Triton {cpu['triton']} ms | {cpu['load_generator']} ms |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1500, help="requests per level (bounded by --max-seconds)")
+    parser.add_argument("--max-seconds", type=float, default=15.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--instances", type=int, default=1,
+                        help="Triton instances of the user tower and of the graph (serving.tower_instances)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "components", "serving"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    report = run(args.requests, args.max_seconds, args.concurrency, args.instances)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print("| layer | concurrency | requests/s | p50 | p99 | server CPU / request | load generator CPU / request |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(markdown(report)))
+    print(json.dumps(report["ratios"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The model being trained, scored exactly as the evaluate step scores a saved model; and its popularity priors
+(cosine + w * log(1 + the item's recent interactions by other users)), chosen on validation targets."""
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.config import Config
+from components.evaluate import evaluate_cold, evaluate_main
+from components.evaluation_types import EvalData
+from components.metrics import per_user_metrics, rank_targets
+from components.model import UserEncoder, item_event_counts
+from components.recommender import Recommender, TowerRecommender
+from components.train_data import TrainData
+
+log = logging.getLogger(__name__)
+EVAL_K = 10
+
+
+def ranking_metrics(rec: Recommender, stage: EvalData, config: Config, cold: bool = False) -> dict[str, float]:
+    """NDCG@10 and HR@10 of `rec` on a stage's main ranking (the warm catalogue, each user's history excluded) or
+    its cold-start ranking, computed by the evaluate step's own `evaluate_main` / `evaluate_cold`.
+    Without targets: zeros for the main ranking, nothing for the cold one."""
+    names = (f"ndcg@{EVAL_K}", f"hr@{EVAL_K}")
+    if cold:
+        if not len(stage.cold_targets):
+            return {}
+        result = evaluate_cold(rec, rec.name, "candidate", stage, config, ks=[EVAL_K], intervals=False)
+    else:
+        if not len(stage.targets):
+            return dict.fromkeys(names, 0.0)
+        result = evaluate_main(rec, rec.name, "candidate", stage, config, groups=False, ks=[EVAL_K], intervals=False)
+    return {name: result.value(name) for name in names}
+
+
+def in_training_recommender(model: Any, data: TrainData, device: torch.device) -> TowerRecommender:
+    """The model being trained as a Recommender, scored like the saved artifact (eval mode, current weights)."""
+    with torch.no_grad():
+        item_emb = model.item_table(text=None)[1:].float().cpu().numpy()
+    encoder = UserEncoder(model, item_emb).to(device).eval()
+
+    @torch.no_grad()
+    def tower(history: np.ndarray, profile: np.ndarray) -> np.ndarray:
+        return encoder(torch.from_numpy(history).to(device), torch.from_numpy(profile).to(device)).float().cpu().numpy()
+
+    return TowerRecommender("two_tower", tower, data.item_ids, item_emb, data.profile_encoder,
+                            model.cfg["max_seq_len"], batch_size=1024)
+
+
+POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # new items: the prior may dominate
+WARM_POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)  # trained items: a nudge to the cosine
+POPULARITY_WINDOWS = (None, 30.0, 7.0)  # days (None = all history): the feature store's rolling windows
+
+
+class _Fixed:
+    """Precomputed scores [users, catalogue] served through the Recommender protocol (rows by `_row`)."""
+
+    name = "fixed"
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.scores = scores
+
+    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
+        return self.scores[users["_row"].to_numpy()]
+
+
+def choose_popularity_prior(cosine: np.ndarray, events: pd.DataFrame, users: pd.DataFrame,
+                            histories: list[np.ndarray], targets: np.ndarray, catalogue: np.ndarray,
+                            exclude: list[np.ndarray] | None, weights: tuple[float, ...],
+                            prefix: str) -> tuple[float, float | None, list[dict]]:
+    """(w, window days or None, curve): the prior cosine + w * log(1 + n) that ranks `targets` best, n = the
+    item's interactions in `events` by other users strictly before each user's `as_of` (within the window).
+    Best HR@10 wins for new items ("cold_val" prefix), NDCG@10 for trained ones ("val"); ties go to the smaller w."""
+    users = users.assign(_row=np.arange(len(users)))
+    first, second = (f"{prefix}_hr@{EVAL_K}", f"{prefix}_ndcg@{EVAL_K}")
+    if prefix == "val":
+        first, second = second, first
+    curve = []
+    for window in POPULARITY_WINDOWS:
+        prior = np.log1p(item_event_counts(events, users, catalogue, window))
+        for w in weights if window is None else weights[1:]:
+            ranks, _ = rank_targets(_Fixed(cosine + w * prior), users, histories, targets, catalogue, EVAL_K,
+                                    exclude=exclude)
+            values = per_user_metrics(ranks, [EVAL_K])
+            curve.append({"weight": w, "window_days": window,
+                          **{f"{prefix}_{k}": float(values[k].mean()) for k in (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")}})
+    best = max(curve, key=lambda c: (c[first], c[second], -c["weight"]))
+    window = best["window_days"] if best["weight"] > 0 else None
+    return float(best["weight"]), window, curve
+
+
+@torch.no_grad()
+def choose_new_item_popularity_weight(model: Any, data: TrainData,
+                                      device: torch.device) -> tuple[float, float | None, list[dict]]:
+    """Weight w and window of the new-item prior (cosine + w * log(1 + recent interactions)) chosen on the COLD
+    VALIDATION items: the next-newest items, held out of training like the cold-start report's, never those.
+
+    Each cold-validation target is ranked among the cold-validation items (text + metadata vectors, as every new
+    item has), scored cosine + w * log(1 + n), n = the item's interactions by other users strictly before the
+    target (within the window: all history, 30 or 7 days). Best HR@10 wins, then NDCG@10, then the smaller w.
+    Returns (w, window days or None, the validation curve); (0, None, []) without cold-validation targets.
+    """
+    task = data.validation
+    if not len(task.cold_targets):
+        log.info("no cold-validation targets (evaluate.cold_validation_items=0): new-item popularity prior off")
+        return 0.0, None, []
+    users = task.cold_users.assign(_row=np.arange(len(task.cold_users)))
+    cosine = in_training_recommender(model, data, device).score(users, task.cold_histories, task.cold_items)
+    weight, window, curve = choose_popularity_prior(cosine, task.cold_interactions, task.cold_users,
+                                                    task.cold_histories, task.cold_targets, task.cold_items,
+                                                    task.cold_exclude, POPULARITY_WEIGHTS, "cold_val")
+    log.info("new-item popularity weight %.3g, window %s days chosen on %d cold-validation targets "
+             "(HR@10 %.4f; w=0: %.4f)", weight, window, len(task.cold_targets),
+             max(c[f"cold_val_hr@{EVAL_K}"] for c in curve), curve[0][f"cold_val_hr@{EVAL_K}"])
+    return weight, window, curve
+
+
+@torch.no_grad()
+def choose_warm_popularity_weight(model: Any, data: TrainData,
+                                  device: torch.device) -> tuple[float, float | None, list[dict]]:
+    """Weight w and window of the trained items' popularity prior (cosine + w * log(1 + n), n = the item's
+    interactions by other users in the window before the request), chosen on the VALIDATION targets by NDCG@10.
+
+    The loss's logQ correction takes popularity out of the cosine; this puts back what the validation targets
+    show, at the request's own time. Returns (0, None, []) without validation targets.
+    """
+    task = data.validation
+    if not len(task.targets) or task.item_events is None:
+        return 0.0, None, []
+    users = task.users.assign(_row=np.arange(len(task.users)))
+    cosine = in_training_recommender(model, data, device).score(users, task.histories, task.catalogue)
+    weight, window, curve = choose_popularity_prior(cosine, task.item_events, task.users, task.histories,
+                                                    task.targets, task.catalogue, None, WARM_POPULARITY_WEIGHTS,
+                                                    "val")
+    log.info("popularity weight %.3g, window %s days chosen on %d validation targets (NDCG@10 %.4f; w=0: %.4f)",
+             weight, window, len(task.targets), max(c[f"val_ndcg@{EVAL_K}"] for c in curve),
+             curve[0][f"val_ndcg@{EVAL_K}"])
+    return weight, window, curve

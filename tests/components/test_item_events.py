@@ -1,0 +1,55 @@
+"""The API's in-memory interaction counts equal the model's definition (components.model.item_event_counts), and
+the bundle's popularity prior adds exactly what TwoTowerRecommender.score adds."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.bundle_ops import ItemIndex, PopularityPrior, RequestError, request_top_k
+from components.item_events import ItemEventIndex, datetime_us, epoch_us
+from components.model import item_event_counts
+
+
+def random_events(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2024-03-01", tz="UTC")
+    return pd.DataFrame({"user_id": rng.integers(1, 12, n), "item_id": rng.integers(100, 130, n),
+                         "event_timestamp": start + pd.to_timedelta(rng.integers(0, 40 * 24 * 60, n), unit="min")})
+
+
+@pytest.mark.parametrize("window", [None, 2.5, 10])
+def test_counts_equal_the_models_definition(window) -> None:
+    events = random_events()
+    catalogue = np.arange(95, 125, dtype=np.int64)  # some event items outside the catalogue, some items without events
+    index = ItemEventIndex(ItemIndex(catalogue), events.iloc[:300])
+    for row in events.iloc[300:].itertuples():  # live events arrive one by one, out of time order
+        index.add(row.user_id, row.item_id, int(epoch_us([row.event_timestamp])[0]))
+    times = pd.to_datetime(["2024-03-05 00:00", "2024-03-20 13:07", "2024-04-15 00:00", "2024-02-01 00:00"], utc=True)
+    users = pd.DataFrame({"user_id": [3, 7, 11, 99], "as_of": times})
+    expected = item_event_counts(events, users, catalogue, window)
+    for i, (user, t) in enumerate(zip(users.user_id, times, strict=True)):
+        assert datetime_us(t.to_pydatetime()) == int(epoch_us([t])[0])
+        got = index.counts(int(user), datetime_us(t.to_pydatetime()), window)
+        np.testing.assert_array_equal(got, expected[i])
+    assert expected.sum() > 0
+
+
+def test_boost_adds_what_the_model_adds_and_refuses_bad_counts() -> None:
+    ids = np.array([5, 9, 2, 7], dtype=np.int64)
+    index = ItemIndex(ids)
+    prior = PopularityPrior(index, {"new_item_weight": 0.3, "new_item_window_days": 7, "weight": 0.05,
+                                    "window_days": None, "new_item_ids": [9, 7]})
+    counts = np.array([4, 0, 2], dtype=np.float32)
+    boost = prior.boost(index, np.array([9, 2, 5]), counts)
+    expected = np.zeros(4, np.float32)
+    expected[[1, 2, 0]] = np.array([0.3, 0.05, 0.05]) * np.log1p(counts)  # the model: weight * np.log1p(n)
+    np.testing.assert_array_equal(boost, expected.astype(np.float32))
+    assert [(rows.tolist(), window) for rows, window in prior.windows()] == [([1, 3], 7), ([0, 2], None)]
+    emb = np.eye(4, dtype=np.float32)
+    top, scores = request_top_k(index, emb, np.array([0.1, 0.0, 0.0, 0.0], np.float32), np.array([5]), 2, boost)
+    assert top.tolist() == [9, 2] and scores[0] == pytest.approx(0.3 * np.log1p(4))
+    with pytest.raises(RequestError, match="prior_item_ids"):
+        prior.boost(index, np.array([1234]), np.array([1.0]))
+    with pytest.raises(RequestError, match="prior_counts"):
+        prior.boost(index, np.array([5]), np.array([-1.0]))
+    assert PopularityPrior(index, None).boost(index, np.array([5]), np.array([3.0])) is None
