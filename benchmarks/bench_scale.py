@@ -4,7 +4,8 @@ Each size is events:items (users = events / 50 unless given as events:items:user
 generated, then every step runs through its real function in a fresh child process (so its peak RSS is its own,
 read with os.wait4): ingest -> validate (Great Expectations) -> features (DuckDB feature tables, point-in-time
 examples, SQLite online store) -> embed (the item texts with a cold per-text cache) -> train (fixed small budget,
-warm text cache) -> evaluate (candidate + baselines; sampled users above evaluate.max_users) -> compress (fp32
+warm text cache) -> evaluate (candidate + baselines; sampled users above evaluate.max_users; with most-popular as a
+stand-in candidate when train failed, so that its cost is still measured) -> compress (fp32
 variant) -> deploy (a private Triton server: write, load and smoke-test the bundle; the server's own memory is
 not the step's). The growth exponent of each step is the least-squares slope of log(time) (and log(peak RSS))
 on log(events) over the sizes run.
@@ -115,10 +116,17 @@ def run_step(step: str, root: Path, size: dict[str, int], extra: list[str]) -> d
         train_model(config, canonical, examples, model, progress=False)
         return {"outputs": [str(model)]}
     if step == "evaluate":
-        from components.evaluate import run_evaluation
+        from components.baselines import MostPopular
+        from components.evaluate import prepare, run_evaluation
+        from components.schemas import read_tables
 
-        ev = run_evaluation(config, canonical, root / "evaluation", model_dir=model)
-        return {"test_users": ev.info["test_users"], "test_users_total": ev.info["test_users_total"],
+        if model.is_dir():
+            ev = run_evaluation(config, canonical, root / "evaluation", model_dir=model)
+        else:  # no trained model at this size: the step's own cost (baselines, ranking, report) with a stand-in
+            split = prepare(config, read_tables(canonical)).split
+            ev = run_evaluation(config, canonical, root / "evaluation", candidate=MostPopular().fit(split.train))
+        return {"candidate": ev.results[0].name, "test_users": ev.info["test_users"],
+                "test_users_total": ev.info["test_users_total"],
                 "baselines": [r.key for r in ev.results], "skipped": ev.info["baselines_skipped"],
                 "outputs": [str(root / "evaluation")]}
     if step == "compress":
@@ -233,11 +241,19 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     for step in [*STEPS, FALLBACK]:
         pts = [(r["size"]["events"], s["seconds"], s["peak_rss_mb"]) for r in runs for s in r["steps"]
                if s["step"] == step and "error" not in s]
-        if not pts:
+        failed = [(r["size"]["events"], s["seconds"], s["peak_rss_mb"]) for r in runs for s in r["steps"]
+                  if s["step"] == step and "error" in s]
+        if not pts and not failed:
             continue
-        ev, sec, rss = zip(*pts, strict=True)
-        axes[0].plot(ev, sec, marker="o", label=step)
-        axes[1].plot(ev, rss, marker="o", label=step)
+        colour = None
+        if pts:
+            ev, sec, rss = zip(*pts, strict=True)
+            colour = axes[0].plot(ev, sec, marker="o", label=step)[0].get_color()
+            axes[1].plot(ev, rss, marker="o", color=colour)
+        for ev, sec, rss in failed:  # killed (time or memory cap): the cost is at least this
+            colour = axes[0].plot([ev], [sec], marker="X", markersize=11, linestyle="none", color=colour,
+                                  label=None if pts else f"{step} (killed: at least)")[0].get_color()
+            axes[1].plot([ev], [rss], marker="X", markersize=11, linestyle="none", color=colour)
     for ax, label in zip(axes, ("wall time (s)", "peak RSS of the step (MB)"), strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -245,7 +261,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8, ncol=2)
-    fig.suptitle("Pipeline steps on the synthetic shop (2 shared cores, one thread per step)")
+    fig.suptitle("Pipeline steps on the synthetic shop (2 shared cores, one thread per step; X = killed)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -265,10 +281,29 @@ def markdown_rows(runs: list[dict[str, Any]], exponents: dict[str, float | None]
             elif "error" in s:
                 cells.append(f"failed ({s['error'][:60]})")
             else:
-                cells.append(f"{s['seconds']:.1f} s, {s['peak_rss_mb']:.0f}, {s.get('output_mb', 0):.1f}")
+                stand_in = s.get("info", {}).get("candidate") == "most-popular"
+                stand_in = " (most-popular as the candidate)" if stand_in else ""
+                cells.append(f"{s['seconds']:.1f} s, {s['peak_rss_mb']:.0f}, {s.get('output_mb', 0):.1f}{stand_in}")
         exp = exponents.get(step)
         rows.append(f"| {step} | " + " | ".join(cells) + f" | {'' if exp is None else f'{exp:.2f}'} |")
     return rows
+
+
+def merge_runs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`old` runs with the rows of `new` added where a size had no row, or a failed one, for that step."""
+    merged = {size_name(r["size"]): {"size": r["size"], "steps": list(r["steps"])} for r in old}
+    for run in new:
+        into = merged.setdefault(size_name(run["size"]), {"size": run["size"], "steps": []})
+        for row in run["steps"]:
+            at = next((i for i, s in enumerate(into["steps"]) if s["step"] == row["step"]), None)
+            if at is None:
+                into["steps"].append({**row, "merged": True})
+            elif "error" in into["steps"][at]:
+                into["steps"][at] = {**row, "merged": True}
+    order = {name: i for i, name in enumerate([*STEPS[:4], FALLBACK, *STEPS[4:]])}
+    for run in merged.values():
+        run["steps"].sort(key=lambda s: order.get(s["step"], len(order)))
+    return sorted(merged.values(), key=lambda r: r["size"]["events"])
 
 
 def main() -> None:
@@ -280,6 +315,9 @@ def main() -> None:
     parser.add_argument("--step-timeout", type=float, default=900.0, help="seconds before a step is killed")
     parser.add_argument("--max-rss-gb", type=float, default=12.0, help="resident memory at which a step is killed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
+    parser.add_argument("--merge", action="store_true",
+                        help="add to the existing --out JSON: a step's new row fills a size's missing or failed one")
+    parser.add_argument("--replot", action="store_true", help="redraw the PNG and rows from an existing --out JSON")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -291,6 +329,12 @@ def main() -> None:
     if args.child:
         result = run_step(args.child, args.work, parse_size(args.sizes), args.overrides)
         (args.work / f"{args.child}.result.json").write_text(json.dumps(result, default=str))
+        return
+
+    if args.replot:
+        report = json.loads(args.out.read_text(encoding="utf-8"))
+        plot(report["runs"], args.out.with_suffix(".png"))
+        print("\n".join(markdown_rows(report["runs"], report["growth_exponent"]["seconds"])))
         return
 
     from components.processes import free_port
@@ -314,10 +358,16 @@ def main() -> None:
                 row = measure("examples_fallback", root, size, extra, args.step_timeout, args.max_rss_gb * 1024)
                 rows.append(row)
                 log.info("%s examples_fallback: %s", size_name(size), row)
+            if "error" in row and step == "train" and "evaluate" in steps:  # evaluate with a stand-in candidate
+                row = measure("evaluate", root, size, extra, args.step_timeout, args.max_rss_gb * 1024)
+                rows.append(row)
+                log.info("%s evaluate (most-popular candidate): %s", size_name(size), row)
             if "error" in row and step not in ("deploy",):
                 log.warning("%s failed: the later steps of this size are skipped", step)
                 break
         runs.append({"size": size, "steps": rows})
+    if args.merge and args.out.is_file():
+        runs = merge_runs(json.loads(args.out.read_text(encoding="utf-8"))["runs"], runs)
     exponents = {"seconds": growth_exponents(runs, "seconds"), "peak_rss_mb": growth_exponents(runs, "peak_rss_mb")}
     largest = max(s["events"] for s in map(parse_size, args.sizes.split(",")))
     report = {

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.serving_stack import serving_config
 from components.bundle_ops import profile_sizes
-from components.config import load_config
-from components.processes import free_port
 from serving import triton_server as ts
 from serving.deploy import deploy_bundle
 from serving.triton_admin import admin_key
@@ -123,19 +122,8 @@ def _batching(url: str, admin_key: str | None) -> dict[str, float]:
 def run(bundles: list[Path], concurrency: list[int], n_requests: int, max_seconds: float, k: int) -> dict:
     load_before = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews the figures
     root = Path(tempfile.mkdtemp(prefix="bench_triton_"))
-    config = load_config(
-        None,
-        [
-            "serving.host=127.0.0.1",
-            f"serving.triton_http_port={free_port()}",
-            f"serving.triton_grpc_port={free_port()}",
-            f"serving.triton_metrics_port={free_port()}",
-            f"serving.model_repository={root / 'models'}",
-            f"serving.triton_build_dir={root / 'build'}",
-            f"serving.triton_log_file={root / 'build' / 'tritonserver.log'}",
-            "serving.grpc_timeout_s=30",
-        ],
-    )
+    config = serving_config(root)
+    config.serving.grpc_timeout_s = 30
     server = ts.start_server(ts.settings_from_config(config))
     url = server.grpc_url
     results = []

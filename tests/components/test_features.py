@@ -266,7 +266,8 @@ def test_features_op_runs_in_the_kfp_local_runner(tmp_path):
     merged = examples.merge(want, on=["user_id", "item_id", "event_timestamp"], suffixes=("", "_ref"))
     assert (merged.user_interaction_count == merged.user_interaction_count_ref).all()
     assert sorted(p.name for p in (task_dir / "feature_tables").iterdir()) == [
-        "item_metadata.parquet", "item_popularity.parquet", "user_activity.parquet", "user_profile.parquet"]
+        "item_events.parquet", "item_metadata.parquet", "item_popularity.parquet", "user_activity.parquet",
+        "user_profile.parquet"]  # the feature tables and the events the API's popularity priors count
     # materialized: the configured online store answers for a user of the data
     from components.features import open_store
 

@@ -24,6 +24,24 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
+def world(tmp_path_factory, bundles):
+    """The request engine's world (tests.serving.engine_world.World): a Feast store, versions 1 and 2, a log."""
+    from tests.serving.engine_world import World
+
+    return World(tmp_path_factory.mktemp("engine"), bundles)
+
+
+@pytest.fixture()
+def engine(world):
+    """An engine serving version 1 of `world` in process; closed after the test."""
+    engine, _ = world.engine()
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="module")
 def triton(tmp_path_factory):
     """A real tritonserver (explicit model control) on free loopback ports, stopped after the module."""
     from serving import triton_server as ts

@@ -17,21 +17,7 @@ from components.processes import free_port
 from serving.catalogue import ServiceError
 from serving.engine import POPULARITY_VERSION, Engine, ReferenceScorer, dependency_down
 from serving.triton_client import TritonClientError
-from tests.serving.engine_world import LAST_N, World, ask, ids_and_scores
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, bundles) -> World:
-    return World(tmp_path_factory.mktemp("engine"), bundles)
-
-
-@pytest.fixture()
-def engine(world):
-    engine, _ = world.engine()
-    try:
-        yield engine
-    finally:
-        engine.close()
+from tests.serving.engine_world import LAST_N, ask, ids_and_scores
 
 
 @pytest.mark.parametrize("exclude_seen", [True, False])

@@ -6,21 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from components.rerank import intra_list_diversity
-from tests.serving.engine_world import World, ask, ids_and_scores
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, bundles) -> World:
-    return World(tmp_path_factory.mktemp("engine_diversity"), bundles)
-
-
-@pytest.fixture()
-def engine(world):
-    engine, _ = world.engine()
-    try:
-        yield engine
-    finally:
-        engine.close()
+from tests.serving.engine_world import ask, ids_and_scores
 
 
 def test_default_and_zero_keep_the_models_ranking(world, engine):
