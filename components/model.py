@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from components.bundle_ops import PopularityPrior
 from components.encoders import PROFILE_ENCODER_FILE, ItemEncoder, ProfileEncoder
 from components.errors import RecsysError
 from components.recommender import TowerRecommender
@@ -339,22 +340,30 @@ class TwoTowerRecommender(TowerRecommender):
     def _encode(self, history: np.ndarray, profile: np.ndarray) -> np.ndarray:
         return self._encoder(torch.from_numpy(history), torch.from_numpy(profile)).numpy()
 
+    def popularity_prior(self) -> PopularityPrior:
+        """The priors as the serving bundle carries them (`components.bundle_ops.PopularityPrior`): which items are
+        new, and each one's weight and window (from the current attributes, so that a test or `add_items` sees
+        its change)."""
+        return PopularityPrior(self.index, {
+            "new_item_weight": self.new_item_popularity_weight, "new_item_window_days": self.new_item_popularity_window,
+            "weight": self.popularity_weight, "window_days": self.popularity_window,
+            "new_item_ids": self.item_ids[self._new].tolist()})
+
     def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
         """float32 [len(users), len(catalogue)]: cosine of user and item vectors (-inf for items without one), plus
         the popularity priors (see `set_item_events`): one for items without a trained ID embedding, one for the
         trained items."""
         scores = super().score(users, histories, catalogue)
-        if self._events is None:
+        prior = self.popularity_prior()
+        if self._events is None or not prior.active:
             return scores
         catalogue = np.asarray(catalogue, dtype=np.int64)
         rows = self.index.rows(catalogue)
-        known = np.flatnonzero(rows >= 0)
-        for new, weight, window in ((True, self.new_item_popularity_weight, self.new_item_popularity_window),
-                                    (False, self.popularity_weight, self.popularity_window)):
-            cols = known[self._new[rows[known]] == new]
-            if weight > 0 and len(cols):
+        for prior_rows, window in prior.windows():
+            cols = np.flatnonzero(np.isin(rows, prior_rows))
+            if len(cols):
                 counts = item_event_counts(self._events, users, catalogue[cols], window)
-                scores[:, cols] += weight * np.log1p(counts)
+                scores[:, cols] += prior.weights[rows[cols]] * np.log1p(counts)
         return scores
 
     def set_item_events(self, events: pd.DataFrame) -> None:
