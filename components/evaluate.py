@@ -48,6 +48,7 @@ from components.metrics import (
     rank_targets,
     sample_users,
 )
+from components.model import item_event_counts
 from components.recommender import Recommender
 from components.registry import read_champion
 from components.schemas import read_tables
@@ -124,11 +125,6 @@ def prepare(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
     return sample_task(data, config.evaluate.max_users, config.train.seed)
 
 
-def _epoch_us(values: Any) -> np.ndarray:
-    """Timestamps (aware or naive = UTC) as int64 microseconds since the epoch."""
-    return pd.to_datetime(pd.Series(values), utc=True).dt.as_unit("us").astype("int64").to_numpy()
-
-
 class NewItemPopularity:
     """Cold-start baseline: a new item's number of interactions by other users strictly before the user's `as_of`."""
 
@@ -140,14 +136,7 @@ class NewItemPopularity:
     def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
         if "as_of" not in users:
             raise EvaluationError("new-item-popularity needs the users' `as_of` timestamps")
-        out = np.zeros((len(users), len(catalogue)), dtype=np.float32)
-        col = pd.Series(np.arange(len(catalogue)), index=np.asarray(catalogue, dtype=np.int64))
-        ev = self.events[self.events["item_id"].isin(col.index)]
-        ts, ev_user, ev_col = _epoch_us(ev["event_timestamp"]), ev["user_id"].to_numpy(), col[ev["item_id"]].to_numpy()
-        for i, (user, as_of) in enumerate(zip(users["user_id"], _epoch_us(users["as_of"]), strict=True)):
-            seen = (ts < as_of) & (ev_user != user)
-            np.add.at(out[i], ev_col[seen], 1.0)
-        return out
+        return item_event_counts(self.events, users, catalogue)
 
 
 class Constant:

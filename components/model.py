@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from components.bundle_ops import PopularityPrior
 from components.encoders import PROFILE_ENCODER_FILE, ItemEncoder, ProfileEncoder
 from components.errors import RecsysError
+from components.item_events import epoch_us
 from components.recommender import TowerRecommender
 
 log = logging.getLogger(__name__)
@@ -416,10 +417,6 @@ class TwoTowerRecommender(TowerRecommender):
         return emb
 
 
-def _epoch_us(values: Any) -> np.ndarray:
-    return pd.to_datetime(pd.Series(values), utc=True).dt.as_unit("us").astype("int64").to_numpy()
-
-
 def item_event_counts(events: pd.DataFrame, users: pd.DataFrame, catalogue: np.ndarray,
                       window_days: float | None = None) -> np.ndarray:
     """float32 [len(users), len(catalogue)]: events on each item by other users strictly before the user's `as_of`
@@ -431,12 +428,12 @@ def item_event_counts(events: pd.DataFrame, users: pd.DataFrame, catalogue: np.n
     catalogue = np.asarray(catalogue, dtype=np.int64)
     col = pd.Series(np.arange(len(catalogue)), index=catalogue)
     ev = events[events["item_id"].isin(col.index)]
-    ts = _epoch_us(ev["event_timestamp"])
+    ts = epoch_us(ev["event_timestamp"])
     order = np.argsort(ts, kind="stable")
     ts, ev_col = ts[order], col[ev["item_id"]].to_numpy()[order]
     ev_user = ev["user_id"].to_numpy()[order]
     own = pd.Series(np.arange(len(ts))).groupby(ev_user).indices if len(ts) else {}
-    as_of = _epoch_us(users["as_of"]) if "as_of" in users else np.full(len(users), np.iinfo(np.int64).max)
+    as_of = epoch_us(users["as_of"]) if "as_of" in users else np.full(len(users), np.iinfo(np.int64).max)
     span = None if window_days is None else int(window_days * 86_400 * 1_000_000)
     out = np.zeros((len(users), len(catalogue)), dtype=np.float32)
     running = np.zeros(len(catalogue), dtype=np.float32)
