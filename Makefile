@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 export OMP_NUM_THREADS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint system-deps clean
+.PHONY: demo test lint system-deps loadgen clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): torch (CPU build), the project and its pinned dependencies (pip's output: $(SETUP_LOG))"
@@ -27,6 +27,13 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@bash scripts/system_deps.sh
+
+# locust for benchmarks/bench_serving.py, in an environment of its own (its `requests` pin clashes with kfp's)
+loadgen: .venv-loadgen/bin/locust
+
+.venv-loadgen/bin/locust:
+	@test -x .venv-loadgen/bin/python || $(PYTHON) -m venv .venv-loadgen
+	.venv-loadgen/bin/pip install --quiet locust==2.47.0
 
 demo: $(STAMP)
 	$(BIN)/recsys demo

@@ -5,7 +5,9 @@ built under a temporary folder with the one-graph layout (`serving.retrieval_lay
 three-step `recommender` ensemble and `recommender_graph`). Then, on the same cores:
 - in process: the three steps (components.ensemble) and the one graph (ONNX Runtime), one request at a time;
 - Triton direct: an asyncio gRPC load generator (tritonclient) against each layout at each concurrency;
-- the API: an asyncio HTTP load generator (httpx) against POST /recommend at each concurrency.
+- the API: locust (headless, closed-loop users: benchmarks/locustfile.py, from .venv-loadgen, `make loadgen`)
+  against POST /recommend at each concurrency, and in the same run against the BentoML floor
+  (benchmarks/bentoml_floor.py: the same framework and settings, no logic); httpx asyncio where locust is absent.
 Each level is bounded in requests and seconds. CPU per request comes from the CPU times of each process (Triton's
 server and Python-backend stubs, the API, this load generator). The load average before the run is recorded: the
 machine is shared.
@@ -17,11 +19,15 @@ Writes artifacts/benchmarks/serving.json and prints the README table rows.
 
 import argparse
 import asyncio
+import csv
 import json
 import logging
 import os
 import platform
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -31,9 +37,12 @@ import numpy as np
 
 from benchmarks.bench_api import cpu_seconds, run_level
 from benchmarks.bench_triton import _load, _requests
+from components.processes import free_port, launch, stop_process, wait_ready
 
 log = logging.getLogger("bench_serving")
 OUT = Path("artifacts/benchmarks/serving.json")
+LOCUST = Path(".venv-loadgen/bin/locust")  # `make loadgen`: locust in its own environment (its pins clash with kfp's)
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 TRITON_GROUPS = ("triton_server", "triton_prep", "triton_user_tower", "triton_topk", "triton_graph", "triton_other")
 
 
@@ -106,6 +115,89 @@ def triton_direct(url: str, payloads: list, concurrency: list[int], max_seconds:
     return out
 
 
+def _process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its descendants so far."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's terminated and reaped children (locust runs, once each has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def locust_level(url: str, token: str, concurrency: int, seconds: float, users: int, server_pid: int,
+                 workdir: Path) -> dict:
+    """One headless locust run (`concurrency` closed-loop users for `seconds`) against `url`: requests/s,
+    p50/p99 and failures from its CSV summary; CPU per answered request of the server (`server_pid` and its
+    children) and of locust itself, from their CPU times."""
+    prefix = workdir / f"locust_c{concurrency}"
+    env = {**os.environ, "RECSYS_API_TOKEN": token, "RECSYS_LOAD_USERS": str(users),
+           "RECSYS_LOAD_SEED": str(concurrency)}
+    server_before, locust_before = _process_cpu_s(server_pid), _children_cpu_s()
+    proc = subprocess.run([str(LOCUST), "-f", str(LOCUSTFILE), "--headless", "-u", str(concurrency),
+                           "-r", str(concurrency), "-t", f"{int(seconds)}s", "--host", url, "--csv", str(prefix),
+                           "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=seconds + 120, check=False)
+    server_cpu, locust_cpu = _process_cpu_s(server_pid) - server_before, _children_cpu_s() - locust_before
+    with open(f"{prefix}_stats.csv", encoding="utf-8") as f:
+        stats = next((row for row in csv.DictReader(f) if row["Name"] == "/recommend"), None)
+    if stats is None:
+        raise RuntimeError(f"locust wrote no /recommend stats (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    ok = max(int(stats["Request Count"]) - int(stats["Failure Count"]), 1)
+    return {"concurrency": concurrency, "seconds": seconds, "requests": int(stats["Request Count"]),
+            "errors": int(stats["Failure Count"]), "requests_per_s": round(float(stats["Requests/s"]), 1),
+            "p50_ms": float(stats["50%"]), "p99_ms": float(stats["99%"]),
+            "cpu_ms_per_request": {"server": round(server_cpu * 1000 / ok, 3),
+                                   "load_generator": round(locust_cpu * 1000 / ok, 3)}}
+
+
+def api_levels_locust(stack, users: int, concurrency: list[int], seconds: float, workdir: Path) -> dict:
+    """The API (the stack's BentoML server) and, in the same run, the BentoML floor (benchmarks.bentoml_floor)
+    under the same locust scenario."""
+    token = stack.auth_headers()["Authorization"].removeprefix("Bearer ")
+    port = free_port()
+    floor_log = workdir / "floor.log"
+    floor = launch([sys.executable, "-m", "bentoml", "serve", "benchmarks.bentoml_floor:FloorService",
+                    "--port", str(port), "--host", "127.0.0.1"], floor_log, cwd=Path.cwd())
+    out: dict[str, list[dict]] = {"bentoml_floor": [], "api": []}
+    try:
+        wait_ready("the BentoML floor service", lambda: _answers(f"http://127.0.0.1:{port}/readyz"), floor, 120,
+                   floor_log)
+        for name, url, pid in (("bentoml_floor", f"http://127.0.0.1:{port}", floor.pid),
+                               ("api", stack.url, stack.api_pid)):
+            locust_level(url, token, 4, 3, users, pid, workdir)  # warm-up
+            for c in concurrency:
+                level = locust_level(url, token, c, seconds, users, pid, workdir)
+                out[name].append(level)
+                log.info("%s c=%d (locust): %.0f req/s, p50 %.1f ms, p99 %.1f ms, server CPU %.3f ms/req, %d errors",
+                         name, c, level["requests_per_s"], level["p50_ms"], level["p99_ms"],
+                         level["cpu_ms_per_request"]["server"], level["errors"])
+    finally:
+        stop_process(floor.pid, process=floor)
+    return out
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def api_levels(stack, users: int, concurrency: list[int], requests: int) -> list[dict]:
     headers = stack.auth_headers()
     asyncio.run(run_level(stack.url, headers, 4, 100, users, 0.0, seed=99))  # warm-up
@@ -144,7 +236,12 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
                                        "serving.tower_instances": instances})
         try:
             triton = triton_direct(stack.triton.grpc_url, payloads, concurrency, max_seconds)
-            api = api_levels(stack, users, concurrency, min(n_requests, int(max_seconds * 150)))
+            if LOCUST.exists():
+                api_locust = api_levels_locust(stack, users, concurrency, max_seconds, root)
+                api, floor = api_locust["api"], api_locust["bentoml_floor"]
+            else:
+                log.warning("%s not found (`make loadgen` builds it): the API is loaded by httpx instead", LOCUST)
+                api, floor = api_levels(stack, users, concurrency, min(n_requests, int(max_seconds * 150))), []
         finally:
             stack.stop()
     finally:
@@ -162,7 +259,10 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
         for layout, level in top.items()})
     api_top = api[-1]
     ratios[f"api_c{max(concurrency)}_rps_over_triton_graph"] = round(
-        api_top["rps"] / max(top["graph"]["requests_per_s"], 1e-9), 3)
+        api_top.get("requests_per_s", api_top.get("rps", 0.0)) / max(top["graph"]["requests_per_s"], 1e-9), 3)
+    if floor:
+        ratios[f"api_c{max(concurrency)}_cpu_per_request_over_bentoml_floor"] = round(
+            api_top["cpu_ms_per_request"]["server"] / max(floor[-1]["cpu_ms_per_request"]["server"], 1e-9), 2)
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": cores, "platform": platform.platform(), "load_average_before": load_before,
@@ -170,9 +270,9 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
         "stack": {"items": 1682, "embedding_dim": 64, "max_seq_len": 50, "users": users, "k": 10,
                   "priors": "both on, 200 items with counts per request", "api_layout": "graph",
                   "instances_per_model": instances,
-                  "api_load_generator": "httpx asyncio (locust is not installed in this environment)"},
+                  "api_load_generator": "locust (headless, closed-loop users)" if floor else "httpx asyncio"},
         "requests_per_level": n_requests, "max_seconds_per_level": max_seconds,
-        "in_process": local, "triton_direct": triton, "api": api, "ratios": ratios,
+        "in_process": local, "triton_direct": triton, "api": api, "bentoml_floor": floor, "ratios": ratios,
     }
 
 
@@ -186,10 +286,18 @@ def markdown(report: dict) -> list[str]:
             cpu = lv["cpu_ms_per_request"]
             rows.append(f"| Triton gRPC, {layout} | {lv['concurrency']} | {lv['requests_per_s']} req/s | "
                         f"{lv['p50_ms']} ms | {lv['p99_ms']} ms | {cpu['triton']} ms | {cpu['load_generator']} ms |")
-    for lv in report["api"]:
-        cpu = lv["cpu_ms_per_request_by_layer"]
-        rows.append(f"| API /recommend (graph) | {lv['concurrency']} | {lv['rps']} req/s | {lv['p50_ms']} ms | "
-                    f"{lv['p99_ms']} ms | API {cpu['api']} + Triton {cpu['triton']} ms | {cpu['load_generator']} ms |")
+    for name, levels in (("BentoML floor (no logic)", report.get("bentoml_floor", [])), ("API /recommend (graph)",
+                                                                                           report["api"])):
+        for lv in levels:
+            if "cpu_ms_per_request_by_layer" in lv:  # the httpx load generator
+                cpu = lv["cpu_ms_per_request_by_layer"]
+                rows.append(f"| {name} | {lv['concurrency']} | {lv['rps']} req/s | {lv['p50_ms']} ms | "
+                            f"{lv['p99_ms']} ms | API {cpu['api']} + Triton {cpu['triton']} ms | "
+                            f"{cpu['load_generator']} ms |")
+                continue
+            cpu = lv["cpu_ms_per_request"]
+            rows.append(f"| {name} | {lv['concurrency']} | {lv['requests_per_s']} req/s | {lv['p50_ms']} ms | "
+                        f"{lv['p99_ms']} ms | {cpu['server']} ms | {cpu['load_generator']} ms (locust) |")
     return rows
 
 

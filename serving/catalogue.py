@@ -49,6 +49,12 @@ class Catalogue:
                       for name in schema.displayed}
         self.popularity = np.asarray(popularity, np.float64)
         self.popular_rows = np.argsort(-self.popularity, kind="stable")
+        # per request the API describes ~10 items: a dict look-up and a prepared row each, no array work
+        self._row_of = dict(zip(self.item_ids.tolist(), range(len(self.item_ids)), strict=True))
+        self._descriptions = [{"title": title, **{name: values[row] for name, values in self.shown.items()}}
+                              for row, title in enumerate(self.titles)]
+        self._unknown = {"title": None, **{name: display_value(schema.item_attributes[name], None)
+                                           for name in self.shown}}
 
     @classmethod
     def from_feature_dir(cls, folder: str | Path, schema: DatasetSchema) -> "Catalogue":
@@ -109,15 +115,13 @@ class Catalogue:
         return out
 
     def title(self, item_id: int) -> str | None:
-        row = int(self.rows(np.array([item_id]))[0])
+        row = self._row_of.get(int(item_id), -1)
         return None if row < 0 else self.titles[row]
 
     def describe(self, item_id: int) -> dict[str, Any]:
         """Title and displayed attributes of an item key (empty values for keys without metadata)."""
-        row = int(self.rows(np.array([item_id]))[0])
-        shown = {name: (values[row] if row >= 0 else display_value(self.schema.item_attributes[name], None))
-                 for name, values in self.shown.items()}
-        return {"title": self.titles[row] if row >= 0 else None, **shown}
+        row = self._row_of.get(int(item_id), -1)
+        return dict(self._descriptions[row] if row >= 0 else self._unknown)
 
 
 def _values(cell: Any) -> list[str]:
