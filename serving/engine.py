@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -220,6 +220,9 @@ class Engine:
         # one thread talks to Feast: look-ups and pushes are serialised and each waits at most FEAST_TIMEOUT_S
         # (a Redis client that retries for seconds must not stall the API)
         self._feast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-feast")
+        self._pending_reads: list[tuple[int, Future]] = []  # look-ups waiting for the next online read
+        self._reads_lock = threading.Lock()
+        self.feature_reads = 0  # online reads made for /recommend (several look-ups may share one)
         self._store = None
         try:
             self._store = self._open_features()  # first open imports Feast: no deadline here
@@ -320,14 +323,54 @@ class Engine:
         """fn(store, *args) on the Feast thread, opening the store if needed; TimeoutError after FEAST_TIMEOUT_S."""
 
         def run() -> Any:
-            if self._store is None:
-                self._store = self._open_features()
-            return fn(self._store, *args)
+            return fn(self._opened_store(), *args)
 
+        return self._wait(self._feast_pool.submit(run))
+
+    def _opened_store(self) -> Any:
+        """The online store (opened on first use; on the Feast thread)."""
+        if self._store is None:
+            self._store = self._open_features()
+        return self._store
+
+    @staticmethod
+    def _wait(future: Future) -> Any:
         try:
-            return self._feast_pool.submit(run).result(timeout=FEAST_TIMEOUT_S)
+            return future.result(timeout=FEAST_TIMEOUT_S)
         except FutureTimeout as err:
             raise TimeoutError(f"no answer from the feature store within {FEAST_TIMEOUT_S} s") from err
+
+    def _feature_row(self, user_key: int) -> dict[str, Any]:
+        """The `serving` features of one user key. Look-ups that arrive while another runs are read together in
+        the next one (one online read for all of them, on the Feast thread); TimeoutError after FEAST_TIMEOUT_S."""
+        future: Future = Future()
+        with self._reads_lock:
+            self._pending_reads.append((user_key, future))
+            first = len(self._pending_reads) == 1  # the queue was empty: nobody has scheduled a read for it yet
+        if first:
+            self._feast_pool.submit(self._read_pending)
+        return self._wait(future)
+
+    def _read_pending(self) -> None:
+        """One online read for every queued look-up (Feast thread). When a read of several keys is refused for
+        their values (not an outage), each key is read alone, so only the look-up at fault gets the error."""
+        with self._reads_lock:
+            batch, self._pending_reads = self._pending_reads, []
+        groups = [batch] if batch else []
+        while groups:
+            group = groups.pop()
+            try:
+                rows = online_feature_rows(self._opened_store(), [key for key, _ in group])
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting requests
+                if len(group) > 1 and not dependency_down(err):
+                    groups.extend([entry] for entry in group)
+                    continue
+                for _, future in group:
+                    future.set_exception(err)
+                continue
+            for (_, future), row in zip(group, rows, strict=True):
+                future.set_result(row)
+        self.feature_reads += 1 if batch else 0
 
     def check_feast(self) -> bool:
         """The online store answers a look-up."""
@@ -384,7 +427,7 @@ class Engine:
         if not self.feast.up:
             return None
         try:
-            row = self._feast(online_feature_rows, [user_id])[0]
+            row = self._feature_row(user_id)
         except Exception as err:  # noqa: BLE001
             if dependency_down(err):
                 self.feast.fail(err)

@@ -5,6 +5,9 @@ and the log of served lists."""
 
 import copy
 import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -183,6 +186,30 @@ def test_feature_store_outage_degrades_recommend_and_logs_interactions_unpushed(
         assert (engine.request_log.interactions_frame().user_id == 3).sum() >= 1
     finally:
         engine.close()
+
+
+def test_look_ups_that_arrive_during_a_read_share_the_next_one(world, engine):
+    """While the Feast thread is busy, eight requests queue their look-ups; they are answered by ONE online read,
+    each with its own user's features (the same answer as alone)."""
+    users = [3, 4, 5, 6, 3, 7, 8, 9]  # a user twice: duplicate keys in one read
+    alone = {u: ids_and_scores(ask(engine, user_id=u, k=5)) for u in set(users)}
+    busy, release = threading.Event(), threading.Event()
+    engine._feast_pool.submit(lambda: (busy.set(), release.wait(5)))  # hold the Feast thread
+    assert busy.wait(5)
+    reads_before = engine.feature_reads
+    with ThreadPoolExecutor(max_workers=len(users)) as pool:
+        answers = [pool.submit(ask, engine, user_id=u, k=5) for u in users]
+        deadline = time.monotonic() + 5
+        while len(engine._pending_reads) < len(users) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        queued = len(engine._pending_reads)
+        release.set()
+        responses = [a.result() for a in answers]
+    assert queued == len(users)
+    assert engine.feature_reads - reads_before == 1
+    for user, response in zip(users, responses, strict=True):
+        assert not response.degraded, response.reasons
+        assert ids_and_scores(response) == alone[user]
 
 
 def test_string_user_ids_go_through_the_id_map(world, tmp_path):
