@@ -273,6 +273,8 @@ def markdown_rows(runs: list[dict[str, Any]], exponents: dict[str, float | None]
                                        for s in sizes) + " | time exponent |"
     rows = [head, "|" + "---|" * (len(sizes) + 2)]
     for step in [*STEPS[:4], FALLBACK, *STEPS[4:]]:
+        if step == FALLBACK and not any(s["step"] == FALLBACK for r in runs for s in r["steps"]):
+            continue
         cells = []
         for r in runs:
             s = next((s for s in r["steps"] if s["step"] == step), None)
@@ -331,10 +333,16 @@ def main() -> None:
         (args.work / f"{args.child}.result.json").write_text(json.dumps(result, default=str))
         return
 
-    if args.replot:
+    if args.replot:  # also after runs of other invocations were appended to the JSON's "runs" by hand
         report = json.loads(args.out.read_text(encoding="utf-8"))
-        plot(report["runs"], args.out.with_suffix(".png"))
-        print("\n".join(markdown_rows(report["runs"], report["growth_exponent"]["seconds"])))
+        runs = report["runs"]
+        report["growth_exponent"] = {"seconds": growth_exponents(runs, "seconds"),
+                                     "peak_rss_mb": growth_exponents(runs, "peak_rss_mb")}
+        report["not_run"] = None if max(r["size"]["events"] for r in runs) >= 10**7 else NOT_RUN_NOTE
+        report["readme_rows"] = markdown_rows(runs, report["growth_exponent"]["seconds"])
+        args.out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        plot(runs, args.out.with_suffix(".png"))
+        print("\n".join(report["readme_rows"]))
         return
 
     from components.processes import free_port

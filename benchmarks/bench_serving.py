@@ -115,6 +115,34 @@ def triton_direct(url: str, payloads: list, concurrency: list[int], max_seconds:
     return out
 
 
+def batching_sweep(root: Path, bundle: Path, payloads: list, delays: list[int], concurrency: list[int],
+                   max_seconds: float) -> list[dict]:
+    """The three-step layout (its user tower is the step with dynamic batching) at each `max_queue_delay_us`, on a
+    stack started afresh per delay (no API): requests/s, p99 and Triton's CPU per request per concurrency."""
+    from benchmarks.serving_stack import build_stack
+
+    out = []
+    for delay in delays:
+        stack = build_stack(root / f"delay_{delay}", bundle, n_users=30, per_user=12, api=False,
+                            overrides={"serving.max_queue_delay_us": delay})
+        try:
+            url = stack.triton.grpc_url
+            asyncio.run(_load(url, payloads[:50], 4, 30.0, "recommender"))  # warm-up
+            for c in concurrency:
+                before = cpu_seconds()
+                level = asyncio.run(_load(url, payloads, c, max_seconds, "recommender"))
+                after = cpu_seconds()
+                row = {"max_queue_delay_us": delay, "concurrency": c, "requests_per_s": level["requests_per_s"],
+                       "p50_ms": level["p50_ms"], "p99_ms": level["p99_ms"], "errors": level["errors"],
+                       "triton_cpu_ms_per_request": _cpu_ms(before, after, TRITON_GROUPS, level["requests"])}
+                out.append(row)
+                log.info("dynamic batching, delay %d us, c=%d: %.0f req/s, p99 %.2f ms, Triton CPU %.3f ms/req",
+                         delay, c, row["requests_per_s"], row["p99_ms"] or 0, row["triton_cpu_ms_per_request"])
+        finally:
+            stack.stop()
+    return out
+
+
 def _process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of a process and its descendants so far."""
     import psutil
@@ -217,7 +245,7 @@ def api_levels(stack, users: int, concurrency: list[int], requests: int) -> list
 
 
 def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: int = 1, users: int = 943,
-        per_user: int = 20) -> dict:
+        per_user: int = 20, queue_delays: list[int] | None = None) -> dict:
     import torch
 
     from benchmarks.serving_stack import build_stack, make_bundle
@@ -244,6 +272,7 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
                 api, floor = api_levels(stack, users, concurrency, min(n_requests, int(max_seconds * 150))), []
         finally:
             stack.stop()
+        sweep = batching_sweep(root, bundle, payloads, queue_delays, concurrency, max_seconds) if queue_delays else []
     finally:
         shutil.rmtree(root, ignore_errors=True)
     limit = local["steps"]["limit_requests_per_s_per_core"]
@@ -273,6 +302,7 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
                   "api_load_generator": "locust (headless, closed-loop users)" if floor else "httpx asyncio"},
         "requests_per_level": n_requests, "max_seconds_per_level": max_seconds,
         "in_process": local, "triton_direct": triton, "api": api, "bentoml_floor": floor, "ratios": ratios,
+        "dynamic_batching_sweep": sweep,
     }
 
 
@@ -308,17 +338,24 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--instances", type=int, default=1,
                         help="Triton instances of the user tower and of the graph (serving.tower_instances)")
+    parser.add_argument("--queue-delays", type=int, nargs="*", default=[],
+                        help="also measure the three-step layout at each max_queue_delay_us (a fresh stack each)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "components", "serving"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    report = run(args.requests, args.max_seconds, args.concurrency, args.instances)
+    report = run(args.requests, args.max_seconds, args.concurrency, args.instances,
+                 queue_delays=args.queue_delays)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("| layer | concurrency | requests/s | p50 | p99 | server CPU / request | load generator CPU / request |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(markdown(report)))
+    for row in report["dynamic_batching_sweep"]:
+        print(f"| steps, max_queue_delay_us={row['max_queue_delay_us']} | {row['concurrency']} | "
+              f"{row['requests_per_s']} req/s | {row['p50_ms']} ms | {row['p99_ms']} ms | "
+              f"{row['triton_cpu_ms_per_request']} ms | |")
     print(json.dumps(report["ratios"], indent=2))
 
 
