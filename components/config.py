@@ -55,6 +55,7 @@ class Validation(_Section):
     min_items: int = Field(ge=1)
     min_interactions_per_user: int = Field(ge=1)
     max_future_skew_seconds: int = Field(ge=0)
+    sample_rows: int | None = Field(default=1_000_000, ge=1)
 
 
 class Features(_Section):
@@ -87,8 +88,16 @@ class Features(_Section):
 
 class Model(_Section):
     encoder_dir: Path | None = None
-    fine_tune_encoder: bool
+    encoder_tuning: Literal["frozen", "adapter", "lora", "full"] = "frozen"
+    fine_tune_encoder: bool = Field(default=False, description="the earlier switch: true = encoder_tuning full; "
+                                    "after validation it says whether encoder_tuning is full (the GPU path)")
     encoder_learning_rate: float = Field(default=2e-5, gt=0.0)
+    adapter_hidden: int = Field(default=64, ge=1, le=4096)
+    lora_layers: int = Field(default=1, ge=1, le=48)
+    lora_rank: int = Field(default=8, ge=1, le=256)
+    lora_alpha: float = Field(default=16.0, gt=0.0)
+    lora_learning_rate: float = Field(default=5e-4, gt=0.0)
+    encoder_items_per_step: int | None = Field(default=None, ge=1)
     embedding_dim: int = Field(ge=4, le=1024)
     max_seq_len: int = Field(ge=1, le=512)
     user_layers: int = Field(ge=0, le=12)
@@ -102,6 +111,21 @@ class Model(_Section):
     sampled_negatives: int = Field(default=2048, ge=1)
     logq_correction: bool
     hard_negatives: int = Field(ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fine_tune_alias(cls, data: Any) -> Any:
+        """`fine_tune_encoder: true` (the earlier key) means `encoder_tuning: full`; afterwards the flag mirrors it."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        tuning = data.get("encoder_tuning", "frozen")
+        if str(data.get("fine_tune_encoder")).lower() in ("true", "1", "yes", "on"):
+            if tuning not in ("frozen", "full"):
+                raise ValueError(f"fine_tune_encoder=true (= encoder_tuning full) contradicts encoder_tuning={tuning}")
+            tuning = data["encoder_tuning"] = "full"
+        data["fine_tune_encoder"] = tuning == "full"
+        return data
 
 
 class Train(_Section):
@@ -117,6 +141,7 @@ class Train(_Section):
     device: Literal["auto", "cpu", "cuda"]
     num_threads: int = Field(ge=1)
     max_minutes: float = Field(gt=0.0)
+    validation_max_users: int | None = Field(default=5000, ge=1)
 
 
 class SASRecSettings(_Section):

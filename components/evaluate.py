@@ -110,8 +110,8 @@ def sample_task(data: EvalData, max_users: int | None, seed: int) -> EvalData:
         out = replace(out, cold_users=data.cold_users.iloc[cold].reset_index(drop=True),
                       cold_histories=[data.cold_histories[i] for i in cold],
                       cold_exclude=[data.cold_exclude[i] for i in cold], cold_targets=data.cold_targets[cold])
-    log.info("evaluating a seeded sample of %d of %d test users (%d of %d cold-start users)", len(out.users),
-             out.users_total, len(out.cold_targets), out.cold_users_total)
+    log.info("ranking a seeded sample of %d of %d %s users (%d of %d cold-start users)", len(out.users),
+             out.users_total, data.stage, len(out.cold_targets), out.cold_users_total)
     return out
 
 

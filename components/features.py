@@ -30,16 +30,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from kfp.dsl import Dataset, Input, Metrics, Output
 
 from components.config import Config, Features
 from components.dataset import Attribute
-from components.feature_tables import UNKNOWN, duckdb_feature_tables, spark_feature_tables, spark_session, utc_us
+from components.feature_tables import (
+    POPULARITY_VIEW,
+    UNKNOWN,
+    JoinedView,
+    duckdb_feature_tables,
+    duckdb_training_examples,
+    spark_feature_tables,
+    spark_session,
+    spark_training_examples,
+    utc_us,
+)
 from components.features_online import SECONDS_PER_DAY, FeatureStoreError, int_list, online_features
 from components.item_events import write_item_events
 from components.kfp_support import step
-from components.schemas import INTERACTIONS, table_path, write_tables
+from components.schemas import INTERACTIONS, ITEMS, USERS, table_path, write_tables
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -171,7 +182,49 @@ def build_feature_store(config: Config, canonical: str | Path | dict[str, pd.Dat
 
 # ------------------------------------------------------------------------------------- training examples
 def _popularity_columns(store: "FeatureStore") -> list[str]:
-    return [f.name for f in store.get_feature_view("item_popularity").features]
+    return [f.name for f in store.get_feature_view(POPULARITY_VIEW).features]
+
+
+def training_join(store: "FeatureStore") -> list[JoinedView]:
+    """The `training` feature service as the views of a point-in-time join: Feast's registry says which tables,
+    keys, features and TTLs; the join itself runs as SQL (components.feature_tables)."""
+    views = []
+    for projection in store.get_feature_service("training").feature_view_projections:
+        view = store.get_feature_view(projection.name)
+        path = Path(view.batch_source.path)
+        if not path.is_absolute():
+            path = Path(store.config.repo_path) / path
+        ttl_us = int(view.ttl / ONE_US) if view.ttl else 0
+        views.append(JoinedView(view.name, str(path), tuple(c.name for c in view.entity_columns),
+                                tuple(f.name for f in projection.features), ttl_us))
+    return views
+
+
+def write_training_examples(config: Config, store: "FeatureStore", canonical_dir: str | Path,
+                            examples_dir: str | Path) -> Path:
+    """Contract C1 into `<examples_dir>/examples.parquet`: the point-in-time join of `training_examples` done out
+    of core as SQL over the feature tables and the canonical interactions, by features.engine (DuckDB here,
+    Spark on a cluster). Feast's own join (`training_examples`) holds everything in memory."""
+    cfg = config.features
+    interactions = table_path(canonical_dir, INTERACTIONS)
+    views, profile = training_join(store), config.dataset.user_attributes
+    t0 = time.perf_counter()
+    if cfg.engine == "spark":
+        rows = spark_training_examples(spark_session(cfg.spark_master), interactions, views, profile, examples_dir)
+    else:
+        rows = duckdb_training_examples(interactions, views, profile, examples_dir, cfg.duckdb_memory_limit)
+    log.info("point-in-time join of %d examples (%s) in %.1f s", rows, cfg.engine, time.perf_counter() - t0)
+    return Path(examples_dir) / EXAMPLES_FILE
+
+
+def _examples_summary(path: Path) -> dict[str, float]:
+    """Rows, mean history length and the last row's user of an examples file, read in batches."""
+    rows, history, last_user = 0, 0, None
+    for batch in pq.ParquetFile(path).iter_batches(columns=["user_id", "recent_item_ids"]):
+        rows += batch.num_rows
+        history += int(pc.sum(pc.list_value_length(batch.column("recent_item_ids"))).as_py() or 0)
+        last_user = batch.column("user_id")[-1].as_py() if batch.num_rows else last_user
+    return {"rows": float(rows), "mean_history_length": history / rows if rows else 0.0, "last_user": last_user}
 
 
 def _profile_values(values: pd.Series, attr: Attribute) -> pd.Series:
@@ -188,7 +241,8 @@ def _profile_values(values: pd.Series, attr: Attribute) -> pd.Series:
 
 def training_examples(store: "FeatureStore", interactions: pd.DataFrame,
                       profile: dict[str, Attribute]) -> pd.DataFrame:
-    """Contract C1: one row per interaction with the `training` feature service joined point in time;
+    """Contract C1 by Feast's `get_historical_features` (in memory: the reference `write_training_examples` is
+    tested against): one row per interaction with the `training` feature service joined point in time;
     `profile` = the declared user attributes (config.dataset.user_attributes).
 
     Each entity row is stamped 1 µs before its event, so only feature rows stamped strictly before the
@@ -330,11 +384,9 @@ def redis_server(redis_bin: str = "redis-server", timeout_s: float = 10.0) -> It
 # ---------------------------------------------------------------------------------------- the whole step
 def run_features(config: Config, canonical_dir: str | Path, examples_dir: str | Path,
                  tables_dir: str | Path | None = None) -> dict[str, float]:
-    """The step: feature tables from canonical tables, apply, C1 examples, materialize. Returns metrics."""
-    from components.schemas import read_tables
-
+    """The step: feature tables from canonical tables, apply, C1 examples (SQL, out of core), materialize.
+    Returns metrics."""
     t0 = time.perf_counter()
-    tables = read_tables(canonical_dir)
     store = build_feature_store(config, canonical_dir)
     if tables_dir is not None:
         tables_dir = Path(tables_dir)
@@ -342,18 +394,38 @@ def run_features(config: Config, canonical_dir: str | Path, examples_dir: str | 
         for file in feature_data_dir(config).glob("*.parquet"):
             shutil.copy2(file, tables_dir / file.name)
     t1 = time.perf_counter()
-    examples = training_examples(store, tables["interactions"], config.dataset.user_attributes)
-    write_examples(examples, examples_dir)
+    summary = _examples_summary(write_training_examples(config, store, canonical_dir, examples_dir))
     t2 = time.perf_counter()
     materialize(store)
     t3 = time.perf_counter()
-    probe = online_features(store, [int(examples["user_id"].iloc[-1])])
+    probe = online_features(store, [int(summary["last_user"])])
     if int(probe["user_interaction_count"].iloc[0]) == 0:
-        raise FeatureStoreError(f"materialized user {int(examples['user_id'].iloc[-1])} has no online activity")
-    return {"examples": float(len(examples)), "users": float(tables["users"].shape[0]),
-            "items": float(tables["items"].shape[0]), "tables_seconds": round(t1 - t0, 3),
-            "examples_seconds": round(t2 - t1, 3), "materialize_seconds": round(t3 - t2, 3),
-            "mean_history_length": float(examples["recent_item_ids"].map(len).mean())}
+        raise FeatureStoreError(f"materialized user {int(summary['last_user'])} has no online activity")
+    rows = {t: float(pq.ParquetFile(table_path(canonical_dir, t)).metadata.num_rows) for t in (USERS, ITEMS)}
+    return {"examples": summary["rows"], "users": rows[USERS], "items": rows[ITEMS],
+            "tables_seconds": round(t1 - t0, 3), "examples_seconds": round(t2 - t1, 3),
+            "materialize_seconds": round(t3 - t2, 3), "mean_history_length": summary["mean_history_length"]}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """`python -m components.features` (the Spark Operator's driver runs this file): the whole features step from a
+    config file and a canonical dataset folder; prints its metrics as JSON."""
+    import argparse
+
+    from components.config import load_config
+
+    parser = argparse.ArgumentParser(description="The features step: feature tables (features.engine), Feast "
+                                     "apply, point-in-time training examples, materialization.")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--canonical", required=True, help="folder with interactions/users/items parquet")
+    parser.add_argument("--examples", required=True, help="folder for examples.parquet (contract C1)")
+    parser.add_argument("--tables", default=None, help="folder for a copy of the feature tables")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run_features(load_config(args.config, args.overrides), args.canonical, args.examples, args.tables)
+    print(json.dumps(result))
+    return result
 
 
 @step
@@ -375,3 +447,7 @@ def features_op(config: str, canonical: Input[Dataset], examples: Output[Dataset
         metrics.log_metric(key, value)
     examples.metadata["rows"] = int(result["examples"])
     examples.metadata["file"] = "examples.parquet"
+
+
+if __name__ == "__main__":
+    main()

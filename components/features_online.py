@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 
 from components.errors import RecsysError
-from components.feature_tables import utc_us
+from components.feature_tables import SECONDS_PER_DAY, utc_us
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-SECONDS_PER_DAY = 86400.0
 _SERVICES: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 PUSH_SOURCE = "user_activity_push"  # definitions.USER_ACTIVITY_PUSH
 ACTIVITY_COLUMNS = ("user_interaction_count", "user_mean_rating", "user_days_since_last", "recent_item_ids")

@@ -2,7 +2,8 @@
 
 Item rows: catalogue row r (0-based, `item_ids[r]`) is model row r + 1; model row 0 is padding.
 Item tower: normalize(MLP(text) + ID embedding (dropped out in training, absent for never-trained items)
-+ one embedding per declared item attribute, averaged over a multi-valued attribute's values); the ablations
++ one embedding per declared item attribute, averaged over a multi-valued attribute's values; with
+`encoder_tuning` adapter, a residual MLP on the text vector first); the ablations
 `item_representation` = text_only (no ID embedding) and id_only (no text or attributes: new items score 0).
 User tower: a causal transformer over [profile token, recent items]
 (left-padded, positions counted from the right); the user vector is the output at the most recent item,
@@ -118,6 +119,20 @@ class UserTower(nn.Module):
         return torch.where(has, per_position[:, -1], per_position[:, 0])
 
 
+class TextAdapter(nn.Module):
+    """A residual MLP on the (frozen) text vectors: x + up(GELU(down(x))), `up` zero-initialised so that it starts as
+    the identity (`model.encoder_tuning` adapter)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.down, self.up = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(F.gelu(self.down(x)))
+
+
 class TwoTowerModel(nn.Module):
     """Both towers plus the per-item feature buffers (model row 0 = padding)."""
 
@@ -131,6 +146,8 @@ class TwoTowerModel(nn.Module):
         for name, width in zip(self.attribute_buffers, widths, strict=True):
             self.register_buffer(name, torch.zeros(n + 1, width, dtype=torch.long))
         self.register_buffer("train_count", torch.zeros(n + 1))  # training interactions per row (0 = cold)
+        adapter = int(cfg.get("text_adapter_hidden") or 0)
+        self.text_adapter = TextAdapter(text_dim, adapter) if adapter else None
         self.text_mlp = nn.Sequential(nn.Linear(text_dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.item_id = nn.Embedding(n + 1, dim)
         nn.init.normal_(self.item_id.weight, std=0.01)
@@ -172,9 +189,11 @@ class TwoTowerModel(nn.Module):
         return [getattr(self, name) for name in self.attribute_buffers]
 
     def content_vectors(self, text: torch.Tensor, attributes: list[torch.Tensor]) -> torch.Tensor:
-        """The ID-free part of the item tower (all a never-trained item has), before normalization: text MLP plus
-        each attribute's embedding (the mean over its values; nothing for unknown)."""
-        out = self.text_mlp(text.float())
+        """The ID-free part of the item tower (all a never-trained item has), before normalization: text MLP (after
+        the text adapter, when there is one) plus each attribute's embedding (the mean over its values; nothing
+        for unknown)."""
+        text = text.float() if self.text_adapter is None else self.text_adapter(text.float())
+        out = self.text_mlp(text)
         for emb, codes in zip(self.attribute_emb, attributes, strict=True):
             out = out + emb(codes).sum(1) / (codes > 0).sum(1, keepdim=True).clamp(min=1)
         return out

@@ -2,10 +2,12 @@
 
 `SentenceEncoder.encode` runs the encoder in batches; `cached_text_embeddings` keeps each text's vector in a store
 keyed by a hash of (encoder identity, text), so a frozen-encoder training encodes only new or changed item texts.
+`LoraTextEncoder` tunes low-rank adapters on the top layers over cached lower-layer token states (CPU-friendly).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -67,9 +69,29 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.pool(hidden, attention_mask)
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean of the real tokens' last states [B, T, H], L2-normalized: the sentence vectors [B, H]."""
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return nn.functional.normalize(pooled.float(), p=2, dim=1)
+
+    def layers(self) -> nn.ModuleList:
+        """The transformer's stack of layers (a BERT-style encoder, e.g. MiniLM)."""
+        base = self.transformer.get_base_model() if hasattr(self.transformer, "get_base_model") else self.transformer
+        return base.encoder.layer
+
+    def run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Token states after layers [start, stop) of the stack, from the token states entering layer `start`."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=self.transformer.config, inputs_embeds=hidden,
+                                         attention_mask=attention_mask)
+        for layer in list(self.layers())[start:stop]:
+            hidden = layer(hidden, mask)
+        return hidden
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
@@ -87,13 +109,84 @@ class SentenceEncoder(nn.Module):
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 
 
+class LoraTextEncoder(nn.Module):
+    """A `SentenceEncoder` with LoRA adapters (peft) on its top `layers` layers, over a fixed list of texts.
+
+    Only the adapters train. The lower layers do not change, so their output token states for every text are
+    computed once (kept in memory: texts x tokens x hidden floats) and a call re-runs only the top layers over
+    the texts it asks for. `merged()` folds the adapters into the weights: a plain `SentenceEncoder` that gives
+    the same vectors, to save and export.
+    """
+
+    def __init__(self, encoder: SentenceEncoder, texts: list[str], layers: int, rank: int, alpha: float,
+                 batch_size: int = 64, chunk: int = 128) -> None:
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+
+        depth = len(encoder.layers())
+        if not 1 <= layers <= depth:
+            raise EncoderError(f"model.lora_layers={layers}: the text encoder has {depth} layers")
+        self.split, self.chunk = depth - layers, chunk
+        self.encoder = encoder
+        encoder.requires_grad_(False)
+        device = next(encoder.parameters()).device
+        tokens = encoder.tokenize(texts)
+        self.mask = tokens["attention_mask"].to(device)
+        states = []
+        was_training = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                ids = tokens["input_ids"][start : start + batch_size].to(device)
+                mask = self.mask[start : start + batch_size]
+                hidden = encoder.transformer.embeddings(input_ids=ids)
+                states.append(encoder.run_layers(hidden, mask, 0, self.split))
+        self.states = torch.cat(states) if states else torch.zeros(0, 1, encoder.dim, device=device)
+        lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=["query", "key", "value", "dense"],
+                          layers_to_transform=list(range(self.split, depth)), layers_pattern="layer")
+        encoder.transformer = get_peft_model(encoder.transformer, lora)
+        encoder.train(was_training)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """Unit vectors [len(index), H] of the texts at `index` (0-based positions in the list given), run in
+        chunks of similar length, each padded only to its longest text."""
+        lengths = self.mask[index].sum(1)
+        order = torch.argsort(lengths)
+        out = [torch.zeros(0, self.encoder.dim, device=self.mask.device)]
+        for part in order.split(self.chunk):
+            rows, width = index[part], max(int(lengths[part].max()), 1)
+            mask = self.mask[rows, :width]
+            hidden = self.encoder.run_layers(self.states[rows, :width], mask, self.split, len(self.encoder.layers()))
+            out.append(SentenceEncoder.pool(hidden, mask))
+        vectors = torch.cat(out)
+        return torch.zeros_like(vectors).index_copy(0, order, vectors)  # back to the order of `index`
+
+    def merged(self) -> SentenceEncoder:
+        """The encoder with the adapters folded into its weights (this object's adapters are gone afterwards)."""
+        self.encoder.transformer = self.encoder.transformer.merge_and_unload()
+        self.encoder.requires_grad_(True)
+        return self.encoder
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes, computed once per (path, size, modification time) in a process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _encoder_digest(encoder_dir: str | Path | None) -> hashlib._Hash:
-    """sha256 fed with the encoder's identity: its config and the names and sizes of its weights files."""
+    """sha256 fed with the encoder's identity: its config and the names and contents of its weights files (a
+    fine-tuned encoder has the base model's config and file sizes, never its vectors)."""
     path = resolve_encoder_dir(encoder_dir)
     digest = hashlib.sha256()
     digest.update((path / "config.json").read_bytes())
     for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+        st = weights.stat()
+        digest.update(f"{weights.name}:{_file_sha256(str(weights), st.st_size, st.st_mtime_ns)}".encode())
     return digest
 
 

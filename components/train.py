@@ -130,7 +130,9 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
         "profile_fields": data.profile_encoder.fields,
         "profile_sizes": [size - 1 for size in data.profile_encoder.sizes],
         "encoder_dir": str(m.encoder_dir) if m.encoder_dir else None,
-        "fine_tuned_encoder": m.fine_tune_encoder,
+        "fine_tuned_encoder": m.encoder_tuning in ("lora", "full"),
+        "encoder_tuning": m.encoder_tuning,
+        "text_adapter_hidden": m.adapter_hidden if m.encoder_tuning == "adapter" else 0,
     }
     model = TwoTowerModel(cfg)
     model.set_item_features(feats, data.train_count)
@@ -175,9 +177,10 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     """Train, early-stop on validation NDCG@10, write the contract-C4 artifact to `out_dir`; returns metrics."""
     from tqdm.auto import tqdm
 
-    if config.train.refit_on_validation and config.model.fine_tune_encoder:
-        raise TrainError("train.refit_on_validation=true needs model.fine_tune_encoder=false (the refit reuses the "
-                         "frozen text embeddings)")
+    tuning = config.model.encoder_tuning
+    if config.train.refit_on_validation and tuning in ("lora", "full"):
+        raise TrainError(f"train.refit_on_validation=true needs model.encoder_tuning frozen or adapter, not {tuning} "
+                         "(the refit reuses the frozen text embeddings)")
     started = time.monotonic()
     torch.set_num_threads(config.train.num_threads)
     device = _device(config)
@@ -195,14 +198,15 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     data = prepare_data(config, tables, examples)
     text_emb = _text_embeddings(config, data.items, dist)
     model = build_model(config, data, text_emb).to(device)
-    text_fn = _attach_encoder(model, config, data, device) if config.model.fine_tune_encoder else None
+    text_fn = _attach_encoder(model, config, data, device) if tuning in ("lora", "full") else None
     log_pop = torch.log(torch.from_numpy(np.concatenate([[0.0], data.train_count])).float() / data.train_count.sum()
                         + 1e-12).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     enc_ids = {id(p) for p in model.encoder.parameters()} if model.encoder is not None else set()
     groups = [{"params": [p for p in params if id(p) not in enc_ids]}]
     if enc_ids:
-        groups.append({"params": [p for p in params if id(p) in enc_ids], "lr": config.model.encoder_learning_rate})
+        encoder_lr = config.model.lora_learning_rate if tuning == "lora" else config.model.encoder_learning_rate
+        groups.append({"params": [p for p in params if id(p) in enc_ids], "lr": encoder_lr})
     opt = torch.optim.AdamW(groups, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
     base_lrs = [group.get("lr", config.train.learning_rate) for group in opt.param_groups]
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.world > 1 else None
@@ -218,8 +222,9 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         log.info("resumed from %s at epoch %d (best val NDCG@10 %.4f)", ckpt_path, ck["epoch"], best)
     bs = config.train.batch_size
     amp_dtype = torch.float16 if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
-    amp = torch.autocast(device.type, dtype=amp_dtype, enabled=config.model.fine_tune_encoder)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.model.fine_tune_encoder and amp_dtype == torch.float16)
+    mixed = tuning == "full" or (tuning == "lora" and device.type == "cuda")  # a CPU runs LoRA in float32
+    amp = torch.autocast(device.type, dtype=amp_dtype, enabled=mixed)
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed and amp_dtype == torch.float16)
     def step_epoch(epoch: int, model=model, ddp=ddp, opt=opt, data=data, log_pop=log_pop) -> tuple[float, np.ndarray]:
         """One pass over the windows (this rank's share); returns (mean loss over ranks, the windows used)."""
         model.train()
@@ -334,7 +339,9 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         metrics = {"new_item_popularity_weight": weight, "popularity_weight": warm_weight,
                    f"val_ndcg@{EVAL_K}": best, **{f"test_{k}": v for k, v in test.items()},
                    **cold, "epochs": len(history), "refit_on_validation": refit is not None,
-                   "train_seconds": time.monotonic() - started, "train_positions": int((data.windows_out > 0).sum())}
+                   "train_seconds": time.monotonic() - started, "train_positions": int((data.windows_out > 0).sum()),
+                   "validation_users": len(data.validation.users),  # ranked per epoch and per prior grid point
+                   "validation_users_total": data.validation.users_total or len(data.validation.users)}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         _plot_curve(history, out / "training_curve.png")
         log.info("model written to %s: %s", out, {k: round(v, 4) for k, v in metrics.items()})
@@ -343,18 +350,41 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
 
 
 def _attach_encoder(model, config: Config, data: TrainData, device: torch.device):
-    """GPU path: fine-tune the text encoder; returns rows -> text embeddings computed with gradients."""
-    from components.text_encoder import MAX_TOKENS, SentenceEncoder
+    """Tune the text encoder (`model.encoder_tuning` full: every weight; lora: adapters on the top layers over
+    cached lower-layer token states); returns rows -> text embeddings computed with gradients."""
+    from components.text_encoder import MAX_TOKENS, LoraTextEncoder, SentenceEncoder
 
     encoder = SentenceEncoder(config.model.encoder_dir).to(device)
-    encoder.train()
-    model.encoder = encoder
-    tokens = encoder.tokenize(data.items["text"].fillna("").astype(str).tolist(), MAX_TOKENS)
-    ids = torch.cat([torch.zeros(1, tokens["input_ids"].shape[1], dtype=torch.long), tokens["input_ids"]]).to(device)
-    mask = torch.cat([torch.zeros(1, ids.shape[1], dtype=torch.long), tokens["attention_mask"]]).to(device)
+    texts = data.items["text"].fillna("").astype(str).tolist()
+    m = config.model
+    if m.encoder_tuning == "lora":
+        tuner = LoraTextEncoder(encoder, texts, m.lora_layers, m.lora_rank, m.lora_alpha).train()
+        model.encoder = tuner
+        log.info("LoRA (rank %d) on the top %d of %d text-encoder layers: %d trainable weights", m.lora_rank,
+                 m.lora_layers, len(encoder.layers()), sum(p.numel() for p in tuner.parameters() if p.requires_grad))
+
+        def encode(rows: torch.Tensor) -> torch.Tensor:
+            return tuner(rows - 1)  # model row r + 1 holds text r
+    else:
+        encoder.train()
+        model.encoder = encoder
+        tokens = encoder.tokenize(texts, MAX_TOKENS)
+        ids = torch.cat([torch.zeros(1, tokens["input_ids"].shape[1], dtype=torch.long), tokens["input_ids"]])
+        mask = torch.cat([torch.zeros(1, ids.shape[1], dtype=torch.long), tokens["attention_mask"]]).to(device)
+        ids = ids.to(device)
+
+        def encode(rows: torch.Tensor) -> torch.Tensor:
+            return encoder(ids[rows], mask[rows])
+
+    limit = m.encoder_items_per_step
 
     def text_fn(rows: torch.Tensor) -> torch.Tensor:
-        return encoder(ids[rows], mask[rows])
+        """The rows' text vectors; in training at most `encoder_items_per_step` of them (drawn at random) through the
+        encoder with gradients, the others from the text buffer (re-encoded after every epoch)."""
+        if limit is None or not model.training or len(rows) <= limit:
+            return encode(rows)
+        pick = torch.randperm(len(rows), device=rows.device)[:limit]
+        return model.text[rows].index_put((pick,), encode(rows[pick]).to(model.text.dtype))
 
     return text_fn
 
@@ -369,8 +399,11 @@ def _sync_text(model, text_fn, chunk: int = 256) -> None:
 
 
 def _save_encoder(model, out: Path) -> None:
-    """Fine-tuning: keep the tuned encoder (and tokenizer) in <out>/encoder; the artifact points at it."""
-    encoder = model.encoder
+    """Fine-tuning: keep the tuned encoder (LoRA merged into its weights) and its tokenizer in <out>/encoder; the
+    artifact points at it, so the serving bundle exports it and new items are embedded by it."""
+    from components.text_encoder import LoraTextEncoder
+
+    encoder = model.encoder.merged() if isinstance(model.encoder, LoraTextEncoder) else model.encoder
     encoder.transformer.save_pretrained(out / "encoder")
     encoder.tokenizer.save_pretrained(out / "encoder")
     model.cfg["encoder_dir"] = "encoder"

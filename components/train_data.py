@@ -13,7 +13,7 @@ from components.config import Config
 from components.dataset import DatasetSchema
 from components.encoders import ProfileEncoder
 from components.errors import RecsysError
-from components.evaluate import eval_data
+from components.evaluate import eval_data, sample_task
 from components.evaluation_types import EvalData
 from components.splits import Split, configured_split
 
@@ -137,5 +137,7 @@ def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.D
     counts = rows["item_id"].map(row_of).value_counts()
     train_count = np.zeros(len(item_ids))
     train_count[counts.index.to_numpy()] = counts.to_numpy()
-    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, encoder, split, users,
-                     eval_data(split, items, users, "validation"), eval_data(split, items, users, "test"))
+    validation = sample_task(eval_data(split, items, users, "validation"), config.train.validation_max_users,
+                             config.train.seed)
+    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, encoder, split, users, validation,
+                     eval_data(split, items, users, "test"))

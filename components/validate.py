@@ -4,6 +4,10 @@ One expectation suite per table (plus a per-user activity table and one per mult
 from the dataset declaration: each declared column present with its type, declared ranges and categories;
 the id maps intact and covering every key. Data Docs HTML and a JSON summary with the statistics that
 matter for recommenders. On failure nothing is written downstream, and the id maps are not committed.
+
+Size: in a table longer than `validation.sample_rows`, the row-wise expectations (value sets, ranges, uniqueness,
+text lengths) check a seeded sample of that many rows, while the cheap whole-table ones (columns and types, row
+count, null ids, timestamp bounds) still see every row; the summary says which tables were sampled and how much.
 """
 
 import html
@@ -60,6 +64,7 @@ class ValidationReport:
     failures: list[Failure]
     statistics: dict
     docs_index: str | None = None
+    sampled: dict = field(default_factory=dict)  # table -> rows, sample_rows, seed, the expectations sampled
 
     def to_json(self) -> dict:
         return {**asdict(self), "failures": [{**asdict(f), "message": str(f)} for f in self.failures]}
@@ -160,6 +165,29 @@ def _expectations(config: Config, tables: dict[str, pd.DataFrame]) -> dict[str, 
     return suites
 
 
+def whole_table(expectation: object) -> bool:
+    """An expectation that always sees every row: schema, row count, null values, column bounds (one pass over a
+    column each); the others (value sets, ranges, uniqueness, lengths) may run on a sample."""
+    import great_expectations.expectations as gxe
+
+    return isinstance(expectation, (gxe.ExpectColumnToExist, gxe.ExpectColumnValuesToBeInTypeList,
+                                    gxe.ExpectTableRowCountToBeBetween, gxe.ExpectColumnValuesToNotBeNull,
+                                    gxe.ExpectColumnMaxToBeBetween, gxe.ExpectColumnMinToBeBetween))
+
+
+def _batches(name: str, expectations: list, frame: pd.DataFrame, sample_rows: int | None,
+             seed: int) -> tuple[dict[str, tuple[list, pd.DataFrame]], dict | None]:
+    """The suites of one table and the frames they check: all on every row, or (longer than `sample_rows`) the
+    whole-table ones on every row and the rest on a seeded sample; and what was sampled (None: nothing)."""
+    if sample_rows is None or len(frame) <= sample_rows:
+        return {name: (expectations, frame)}, None
+    rest = [e for e in expectations if not whole_table(e)]
+    sample = frame.sample(n=sample_rows, random_state=seed).sort_index()
+    info = {"rows": len(frame), "sample_rows": sample_rows, "seed": seed,
+            "expectations": [e.expectation_type for e in rest]}
+    return {name: ([e for e in expectations if whole_table(e)], frame), f"{name}.sample": (rest, sample)}, info
+
+
 def id_map_failures(tables: dict[str, pd.DataFrame], maps: dict[str, IdMap], committed: dict[str, IdMap]
                     ) -> list[Failure]:
     """The id maps cover every key of the tables, and extend (never rewrite) the committed maps."""
@@ -249,25 +277,36 @@ def validate_tables(config: Config, tables: dict[str, pd.DataFrame], docs_dir: s
     source = context.data_sources.add_pandas(name="canonical")
     failures: list[Failure] = list(extra_failures or [])
     evaluated = len(failures)
-    for name, expectations in _expectations(config, tables).items():
-        asset = source.add_dataframe_asset(name=name.replace(".", "_"))
-        batch_def = asset.add_batch_definition_whole_dataframe(name=f"{name}_all")
-        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
-        vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_vd", data=batch_def, suite=suite))
-        checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"{name}_checkpoint", validation_definitions=[vd],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["recsys_docs"])],
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE},
-        ))
-        result = checkpoint.run(batch_parameters={"dataframe": frames[name]})
-        for run_result in result.run_results.values():
-            as_dict = run_result.to_json_dict()
-            evaluated += len(as_dict["results"])
-            failures += _failures(name, as_dict)
+    sampled = {}
+    for table, suite_expectations in _expectations(config, tables).items():
+        batches, info = _batches(table, suite_expectations, frames[table], config.validation.sample_rows,
+                                 config.train.seed)
+        if info is not None:
+            sampled[table] = info
+            log.info("%s: %d row-wise expectations on a seeded sample of %d of %d rows", table,
+                     len(info["expectations"]), info["sample_rows"], info["rows"])
+        for name, (expectations, frame) in batches.items():
+            if not expectations:
+                continue
+            asset = source.add_dataframe_asset(name=name.replace(".", "_"))
+            batch_def = asset.add_batch_definition_whole_dataframe(name=f"{name}_all")
+            suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
+            vd = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_vd", data=batch_def,
+                                                                            suite=suite))
+            checkpoint = context.checkpoints.add(gx.Checkpoint(
+                name=f"{name}_checkpoint", validation_definitions=[vd],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["recsys_docs"])],
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE},
+            ))
+            result = checkpoint.run(batch_parameters={"dataframe": frame})
+            for run_result in result.run_results.values():
+                as_dict = run_result.to_json_dict()
+                evaluated += len(as_dict["results"])
+                failures += _failures(table, as_dict)
     context.build_data_docs(site_names=["recsys_docs"])
     return ValidationReport(
         success=not failures, evaluated=evaluated, failures=failures,
-        statistics=recommender_statistics(tables), docs_index=str(docs_dir / "index.html"),
+        statistics=recommender_statistics(tables), docs_index=str(docs_dir / "index.html"), sampled=sampled,
     )
 
 
@@ -279,9 +318,16 @@ def summary_html(report: ValidationReport) -> str:
         sections.append(("Failed expectations", html_table(
             ["table", "column", "expectation", "observed", "sample"],
             [[f.table, f.column or "", f.expectation, str(f.observed), ", ".join(f.sample)] for f in report.failures])))
+    if report.sampled:
+        sections.append(("Sampled tables", html_table(
+            ["table", "rows", "sample rows (seeded)", "seed", "expectations on the sample"],
+            [[name, f"{s['rows']:,}", f"{s['sample_rows']:,} ({s['sample_rows'] / s['rows']:.1%})", str(s["seed"]),
+              ", ".join(s["expectations"])] for name, s in report.sampled.items()])))
     sections.append(("Statistics", f"<pre>{html.escape(json.dumps(report.statistics, indent=2))}</pre>"))
+    sampled = (f" Row-wise expectations of {len(report.sampled)} table(s) ran on a seeded sample (below); every "
+               "row was checked for schema, row count, null ids and timestamp bounds." if report.sampled else "")
     return page(f"Data validation: {verdict}", f"{report.evaluated} expectations evaluated, {len(report.failures)} "
-                f"failed. Full Data Docs: {report.docs_index}", sections)
+                f"failed.{sampled} Full Data Docs: {report.docs_index}", sections)
 
 
 def validate(
@@ -343,5 +389,6 @@ def validate_op(
     shutil.copyfile(Path(data_docs.path) / "summary.html", summary.path)
     data_docs.metadata["index"] = report.docs_index
     metrics.log_metric("expectations_evaluated", report.evaluated)
+    metrics.log_metric("sampled_tables", len(report.sampled))
     metrics.log_metric("interactions", report.statistics["rows"]["interactions"])
     metrics.log_metric("median_interactions_per_user", report.statistics["interactions_per_user"]["median"])

@@ -114,10 +114,10 @@ def reads_request_log(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def build_monitoring_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str) -> Callable:
-    """The monitoring pipeline in the images of `kfp`; `gpu` and `redis_password_env` are passed on to the nested
-    training pipeline."""
-    training_pipeline = build_training_pipeline(kfp, gpu, redis_password_env)
+def build_monitoring_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str, spark: bool = False) -> Callable:
+    """The monitoring pipeline in the images of `kfp`; `gpu`, `redis_password_env` and `spark` (the features step
+    as a SparkApplication) are passed on to the nested training pipeline."""
+    training_pipeline = build_training_pipeline(kfp, gpu, redis_password_env, spark)
     images = TaskImages(kfp)
 
     @dsl.pipeline(
@@ -146,7 +146,8 @@ def build_monitoring_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str) -> C
 
 def monitoring_pipeline_for(config: Config) -> Callable:
     """The monitoring pipeline of a resolved config."""
-    return build_monitoring_pipeline(config.kfp, config.model.fine_tune_encoder, config.features.redis_password_env)
+    return build_monitoring_pipeline(config.kfp, config.model.fine_tune_encoder, config.features.redis_password_env,
+                                     config.features.engine == "spark")
 
 
 MONITORING = Pipeline("monitoring", monitoring_pipeline_for)

@@ -24,6 +24,7 @@ from components.promote import promote_op
 from components.train import train_op
 from components.validate import validate_op
 from pipelines.runner import Pipeline
+from pipelines.spark_features import spark_features_op
 from serving.triton_admin import ADMIN_KEY_ENV, ADMIN_KEY_SECRET
 
 NAME = "recsys-training"
@@ -75,10 +76,12 @@ def request_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def build_training_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str) -> Callable:
+def build_training_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str, spark: bool = False) -> Callable:
     """The training pipeline in the images of `kfp`; `gpu` (config model.fine_tune_encoder) puts the train
     step on a GPU node; the features step gets Redis's password as `redis_password_env` (config
-    features.redis_password_env), the deploy step Triton's admin key as RECSYS_TRITON_ADMIN_KEY."""
+    features.redis_password_env), the deploy step Triton's admin key as RECSYS_TRITON_ADMIN_KEY. `spark`
+    (config features.engine=spark): the features step runs as a SparkApplication (k8s/overlays/spark), whose
+    driver gets Redis's password itself."""
     images = TaskImages(kfp)
 
     @dsl.pipeline(
@@ -93,8 +96,11 @@ def build_training_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str) -> Cal
         validate = mount_shared(images.task(validate_op, config=config, canonical=ingest.outputs["canonical"]))
         validate.set_display_name("validate")
         validated = validate.outputs["validated"]
-        features = mount_shared(images.task(features_op, config=config, canonical=validated))
-        secret_env(features, REDIS_PASSWORD_SECRET, "password", redis_password_env)
+        if spark:
+            features = mount_shared(images.task(spark_features_op, config=config, canonical=validated))
+        else:
+            features = mount_shared(images.task(features_op, config=config, canonical=validated))
+            secret_env(features, REDIS_PASSWORD_SECRET, "password", redis_password_env)
         features.set_display_name("features")  # transient failures are retried inside the step, never bad data
         train = images.task(train_op, config=config, canonical=validated, examples=features.outputs["examples"])
         train.set_display_name("train")
@@ -117,8 +123,10 @@ def build_training_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str) -> Cal
 
 
 def training_pipeline_for(config: Config) -> Callable:
-    """The training pipeline of a resolved config (the train step on a GPU node when model.fine_tune_encoder)."""
-    return build_training_pipeline(config.kfp, config.model.fine_tune_encoder, config.features.redis_password_env)
+    """The training pipeline of a resolved config (the train step on a GPU node when model.fine_tune_encoder, the
+    features step on Spark when features.engine=spark)."""
+    return build_training_pipeline(config.kfp, config.model.fine_tune_encoder, config.features.redis_password_env,
+                                   config.features.engine == "spark")
 
 
 TRAINING = Pipeline("training", training_pipeline_for)

@@ -19,17 +19,14 @@ def apply(
     examples: Path | None = typer.Option(None, help="Also write the training examples (C1) to this folder."),
 ) -> None:
     """Compute the feature tables from the canonical tables and register the repository."""
-    from components.features import build_feature_store, feature_data_dir, training_examples, write_examples
-    from components.schemas import read_tables
+    from components.features import build_feature_store, feature_data_dir, write_training_examples
 
     config = state(ctx).config
     canonical = canonical or Path(config.paths.data_dir) / "canonical"
     with errors_as_exit():
-        tables = read_tables(canonical)
-        store = build_feature_store(config, tables)
+        store = build_feature_store(config, canonical)
         if examples is not None:
-            frame = training_examples(store, tables["interactions"], config.dataset.user_attributes)
-            path = write_examples(frame, examples)
+            path = write_training_examples(config, store, canonical, examples)
             console.print(f"training examples in [bold]{path}[/]")
     console.print(f"feature repository applied; tables in [bold]{feature_data_dir(config)}[/]")
 

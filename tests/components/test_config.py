@@ -58,6 +58,23 @@ def test_file_then_overrides_layering(tmp_path):
     assert config.model.fine_tune_encoder is True
 
 
+def test_encoder_tuning_and_the_earlier_fine_tune_switch():
+    from components.config import config_from_text, config_to_text
+
+    default = load_config().model
+    assert default.encoder_tuning == "frozen" and default.fine_tune_encoder is False
+    assert load_config(overrides=["model.fine_tune_encoder=true"]).model.encoder_tuning == "full"
+    full = load_config(overrides=["model.encoder_tuning=full"]).model
+    assert full.fine_tune_encoder is True  # the flag the pipelines read to put training on a GPU node
+    lora = load_config(overrides=["model.encoder_tuning=lora"])
+    assert lora.model.fine_tune_encoder is False
+    assert config_from_text(config_to_text(lora)).model.encoder_tuning == "lora"
+    with pytest.raises(ConfigError, match="contradicts encoder_tuning=adapter"):
+        load_config(overrides=["model.encoder_tuning=adapter", "model.fine_tune_encoder=true"])
+    with pytest.raises(ConfigError, match="model.encoder_tuning"):
+        load_config(overrides=["model.encoder_tuning=partial"])
+
+
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'train.epochz'"):
         load_config(overrides=["train.epochz=3"])

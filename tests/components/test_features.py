@@ -6,6 +6,7 @@ requires a password, which Feast gets from the environment.
 
 import math
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 from components.config import ConfigError, load_config
+from components.feature_tables import duckdb_training_examples, utc_us
 from components.features import (
     build_feature_store,
     materialize,
@@ -21,9 +23,12 @@ from components.features import (
     redis_connection_string,
     redis_server,
     training_examples,
+    training_join,
     write_examples,
+    write_training_examples,
 )
 from components.features_online import FeatureStoreError, online_features, online_item_features, push_interaction
+from components.schemas import write_tables
 from tests.components.feature_world import (
     LAST_N,
     NOW,
@@ -31,8 +36,10 @@ from tests.components.feature_world import (
     REDIS_PASSWORD_ENV,
     WINDOWS,
     D,
+    H,
     tiny_tables,
 )
+from tests.conftest import planted_tables, small_tables
 
 
 def reference_examples(interactions: pd.DataFrame) -> pd.DataFrame:
@@ -109,6 +116,68 @@ def test_examples_file_has_contract_types(tmp_path):
         assert str(schema.field(col).type) == "int64", col
     back = pd.read_parquet(path)
     assert back.event_timestamp.dtype == "datetime64[us, UTC]"
+
+
+def _examples_in_order(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.sort_values(["user_id", "event_timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    frame["recent_item_ids"] = frame["recent_item_ids"].map(lambda v: [int(x) for x in v])
+    return frame
+
+
+def _canonical(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The tables with µs UTC timestamps and float32 ratings, as ingest writes them."""
+    out = {name: frame.copy() for name, frame in tables.items()}
+    for frame, column in ((out["interactions"], "event_timestamp"), (out["users"], "created_timestamp"),
+                          (out["items"], "created_timestamp")):
+        frame[column] = utc_us(frame[column])
+    out["interactions"]["rating"] = out["interactions"]["rating"].astype("float32")
+    return out
+
+
+def planted_with_genres() -> dict[str, pd.DataFrame]:
+    """The planted world with the genres column the MovieLens declaration asks of items."""
+    tables = planted_tables()
+    tables["items"]["genres"] = "Drama"
+    return tables
+
+
+@pytest.mark.parametrize("world", [tiny_tables, planted_with_genres, small_tables])
+def test_sql_join_equals_feasts_join(world, tmp_path):
+    """The examples the features step writes (SQL point-in-time join over the feature tables) are Feast's
+    `get_historical_features` examples: same rows, values and types, on each small data set."""
+    tables = _canonical(world())
+    config = make_config(tmp_path)
+    store = build_feature_store(config, tables)
+    path = write_training_examples(config, store, write_tables(tables, tmp_path / "canonical"), tmp_path / "ex")
+    sql = _examples_in_order(pd.read_parquet(path))
+    feast = _examples_in_order(training_examples(store, tables["interactions"], PROFILE))
+    assert len(sql) == len(tables["interactions"]) and sql.user_interaction_count.max() > 0
+    pd.testing.assert_frame_equal(sql, feast)
+
+
+def test_sql_join_drops_values_past_a_views_ttl(tmp_path):
+    """With a TTL shorter than the popularity windows, a change point older than the TTL no longer counts:
+    the same as an as-of match within that tolerance (pandas merge_asof), and not the same as no TTL."""
+    tables = _canonical(tiny_tables())
+    config = make_config(tmp_path)
+    store = build_feature_store(config, tables)
+    ttl = 12 * H
+    views = [replace(v, ttl_us=int(ttl / pd.Timedelta(microseconds=1))) if v.name == "item_popularity" else v
+             for v in training_join(store)]
+    canonical = write_tables(tables, tmp_path / "canonical")
+    duckdb_training_examples(canonical / "interactions.parquet", views, PROFILE, tmp_path / "ttl")
+    got = _examples_in_order(pd.read_parquet(tmp_path / "ttl" / "examples.parquet"))
+    popularity = pd.read_parquet(next(v.path for v in views if v.name == "item_popularity"))
+    popularity["event_timestamp"] = utc_us(popularity["event_timestamp"])
+    one_us = pd.Timedelta(microseconds=1)
+    entity = got[["item_id", "event_timestamp"]].assign(entity_ts=utc_us(got.event_timestamp - one_us))
+    want = pd.merge_asof(entity.reset_index().sort_values("entity_ts"),
+                         popularity.sort_values("event_timestamp"), left_on="entity_ts",
+                         right_on="event_timestamp", by="item_id", tolerance=ttl, direction="backward")
+    want = want.sort_values("index")[f"item_popularity_{WINDOWS[1]}d"].fillna(0).astype("int64").to_numpy()
+    assert got[f"item_popularity_{WINDOWS[1]}d"].tolist() == want.tolist()
+    untimed = _examples_in_order(training_examples(store, tables["interactions"], PROFILE))
+    assert got[f"item_popularity_{WINDOWS[1]}d"].sum() < untimed[f"item_popularity_{WINDOWS[1]}d"].sum()
 
 
 def test_online_values_equal_offline_values(online_store):

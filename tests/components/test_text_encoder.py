@@ -1,4 +1,5 @@
-"""The per-text embedding cache: a retrain encodes only new or changed item texts, with the encoder's own output."""
+"""The per-text embedding cache (a retrain encodes only new or changed item texts, with the encoder's own output) and
+LoRA on the encoder's top layers."""
 
 from pathlib import Path
 
@@ -48,6 +49,24 @@ def test_second_call_encodes_only_the_changed_text(encoder: SentenceEncoder, tmp
                                                               encoder=encoder), atol=1e-5)
 
 
+def test_a_tuned_encoder_with_the_base_models_config_and_sizes_has_its_own_cache_key(tmp_path: Path) -> None:
+    """A fine-tuned encoder keeps the base model's config and weight-file sizes: the cache key must still differ
+    (it reads the weights' bytes), or the tuned model would be served the base model's cached vectors."""
+    import shutil
+
+    from components.text_encoder import default_encoder_dir, encoder_key
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(default_encoder_dir(), tuned)
+    weights = tuned / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one weight byte changed, same size
+    weights.write_bytes(bytes(data))
+    assert weights.stat().st_size == (default_encoder_dir() / "model.safetensors").stat().st_size
+    assert encoder_key(tuned) != encoder_key(None)
+    assert encoder_key(default_encoder_dir()) == encoder_key(None)
+
+
 def test_stored_embeddings_are_served_without_encoding(encoder: SentenceEncoder, tmp_path: Path) -> None:
     vectors = np.random.default_rng(0).normal(size=(2, 384)).astype(np.float32)
     store_text_embeddings(["x", "y"], vectors, None, tmp_path)
@@ -56,3 +75,33 @@ def test_stored_embeddings_are_served_without_encoding(encoder: SentenceEncoder,
     assert counting.texts == ["z"]
     np.testing.assert_array_equal(out[:2], vectors[[1, 0]])
     assert abs(np.linalg.norm(out[2]) - 1.0) < 1e-5  # the encoder's unit vector
+
+
+def test_lora_on_the_top_layers_reruns_only_them_and_merges_into_the_weights(encoder: SentenceEncoder) -> None:
+    """Before training LoRA is the plain encoder; once its adapters move, the vectors move, any subset of the texts
+    gives the same vectors as the whole list (the cached lower-layer states), and the merged weights reproduce
+    them with no adapter left."""
+    import torch
+
+    from components.text_encoder import EncoderError, LoraTextEncoder
+
+    texts = list(dict.fromkeys(TEXTS))
+    base = encoder.encode(texts)
+    with pytest.raises(EncoderError, match="lora_layers=7"):
+        LoraTextEncoder(SentenceEncoder(None), texts, layers=7, rank=4, alpha=8)
+    tuner = LoraTextEncoder(SentenceEncoder(None), texts, layers=2, rank=4, alpha=8).eval()
+    trainable = [name for name, p in tuner.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name and (".layer.4." in name or ".layer.5." in name) for name in trainable)
+    index = torch.arange(len(texts))
+    with torch.no_grad():
+        np.testing.assert_allclose(tuner(index).numpy(), base, atol=1e-5)
+        generator = torch.Generator().manual_seed(0)
+        for name, p in tuner.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05, generator=generator)
+        tuned = tuner(index).numpy()
+        np.testing.assert_allclose(tuner(torch.tensor([3, 0])).numpy(), tuned[[3, 0]], atol=1e-6)
+    assert np.abs(tuned - base).max() > 1e-2
+    merged = tuner.merged()
+    assert not [name for name, _ in merged.named_parameters() if "lora" in name]
+    np.testing.assert_allclose(merged.encode(texts), tuned, atol=1e-5)

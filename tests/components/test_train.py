@@ -49,6 +49,30 @@ def test_training_inputs_hold_no_validation_test_or_cold_rows(dataset) -> None:
     assert len(data.split.validation) == len(data.split.test) == 60
 
 
+def test_validation_ranks_a_seeded_user_sample_above_the_configured_size(dataset) -> None:
+    """Early stopping and the priors rank data.validation: every validation user up to
+    train.validation_max_users (the default keeps MovieLens-100K's 943 whole), a seeded sample above it, each
+    sampled user with their own history and target; the test task is untouched."""
+    from components.config import load_config
+    from components.train_data import prepare_data, read_examples
+
+    data_dir, canonical, examples = dataset
+    assert load_config().train.validation_max_users >= 943
+    whole = prepare_data(tiny_config(data_dir), planted_tables(), read_examples(examples)).validation
+    assert whole.users_total is None and len(whole.users) == 60
+    config = tiny_config(data_dir, **{"train.validation_max_users": 25})
+    first, again = (prepare_data(config, planted_tables(), read_examples(examples)) for _ in range(2))
+    sample = first.validation
+    assert len(sample.users) == len(sample.targets) == len(sample.histories) == 25 and sample.users_total == 60
+    assert sample.users["user_id"].tolist() == again.validation.users["user_id"].tolist()
+    assert sample.users["user_id"].nunique() == 25
+    row = {int(u): i for i, u in enumerate(whole.users["user_id"])}
+    for i, user in enumerate(sample.users["user_id"]):
+        assert sample.targets[i] == whole.targets[row[int(user)]]
+        assert np.array_equal(sample.histories[i], whole.histories[row[int(user)]])
+    assert first.test.users_total is None and len(first.test.users) == 60
+
+
 def test_resume_continues_exactly_where_it_stopped(dataset, tmp_path: Path) -> None:
     from components.train import train_model
 
@@ -141,6 +165,100 @@ def test_fine_tuning_path_updates_and_ships_the_text_encoder(dataset, tmp_path: 
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
+def _catalogue_texts(model_dir: Path, canonical: Path) -> list[str]:
+    """The item texts in the model's row order (row r + 1 = item_ids[r])."""
+    from components.schemas import read_tables
+
+    items = read_tables(canonical)["items"].set_index("item_id")
+    return items.loc[np.load(model_dir / "item_ids.npy"), "text"].fillna("").astype(str).tolist()
+
+
+@pytest.mark.parametrize("per_step", [None, 8])
+def test_lora_path_tunes_the_encoder_and_ships_it_merged(dataset, tmp_path: Path, per_step: int | None) -> None:
+    """model.encoder_tuning=lora on the CPU (every item a step needs through the encoder, or 8 of them): the item
+    text vectors move, and the merged encoder saved with the model (what the serving bundle exports to ONNX) gives
+    back the vectors the model was trained with."""
+    from safetensors.torch import load_file
+
+    from components.compress_export import encode_with, export_text_encoder_onnx, session
+    from components.compress_variants import item_embeddings_from_text
+    from components.model import load_model, load_recommender
+    from components.text_encoder import SentenceEncoder, cached_text_embeddings
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.epochs": 2, "model.encoder_tuning": "lora", "model.lora_layers": 1,
+                                      "model.lora_learning_rate": 0.01,
+                                      "model.encoder_items_per_step": "null" if per_step is None else per_step})
+    assert config.model.encoder_items_per_step == per_step
+    assert not config.model.fine_tune_encoder  # the GPU switch stays off
+    metrics = train_model(config, canonical, examples, tmp_path, progress=False)
+    assert np.isfinite(metrics["test_ndcg@10"])
+    model, _ = load_model(tmp_path)
+    texts = _catalogue_texts(tmp_path, canonical)
+    trained = model.text[1:].numpy()
+    frozen = cached_text_embeddings(texts, None, data_dir / "cache", progress=False)
+    assert np.abs(trained - frozen).max() > 1e-3  # the adapters changed the item vectors
+    assert model.cfg["encoder_dir"] == "encoder" and model.cfg["encoder_tuning"] == "lora"
+    assert not [k for k in load_file(str(tmp_path / "encoder" / "model.safetensors")) if "lora" in k]
+    tuned = SentenceEncoder(tmp_path / "encoder")
+    np.testing.assert_allclose(tuned.encode(texts), trained, atol=1e-4)
+    onnx_text = encode_with(session(export_text_encoder_onnx(tuned, tmp_path / "text_encoder.onnx")),
+                            tuned.tokenizer, texts)
+    np.testing.assert_allclose(onnx_text, trained, atol=1e-4)
+    # the compression step's check: the item tower over the exported encoder gives the model's item table
+    base_emb = np.load(tmp_path / "item_embeddings.npy")
+    assert np.abs(item_embeddings_from_text(model, onnx_text) - base_emb).max() < 1e-4
+    import pandas as pd
+
+    rec = load_recommender(tmp_path)  # a new item is embedded by the tuned encoder
+    got = rec.add_items(pd.DataFrame({"item_id": [500], "text": [texts[0]]}))
+    unknown = [torch.zeros(1, buffer.shape[1], dtype=torch.long) for buffer in model.attributes()]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.content_vectors(model.text[1:2], unknown), dim=-1).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_adapter_path_trains_a_residual_mlp_on_the_frozen_text_vectors(dataset, tmp_path: Path) -> None:
+    import torch
+
+    from components.model import load_model
+    from components.text_encoder import cached_text_embeddings
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.epochs": 2, "model.encoder_tuning": "adapter",
+                                      "model.adapter_hidden": 16})
+    train_model(config, canonical, examples, tmp_path, progress=False)
+    model, _ = load_model(tmp_path)
+    assert model.text_adapter is not None and float(model.text_adapter.up.weight.detach().abs().max()) > 0  # left 0
+    assert not (tmp_path / "encoder").exists() and model.cfg["encoder_dir"] is None
+    frozen = cached_text_embeddings(_catalogue_texts(tmp_path, canonical), None, data_dir / "cache", progress=False)
+    np.testing.assert_array_equal(model.text[1:].numpy(), frozen)  # the text vectors themselves stay frozen
+    text, attributes = model.text[1:], [buffer[1:] for buffer in model.attributes()]
+    with torch.no_grad():
+        adapted = model.content_vectors(text, attributes)
+        model.text_adapter = None
+        plain = model.content_vectors(text, attributes)
+    assert float((adapted - plain).abs().max()) > 1e-4  # the item tower reads the text through the adapter
+
+
+def test_frozen_path_has_no_adapter_and_no_encoder(planted_model: Path) -> None:
+    """The default (encoder_tuning frozen): the artifact holds the same parts as before encoder tuning existed."""
+    from components.model import load_model
+    from components.text_encoder import cached_text_embeddings
+
+    model, _ = load_model(planted_model)
+    assert model.cfg["encoder_tuning"] == "frozen" and model.cfg["encoder_dir"] is None
+    assert model.text_adapter is None and model.encoder is None and not (planted_model / "encoder").exists()
+    parts = {key.split(".")[0] for key in torch.load(planted_model / "model.pt", weights_only=True)}
+    assert parts == {"text", "train_count", "text_mlp", "item_id", "attribute_emb", "user",
+                     *model.attribute_buffers}
+    texts = _catalogue_texts(planted_model, planted_model.parent / "data" / "canonical")
+    frozen = cached_text_embeddings(texts, None, planted_model.parent / "data" / "cache", progress=False)
+    np.testing.assert_array_equal(model.text[1:].numpy(), frozen)
+
+
 def test_train_op_runs_with_the_kfp_local_runner(dataset, tmp_path: Path, monkeypatch) -> None:
     from kfp import dsl, local
 
@@ -257,4 +375,7 @@ def test_refit_trains_on_validation_targets_for_the_best_epoch_count(dataset, tm
     assert "popularity_weight" in cfg and "new_item_popularity_weight" in cfg
     with pytest.raises(TrainError, match="refit_on_validation"):
         train_model(tiny_config(data_dir, **{"train.refit_on_validation": True, "model.fine_tune_encoder": True}),
+                    canonical, examples, tmp_path / "other", progress=False)
+    with pytest.raises(TrainError, match="refit_on_validation"):
+        train_model(tiny_config(data_dir, **{"train.refit_on_validation": True, "model.encoder_tuning": "lora"}),
                     canonical, examples, tmp_path / "other", progress=False)

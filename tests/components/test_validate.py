@@ -122,3 +122,45 @@ def test_summary_page_names_the_verdict_and_each_failed_expectation() -> None:
     assert "<title>Data validation: FAILED</title>" in page and "12 expectations evaluated, 1 failed" in page
     assert "<td>values_between</td>" in page and "<td>&lt;7&gt;, 9</td>" in page  # cells escaped
     assert "Failed expectations" not in summary_html(ValidationReport(True, 12, [], {}, None))
+
+
+def _ingested(tmp_path, tables, *overrides: str):
+    """(config, canonical folder) of `tables` ingested from CSV files, with their id maps."""
+    from components.ingest import ingest
+
+    paths = write_csvs(tables, tmp_path / "in")
+    config = load_config(overrides=[f"paths.data_dir={tmp_path / 'data'}", "data.source=files",
+                                    *[f"data.{k}_path={v}" for k, v in paths.items()], *overrides])
+    ingest(config, tmp_path / "canonical")
+    return config, tmp_path / "canonical"
+
+
+def test_long_tables_check_row_wise_expectations_on_a_seeded_sample(tmp_path, tables):
+    """Above validation.sample_rows the row-wise expectations of a table see a seeded sample; the summary says
+    which table, how much and which expectations; the same expectations are evaluated as without sampling."""
+    config, canonical = _ingested(tmp_path, tables, "validation.sample_rows=50")
+    report = validate(config, canonical, tmp_path / "v", tmp_path / "docs")
+    assert report.success and set(report.sampled) == {"interactions"}  # 200 rows; users 20, items 30
+    info = json.loads((tmp_path / "docs" / "summary.json").read_text())["sampled"]["interactions"]
+    assert (info["rows"], info["sample_rows"], info["seed"]) == (200, 50, config.train.seed)
+    assert "expect_compound_columns_to_be_unique" in info["expectations"]
+    assert not {"expect_column_values_to_not_be_null", "expect_column_max_to_be_between"} & set(info["expectations"])
+    page = (tmp_path / "docs" / "summary.html").read_text()
+    assert "Sampled tables" in page and "50 (25.0%)" in page
+    every_row = config.model_copy(deep=True)
+    every_row.validation.sample_rows = None
+    whole = validate(every_row, canonical, tmp_path / "w", tmp_path / "docs_whole")
+    assert whole.sampled == {} and whole.evaluated == report.evaluated
+
+
+def test_whole_table_checks_see_every_row_of_a_sampled_table(tmp_path, tables):
+    """With a sample of one row, a future timestamp in another row still fails the gate (timestamp bounds see
+    every row), and a bad value in every row fails through the sample."""
+    tables["interactions"].loc[7, "event_timestamp"] = pd.Timestamp("2199-01-01", tz="UTC")
+    tables["interactions"]["rating"] = 42.0
+    config, canonical = _ingested(tmp_path, tables, "validation.sample_rows=1")
+    with pytest.raises(ValidationFailed) as failed:
+        validate(config, canonical, tmp_path / "v", tmp_path / "docs")
+    assert "interactions.event_timestamp: expect_column_max_to_be_between" in str(failed.value)
+    assert "interactions.rating: expect_column_values_to_be_between" in str(failed.value)
+    assert json.loads((tmp_path / "docs" / "summary.json").read_text())["sampled"]["interactions"]["sample_rows"] == 1

@@ -21,8 +21,11 @@ K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"
 KUBERNETES_VERSION = "1.32.0"  # the oldest Kubernetes the manifests target (HPA v2, PDB v1, CronJob timeZone)
 NEWEST_KUBERNETES_VERSION = "1.37.0"  # the newest schemas kubernetes-validate 1.37.0 ships (catches removals)
 PYTORCHJOB_SCHEMA = K8S_DIR / "schemas" / "kubeflow.org_v1_pytorchjob.json"
+SPARKAPPLICATION_SCHEMA = K8S_DIR / "schemas" / "sparkoperator.k8s.io_v1beta2_sparkapplication.json"
+CRD_SCHEMAS = {"PyTorchJob": PYTORCHJOB_SCHEMA, "SparkApplication": SPARKAPPLICATION_SCHEMA}
+SPARK_ROLES = ("driver", "executor")
 LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet"}
-WORKLOADS = LONG_RUNNING | {"Job", "CronJob", "Pod", "PyTorchJob"}
+WORKLOADS = LONG_RUNNING | {"Job", "CronJob", "Pod", "PyTorchJob", "SparkApplication"}
 PART_OF = "app.kubernetes.io/part-of"
 
 Obj = dict[str, Any]
@@ -58,6 +61,41 @@ def pod_templates(obj: Obj) -> Iterator[tuple[str, Obj]]:
     elif kind == "PyTorchJob":
         for replica, rspec in spec.get("pytorchReplicaSpecs", {}).items():
             yield f"{name_of(obj)}[{replica}]", rspec.get("template", {})
+    elif kind == "SparkApplication":
+        for role in SPARK_ROLES:
+            yield f"{name_of(obj)}[{role}]", spark_pod_template(obj, role)
+
+
+def spark_memory(value: str) -> str:
+    """Spark's memory notation (512m, 4g) as a Kubernetes quantity (512Mi, 4Gi)."""
+    m = re.fullmatch(r"(\d+)([kmgt])b?", str(value).lower())
+    return f"{m[1]}{m[2].upper()}i" if m else str(value)
+
+
+def spark_pod_template(app: Obj, role: str) -> Obj:
+    """The pod the Spark Operator makes for a SparkApplication's driver or executors, in the fields the checks read:
+    the role's labels, service account, security contexts, env, mounts, sidecars and init containers, the
+    application's volumes and image; cpu request from coreRequest (else cores), cpu limit from coreLimit, memory
+    request and limit from memory (Spark adds its overhead to both)."""
+    spec = app.get("spec", {})
+    pod = spec.get(role) or {}
+    resources: Obj = {"requests": {}, "limits": {}}
+    if pod.get("coreRequest") or pod.get("cores"):
+        resources["requests"]["cpu"] = str(pod.get("coreRequest") or pod["cores"])
+    if pod.get("coreLimit"):
+        resources["limits"]["cpu"] = str(pod["coreLimit"])
+    if pod.get("memory"):
+        resources["requests"]["memory"] = resources["limits"]["memory"] = spark_memory(pod["memory"])
+    main = {"name": f"spark-kubernetes-{role}", "image": pod.get("image") or spec.get("image", ""),
+            "resources": resources}
+    main.update({k: pod[k] for k in ("env", "envFrom", "volumeMounts", "securityContext", "ports") if k in pod})
+    pod_spec: Obj = {"containers": [main, *pod.get("sidecars", [])], "volumes": spec.get("volumes", [])}
+    renamed = {"serviceAccount": "serviceAccountName", "podSecurityContext": "securityContext"}
+    for key in ("serviceAccount", "podSecurityContext", "initContainers", "nodeSelector", "tolerations", "affinity",
+                "hostNetwork"):
+        if key in pod:
+            pod_spec[renamed.get(key, key)] = pod[key]
+    return {"metadata": {"labels": pod.get("labels") or {}}, "spec": pod_spec}
 
 
 def containers(pod_spec: Obj, init: bool = True) -> Iterator[Obj]:
@@ -88,9 +126,10 @@ def selector_matches(selector: Obj | None, labels: dict[str, str]) -> bool:
 
 # ----------------------------------------------------------------------------------------------- validation
 def validate_object(obj: Obj, version: str = KUBERNETES_VERSION) -> list[str]:
-    """Strict offline schema validation: built-in kinds with kubernetes-validate, PyTorchJob with its CRD schema."""
-    if obj.get("kind") == "PyTorchJob":
-        return validate_pytorchjob(obj, version)
+    """Strict offline schema validation: built-in kinds with kubernetes-validate, PyTorchJob and SparkApplication
+    with their CRD schemas."""
+    if obj.get("kind") in CRD_SCHEMAS:
+        return validate_custom_resource(obj, version)
     try:
         kubernetes_validate.validate(obj, version, strict=True)
     except kubernetes_validate.ValidationError as err:
@@ -100,9 +139,10 @@ def validate_object(obj: Obj, version: str = KUBERNETES_VERSION) -> list[str]:
     return []
 
 
-def validate_pytorchjob(obj: Obj, version: str = KUBERNETES_VERSION) -> list[str]:
-    """The vendored PyTorchJob CRD schema, then each replica's pod template as a strict core/v1 PodTemplate."""
-    schema = json.loads(PYTORCHJOB_SCHEMA.read_text(encoding="utf-8"))
+def validate_custom_resource(obj: Obj, version: str = KUBERNETES_VERSION) -> list[str]:
+    """The kind's vendored CRD schema, then each pod it makes (a PyTorchJob's replica templates, a SparkApplication's
+    driver and executor pods) as a strict core/v1 PodTemplate."""
+    schema = json.loads(CRD_SCHEMAS[obj["kind"]].read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema)
     problems = [f"{name_of(obj)}: {e.message} at {list(e.absolute_path)}" for e in validator.iter_errors(obj)]
     for where, template in pod_templates(obj):

@@ -8,6 +8,7 @@ exist and survive .dockerignore, exec-form CMD. Each check is also shown to reje
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -43,6 +44,21 @@ def test_dockerfile_parses_into_sane_instructions(name):
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_dockerfile_passes_every_check(name):
     assert all_checks(D.read(D.ROOT / name), cpu=IMAGES[name]) == []
+
+
+def test_spark_image_carries_the_spark_runtime_and_the_project():
+    """Dockerfile.spark (the SparkApplication's image): every check of the component images, Spark's runtime and
+    entrypoint copied from the pinned Apache Spark image, PySpark at the runtime's and the project's version."""
+    instructions = D.read(D.ROOT / "Dockerfile.spark")
+    assert all_checks(instructions, cpu=True) == []
+    spark_stage = instructions[0].words()
+    assert spark_stage[0].startswith("apache/spark:4.0.1-") and spark_stage[-2:] == ["AS", "spark"]
+    copied = {tuple(i.words()[1:]) for i in instructions if i.cmd == "COPY" and i.words()[0] == "--from=spark"}
+    assert {("/opt/spark", "/opt/spark"), ("/opt/entrypoint.sh", "/opt/entrypoint.sh")} <= copied
+    assert instructions[-1].cmd == "ENTRYPOINT" and instructions[-1].words() == ["/opt/entrypoint.sh"]
+    spark_pin = next(d for d in tomllib.loads((D.ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["spark"] if d.startswith("pyspark"))
+    assert any(spark_pin.split()[0] in words for _, words in D._pip_installs(instructions) if "." in words)
 
 
 def test_dockerignore_keeps_the_context_small_but_complete():

@@ -22,7 +22,7 @@ from serving.triton_admin import ADMIN_KEY_ENV, ADMIN_KEY_SECRET, HEADER, RESTRI
 from tests.conftest import KUBECTL_MISSING
 from tests.k8s import policies as P
 
-OVERLAYS = ("overlays/local", "overlays/gpu")
+OVERLAYS = ("overlays/local", "overlays/gpu", "overlays/spark")
 NAMESPACE = "recsys"
 needs_kubectl = KUBECTL_MISSING
 _CACHE: dict[str, list[dict]] = {}
@@ -701,3 +701,50 @@ def test_api_keys_come_from_a_secret_mounted_as_a_directory(overlay, tmp_path):
     secret = by_kind(objs, "Secret")["recsys-api-keys"]
     keys = json.loads(base64.b64decode(secret["data"][keys_file.name]))
     assert keys["keys"] == []  # a placeholder: no caller is let in until keys are added
+
+
+# ------------------------------------------------------------------------------------------ the Spark overlay
+@needs_kubectl
+def test_spark_application_runs_the_features_step_on_spark(tmp_path):
+    """The SparkApplication validates against its CRD schema, runs this project's features step file with
+    features.engine=spark (its --set arguments give a valid config), and its driver and executors may talk to each
+    other and the driver to Redis."""
+    objs = rendered("overlays/spark")
+    app = by_kind(objs, "SparkApplication")["recsys-features"]
+    assert P.validate_object(app) == [] and app["spec"]["suspend"] is True
+    main = app["spec"]["mainApplicationFile"]
+    assert main.startswith("local:///app/") and (P.K8S_DIR.parent / main.removeprefix("local:///app/")).is_file()
+    path = tmp_path / "config.yaml"
+    path.write_text(_configmap_file(objs, "recsys-config", "config.yaml"), encoding="utf-8")
+    overrides = [a.removeprefix("--set=") for a in app["spec"]["arguments"] if a.startswith("--set=")]
+    config = load_config(path, overrides)
+    assert config.features.engine == "spark" and config.features.spark_master.startswith("k8s://")
+    driver, executor = (pod(objs, "SparkApplication", "recsys-features", role) for role in P.SPARK_ROLES)
+    for src, dst in ((driver, executor), (executor, driver)):
+        assert P.flow_allowed(objs, src, dst, 7078) and P.flow_allowed(objs, src, dst, 7079)
+    assert P.flow_allowed(objs, driver, pod(objs, "StatefulSet", "redis"), 6379)
+    assert not P.flow_allowed(objs, driver, pod(objs, "Deployment", "recsys-api"), 3000)
+    assert by_kind(rendered("overlays/local"), "SparkApplication") == {}  # only the spark overlay has one
+
+
+@needs_kubectl
+def test_spark_application_checks_reject_a_broken_copy():
+    """Schema, resources and security checks see the SparkApplication's driver and executor pods."""
+    app = by_kind(rendered("overlays/spark"), "SparkApplication")["recsys-features"]
+    unknown = copy.deepcopy(app)
+    unknown["spec"]["driver"]["coreLimitt"] = "2"
+    assert any("coreLimitt" in p for p in P.validate_object(unknown))
+    bad_type = copy.deepcopy(app)
+    bad_type["spec"]["executor"]["volumeMounts"][0]["readOnly"] = "yes"
+    assert P.validate_object(bad_type) != []
+    no_limit = copy.deepcopy(app)
+    del no_limit["spec"]["executor"]["coreLimit"]
+    assert P.check_resources(no_limit) == [
+        "SparkApplication/recsys-features[executor]: container spark-kubernetes-executor has no limits for cpu"]
+    writable = copy.deepcopy(app)
+    writable["spec"]["driver"]["securityContext"]["readOnlyRootFilesystem"] = False
+    assert P.check_security(writable) == [
+        "SparkApplication/recsys-features[driver]: container spark-kubernetes-driver has a writable root filesystem"]
+    floating = copy.deepcopy(app)
+    floating["spec"]["image"] = "ghcr.io/recsys-kubeflow/components-spark:latest"
+    assert len(P.check_images(floating)) == 2  # driver and executors
