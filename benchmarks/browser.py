@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -76,10 +78,13 @@ def check_page(html: Path | str, screenshot: Path, settle_s: float = 2.0, timeou
                window: tuple[int, int] = (1280, 1600), full_page: bool = False) -> PageCheck:
     """Load `html` (a file, or a URL such as a loopback server's) in headless Chromium, wait for it to render,
     screenshot it (`full_page`: the whole page, not just the window), and collect every error."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    # Chromium's helper processes (renderer, crash handler) may still write into the profile after the browser
+    # process exits: the whole process group is stopped before the profile is removed, and a file appearing during
+    # the removal is not an error of the page
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--window-size={window[0]},{window[1]}",
                                  f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             deadline = time.monotonic() + timeout_s
@@ -90,12 +95,27 @@ def check_page(html: Path | str, screenshot: Path, settle_s: float = 2.0, timeou
             port, path = port_file.read_text().split()[:2]
             return _inspect(f"ws://127.0.0.1:{port}{path}", html, screenshot, settle_s, timeout_s, full_page)
         finally:
-            proc.terminate()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the browser's process group (it leads its own session), SIGKILL what is left after 15 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + 5  # the browser is gone; give its helpers a moment to follow
+        while time.monotonic() < deadline:
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 def _inspect(ws_url: str, html: Path | str, screenshot: Path, settle_s: float, timeout_s: float,
