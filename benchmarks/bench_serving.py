@@ -95,24 +95,30 @@ def with_prior_counts(payloads: list[dict[str, np.ndarray]], bundle: Path, seed:
         p["prior_counts"] = rng.integers(1, 100, size=p["prior_item_ids"].size).astype(np.float32)
 
 
+def triton_levels(url: str, payloads: list, concurrency: list[int], max_seconds: float, model: str,
+                  label: str) -> list[dict]:
+    """One model of a running Triton at each concurrency (after a warm-up), with the CPU per request of Triton
+    and of this load generator from the processes' CPU times."""
+    asyncio.run(_load(url, payloads[:50], 4, 30.0, model))  # warm-up
+    levels = []
+    for c in concurrency:
+        before = cpu_seconds()
+        level = asyncio.run(_load(url, payloads, c, max_seconds, model))
+        after = cpu_seconds()
+        level["cpu_ms_per_request"] = {
+            "triton": _cpu_ms(before, after, TRITON_GROUPS, level["requests"]),
+            "load_generator": _cpu_ms(before, after, ("bench_client",), level["requests"])}
+        levels.append(level)
+        log.info("Triton %s c=%d: %.0f req/s, p50 %.2f ms, p99 %.2f ms, Triton CPU %.3f ms/req, %d errors",
+                 label, c, level["requests_per_s"], level["p50_ms"] or 0, level["p99_ms"] or 0,
+                 level["cpu_ms_per_request"]["triton"], level["errors"])
+    return levels
+
+
 def triton_direct(url: str, payloads: list, concurrency: list[int], max_seconds: float) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for layout, model in (("steps", "recommender"), ("graph", "recommender_graph")):
-        asyncio.run(_load(url, payloads[:50], 4, 30.0, model))  # warm-up
-        levels = []
-        for c in concurrency:
-            before = cpu_seconds()
-            level = asyncio.run(_load(url, payloads, c, max_seconds, model))
-            after = cpu_seconds()
-            level["cpu_ms_per_request"] = {
-                "triton": _cpu_ms(before, after, TRITON_GROUPS, level["requests"]),
-                "load_generator": _cpu_ms(before, after, ("bench_client",), level["requests"])}
-            levels.append(level)
-            log.info("Triton %s c=%d: %.0f req/s, p50 %.2f ms, p99 %.2f ms, Triton CPU %.3f ms/req, %d errors",
-                     layout, c, level["requests_per_s"], level["p50_ms"] or 0, level["p99_ms"] or 0,
-                     level["cpu_ms_per_request"]["triton"], level["errors"])
-        out[layout] = levels
-    return out
+    """Both layouts (the three-step ensemble and the one graph) on the same server."""
+    return {layout: triton_levels(url, payloads, concurrency, max_seconds, model, layout)
+            for layout, model in (("steps", "recommender"), ("graph", "recommender_graph"))}
 
 
 def batching_sweep(root: Path, bundle: Path, payloads: list, delays: list[int], concurrency: list[int],
@@ -126,20 +132,11 @@ def batching_sweep(root: Path, bundle: Path, payloads: list, delays: list[int], 
         stack = build_stack(root / f"delay_{delay}", bundle, n_users=30, per_user=12, api=False,
                             overrides={"serving.max_queue_delay_us": delay})
         try:
-            url = stack.triton.grpc_url
-            asyncio.run(_load(url, payloads[:50], 4, 30.0, "recommender"))  # warm-up
-            for c in concurrency:
-                before = cpu_seconds()
-                level = asyncio.run(_load(url, payloads, c, max_seconds, "recommender"))
-                after = cpu_seconds()
-                row = {"max_queue_delay_us": delay, "concurrency": c, "requests_per_s": level["requests_per_s"],
-                       "p50_ms": level["p50_ms"], "p99_ms": level["p99_ms"], "errors": level["errors"],
-                       "triton_cpu_ms_per_request": _cpu_ms(before, after, TRITON_GROUPS, level["requests"])}
-                out.append(row)
-                log.info("dynamic batching, delay %d us, c=%d: %.0f req/s, p99 %.2f ms, Triton CPU %.3f ms/req",
-                         delay, c, row["requests_per_s"], row["p99_ms"] or 0, row["triton_cpu_ms_per_request"])
+            levels = triton_levels(stack.triton.grpc_url, payloads, concurrency, max_seconds, "recommender",
+                                   f"steps, max_queue_delay_us={delay}")
         finally:
             stack.stop()
+        out += [{"max_queue_delay_us": delay, **level} for level in levels]
     return out
 
 
@@ -355,7 +352,7 @@ def main() -> None:
     for row in report["dynamic_batching_sweep"]:
         print(f"| steps, max_queue_delay_us={row['max_queue_delay_us']} | {row['concurrency']} | "
               f"{row['requests_per_s']} req/s | {row['p50_ms']} ms | {row['p99_ms']} ms | "
-              f"{row['triton_cpu_ms_per_request']} ms | |")
+              f"{row['cpu_ms_per_request']['triton']} ms | {row['cpu_ms_per_request']['load_generator']} ms |")
     print(json.dumps(report["ratios"], indent=2))
 
 

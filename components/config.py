@@ -112,6 +112,11 @@ class Model(_Section):
     logq_correction: bool
     hard_negatives: int = Field(ge=0)
 
+    @property
+    def tunes_encoder_weights(self) -> bool:
+        """Training changes the text encoder's own weights (lora or full), not only what sits on its vectors."""
+        return self.encoder_tuning in ("lora", "full")
+
     @model_validator(mode="before")
     @classmethod
     def _fine_tune_alias(cls, data: Any) -> Any:

@@ -130,7 +130,7 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
         "profile_fields": data.profile_encoder.fields,
         "profile_sizes": [size - 1 for size in data.profile_encoder.sizes],
         "encoder_dir": str(m.encoder_dir) if m.encoder_dir else None,
-        "fine_tuned_encoder": m.encoder_tuning in ("lora", "full"),
+        "fine_tuned_encoder": m.tunes_encoder_weights,
         "encoder_tuning": m.encoder_tuning,
         "text_adapter_hidden": m.adapter_hidden if m.encoder_tuning == "adapter" else 0,
     }
@@ -178,7 +178,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     from tqdm.auto import tqdm
 
     tuning = config.model.encoder_tuning
-    if config.train.refit_on_validation and tuning in ("lora", "full"):
+    if config.train.refit_on_validation and config.model.tunes_encoder_weights:
         raise TrainError(f"train.refit_on_validation=true needs model.encoder_tuning frozen or adapter, not {tuning} "
                          "(the refit reuses the frozen text embeddings)")
     started = time.monotonic()
@@ -198,7 +198,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     data = prepare_data(config, tables, examples)
     text_emb = _text_embeddings(config, data.items, dist)
     model = build_model(config, data, text_emb).to(device)
-    text_fn = _attach_encoder(model, config, data, device) if tuning in ("lora", "full") else None
+    text_fn = _attach_encoder(model, config, data, device) if config.model.tunes_encoder_weights else None
     log_pop = torch.log(torch.from_numpy(np.concatenate([[0.0], data.train_count])).float() / data.train_count.sum()
                         + 1e-12).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
