@@ -62,7 +62,7 @@ def with_priors(bundle: Path) -> None:
 def in_process(bundle: Path, payloads: list[dict[str, np.ndarray]]) -> dict[str, dict]:
     """CPU and wall time per request of each layout in this process (one request at a time, 1 ORT thread)."""
     from components.ensemble import EnsembleReference, onnx_session
-    from components.retrieval_graph import OUTPUTS, build_graph
+    from components.retrieval_graph import OUTPUTS, as_batch_of_one, build_graph
 
     reference = EnsembleReference(bundle)
     graph = onnx_session(build_graph(bundle, bundle.parent / "retrieval.onnx"))
@@ -71,12 +71,14 @@ def in_process(bundle: Path, payloads: list[dict[str, np.ndarray]]) -> dict[str,
                                                int(p["k"][0]), p["prior_item_ids"], p["prior_counts"]),
         "graph": lambda p: graph.run(list(OUTPUTS), p),
     }
+    batched = [as_batch_of_one(p) for p in payloads]
     out = {}
     for name, call in calls.items():
-        for p in payloads[:50]:
+        inputs = batched if name == "graph" else payloads
+        for p in inputs[:50]:
             call(p)
         wall, cpu = time.perf_counter(), time.process_time()
-        for p in payloads:
+        for p in inputs:
             call(p)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         out[name] = {"requests": len(payloads), "ms_per_request": round(wall * 1000 / len(payloads), 4),
@@ -116,27 +118,40 @@ def triton_levels(url: str, payloads: list, concurrency: list[int], max_seconds:
 
 
 def triton_direct(url: str, payloads: list, concurrency: list[int], max_seconds: float) -> dict[str, list[dict]]:
-    """Both layouts (the three-step ensemble and the one graph) on the same server."""
-    return {layout: triton_levels(url, payloads, concurrency, max_seconds, model, layout)
-            for layout, model in (("steps", "recommender"), ("graph", "recommender_graph"))}
+    """Both layouts (the three-step ensemble and the one graph, whose inputs are batches of one) on the same
+    server."""
+    from components.retrieval_graph import as_batch_of_one
+
+    return {"steps": triton_levels(url, payloads, concurrency, max_seconds, "recommender", "steps"),
+            "graph": triton_levels(url, [as_batch_of_one(p) for p in payloads], concurrency, max_seconds,
+                                   "recommender_graph", "graph")}
+
+
+SWEEPS = {  # layout -> (the delay's config key, extra overrides, the model loaded)
+    "steps": ("serving.max_queue_delay_us", {}, "recommender"),
+    "graph": ("serving.graph_max_queue_delay_us", {"serving.retrieval_layout": "graph"}, "recommender_graph"),
+}
 
 
 def batching_sweep(root: Path, bundle: Path, payloads: list, delays: list[int], concurrency: list[int],
-                   max_seconds: float) -> list[dict]:
-    """The three-step layout (its user tower is the step with dynamic batching) at each `max_queue_delay_us`, on a
-    stack started afresh per delay (no API): requests/s, p99 and Triton's CPU per request per concurrency."""
+                   max_seconds: float, layout: str = "steps") -> list[dict]:
+    """One layout's dynamic batching (the three-step layout's user tower, or the one graph) at each queue delay,
+    on a stack started afresh per delay (no API): requests/s, p99 and Triton's CPU per request per concurrency."""
     from benchmarks.serving_stack import build_stack
+    from components.retrieval_graph import as_batch_of_one
 
+    key, extra, model = SWEEPS[layout]
+    sent = [as_batch_of_one(p) for p in payloads] if layout == "graph" else payloads
     out = []
     for delay in delays:
-        stack = build_stack(root / f"delay_{delay}", bundle, n_users=30, per_user=12, api=False,
-                            overrides={"serving.max_queue_delay_us": delay})
+        stack = build_stack(root / f"{layout}_delay_{delay}", bundle, n_users=30, per_user=12, api=False,
+                            overrides={key: delay, **extra})
         try:
-            levels = triton_levels(stack.triton.grpc_url, payloads, concurrency, max_seconds, "recommender",
-                                   f"steps, max_queue_delay_us={delay}")
+            levels = triton_levels(stack.triton.grpc_url, sent, concurrency, max_seconds, model,
+                                   f"{layout}, {key.split('.')[-1]}={delay}")
         finally:
             stack.stop()
-        out += [{"max_queue_delay_us": delay, **level} for level in levels]
+        out += [{"layout": layout, "max_queue_delay_us": delay, **level} for level in levels]
     return out
 
 
@@ -242,7 +257,7 @@ def api_levels(stack, users: int, concurrency: list[int], requests: int) -> list
 
 
 def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: int = 1, users: int = 943,
-        per_user: int = 20, queue_delays: list[int] | None = None) -> dict:
+        per_user: int = 20, queue_delays: list[int] | None = None, graph_queue_delays: list[int] | None = None) -> dict:
     import torch
 
     from benchmarks.serving_stack import build_stack, make_bundle
@@ -269,7 +284,8 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
                 api, floor = api_levels(stack, users, concurrency, min(n_requests, int(max_seconds * 150))), []
         finally:
             stack.stop()
-        sweep = batching_sweep(root, bundle, payloads, queue_delays, concurrency, max_seconds) if queue_delays else []
+        sweep = [row for layout, delays in (("steps", queue_delays), ("graph", graph_queue_delays)) if delays
+                 for row in batching_sweep(root, bundle, payloads, delays, concurrency, max_seconds, layout)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     limit = local["steps"]["limit_requests_per_s_per_core"]
@@ -337,20 +353,22 @@ def main() -> None:
                         help="Triton instances of the user tower and of the graph (serving.tower_instances)")
     parser.add_argument("--queue-delays", type=int, nargs="*", default=[],
                         help="also measure the three-step layout at each max_queue_delay_us (a fresh stack each)")
+    parser.add_argument("--graph-queue-delays", type=int, nargs="*", default=[],
+                        help="also measure the one graph at each graph_max_queue_delay_us (a fresh stack each)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "components", "serving"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     report = run(args.requests, args.max_seconds, args.concurrency, args.instances,
-                 queue_delays=args.queue_delays)
+                 queue_delays=args.queue_delays, graph_queue_delays=args.graph_queue_delays)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("| layer | concurrency | requests/s | p50 | p99 | server CPU / request | load generator CPU / request |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(markdown(report)))
     for row in report["dynamic_batching_sweep"]:
-        print(f"| steps, max_queue_delay_us={row['max_queue_delay_us']} | {row['concurrency']} | "
+        print(f"| {row['layout']}, queue delay {row['max_queue_delay_us']} µs | {row['concurrency']} | "
               f"{row['requests_per_s']} req/s | {row['p50_ms']} ms | {row['p99_ms']} ms | "
               f"{row['cpu_ms_per_request']['triton']} ms | {row['cpu_ms_per_request']['load_generator']} ms |")
     print(json.dumps(report["ratios"], indent=2))

@@ -126,13 +126,18 @@ def run_compress(config: Config, canonical_dir: str | Path, model_dir: str | Pat
 
         tokenizer = AutoTokenizer.from_pretrained(str(work / TOKENIZER_DIR))
         results = measure(config, variants, task, prepare, tokenizer, texts, item_ids)
-        chosen, reason = choose_variant(results, config.compress.ndcg_tolerance)
+        encoded_once = len(texts) > config.compress.reencode_max_items
+        chosen, reason = choose_variant(results, config.compress.ndcg_tolerance,
+                                        min_text_cosine=config.compress.min_text_cosine if encoded_once else None)
         log.info("gate: %s", reason)
         comparison = {
             "model_dir": str(model_dir), "model_version": _model_version(model_dir), "chosen": chosen,
             "reason": reason, "tolerance": config.compress.ndcg_tolerance, "gate_latency": config.compress.gate_latency,
             "latency_repeats": config.compress.latency_repeats, "validation_users": len(task.users),
             "catalogue_items": int(len(task.catalogue)), "variants": results,
+            "catalogue_encoding": (f"once: the model's text vectors for every variant, each text encoder checked on "
+                                   f"{config.compress.encoder_check_items} sampled items") if encoded_once
+            else "per variant: each variant's item table from its own text encoder",
             "targets": targets_check(results, config.compress.ndcg_tolerance),
             "seconds": None,
         }

@@ -82,8 +82,13 @@ def write_report(comparison: dict, report_dir: str | Path) -> Path:
               "the file nor speed up dense kernels.")
     parts = ("NDCG per part: user_tower = the int8 tower scored against the fp32 item table; text_encoder = the item "
              "table re-embedded from the int8 encoder's text vectors (fp32 tower); int8_bundle = both. A variant's "
-             "item table is always rebuilt through the model's item tower from that variant's text encoder, so "
+             "item table is rebuilt through the model's item tower from that variant's text encoder, so "
              "catalogue items and items onboarded later (encode_texts_onnx) share one space.")
+    if comparison.get("catalogue_encoding", "").startswith("once"):
+        parts = ("Catalogue encoding: " + comparison["catalogue_encoding"] + ". Every variant's item table comes "
+                 "from the model's own text vectors (the catalogue is not re-encoded per variant); a variant's text "
+                 "encoder embeds only the items onboarded later, and is judged by its mean cosine to the model's "
+                 "text vectors on the sample (text encoder row: no NDCG).")
     targets = table(["part", "size ratio", "latency ratio b32", "NDCG@10 relative drop"], _target_rows(comparison))
     html = page(f"Compression of model {comparison['model_version']}",
                 f"Chosen: {comparison['chosen']} - {comparison['reason']}",

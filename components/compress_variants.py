@@ -1,7 +1,8 @@
 """The compression variants of a trained model (contract C4), each a user tower + item text encoder + item table:
 fp32 (the reference), int8 (dynamic quantization), pruned (L1 magnitude pruning of every Linear layer) and
 distilled (a shallower text encoder trained to match the teacher). A variant's item table is rebuilt through the
-model's item tower from its own text encoder and its user tower exported over that table, so its parts agree."""
+model's item tower from its own text encoder (above `compress.reencode_max_items`, from the model's text vectors,
+encoded once) and its user tower exported over that table, so its parts agree."""
 
 import copy
 import json
@@ -162,38 +163,67 @@ def _variant_tower(model: Any, model_dir: Path, out: Path, item_embeddings: np.n
         return export_user_tower_onnx(tmp, out / "user_tower.onnx")
 
 
+def _check_rows(n: int, cfg: Any, seed: int) -> np.ndarray | None:
+    """None when every variant re-encodes the whole catalogue (n <= cfg.reencode_max_items); else the seeded sample
+    of catalogue rows its text encoder is checked on."""
+    if n <= cfg.reencode_max_items:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(cfg.encoder_check_items, n), replace=False))
+
+
 def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path,
                    progress: bool = True) -> dict[str, Variant]:
-    """Export fp32 and build every configured variant under `work/<variant>/`."""
+    """Export fp32 and build every configured variant under `work/<variant>/`.
+
+    Up to `compress.reencode_max_items` items each variant's item table comes from its own text encoder over the
+    whole catalogue. Above, the catalogue is encoded once: the model's own text vectors (the per-text cache
+    training filled; only what is missing is encoded) feed every variant's item tower, and each variant's text
+    encoder, which embeds the items onboarded later, is compared with them on a seeded sample."""
     import torch
 
     from components.model import export_user_tower_onnx, load_model
-    from components.text_encoder import SentenceEncoder
+    from components.text_encoder import SentenceEncoder, cached_text_embeddings
 
     cfg = config.compress
     torch.set_num_threads(config.train.num_threads)
     model, _ = load_model(model_dir)
-    teacher = SentenceEncoder(_encoder_dir(model_dir, model.cfg)).eval()
+    encoder_dir = _encoder_dir(model_dir, model.cfg)
+    teacher = SentenceEncoder(encoder_dir).eval()
     base_emb = np.load(model_dir / "item_embeddings.npy").astype(np.float32)
+    check = _check_rows(len(texts), cfg, config.train.seed)
+    check_texts = texts if check is None else [texts[i] for i in check]
     out: dict[str, Variant] = {}
 
     fp32 = Variant(REFERENCE, work / REFERENCE, base_emb)
     export_user_tower_onnx(model_dir, fp32.user_tower)
     export_text_encoder_onnx(teacher, fp32.text_encoder)
-    teacher_text = encode_with(session(fp32.text_encoder), teacher.tokenizer, texts)
-    rebuilt = item_embeddings_from_text(model, teacher_text)
-    fp32.info = {"text_path_max_abs_diff": float(np.abs(rebuilt - base_emb).max())}
+    exported_text = encode_with(session(fp32.text_encoder), teacher.tokenizer, check_texts)
+    if check is None:
+        catalogue_text = reference_text = exported_text
+        fp32.info = {}
+    else:
+        log.info("%d items > compress.reencode_max_items: the catalogue's text vectors are the model's (encoded once, "
+                 "cached); each variant's text encoder is checked on %d sampled items", len(texts), len(check))
+        catalogue_text = cached_text_embeddings(texts, encoder_dir, Path(config.paths.data_dir) / "cache", progress,
+                                                encoder=teacher)
+        reference_text = catalogue_text[check]
+        fp32.info = {"encoder_check_items": int(len(check)),
+                     "text_export_max_abs_diff": float(np.abs(exported_text - reference_text).max())}
+    rebuilt = item_embeddings_from_text(model, catalogue_text)
+    fp32.info["text_path_max_abs_diff"] = float(np.abs(rebuilt - base_emb).max())
     if fp32.info["text_path_max_abs_diff"] > 1e-3:
         log.warning("the model's item embeddings differ from its item tower over the fp32 text encoder by %.2e: "
                     "the model was trained on other text embeddings", fp32.info["text_path_max_abs_diff"])
     out[REFERENCE] = fp32
 
     def finish(name: str, net: Any, info: dict) -> Variant:
-        """Item table through `net` from work/<name>/text_encoder.onnx, then the user tower over it."""
-        text = encode_with(session(work / name / "text_encoder.onnx"), teacher.tokenizer, texts)
-        emb = item_embeddings_from_text(net, text)
-        info = {**info, "text_cosine_mean": float((text * teacher_text).sum(-1).mean()),
-                "text_cosine_min": float((text * teacher_text).sum(-1).min())}
+        """Item table through `net` (from work/<name>/text_encoder.onnx over the catalogue, or over the model's
+        text vectors above reencode_max_items), then the user tower over it; the encoder's cosine to fp32's."""
+        text = encode_with(session(work / name / "text_encoder.onnx"), teacher.tokenizer, check_texts)
+        emb = item_embeddings_from_text(net, text if check is None else catalogue_text)
+        info = {**info, "text_cosine_mean": float((text * reference_text).sum(-1).mean()),
+                "text_cosine_min": float((text * reference_text).sum(-1).min())}
         variant = Variant(name, work / name, emb, info)
         _variant_tower(net, model_dir, variant.dir, emb)
         return variant
@@ -203,11 +233,14 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
         quantize_int8(fp32.text_encoder, work / "int8" / "text_encoder.onnx")
         v = finish("int8", model, {})
         # attribution: fp32 tower over the int8-text item table (text only); int8 fp32-table tower (tower only)
-        text_only = v.dir / "parts" / "user_tower_text_only.onnx"
-        text_only.parent.mkdir(parents=True, exist_ok=True)
+        parts = v.dir / "parts"
+        parts.mkdir(parents=True, exist_ok=True)
+        text_only = parts / "user_tower_text_only.onnx"
         v.user_tower.rename(text_only)
         quantize_int8(text_only, v.user_tower)
-        quantize_int8(fp32.user_tower, v.dir / "parts" / "user_tower_only.onnx")
+        if check is not None:  # the table is the model's text vectors: the text part is judged by the sample's cosine
+            text_only.unlink()
+        quantize_int8(fp32.user_tower, parts / "user_tower_only.onnx")
         out["int8"] = v
     if "pruned" in cfg.variants:
         log.info("pruned: L1 unstructured pruning of %.0f%% of every Linear weight", 100 * cfg.prune_amount)
@@ -219,10 +252,11 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
         out["pruned"] = finish("pruned", net, {"two_tower_sparsity": tower_stats["sparsity"],
                                                      "text_encoder_sparsity": text_stats["sparsity"]})
     if "distilled" in cfg.variants:
-        log.info("distilled: %d-layer student of the text encoder, %d epochs", cfg.distill_layers, cfg.distill_epochs)
-        student, info = distill_text_encoder(teacher, texts, teacher_text, cfg.distill_layers, cfg.distill_epochs,
-                                             cfg.distill_batch_size, cfg.distill_learning_rate, config.train.seed,
-                                             progress)
+        log.info("distilled: %d-layer student of the text encoder, %d epochs on %d texts", cfg.distill_layers,
+                 cfg.distill_epochs, len(check_texts))
+        student, info = distill_text_encoder(teacher, check_texts, reference_text, cfg.distill_layers,
+                                             cfg.distill_epochs, cfg.distill_batch_size, cfg.distill_learning_rate,
+                                             config.train.seed, progress)
         export_text_encoder_onnx(student, work / "distilled" / "text_encoder.onnx")
         out["distilled"] = finish("distilled", model, info)
     teacher.tokenizer.save_pretrained(str(work / TOKENIZER_DIR))

@@ -218,6 +218,9 @@ class Compress(_Section):
     distill_learning_rate: float = Field(gt=0.0)
     latency_repeats: int = Field(ge=1)
     gate_latency: Literal["bundle", "user_tower", "text_encoder"]
+    reencode_max_items: int = Field(ge=0)
+    encoder_check_items: int = Field(ge=10)
+    min_text_cosine: float = Field(ge=-1.0, le=1.0)
 
 
 ASYMMETRIC_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -273,6 +276,7 @@ class Serving(_Section):
     triton_start_timeout_s: float = Field(gt=0.0)
     max_batch_size: int = Field(ge=1, le=4096)
     max_queue_delay_us: int = Field(ge=0)
+    graph_max_queue_delay_us: int = Field(ge=0)
     tower_instances: int = Field(ge=1, le=64)
     ann_min_items: int = Field(ge=0)
     ann_ef_search: int = Field(ge=1, le=10_000)

@@ -2,7 +2,9 @@
 (plus the popularity prior) without Python, for Triton's native ONNX Runtime / TensorRT backends.
 
 Inputs and outputs are the ensemble's (history_item_ids, profile, exclude_item_ids, k, prior_item_ids,
-prior_counts -> item_ids, scores). Inside: item ids -> catalogue rows by a LabelEncoder (unknown ids dropped), the
+prior_counts -> item_ids, scores), each with a leading dimension of 1: one request is a batch of one, so Triton's
+dynamic batcher can hand the Python backend many ragged requests per call (and the native backend serves the same
+shapes with `max_batch_size: 0`). Inside: item ids -> catalogue rows by a LabelEncoder (unknown ids dropped), the
 latest max_seq_len rows left-padded, profile values outside their vocabulary read as 0, the bundle's user tower,
 dot products with the item table plus w * log(1 + n) of the prior's items, excluded items masked to -inf, TopK
 (ties: lower catalogue row first, as `components.bundle_ops.top_k`), masked results dropped. Verified against
@@ -93,8 +95,10 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
         node("LabelEncoder", [ids], [out], domain=_ML_DOMAIN, keys_int64s=item_ids.tolist(),
              values_int64s=list(range(n)), default_int64=-1)
 
+    for name in INPUTS:  # [1, n] -> [n]
+        node("Reshape", [name, "flat"], [f"{name}_flat"])
     # prep: known history rows + 1, the latest max_seq_len, left-padded with 0
-    rows_of("history_item_ids", "h_rows")
+    rows_of("history_item_ids_flat", "h_rows")
     node("Greater", ["h_rows", "minus_one"], ["h_known"])
     node("Compress", ["h_rows", "h_known"], ["h_kept"], axis=0)
     node("Add", ["h_kept", "one_i"], ["h_plus"])
@@ -105,10 +109,10 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
     node("Pad", ["h_last", "h_pads"], ["h_padded"])
     node("Reshape", ["h_padded", "hist_shape"], ["history_rows"])
     # profile: values outside [0, size) -> 0
-    node("Less", ["profile", "sizes"], ["p_below"])
-    node("GreaterOrEqual", ["profile", "zero_i"], ["p_above"])
+    node("Less", ["profile_flat", "sizes"], ["p_below"])
+    node("GreaterOrEqual", ["profile_flat", "zero_i"], ["p_above"])
     node("And", ["p_below", "p_above"], ["p_ok"])
-    node("Where", ["p_ok", "profile", "zero_i"], ["p_clipped"])
+    node("Where", ["p_ok", "profile_flat", "zero_i"], ["p_clipped"])
     node("Reshape", ["p_clipped", "prof_shape"], ["profile_index"])
     # (the user tower's nodes go here: history_rows, profile_index -> user_embedding)
     tail_start = len(nodes)
@@ -116,10 +120,10 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
     node("MatMul", ["item_table", "user_col"], ["dots_col"])
     node("Reshape", ["dots_col", "flat"], ["dots"])
     # prior: w * log(1 + n) at the given items' rows (ids outside the catalogue ignored)
-    rows_of("prior_item_ids", "pr_rows")
+    rows_of("prior_item_ids_flat", "pr_rows")
     node("Greater", ["pr_rows", "minus_one"], ["pr_known"])
     node("Compress", ["pr_rows", "pr_known"], ["pr_kept"], axis=0)
-    node("Compress", ["prior_counts", "pr_known"], ["pr_counts"], axis=0)
+    node("Compress", ["prior_counts_flat", "pr_known"], ["pr_counts"], axis=0)
     node("Add", ["pr_counts", "one_f"], ["pr_counts1"])
     node("Log", ["pr_counts1"], ["pr_log"])
     node("Gather", ["prior_weights", "pr_kept"], ["pr_w"], axis=0)
@@ -127,30 +131,32 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
     node("ScatterElements", ["zeros_n", "pr_kept", "pr_boost"], ["boost"], axis=0)
     node("Add", ["dots", "boost"], ["boosted"])
     # exclusions -> -inf
-    rows_of("exclude_item_ids", "x_rows")
+    rows_of("exclude_item_ids_flat", "x_rows")
     node("Greater", ["x_rows", "minus_one"], ["x_known"])
     node("Compress", ["x_rows", "x_known"], ["x_kept"], axis=0)
     node("Shape", ["x_kept"], ["x_n"])
     node("Expand", ["neg_inf_1", "x_n"], ["x_vals"])
     node("ScatterElements", ["boosted", "x_kept", "x_vals"], ["masked"], axis=0)
     # top-k, best first, masked items dropped
-    node("Cast", ["k"], ["k64"], to=TensorProto.INT64)
+    node("Cast", ["k_flat"], ["k64"], to=TensorProto.INT64)
     node("Min", ["k64", "n_v"], ["k_eff"])
     node("TopK", ["masked", "k_eff"], ["top_scores", "top_rows"], axis=0, largest=1, sorted=1)
     node("Greater", ["top_scores", "neg_inf"], ["top_live"])
-    node("Compress", ["top_scores", "top_live"], ["scores"], axis=0)
+    node("Compress", ["top_scores", "top_live"], ["live_scores"], axis=0)
     node("Compress", ["top_rows", "top_live"], ["live_rows"], axis=0)
-    node("Gather", ["item_ids_table", "live_rows"], ["item_ids"], axis=0)
+    node("Gather", ["item_ids_table", "live_rows"], ["live_ids"], axis=0)
+    node("Unsqueeze", ["live_scores", "axis0"], ["scores"])  # [k] -> [1, k]
+    node("Unsqueeze", ["live_ids", "axis0"], ["item_ids"])
     const["zero_i_1"] = np.array([0], np.int64)
     all_nodes = nodes[:tail_start] + list(tower.graph.node) + nodes[tail_start:]
-    inputs = [helper.make_tensor_value_info("history_item_ids", TensorProto.INT64, [-1]),
-              helper.make_tensor_value_info("profile", TensorProto.INT64, [len(manifest["profile_fields"])]),
-              helper.make_tensor_value_info("exclude_item_ids", TensorProto.INT64, [-1]),
-              helper.make_tensor_value_info("k", TensorProto.INT32, [1]),
-              helper.make_tensor_value_info("prior_item_ids", TensorProto.INT64, [-1]),
-              helper.make_tensor_value_info("prior_counts", TensorProto.FLOAT, [-1])]
-    outputs = [helper.make_tensor_value_info("item_ids", TensorProto.INT64, [-1]),
-               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [-1])]
+    inputs = [helper.make_tensor_value_info("history_item_ids", TensorProto.INT64, [1, -1]),
+              helper.make_tensor_value_info("profile", TensorProto.INT64, [1, len(manifest["profile_fields"])]),
+              helper.make_tensor_value_info("exclude_item_ids", TensorProto.INT64, [1, -1]),
+              helper.make_tensor_value_info("k", TensorProto.INT32, [1, 1]),
+              helper.make_tensor_value_info("prior_item_ids", TensorProto.INT64, [1, -1]),
+              helper.make_tensor_value_info("prior_counts", TensorProto.FLOAT, [1, -1])]
+    outputs = [helper.make_tensor_value_info("item_ids", TensorProto.INT64, [1, -1]),
+               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, -1])]
     initializers = list(tower.graph.initializer) + [numpy_helper.from_array(v, k) for k, v in const.items()]
     graph = helper.make_graph(all_nodes, "retrieval", inputs, outputs, initializers)
     opsets = {o.domain: o.version for o in tower.opset_import}
@@ -169,12 +175,16 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
 
 def graph_inputs(history: list[int], profile: list[int], exclude: list[int], k: int, prior_item_ids=(),
                  prior_counts=()) -> dict[str, np.ndarray]:
-    """The graph's input arrays of one request."""
-    return {"history_item_ids": np.asarray(history, np.int64).reshape(-1),
-            "profile": np.asarray(profile, np.int64).reshape(-1),
-            "exclude_item_ids": np.asarray(exclude, np.int64).reshape(-1), "k": np.array([k], np.int32),
-            "prior_item_ids": np.asarray(prior_item_ids, np.int64).reshape(-1),
-            "prior_counts": np.asarray(prior_counts, np.float32).reshape(-1)}
+    """The graph's input arrays of one request (each [1, n]: a batch of one)."""
+    return as_batch_of_one({"history_item_ids": np.asarray(history, np.int64),
+                            "profile": np.asarray(profile, np.int64), "exclude_item_ids": np.asarray(exclude, np.int64),
+                            "k": np.array([k], np.int32), "prior_item_ids": np.asarray(prior_item_ids, np.int64),
+                            "prior_counts": np.asarray(prior_counts, np.float32)})
+
+
+def as_batch_of_one(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One request's flat input arrays as the graph takes them: a leading dimension of 1."""
+    return {name: array.reshape(1, -1) for name, array in arrays.items()}
 
 
 def verify_graph(bundle_dir: str | Path, graph_path: str | Path, requests: int = 24, atol: float = 1e-5) -> float:
@@ -197,7 +207,8 @@ def verify_graph(bundle_dir: str | Path, graph_path: str | Path, requests: int =
         counts = rng.integers(1, 50, size=prior_ids.size).astype(np.float32)
         k = int(rng.choice([1, 5, 10, n + 3]))
         want = reference.recommend(history, profile, exclude, k, prior_ids, counts)
-        got = session.run(list(OUTPUTS), graph_inputs(history, profile, exclude, k, prior_ids, counts))
+        got = [a.reshape(-1) for a in session.run(list(OUTPUTS), graph_inputs(history, profile, exclude, k, prior_ids,
+                                                                              counts))]
         if got[0].shape != want[0].shape or not np.array_equal(got[0][_separated(want[1], atol)],
                                                                want[0][_separated(want[1], atol)]):
             raise GraphError(f"{graph_path}: request {r} ranks {got[0][:10].tolist()}, the reference "

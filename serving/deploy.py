@@ -68,6 +68,7 @@ def _settings(config: Config):
         backend="python",
         max_batch_size=s.max_batch_size,
         max_queue_delay_us=s.max_queue_delay_us,
+        graph_max_queue_delay_us=s.graph_max_queue_delay_us,
         tower_instances=s.tower_instances,
         ann_min_items=s.ann_min_items,
         ann_ef_search=s.ann_ef_search,

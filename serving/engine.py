@@ -209,9 +209,10 @@ class Engine:
         self.schema = config.dataset
         self.models: ApiModels = api_models(self.schema, RequestLimits.from_serving(s))
         self.live = Live(None, Catalogue.from_feature_dir(feature_data_dir(config), self.schema), *self._load_ids())
-        infer_model = tr.GRAPH if s.retrieval_layout == "graph" else tr.ENSEMBLE  # versions: the ensemble's
-        self._new_scorer = new_scorer or (lambda: RecommenderClient(self.grpc_url, timeout_s=s.grpc_timeout_s,
-                                                                    retries=s.grpc_retries, infer_model=infer_model))
+        graph = s.retrieval_layout == "graph"  # versions and readiness: the ensemble's
+        self._new_scorer = new_scorer or (lambda: RecommenderClient(
+            self.grpc_url, timeout_s=s.grpc_timeout_s, retries=s.grpc_retries,
+            infer_model=tr.GRAPH if graph else tr.ENSEMBLE, batch_of_one=graph))
         self._open_features = open_features or (lambda: open_store(config))
         self.request_log = request_log if request_log is not None else open_request_log(s.request_log)
         self.log_writable = WritableCheck(self.request_log)

@@ -69,15 +69,19 @@ class RecommenderClient:
         model_name: str = MODEL,
         admin_key: str | None = None,
         infer_model: str | None = None,
+        batch_of_one: bool = False,
     ) -> None:
         """`model_name`: the model whose versions and readiness the client reports; `infer_model`: the one
-        `recommend` calls (default the same; `recommender_graph` is the one-graph layout of the same retrieval)."""
+        `recommend` calls (default the same; `recommender_graph` is the one-graph layout of the same retrieval);
+        `batch_of_one`: `infer_model` takes each input and gives each output with a leading dimension of 1 (the
+        one graph, which Triton batches), sent and read here as the flat arrays of one request."""
         self.url = url
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.model_name = model_name
         self.infer_model = infer_model or model_name
+        self.batch_of_one = batch_of_one
         self._admin_headers = triton_admin.grpc_headers(admin_key)
         self._client = grpcclient.InferenceServerClient(url=url)
 
@@ -130,9 +134,13 @@ class RecommenderClient:
                                               prior_counts), version)
 
     def infer_raw(self, arrays: dict[str, np.ndarray], version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Send the given arrays as they are (any dtype/shape: the server checks them)."""
+        """Send the given arrays (any dtype/shape: the server checks them; with `batch_of_one`, each reshaped to
+        [1, n] and the answer flattened)."""
+        if self.batch_of_one:
+            arrays = {name: np.asarray(array).reshape(1, -1) for name, array in arrays.items()}
         out = self._infer(self.infer_model, arrays, ("item_ids", "scores"), version)
-        return out["item_ids"].astype(np.int64, copy=False), out["scores"].astype(np.float32, copy=False)
+        ids, scores = out["item_ids"].astype(np.int64, copy=False), out["scores"].astype(np.float32, copy=False)
+        return (ids.reshape(-1), scores.reshape(-1)) if self.batch_of_one else (ids, scores)
 
     def recommend_steps(
         self,

@@ -68,6 +68,7 @@ class RepoSettings:
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = (8, 16)
     max_queue_delay_us: int = 500
+    graph_max_queue_delay_us: int = 100  # the one graph's batcher (bench_serving --queue-delays measures it)
     tower_instances: int = 1
     step_instances: int = 1
     gpus: tuple[int, ...] = (0,)
@@ -118,6 +119,7 @@ def render_config(model: str, bundle: Bundle, active: int, versions: list[int], 
             max_batch_size=settings.max_batch_size,
             preferred_batch_sizes=list(settings.preferred_batch_sizes),
             max_queue_delay_us=settings.max_queue_delay_us,
+            graph_max_queue_delay_us=settings.graph_max_queue_delay_us,
             tower_instances=settings.tower_instances,
             step_instances=settings.step_instances,
             gpus=list(settings.gpus),

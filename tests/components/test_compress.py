@@ -266,3 +266,47 @@ def test_compress_op_interface(tmp_path: Path) -> None:
         "inputs.artifacts": {"canonical": "system.Dataset", "model": "system.Model"},
         "outputs.parameters": {},
         "outputs.artifacts": {"bundle": "system.Artifact", "report": "system.HTML", "metrics": "system.Metrics"}}
+
+
+def test_a_large_catalogue_is_encoded_once_and_the_encoders_checked_on_a_sample(run, tmp_path, monkeypatch) -> None:
+    """Above compress.reencode_max_items no variant re-encodes the catalogue: every table comes from the model's
+    text vectors (the text cache training filled), each text encoder sees only the seeded sample."""
+    from components import compress_variants
+
+    n_items = len(np.load(run.model / "item_ids.npy"))
+    check = n_items // 3
+    config = tiny_config(run.config.paths.data_dir, **{
+        "compress.reencode_max_items": n_items - 1, "compress.encoder_check_items": check,
+        "compress.variants": "[fp32,int8,distilled]", "compress.distill_layers": 1, "compress.distill_epochs": 1,
+        "compress.latency_repeats": 1})
+    encoded: list[int] = []
+
+    def counting(sess, tokenizer, texts, *args, **kwargs):
+        encoded.append(len(texts))
+        return encode_with(sess, tokenizer, texts, *args, **kwargs)
+
+    monkeypatch.setattr(compress_variants, "encode_with", counting)
+    result = run_compress(config, run.canonical, run.model, tmp_path / "bundle", tmp_path / "report",
+                          work_dir=tmp_path / "variants", progress=False)
+    assert result["catalogue_encoding"].startswith("once") and encoded and max(encoded) == check
+    assert len(encoded) == 3  # fp32's export check, int8, distilled: one sample each, never the catalogue
+    model_table = np.load(run.model / "item_embeddings.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "bundle" / "item_embeddings.npy"), model_table, atol=1e-4)
+    fp32, int8 = result["variants"][REFERENCE], result["variants"]["int8"]
+    assert fp32["encoder_check_items"] == check and fp32["text_export_max_abs_diff"] < 1e-4
+    assert 0.9 < int8["text_cosine_mean"] <= 1.0 + 1e-6 and "ndcg@10_text_only" not in int8
+    assert result["targets"]["text_encoder"]["ndcg_ok"] is None
+    assert result["targets"]["text_encoder"]["text_cosine_mean"] == int8["text_cosine_mean"]
+    assert "cosine" in result["reason"]
+    assert "encoded once" in (tmp_path / "report" / "report.html").read_text() or \
+        "Catalogue encoding: once" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_the_gate_drops_a_text_encoder_too_far_from_the_models() -> None:
+    def m(ndcg: float, ms: float, cosine: float) -> dict[str, float]:
+        return {"ndcg@10": ndcg, "gate_latency_ms": ms, "text_cosine_mean": cosine}
+
+    measured = {"fp32": m(0.30, 10.0, 1.0), "int8": m(0.30, 6.0, 0.99), "distilled": m(0.30, 4.0, 0.90)}
+    assert choose_variant(measured, 0.01)[0] == "distilled"  # NDCG alone cannot see it: the table is the model's
+    chosen, reason = choose_variant(measured, 0.01, min_text_cosine=0.95)
+    assert chosen == "int8" and "distilled (0.3000, cosine 0.9000)" in reason

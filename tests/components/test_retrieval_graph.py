@@ -19,11 +19,13 @@ def test_graph_of_the_trained_model_equals_the_reference(planted_model, tmp_path
     counts = np.arange(1, 9, dtype=np.float32)
     want = reference.recommend(history, [1, 1, 1], history, 10, prior_ids, counts)
     got = session.run(list(OUTPUTS), graph_inputs(history, [1, 1, 1], history, 10, prior_ids, counts))
+    assert got[0].shape == (1, 10) and got[1].shape == (1, 10)  # a batch of one, as Triton's batcher hands it over
+    got = [a[0] for a in got]
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], atol=1e-5)
     assert not set(history) & set(got[0].tolist())
     everything = session.run(list(OUTPUTS), graph_inputs(ids.tolist(), [0, 0, 0], ids[:-2].tolist(), 1000))
-    assert sorted(everything[0].tolist()) == sorted(ids[-2:].tolist())  # k beyond what is left: the rest
+    assert sorted(everything[0][0].tolist()) == sorted(ids[-2:].tolist())  # k beyond what is left: the rest
 
 
 def test_a_graph_that_ranks_differently_is_refused(tmp_path):

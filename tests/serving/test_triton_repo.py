@@ -59,6 +59,19 @@ def test_gpu_variant_matches_the_onnx_model(bundles, tmp_path):
     retrieval = onnx.load(str(repo / tr.GRAPH / "1" / "model.onnx"))
     assert [i.name for i in graph.input] == [i.name for i in retrieval.graph.input]
     assert [o.name for o in graph.output] == [o.name for o in retrieval.graph.output] == ["item_ids", "scores"]
+    dims = {i.name: [d.dim_value or -1 for d in i.type.tensor_type.shape.dim] for i in retrieval.graph.input}
+    assert {i.name: list(i.dims) for i in graph.input} == dims  # whole shapes: a batch of one, declared as such
+
+
+def test_the_python_graph_is_batched_across_ragged_requests(bundles):
+    bundle = tr.load_bundle(bundles["a"])
+    settings = tr.RepoSettings(graph=True, graph_max_queue_delay_us=250)
+    graph = tr.parse_config(tr.render_config(tr.GRAPH, bundle, 1, [1], settings))
+    assert graph.backend == "python" and graph.max_batch_size == settings.max_batch_size
+    assert graph.dynamic_batching.max_queue_delay_microseconds == 250
+    ragged = {i.name for i in graph.input if i.allow_ragged_batch}
+    assert ragged == {"history_item_ids", "exclude_item_ids", "prior_item_ids", "prior_counts"}
+    assert {i.name: list(i.dims) for i in graph.input if i.name not in ragged} == {"profile": [3], "k": [1]}
 
 
 def test_versions_are_written_completely_and_never_overwritten(bundles, tmp_path):

@@ -1,5 +1,7 @@
 """Triton Python model `recommender_graph`: the retrieval graph (user tower -> scores -> mask -> TopK) run by
-ONNX Runtime (1 intra-op thread), one hop per request instead of the ensemble's three."""
+ONNX Runtime (1 intra-op thread), one hop per request instead of the ensemble's three. Triton's dynamic batcher
+hands over several requests per call (ragged: each keeps its own [1, n] inputs); each runs the graph once, and the
+stub's per-call cost is shared by the batch."""
 
 import importlib.util
 import os
