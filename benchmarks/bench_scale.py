@@ -103,12 +103,12 @@ def run_step(step: str, root: Path, size: dict[str, int], extra: list[str]) -> d
         return {"examples": int(len(frame)), "outputs": [str(examples)]}
     if step == "embed":
         from components.schemas import read_tables
-        from components.text_encoder import cached_text_embeddings
+        from components.text_encoder import cached_text_embeddings, encoder_workers
 
         items = read_tables(canonical)["items"]
         cache = data / "cache"
         emb = cached_text_embeddings(items["text"].fillna("").astype(str).tolist(), config.model.encoder_dir, cache,
-                                     progress=False)
+                                     progress=False, workers=encoder_workers(config.model.encoder_workers))
         return {"texts": int(len(emb)), "outputs": [str(cache)]}
     if step == "train":
         from components.train import train_model
@@ -217,11 +217,12 @@ def measure(step: str, root: Path, size: dict[str, int], extra: list[str], timeo
     return row
 
 
-def growth_exponents(runs: list[dict[str, Any]], key: str) -> dict[str, float | None]:
-    """Per step: least-squares slope of log(key) on log(events) over the sizes where the step succeeded."""
+def growth_exponents(runs: list[dict[str, Any]], key: str, by: str = "events") -> dict[str, float | None]:
+    """Per step: least-squares slope of log(key) on log(size[by]) (events, or items for the steps whose work
+    follows the catalogue: embed) over the sizes where the step succeeded."""
     out: dict[str, float | None] = {}
     for step in [*STEPS, FALLBACK]:
-        pts = [(r["size"]["events"], s[key]) for r in runs for s in r["steps"]
+        pts = [(r["size"][by], s[key]) for r in runs for s in r["steps"]
                if s["step"] == step and "error" not in s and s.get(key, 0) > 0]
         if len({e for e, _ in pts}) < 2:
             out[step] = None
@@ -267,11 +268,19 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown_rows(runs: list[dict[str, Any]], exponents: dict[str, float | None]) -> list[str]:
+def all_exponents(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Time and peak-RSS exponents against events, and time against catalogue items."""
+    return {"seconds": growth_exponents(runs, "seconds"), "peak_rss_mb": growth_exponents(runs, "peak_rss_mb"),
+            "seconds_by_items": growth_exponents(runs, "seconds", by="items")}
+
+
+def markdown_rows(runs: list[dict[str, Any]], exponents: dict[str, float | None],
+                  item_exponents: dict[str, float | None] | None = None) -> list[str]:
     sizes = [r["size"] for r in runs]
+    item_exponents = item_exponents or {}
     head = "| step | " + " | ".join(f"{s['events']:.0e} ev / {s['items']:.0e} items: s, MB RSS, MB out"
-                                       for s in sizes) + " | time exponent |"
-    rows = [head, "|" + "---|" * (len(sizes) + 2)]
+                                       for s in sizes) + " | time exponent (events) | (items) |"
+    rows = [head, "|" + "---|" * (len(sizes) + 3)]
     for step in [*STEPS[:4], FALLBACK, *STEPS[4:]]:
         if step == FALLBACK and not any(s["step"] == FALLBACK for r in runs for s in r["steps"]):
             continue
@@ -286,8 +295,9 @@ def markdown_rows(runs: list[dict[str, Any]], exponents: dict[str, float | None]
                 stand_in = s.get("info", {}).get("candidate") == "most-popular"
                 stand_in = " (most-popular as the candidate)" if stand_in else ""
                 cells.append(f"{s['seconds']:.1f} s, {s['peak_rss_mb']:.0f}, {s.get('output_mb', 0):.1f}{stand_in}")
-        exp = exponents.get(step)
-        rows.append(f"| {step} | " + " | ".join(cells) + f" | {'' if exp is None else f'{exp:.2f}'} |")
+        exp, by_items = exponents.get(step), item_exponents.get(step)
+        rows.append(f"| {step} | " + " | ".join(cells) + f" | {'' if exp is None else f'{exp:.2f}'} | "
+                    f"{'' if by_items is None else f'{by_items:.2f}'} |")
     return rows
 
 
@@ -336,10 +346,10 @@ def main() -> None:
     if args.replot:  # also after runs of other invocations were appended to the JSON's "runs" by hand
         report = json.loads(args.out.read_text(encoding="utf-8"))
         runs = report["runs"]
-        report["growth_exponent"] = {"seconds": growth_exponents(runs, "seconds"),
-                                     "peak_rss_mb": growth_exponents(runs, "peak_rss_mb")}
+        report["growth_exponent"] = all_exponents(runs)
         report["not_run"] = None if max(r["size"]["events"] for r in runs) >= 10**7 else NOT_RUN_NOTE
-        report["readme_rows"] = markdown_rows(runs, report["growth_exponent"]["seconds"])
+        report["readme_rows"] = markdown_rows(runs, report["growth_exponent"]["seconds"],
+                                              report["growth_exponent"]["seconds_by_items"])
         args.out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
         plot(runs, args.out.with_suffix(".png"))
         print("\n".join(report["readme_rows"]))
@@ -376,7 +386,7 @@ def main() -> None:
         runs.append({"size": size, "steps": rows})
     if args.merge and args.out.is_file():
         runs = merge_runs(json.loads(args.out.read_text(encoding="utf-8"))["runs"], runs)
-    exponents = {"seconds": growth_exponents(runs, "seconds"), "peak_rss_mb": growth_exponents(runs, "peak_rss_mb")}
+    exponents = all_exponents(runs)
     largest = max(s["events"] for s in map(parse_size, args.sizes.split(",")))
     report = {
         "benchmark": "pipeline steps vs data size on the synthetic shop",
@@ -389,7 +399,7 @@ def main() -> None:
         "not_run": None if largest >= 10**7 else NOT_RUN_NOTE,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report["readme_rows"] = markdown_rows(runs, exponents["seconds"])
+    report["readme_rows"] = markdown_rows(runs, exponents["seconds"], exponents["seconds_by_items"])
     args.out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     plot(runs, args.out.with_suffix(".png"))
     print("\n".join(report["readme_rows"]))

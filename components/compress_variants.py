@@ -183,7 +183,7 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
     import torch
 
     from components.model import export_user_tower_onnx, load_model
-    from components.text_encoder import SentenceEncoder, cached_text_embeddings
+    from components.text_encoder import SentenceEncoder, cached_text_embeddings, encoder_workers
 
     cfg = config.compress
     torch.set_num_threads(config.train.num_threads)
@@ -206,7 +206,7 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
         log.info("%d items > compress.reencode_max_items: the catalogue's text vectors are the model's (encoded once, "
                  "cached); each variant's text encoder is checked on %d sampled items", len(texts), len(check))
         catalogue_text = cached_text_embeddings(texts, encoder_dir, Path(config.paths.data_dir) / "cache", progress,
-                                                encoder=teacher)
+                                                encoder=teacher, workers=encoder_workers(config.model.encoder_workers))
         reference_text = catalogue_text[check]
         fp32.info = {"encoder_check_items": int(len(check)),
                      "text_export_max_abs_diff": float(np.abs(exported_text - reference_text).max())}

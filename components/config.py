@@ -88,6 +88,7 @@ class Features(_Section):
 
 class Model(_Section):
     encoder_dir: Path | None = None
+    encoder_workers: int = Field(default=1, ge=0, le=256)
     encoder_tuning: Literal["frozen", "adapter", "lora", "full"] = "frozen"
     fine_tune_encoder: bool = Field(default=False, description="the earlier switch: true = encoder_tuning full; "
                                     "after validation it says whether encoder_tuning is full (the GPU path)")

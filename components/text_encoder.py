@@ -266,13 +266,53 @@ class TextEncoder(Protocol):
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
 
 
+_WORKER_ENCODER: SentenceEncoder | None = None  # one per encoding worker process (encode_in_workers)
+SHARD_TEXTS = 1024  # texts per task handed to an encoding worker
+
+
+def _start_worker(encoder_dir: str) -> None:
+    global _WORKER_ENCODER
+    torch.set_num_threads(1)
+    _WORKER_ENCODER = SentenceEncoder(encoder_dir).eval()
+
+
+def _encode_shard(texts: list[str]) -> np.ndarray:
+    return _WORKER_ENCODER.encode(texts)
+
+
+def encode_in_workers(texts: list[str], encoder_dir: str | Path | None, workers: int, progress: bool = False,
+                      shard: int | None = None) -> np.ndarray:
+    """`texts` encoded by `workers` processes of one thread each (the encoder loaded from `encoder_dir` in each),
+    shards of `shard` texts handed out in order: the same vectors as one process, about `workers` times faster
+    on as many free cores."""
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    shard = shard or SHARD_TEXTS
+    shards = [texts[i : i + shard] for i in range(0, len(texts), shard)]
+    if not shards:
+        return np.zeros((0, TEXT_DIM), np.float32)
+    context = multiprocessing.get_context("spawn")  # forking a process that has run torch's thread pools can hang
+    with context.Pool(workers, initializer=_start_worker, initargs=(str(resolve_encoder_dir(encoder_dir)),)) as pool:
+        parts = list(tqdm(pool.imap(_encode_shard, shards), total=len(shards), disable=not progress,
+                          desc=f"encoding item texts ({workers} workers)"))
+    return np.concatenate(parts).astype(np.float32)
+
+
+def encoder_workers(setting: int) -> int:
+    """model.encoder_workers: 0 = one per core this process may use."""
+    return setting or len(os.sched_getaffinity(0))
+
+
 def cached_text_embeddings(
     texts: list[str], encoder_dir: str | Path | None, cache_dir: str | Path | None, progress: bool = True,
-    encoder: TextEncoder | None = None, batch_size: int = 64,
+    encoder: TextEncoder | None = None, batch_size: int = 64, workers: int = 1,
 ) -> np.ndarray:
     """Embeddings of `texts`: each distinct text is read from the per-text cache or, when missing (new or changed
     text), encoded in batches and added to it (cache_dir=None: no cache). `encoder` is the loaded encoder of
-    `encoder_dir` to use (default: load it only if something must be encoded)."""
+    `encoder_dir` to use (default: load it only if something must be encoded); with `workers` > 1 and more than
+    two shards of texts to encode, worker processes load `encoder_dir`'s weights and share the work instead."""
     texts = [str(t) for t in texts]
     if cache_dir is None:
         return (encoder or SentenceEncoder(encoder_dir)).encode(texts, batch_size=batch_size, progress=progress)
@@ -290,10 +330,13 @@ def cached_text_embeddings(
         order = np.argsort([len(t) for t in missing], kind="stable")  # similar lengths share a batch: less padding
         log.info("encoding %d new or changed item texts of %d with %s (frozen)", len(missing), len(texts),
                  resolve_encoder_dir(encoder_dir))
-        encoded = np.empty((len(missing), 0), dtype=np.float32)
         if missing:
-            encoded = (encoder or SentenceEncoder(encoder_dir)).encode(
-                [missing[i] for i in order], batch_size=batch_size, progress=progress)
+            by_length = [missing[i] for i in order]
+            if workers > 1 and len(missing) > 2 * SHARD_TEXTS:
+                encoded = encode_in_workers(by_length, encoder_dir, workers, progress)
+            else:
+                encoded = (encoder or SentenceEncoder(encoder_dir)).encode(by_length, batch_size=batch_size,
+                                                                           progress=progress)
             encoded[order] = encoded.copy()
             store.add(missing_keys, encoded)
         found, vectors = store.lookup(keys)

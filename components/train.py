@@ -140,12 +140,13 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
 
 
 def _text_embeddings(config: Config, items: pd.DataFrame, dist: Dist) -> np.ndarray:
-    from components.text_encoder import cached_text_embeddings
+    from components.text_encoder import cached_text_embeddings, encoder_workers
 
     cache = Path(config.paths.data_dir) / "cache"
     texts = items["text"].fillna("").astype(str).tolist()
     if dist.main:
-        emb = cached_text_embeddings(texts, config.model.encoder_dir, cache)
+        emb = cached_text_embeddings(texts, config.model.encoder_dir, cache,
+                                     workers=encoder_workers(config.model.encoder_workers))
     _barrier(dist)
     if not dist.main:
         emb = cached_text_embeddings(texts, config.model.encoder_dir, cache, progress=False)

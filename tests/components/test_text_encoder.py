@@ -105,3 +105,22 @@ def test_lora_on_the_top_layers_reruns_only_them_and_merges_into_the_weights(enc
     merged = tuner.merged()
     assert not [name for name, _ in merged.named_parameters() if "lora" in name]
     np.testing.assert_allclose(merged.encode(texts), tuned, atol=1e-5)
+
+
+def test_worker_processes_encode_the_same_vectors_in_order(encoder: SentenceEncoder, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """More missing texts than two shards: worker processes (one thread each) encode them, in order, to the
+    vectors one process gives, and the cache holds them afterwards."""
+    from components import text_encoder
+
+    monkeypatch.setattr(text_encoder, "SHARD_TEXTS", 8)
+    texts = [f"item {i}: {TEXTS[i % 4]} no. {i * 7}" for i in range(37)]
+    counting = CountingEncoder(encoder)
+    sharded = cached_text_embeddings(texts, None, tmp_path, progress=False, encoder=counting, workers=2)
+    assert counting.texts == []  # the workers encoded everything
+    np.testing.assert_allclose(sharded, encoder.encode(texts), atol=1e-5)
+    again = cached_text_embeddings(texts, None, tmp_path, progress=False, encoder=counting, workers=2)
+    assert counting.texts == [] and np.array_equal(again, sharded)
+    few = cached_text_embeddings(texts[:10] + ["one new text"], None, tmp_path, progress=False, encoder=counting,
+                                 workers=2)
+    assert counting.texts == ["one new text"] and np.array_equal(few[:10], sharded[:10])  # few: no workers
