@@ -109,6 +109,7 @@ class Model(_Section):
     temperature: float = Field(gt=0.0)
     loss: Literal["auto", "full_softmax", "sampled_softmax", "in_batch"] = "in_batch"
     full_softmax_max_items: int = Field(default=100_000, ge=1)
+    batch_rows_min_items: int = Field(default=20_000, ge=1)
     sampled_negatives: int = Field(default=2048, ge=1)
     logq_correction: bool
     hard_negatives: int = Field(ge=0)

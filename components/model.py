@@ -264,11 +264,12 @@ def in_batch_softmax_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.T
     """
     targets = batch_out[batch_out > 0]
     cands = torch.unique(targets)
-    if text_fn is None:
+    whole = text_fn is None and (cfg.hard_negatives > 0 or model.text.shape[0] - 1 < cfg.batch_rows_min_items)
+    if whole:  # hard negatives search every item; a small catalogue costs one product
         table = model.item_table()
-    else:  # fine-tuning: run the encoder only on the items this batch needs
+    else:  # only the rows this batch reads (fine-tuning: the encoder runs on these items alone)
         rows = torch.unique(torch.cat([cands, batch_in[batch_in > 0]]))
-        table = model.item_table(rows, text_fn(rows))
+        table = model.item_table(rows, None if text_fn is None else text_fn(rows))
     per_pos = model.user_positions(table, batch_in, profile)  # [B, L+1, D]
     query = per_pos[batch_out > 0]  # [M, D]
     logits = query @ table[cands].T / cfg.temperature

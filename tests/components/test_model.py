@@ -180,6 +180,30 @@ def test_full_softmax_is_cross_entropy_over_the_whole_catalogue() -> None:
     assert resolved_loss(auto, 10) == "full_softmax" and resolved_loss(auto, 11) == "sampled_softmax"
 
 
+def test_in_batch_loss_over_the_batchs_rows_equals_the_whole_tables() -> None:
+    """Large catalogues compute only the rows a step reads: the same loss and gradients, and items the batch does
+    not read get no gradient."""
+    import torch
+
+    from components.model import next_item_loss
+
+    model, history, targets, profile, log_pop = _loss_fixture()
+    model.eval()  # no ID dropout: the same draws both ways
+    grads = {}
+    for name, threshold in (("whole", 1000), ("rows", 1)):
+        model.zero_grad()
+        opts = load_config(overrides=["model.loss=in_batch", f"model.batch_rows_min_items={threshold}"]).model
+        value = next_item_loss(model, history, targets, profile, log_pop, opts)
+        value.backward()
+        grads[name] = (value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(grads["rows"][0], grads["whole"][0])
+    assert grads["rows"][1].keys() == grads["whole"][1].keys()
+    for name, grad in grads["whole"][1].items():
+        torch.testing.assert_close(grads["rows"][1][name], grad, msg=name)
+    unread = sorted(set(range(1, 21)) - set(history.flatten().tolist()) - set(targets.flatten().tolist()))
+    assert unread and grads["rows"][1]["item_id.weight"][unread].abs().sum() == 0
+
+
 def test_sampled_softmax_with_every_item_sampled_ranks_like_the_full_softmax() -> None:
     """With many uniform shared negatives the logQ-corrected sampled loss approaches the full softmax's."""
     import torch
