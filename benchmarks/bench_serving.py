@@ -110,6 +110,9 @@ def triton_levels(url: str, payloads: list, concurrency: list[int], max_seconds:
         level["cpu_ms_per_request"] = {
             "triton": _cpu_ms(before, after, TRITON_GROUPS, level["requests"]),
             "load_generator": _cpu_ms(before, after, ("bench_client",), level["requests"])}
+        level["triton_cpu_ms_per_request_by_process"] = {  # the server (gRPC front end, scheduler) and each stub
+            group: _cpu_ms(before, after, (group,), level["requests"]) for group in TRITON_GROUPS
+            if after.get(group, 0.0) > before.get(group, 0.0)}
         levels.append(level)
         log.info("Triton %s c=%d: %.0f req/s, p50 %.2f ms, p99 %.2f ms, Triton CPU %.3f ms/req, %d errors",
                  label, c, level["requests_per_s"], level["p50_ms"] or 0, level["p99_ms"] or 0,
