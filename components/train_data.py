@@ -37,7 +37,7 @@ class TrainData:
     split: Split
     users: pd.DataFrame
     validation: EvalData  # early stopping and the new-item prior
-    test: EvalData  # the metrics written with the model
+    test: EvalData  # the metrics written with the model (a seeded sample above train.validation_max_users)
 
 
 def read_examples(examples_dir: str | Path) -> pd.DataFrame:
@@ -137,7 +137,7 @@ def prepare_data(config: Config, tables: dict[str, pd.DataFrame], examples: pd.D
     counts = rows["item_id"].map(row_of).value_counts()
     train_count = np.zeros(len(item_ids))
     train_count[counts.index.to_numpy()] = counts.to_numpy()
-    validation = sample_task(eval_data(split, items, users, "validation"), config.train.validation_max_users,
-                             config.train.seed)
-    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, encoder, split, users, validation,
-                     eval_data(split, items, users, "test"))
+    cap, seed = config.train.validation_max_users, config.train.seed
+    validation = sample_task(eval_data(split, items, users, "validation"), cap, seed)
+    test = sample_task(eval_data(split, items, users, "test"), cap, seed)  # indicative: the evaluate step reports
+    return TrainData(item_ids, items, w_in, w_out, w_prof, train_count, encoder, split, users, validation, test)

@@ -52,7 +52,7 @@ def test_training_inputs_hold_no_validation_test_or_cold_rows(dataset) -> None:
 def test_validation_ranks_a_seeded_user_sample_above_the_configured_size(dataset) -> None:
     """Early stopping and the priors rank data.validation: every validation user up to
     train.validation_max_users (the default keeps MovieLens-100K's 943 whole), a seeded sample above it, each
-    sampled user with their own history and target; the test task is untouched."""
+    sampled user with their own history and target; the test metrics saved with the model the same way."""
     from components.config import load_config
     from components.train_data import prepare_data, read_examples
 
@@ -70,7 +70,8 @@ def test_validation_ranks_a_seeded_user_sample_above_the_configured_size(dataset
     for i, user in enumerate(sample.users["user_id"]):
         assert sample.targets[i] == whole.targets[row[int(user)]]
         assert np.array_equal(sample.histories[i], whole.histories[row[int(user)]])
-    assert first.test.users_total is None and len(first.test.users) == 60
+    assert first.test.users_total == 60 and len(first.test.users) == 25
+    assert prepare_data(tiny_config(data_dir), planted_tables(), read_examples(examples)).test.users_total is None
 
 
 def test_resume_continues_exactly_where_it_stopped(dataset, tmp_path: Path) -> None:
