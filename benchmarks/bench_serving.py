@@ -291,13 +291,13 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
                  for row in batching_sweep(root, bundle, payloads, delays, concurrency, max_seconds, layout)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    limit = local["steps"]["limit_requests_per_s_per_core"]
     top = {layout: next(lv for lv in levels if lv["concurrency"] == max(concurrency))
            for layout, levels in triton.items()}
     cores = os.cpu_count() or 1
     ratios = {
-        f"triton_{layout}_c{max(concurrency)}_rps_over_in_process_limit_{cores}_cores":
-            round(level["requests_per_s"] / (limit * cores), 3) for layout, level in top.items()}
+        f"triton_{layout}_c{max(concurrency)}_rps_over_in_process_{layout}_limit_{cores}_cores":
+            round(level["requests_per_s"] / (local[layout]["limit_requests_per_s_per_core"] * cores), 3)
+        for layout, level in top.items()}
     ratios.update({
         f"triton_{layout}_cpu_per_request_over_in_process_{layout}": round(
             level["cpu_ms_per_request"]["triton"] / local[layout]["cpu_ms_per_request"], 2)

@@ -68,7 +68,7 @@ class RepoSettings:
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = (8, 16)
     max_queue_delay_us: int = 500
-    graph_max_queue_delay_us: int = 100  # the one graph's batcher (bench_serving --queue-delays measures it)
+    graph_max_queue_delay_us: int = 0  # the one graph's batcher (bench_serving --graph-queue-delays measures it)
     tower_instances: int = 1
     step_instances: int = 1
     gpus: tuple[int, ...] = (0,)
