@@ -12,7 +12,7 @@ import pandas as pd
 from components.compress_export import CompressError, session, text_tokens
 from components.compress_variants import REFERENCE, Variant
 from components.config import Config
-from components.evaluate import eval_data, evaluate_main
+from components.evaluate import eval_data, evaluate_main, sample_task
 from components.evaluation_types import EvalData, ModelResult
 from components.metrics import paired_difference
 from components.recommender import TowerRecommender
@@ -38,11 +38,13 @@ class OnnxRecommender(TowerRecommender):
 
 
 def validation_task(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
-    """The validation stage of the split of contract C2 (same seed and cold items as training and evaluation)."""
+    """The validation stage of the split of contract C2 (same seed and cold items as training and evaluation), on
+    the seeded sample of `train.validation_max_users` users that training validated on (all when fewer)."""
     split = configured_split(tables["interactions"], config)
     if split.validation.empty:
         raise CompressError("the split has no validation rows: every user has fewer than 3 interactions")
-    return eval_data(split, tables["items"], tables["users"], "validation")
+    return sample_task(eval_data(split, tables["items"], tables["users"], "validation"),
+                       config.train.validation_max_users, config.train.seed)
 
 
 def validation_ndcg(recommender: Any, task: EvalData, config: Config) -> ModelResult:

@@ -309,3 +309,16 @@ def test_the_gate_drops_a_text_encoder_too_far_from_the_models() -> None:
     assert choose_variant(measured, 0.01)[0] == "distilled"  # NDCG alone cannot see it: the table is the model's
     chosen, reason = choose_variant(measured, 0.01, min_text_cosine=0.95)
     assert chosen == "int8" and "distilled (0.3000, cosine 0.9000)" in reason
+
+
+def test_the_gate_ranks_the_validation_sample_training_used(run) -> None:
+    from components.schemas import read_tables
+    from components.train_data import prepare_data, read_examples
+
+    config = tiny_config(run.config.paths.data_dir, **{"train.validation_max_users": 25})
+    task = validation_task(config, read_tables(run.canonical))
+    assert len(task.users) == 25 and task.users_total == 60
+    examples = read_examples(run.config.paths.data_dir / "examples")
+    trained_on = prepare_data(config, planted_tables(), examples).validation
+    assert task.users["user_id"].tolist() == trained_on.users["user_id"].tolist()
+    assert validation_task(run.config, read_tables(run.canonical)).users_total is None  # 60 <= 5,000: all
