@@ -2,6 +2,7 @@
 (cosine + w * log(1 + the item's recent interactions by other users)), chosen on validation targets."""
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,26 +68,40 @@ class _Fixed:
         return self.scores[users["_row"].to_numpy()]
 
 
-def choose_popularity_prior(cosine: np.ndarray, events: pd.DataFrame, users: pd.DataFrame,
-                            histories: list[np.ndarray], targets: np.ndarray, catalogue: np.ndarray,
-                            exclude: list[np.ndarray] | None, weights: tuple[float, ...],
+PRIOR_CELLS = 1 << 26  # users x items of prior scores held at once; larger tasks are ranked in chunks of users
+
+
+def choose_popularity_prior(cosine: np.ndarray | Callable[[np.ndarray], np.ndarray], events: pd.DataFrame,
+                            users: pd.DataFrame, histories: list[np.ndarray], targets: np.ndarray,
+                            catalogue: np.ndarray, exclude: list[np.ndarray] | None, weights: tuple[float, ...],
                             prefix: str) -> tuple[float, float | None, list[dict]]:
     """(w, window days or None, curve): the prior cosine + w * log(1 + n) that ranks `targets` best, n = the
     item's interactions in `events` by other users strictly before each user's `as_of` (within the window).
-    Best HR@10 wins for new items ("cold_val" prefix), NDCG@10 for trained ones ("val"); ties go to the smaller w."""
-    users = users.assign(_row=np.arange(len(users)))
+    Best HR@10 wins for new items ("cold_val" prefix), NDCG@10 for trained ones ("val"); ties go to the smaller w.
+    `cosine`: the users' scores [users, catalogue], or a function giving the rows of the users at some positions;
+    users are taken PRIOR_CELLS scores at a time (the same per-user values: memory stays bounded by the chunk)."""
     first, second = (f"{prefix}_hr@{EVAL_K}", f"{prefix}_ndcg@{EVAL_K}")
     if prefix == "val":
         first, second = second, first
-    curve = []
-    for window in POPULARITY_WINDOWS:
-        prior = np.log1p(item_event_counts(events, users, catalogue, window))
-        for w in weights if window is None else weights[1:]:
-            ranks, _ = rank_targets(_Fixed(cosine + w * prior), users, histories, targets, catalogue, EVAL_K,
-                                    exclude=exclude)
-            values = per_user_metrics(ranks, [EVAL_K])
-            curve.append({"weight": w, "window_days": window,
-                          **{f"{prefix}_{k}": float(values[k].mean()) for k in (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")}})
+    grid = [(window, w) for window in POPULARITY_WINDOWS for w in (weights if window is None else weights[1:])]
+    metrics = (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")
+    per_user: dict[tuple, list[dict[str, np.ndarray]]] = {key: [] for key in grid}
+    step = max(1, PRIOR_CELLS // max(len(catalogue), 1))
+    for start in range(0, len(users), step):
+        rows = np.arange(start, min(start + step, len(users)))
+        part = users.iloc[rows].assign(_row=np.arange(len(rows)))
+        scores = cosine(rows) if callable(cosine) else cosine[rows]
+        part_histories = [histories[i] for i in rows]
+        part_exclude = None if exclude is None else [exclude[i] for i in rows]
+        for window in POPULARITY_WINDOWS:
+            prior = np.log1p(item_event_counts(events, part, catalogue, window))
+            for w in weights if window is None else weights[1:]:
+                ranks, _ = rank_targets(_Fixed(scores + w * prior), part, part_histories, targets[rows], catalogue,
+                                        EVAL_K, exclude=part_exclude)
+                per_user[(window, w)].append(per_user_metrics(ranks, [EVAL_K]))
+    curve = [{"weight": w, "window_days": window,
+              **{f"{prefix}_{k}": float(np.concatenate([part[k] for part in per_user[(window, w)]]).mean())
+                 for k in metrics}} for window, w in grid]
     best = max(curve, key=lambda c: (c[first], c[second], -c["weight"]))
     window = best["window_days"] if best["weight"] > 0 else None
     return float(best["weight"]), window, curve
@@ -130,8 +145,11 @@ def choose_warm_popularity_weight(model: Any, data: TrainData,
     task = data.validation
     if not len(task.targets) or task.item_events is None:
         return 0.0, None, []
-    users = task.users.assign(_row=np.arange(len(task.users)))
-    cosine = in_training_recommender(model, data, device).score(users, task.histories, task.catalogue)
+    recommender = in_training_recommender(model, data, device)
+
+    def cosine(rows: np.ndarray) -> np.ndarray:  # a chunk of users at a time: 5,000 x 10^5 items would be 2 GB
+        return recommender.score(task.users.iloc[rows], [task.histories[i] for i in rows], task.catalogue)
+
     weight, window, curve = choose_popularity_prior(cosine, task.item_events, task.users, task.histories,
                                                     task.targets, task.catalogue, None, WARM_POPULARITY_WEIGHTS,
                                                     "val")

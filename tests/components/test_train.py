@@ -342,6 +342,15 @@ def test_warm_popularity_prior_is_chosen_on_validation_targets(dataset, tmp_path
     best = max(c["val_ndcg@10"] for c in curve)
     chosen = [c for c in curve if c["weight"] == weight and (c["window_days"] == window or weight == 0)]
     assert chosen[0]["val_ndcg@10"] == best and curve[0]["weight"] == 0.0
+    from components import popularity_prior
+
+    n_items = len(data.validation.catalogue)
+    with pytest.MonkeyPatch.context() as patch:  # users ranked 7 at a time: the same curve (memory bounded)
+        patch.setattr(popularity_prior, "PRIOR_CELLS", 7 * n_items)
+        chunked = choose_warm_popularity_weight(model, data, torch.device("cpu"))
+    assert len(data.validation.users) > 7 and chunked[:2] == (weight, window)
+    for got, want in zip(chunked[2], curve, strict=True):
+        assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], abs=1e-12) for k in want)
 
 
 @pytest.mark.parametrize("schedule,warmup,expected", [
