@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from components.ann import ANN_FILE
 from components.atomic import write_json_atomic
 from components.config import Config
 from components.errors import RecsysError
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 HISTORY = "deployments.json"
 SCORE_TOLERANCE = 1e-3
+ANN_SMOKE_MIN_RECALL = 0.8  # bench_ann: recall@10 0.98-1.0 at the default efSearch; a smoke list keeps 8 of 10
 
 
 class DeployError(RecsysError):
@@ -149,6 +151,23 @@ def persist_active(repo_dir: Path, version: int, keep: list[int], settings) -> N
     tr.write_configs(repo_dir, tr.render_all(bundle, version, sorted({version, *keep}), settings))
 
 
+def _close_ranking(got_ids, got_scores, want_ids, want_scores, min_recall: float) -> str | None:
+    """None if an approximate top-K (the ANN index) agrees with the exact one: as many items, best first, each
+    returned item that the exact list holds with its exact score, and at least `min_recall` of the exact items."""
+    got_ids, want_ids = np.asarray(got_ids), np.asarray(want_ids)
+    got_scores, want_scores = np.asarray(got_scores, np.float64), np.asarray(want_scores, np.float64)
+    if got_ids.shape != want_ids.shape:
+        return f"{got_ids.size} items returned, {want_ids.size} expected"
+    if np.any(np.diff(got_scores) > SCORE_TOLERANCE * np.maximum(1.0, np.abs(got_scores[1:]))):
+        return "scores are not best first"
+    exact = dict(zip(want_ids.tolist(), want_scores.tolist(), strict=True))
+    for item, score in zip(got_ids.tolist(), got_scores.tolist(), strict=True):
+        if item in exact and abs(score - exact[item]) > SCORE_TOLERANCE * max(1.0, abs(exact[item])):
+            return f"item {item} scored {score:.6f}, expected {exact[item]:.6f}"
+    recall = len(set(got_ids.tolist()) & set(exact)) / max(len(exact), 1)
+    return None if recall >= min_recall else f"recall {recall:.2f} of the exact top-{len(exact)} (< {min_recall})"
+
+
 def _same_ranking(got_ids, got_scores, want_ids, want_scores) -> str | None:
     """None if equal (ids may swap only where expected scores tie within the tolerance), else why not."""
     got_ids, want_ids = np.asarray(got_ids), np.asarray(want_ids)
@@ -178,10 +197,12 @@ def smoke_requests(smoke_path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def smoke_test(client, smoke_path: Path, version: int | None = None, steps: bool = False) -> list[dict[str, Any]]:
+def smoke_test(client, smoke_path: Path, version: int | None = None, steps: bool = False,
+               approximate: bool = False) -> list[dict[str, Any]]:
     """Run every smoke request over gRPC against `version` (None: whichever is live); raise DeployError on the
     first mismatch. steps=True calls that version's composing models one by one (before the ensemble routes
-    traffic to it); otherwise the ensemble answers."""
+    traffic to it); otherwise the ensemble answers. `approximate`: the version's top-K searches an ANN index, so
+    each list must hold ANN_SMOKE_MIN_RECALL of the exact items with their exact scores, not the same list."""
     stage_name = "steps" if steps else "ensemble"
     results = []
     for i, req in enumerate(smoke_requests(smoke_path)):
@@ -189,7 +210,8 @@ def smoke_test(client, smoke_path: Path, version: int | None = None, steps: bool
         args = (req["history_item_ids"], req["profile"], req["exclude_item_ids"], int(req["k"]))
         call = client.recommend_steps if steps else client.recommend
         ids, scores = call(*args, version=version)
-        why = _same_ranking(ids, scores, req["item_ids"], req["scores"])
+        why = (_close_ranking(ids, scores, req["item_ids"], req["scores"], ANN_SMOKE_MIN_RECALL) if approximate
+               else _same_ranking(ids, scores, req["item_ids"], req["scores"]))
         if why:
             raise DeployError(f"smoke request {i} of {smoke_path} ({stage_name}): {why}")
         results.append({"request": i, "stage": stage_name, "items": int(ids.size),
@@ -227,9 +249,10 @@ def _switch(config: Config, action: str, version: int, previous: int | None, kee
         try:
             # the new version's steps are loaded and smoke-tested before the ensemble sends it any traffic
             stage(client, repo, version, keep, settings)
-            result.smoke = smoke_test(client, smoke, version, steps=True)
+            approximate = (repo / tr.TOPK / str(version) / ANN_FILE).is_file()  # the catalogue's HNSW index
+            result.smoke = smoke_test(client, smoke, version, steps=True, approximate=approximate)
             activate(client, repo, version, keep, settings)
-            result.smoke += smoke_test(client, smoke, version)
+            result.smoke += smoke_test(client, smoke, version, approximate=approximate)
         except Exception as err:  # noqa: BLE001 - whatever failed, the previous version goes back
             result.error = str(err)
             result.duration_s = time.perf_counter() - start

@@ -65,8 +65,9 @@ def test_every_answer_is_one_version_during_repeated_switches(tmp_path, bundles)
     assert errors == [] and all(s.status == "active" for s in switches)
     served, slow_store = {}, 0
     for user, resp in answers:
-        if resp.degraded and all(r.startswith("feature store unavailable") for r in resp.reasons):
-            slow_store += 1  # a feature-store read past its deadline on a loaded machine: popularity, not a mix
+        if resp.degraded and all(r.startswith("feature store unavailable") or "DEADLINE_EXCEEDED" in r
+                                 for r in resp.reasons):
+            slow_store += 1  # a read past its deadline on a loaded machine (Feast or Triton): popularity, not a mix
             continue
         assert not resp.degraded, resp.reasons
         ref = references[resp.model_version]  # KeyError: a version nobody deployed

@@ -39,3 +39,23 @@ def test_top_k_searches_the_item_index_and_answers_like_the_exact_reference(trit
 def test_small_catalogues_get_no_index(tmp_path, bundles):
     version = tr.write_version(bundles["a"], tmp_path / "models", tr.RepoSettings(ann_min_items=10_000))
     assert not (tmp_path / "models" / tr.TOPK / str(version) / ANN_FILE).exists()
+
+
+def test_the_smoke_check_of_an_ann_version_asks_for_recall_and_exact_scores():
+    """A version whose top-K searches the ANN index passes its smoke requests with ANN_SMOKE_MIN_RECALL of the
+    exact items at their exact scores, best first (at 10^5 items the index may return a near item in the last
+    places, which the exact-equality check refused)."""
+    want_ids, want_scores = np.arange(10), np.linspace(1.0, 0.1, 10)
+    near = want_ids.copy()
+    near[-1] = 99  # one of ten replaced by an item just below the exact list
+    scores = want_scores.copy()
+    scores[-1] = 0.09
+    assert deploy._close_ranking(near, scores, want_ids, want_scores, 0.8) is None
+    assert deploy._same_ranking(near, scores, want_ids, want_scores) is not None  # the exact check refuses it
+    far = want_ids.copy()
+    far[5:] = np.arange(90, 95)
+    assert "recall 0.50" in deploy._close_ranking(far, want_scores, want_ids, want_scores, 0.8)
+    wrong = want_scores.copy()
+    wrong[2] += 0.05
+    assert "item 2 scored" in deploy._close_ranking(want_ids, wrong, want_ids, want_scores, 0.8)
+    assert "best first" in deploy._close_ranking(want_ids[::-1], want_scores[::-1], want_ids, want_scores, 0.8)
