@@ -221,7 +221,10 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
         """Item table through `net` (from work/<name>/text_encoder.onnx over the catalogue, or over the model's
         text vectors above reencode_max_items), then the user tower over it; the encoder's cosine to fp32's."""
         text = encode_with(session(work / name / "text_encoder.onnx"), teacher.tokenizer, check_texts)
-        emb = item_embeddings_from_text(net, text if check is None else catalogue_text)
+        if check is None:
+            emb = item_embeddings_from_text(net, text)
+        else:  # the model's text vectors: the model's own net gives the table already rebuilt above
+            emb = rebuilt if net is model else item_embeddings_from_text(net, catalogue_text)
         info = {**info, "text_cosine_mean": float((text * reference_text).sum(-1).mean()),
                 "text_cosine_min": float((text * reference_text).sum(-1).min())}
         variant = Variant(name, work / name, emb, info)

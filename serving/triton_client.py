@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from components.encoders import ProfileEncoder
 from components.errors import RecsysError
+from components.retrieval_graph import as_batch_of_one
 from serving import triton_admin
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class RecommenderClient:
         """Send the given arrays (any dtype/shape: the server checks them; with `batch_of_one`, each reshaped to
         [1, n] and the answer flattened)."""
         if self.batch_of_one:
-            arrays = {name: np.asarray(array).reshape(1, -1) for name, array in arrays.items()}
+            arrays = as_batch_of_one({name: np.asarray(array) for name, array in arrays.items()})
         out = self._infer(self.infer_model, arrays, ("item_ids", "scores"), version)
         ids, scores = out["item_ids"].astype(np.int64, copy=False), out["scores"].astype(np.float32, copy=False)
         return (ids.reshape(-1), scores.reshape(-1)) if self.batch_of_one else (ids, scores)
