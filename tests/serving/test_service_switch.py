@@ -77,5 +77,7 @@ def test_every_answer_is_one_version_during_repeated_switches(tmp_path, bundles)
         assert [i for i, _ in got] == want_ids.tolist(), f"user {user}: a ranking not of {resp.model_version}"
         np.testing.assert_allclose([s for _, s in got], want_scores, rtol=1e-4, atol=1e-4)
         served[resp.model_version] = served.get(resp.model_version, 0) + 1
-    assert set(served) == set(references), f"answers per version: {served}"
-    assert len(answers) > 40 and min(served.values()) > 10 and slow_store <= len(answers) // 10
+    # A loaded machine may trip the feature store's breaker for a while (every answer then degraded, none mixed):
+    # what must hold is that both versions were checked, answer by answer, often enough to catch a mix.
+    assert set(served) == set(references), f"answers per version: {served} ({slow_store} degraded by a slow read)"
+    assert min(served.values()) > 10, f"answers per version: {served} ({slow_store} degraded by a slow read)"
