@@ -214,10 +214,12 @@ def load_ann(path: str, ef_search: int) -> Any:
 
 def ann_top_k(
     ann: Any, index: ItemIndex, item_embeddings: np.ndarray, user_embedding: np.ndarray,
-    exclude_item_ids: np.ndarray, k: int,
+    exclude_item_ids: np.ndarray, k: int, exact_below: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`request_top_k` through the ANN index: fetch k + |excluded| candidates, drop excluded ones, order them by
-    their exact dot product (same tie-break as `top_k`); exact search when too few candidates survive."""
+    their exact dot product (same tie-break as `top_k`); exact search when too few candidates survive, or when
+    the best candidate scores below `exact_below` (a query far from every item, where the graph search misses:
+    components.ann.calibrate_search)."""
     if k < 1:
         raise RequestError(f"k must be at least 1, got {k}")
     user = np.asarray(user_embedding, dtype=np.float32).reshape(1, -1)
@@ -231,10 +233,13 @@ def ann_top_k(
     fetch = min(item_embeddings.shape[0], int(k) + excluded.size)
     _, rows = ann.search(user, fetch)
     rows = rows[0][rows[0] >= 0]
-    rows = rows[~np.isin(rows, excluded)]
+    scores = item_embeddings[rows] @ user[0]
+    if exact_below is not None and (rows.size == 0 or scores.max() < exact_below):
+        return request_top_k(index, item_embeddings, user, exclude_item_ids, k)
+    kept = ~np.isin(rows, excluded)
+    rows, scores = rows[kept], scores[kept]
     if rows.size < want:  # the graph ran out of candidates: exact is cheap compared with a wrong answer
         return request_top_k(index, item_embeddings, user, exclude_item_ids, k)
-    scores = item_embeddings[rows] @ user[0]
     order = np.lexsort((rows, -scores))[:want]
     best = rows[order]
     return index.item_ids[best].copy(), scores[order].astype(np.float32)

@@ -281,7 +281,8 @@ class Serving(_Section):
     graph_max_queue_delay_us: int = Field(ge=0)
     tower_instances: int = Field(ge=1, le=64)
     ann_min_items: int = Field(ge=0)
-    ann_ef_search: int = Field(ge=1, le=10_000)
+    ann_max_ef_search: int = Field(ge=1, le=10_000)
+    ann_target_recall: float = Field(gt=0.0, le=1.0)
     retrieval_layout: Literal["steps", "graph"]
     max_body_bytes: int = Field(ge=1024, le=16 * 2**20)
     request_timeout_s: float = Field(gt=0.0, le=300.0)

@@ -73,7 +73,8 @@ def _settings(config: Config):
         graph_max_queue_delay_us=s.graph_max_queue_delay_us,
         tower_instances=s.tower_instances,
         ann_min_items=s.ann_min_items,
-        ann_ef_search=s.ann_ef_search,
+        ann_max_ef_search=s.ann_max_ef_search,
+        ann_target_recall=s.ann_target_recall,
         graph=s.retrieval_layout == "graph",  # the one-graph model beside the ensemble (which deploy smoke-tests)
     )
 

@@ -24,7 +24,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from components import bundle_ops
-from components.ann import AnnParams, write_item_index
+from components.ann import AnnParams, tower_queries, write_item_index
 from components.atomic import fsync_dir, write_atomic
 from components.errors import RecsysError
 from components.retrieval_graph import build_graph
@@ -73,7 +73,8 @@ class RepoSettings:
     step_instances: int = 1
     gpus: tuple[int, ...] = (0,)
     ann_min_items: int = 100_000  # catalogues from this size get an HNSW item index (components.ann)
-    ann_ef_search: int = 256
+    ann_max_ef_search: int = 1024  # the largest efSearch the deploy-time calibration tries
+    ann_target_recall: float = 0.95  # recall@10 against exact search the calibration must reach
     graph: bool = False  # also write `recommender_graph`: the same retrieval as one ONNX graph, one hop
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -230,7 +231,8 @@ def write_version(
                 build_graph(bundle.path, stage / "model.onnx")
             if model == TOPK and bundle.n_items >= settings.ann_min_items:
                 write_item_index(stage, np.load(stage / "item_embeddings.npy"),
-                                 AnnParams(ef_search=settings.ann_ef_search))
+                                 AnnParams(ef_search=settings.ann_max_ef_search),
+                                 queries=tower_queries(bundle.path), target_recall=settings.ann_target_recall)
         for stage, final in staged:
             os.rename(stage, final)
             fsync_dir(final.parent)

@@ -1,11 +1,22 @@
 """Approximate top-K: the HNSW inner-product index finds the exact top-K, respects exclusions, and the
 chunked exact search equals a full sort."""
 
+import json
+
 import numpy as np
 import pytest
 
 from components import bundle_ops as ops
-from components.ann import AnnParams, build_item_index, exact_top_k, recall_at_k, write_item_index
+from components.ann import (
+    ANN_FILE,
+    ANN_META_FILE,
+    MIN_QUERY_RECALL,
+    AnnParams,
+    build_item_index,
+    exact_top_k,
+    recall_at_k,
+    write_item_index,
+)
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 50, seed: int = 0) -> np.ndarray:
@@ -66,3 +77,41 @@ def test_serving_step_with_fewer_candidates_than_k():
     assert sorted(ids.tolist()) == [26, 27, 28, 29, 30]
     with pytest.raises(ops.RequestError, match="k must be at least 1"):
         ops.ann_top_k(ann, index, items, items[0], np.array([], dtype=np.int64), 0)
+
+
+def test_calibrated_search_serves_every_calibration_query_above_the_minimum_recall(tmp_path):
+    """Queries near the items and far from all of them (a new user's profile-only vector): with the efSearch and
+    exact-search threshold the calibration chose, the serving step's lists reach its reported recall, and no
+    query falls under MIN_QUERY_RECALL (those whose graph search misses are ranked exactly)."""
+    items = clustered(20_000)
+    rng = np.random.default_rng(7)
+    far = rng.normal(size=(150, 32))
+    far = (0.3 * far / np.linalg.norm(far, axis=1, keepdims=True)).astype(np.float32)
+    queries = np.concatenate([clustered(150, seed=2), far])
+    write_item_index(tmp_path, items, AnnParams(m=8, ef_construction=40, ef_search=64), queries=queries)
+    meta = json.loads((tmp_path / ANN_META_FILE).read_text())
+    chosen = meta["calibration"]["chosen"]
+    assert meta["ef_search"] == chosen["ef_search"] and meta["exact_below"] == chosen["exact_below"]
+    assert [t["ef_search"] for t in meta["calibration"]["tried"]] == [32, 64]
+    assert min(t["index_recall@10"] for t in meta["calibration"]["tried"]) < MIN_QUERY_RECALL  # the graph misses
+    ann = ops.load_ann(str(tmp_path / ANN_FILE), meta["ef_search"])
+    index = ops.ItemIndex(np.arange(len(items), dtype=np.int64))
+    none = np.array([], dtype=np.int64)
+    served = [ops.ann_top_k(ann, index, items, q, none, 10, meta["exact_below"])[0] for q in queries]
+    exact, _ = exact_top_k(items, queries, 10)
+    per_query = [len(set(a.tolist()) & set(e.tolist())) / 10 for a, e in zip(served, exact, strict=True)]
+    assert min(per_query) >= MIN_QUERY_RECALL
+    assert np.mean(per_query) == pytest.approx(chosen["recall@10"]) and chosen["recall@10"] >= 0.95
+
+
+def test_a_query_scoring_below_the_threshold_is_ranked_exactly():
+    items = clustered(3_000, dim=16)
+    index = ops.ItemIndex(np.arange(len(items), dtype=np.int64))
+    ann = build_item_index(items, AnnParams(m=4, ef_construction=8, ef_search=1))  # a poor graph search
+    users = clustered(40, dim=16, seed=9)
+    none = np.array([], dtype=np.int64)
+    exact = [ops.request_top_k(index, items, u, none, 10)[0].tolist() for u in users]
+    graph = [ops.ann_top_k(ann, index, items, u, none, 10)[0].tolist() for u in users]
+    assert graph != exact  # the index alone misses some
+    fallback = [ops.ann_top_k(ann, index, items, u, none, 10, exact_below=np.inf)[0].tolist() for u in users]
+    assert fallback == exact

@@ -1,5 +1,7 @@
 """A large-catalogue deployment on a real Triton server: the top-K step searches the HNSW item index."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -19,8 +21,10 @@ def test_top_k_searches_the_item_index_and_answers_like_the_exact_reference(trit
     assert result.status == "active"
     version = config.serving.model_repository / tr.TOPK / str(result.version)
     assert (version / ANN_FILE).is_file() and (version / ANN_META_FILE).is_file()
+    meta = json.loads((version / ANN_META_FILE).read_text(encoding="utf-8"))
+    assert meta["calibration"]["queries"] > 300 and meta["calibration"]["chosen"]["recall@10"] >= 0.95  # own users
     log = config.serving.triton_log_file.read_text(encoding="utf-8", errors="replace")
-    assert "top-K over 300 items: HNSW item index, ef_search 256" in log
+    assert f"top-K over 300 items: HNSW item index, ef_search {meta['ef_search']}, exact below" in log
     reference = EnsembleReference(bundles["a"])  # exact top-K in process
     ids_all = np.load(bundles["a"] / "item_ids.npy")
     rng = np.random.default_rng(3)

@@ -33,12 +33,14 @@ class TritonPythonModel:
         with open(os.path.join(version_dir, "manifest.json"), encoding="utf-8") as fh:
             self.prior = self.ops.PopularityPrior(self.index, json.load(fh).get(self.ops.PRIOR_KEY))
         meta_path = os.path.join(version_dir, "item_index.json")  # written with the ANN index at deploy time
-        ef_search = 64
+        ef_search, self.exact_below = 64, None
         if os.path.isfile(meta_path):
             with open(meta_path) as meta:
-                ef_search = json.load(meta)["ef_search"]
+                params = json.load(meta)
+            ef_search, self.exact_below = params["ef_search"], params.get("exact_below")
         self.ann = self.ops.load_ann(os.path.join(version_dir, "item_index.faiss"), ef_search)
-        search = f"HNSW item index, ef_search {ef_search}" if self.ann is not None else "exact scan"
+        search = (f"HNSW item index, ef_search {ef_search}, exact below score {self.exact_below}"
+                  if self.ann is not None else "exact scan")
         pb_utils.Logger.log_info(f"top-K over {len(self.embeddings)} items: {search}")
 
     def execute(self, requests):
@@ -54,7 +56,8 @@ class TritonPythonModel:
                 prior_counts = np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "prior_counts"))
                 boost = self.prior.boost(self.index, prior_ids, prior_counts)
                 if self.ann is not None and boost is None:  # the index ranks by dot product alone
-                    ids, scores = self.ops.ann_top_k(self.ann, self.index, self.embeddings, user, exclude, int(k[0]))
+                    ids, scores = self.ops.ann_top_k(self.ann, self.index, self.embeddings, user, exclude, int(k[0]),
+                                                      self.exact_below)
                 else:
                     ids, scores = self.ops.request_top_k(self.index, self.embeddings, user, exclude, int(k[0]), boost)
                 responses.append(
