@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from components.bundle_ops import PopularityPrior
 from components.encoders import PROFILE_ENCODER_FILE, ItemEncoder, ProfileEncoder
 from components.errors import RecsysError
 from components.item_events import epoch_us
+from components.onnx_export import quiet_onnx_export
 from components.recommender import TowerRecommender
 
 log = logging.getLogger(__name__)
@@ -481,23 +479,6 @@ def load_recommender(model_dir: str | Path) -> TwoTowerRecommender:
 
 
 # ---------------------------------------------------------------- ONNX (contract C5)
-
-
-@contextmanager
-def quiet_onnx_export() -> Iterator[None]:
-    """Silence the dynamo ONNX exporter's known, harmless noise (its progress lines are off by `verbose=False`):
-    the 'torchvision is not installed' notices, the pytree `LeafSpec` FutureWarnings and the 'axis name ... will
-    not be used' UserWarnings (a shared dynamic dimension)."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
-            yield
-    finally:
-        registration.setLevel(level)
 
 
 def _strip_debug_metadata(path: Path) -> None:

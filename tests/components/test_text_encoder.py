@@ -124,3 +124,25 @@ def test_worker_processes_encode_the_same_vectors_in_order(encoder: SentenceEnco
     few = cached_text_embeddings(texts[:10] + ["one new text"], None, tmp_path, progress=False, encoder=counting,
                                  workers=2)
     assert counting.texts == ["one new text"] and np.array_equal(few[:10], sharded[:10])  # few: no workers
+
+
+def test_many_missing_texts_are_encoded_by_the_onnx_export_to_the_same_vectors(encoder: SentenceEncoder,
+                                                                               tmp_path: Path, monkeypatch) -> None:
+    """From ONNX_MIN_TEXTS missing texts the frozen encoder runs as its ONNX export on ONNX Runtime (in one process
+    and in worker processes): the torch encoder's vectors, in order; the export is made once per encoder."""
+    from components import text_encoder
+
+    monkeypatch.setattr(text_encoder, "ONNX_MIN_TEXTS", 20)
+    monkeypatch.setattr(text_encoder, "SHARD_TEXTS", 8)
+    texts = [f"item {i}: {TEXTS[i % 4]} no. {i * 7}" for i in range(37)]
+    one = cached_text_embeddings(texts[:24], None, tmp_path / "one", progress=False)
+    exported = list((tmp_path / "one").glob("text_encoder_*.onnx"))
+    assert len(exported) == 1
+    np.testing.assert_allclose(one, encoder.encode(texts[:24]), atol=1e-5)
+    made = exported[0].stat().st_mtime_ns
+    more = cached_text_embeddings(texts[::-1], None, tmp_path / "one", progress=False, workers=2)  # 13 new: torch
+    np.testing.assert_allclose(more[::-1], encoder.encode(texts), atol=1e-5)
+    assert exported[0].stat().st_mtime_ns == made
+    workers = cached_text_embeddings(texts, None, tmp_path / "workers", progress=False, workers=2)
+    assert len(list((tmp_path / "workers").glob("text_encoder_*.onnx"))) == 1
+    np.testing.assert_allclose(workers, encoder.encode(texts), atol=1e-5)
