@@ -95,8 +95,7 @@ def calibrate_search(index, embeddings: np.ndarray, queries: np.ndarray, target_
         ann_ms = (time.perf_counter() - start) * 1000 / len(queries)
         valid = rows >= 0
         best = np.where(valid, np.einsum("qkd,qd->qk", table[np.where(valid, rows, 0)], queries), -np.inf).max(1)
-        recall = np.array([len(set(a[a >= 0].tolist()) & set(e.tolist())) / len(e)
-                           for a, e in zip(rows, exact_rows, strict=True)])
+        recall = per_query_recall(rows, exact_rows)
         failing = recall < MIN_QUERY_RECALL
         threshold = float(np.nextafter(best[failing].max(), np.float32(np.inf))) if failing.any() else None
         exact = best < threshold if threshold is not None else np.zeros(len(queries), dtype=bool)
@@ -118,9 +117,8 @@ def tower_queries(bundle_dir: str | Path, with_history: int = 300, profile_only:
     profile combination when there are no more), float32 [N, D]."""
     import itertools
 
-    import onnxruntime as ort
-
     from components.bundle_ops import profile_sizes
+    from components.ensemble import onnx_session
 
     bundle = Path(bundle_dir)
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
@@ -138,10 +136,7 @@ def tower_queries(bundle_dir: str | Path, with_history: int = 300, profile_only:
         alone = rng.integers(0, np.asarray(sizes), size=(profile_only, len(sizes)))
     history = np.concatenate([history, np.zeros((len(alone), length), dtype=np.int64)])
     profiles = np.concatenate([profiles, alone]).astype(np.int64)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(bundle / "user_tower.onnx"), sess_options=options,
-                                   providers=["CPUExecutionProvider"])
+    session = onnx_session(bundle / "user_tower.onnx")
     parts = [session.run(["user_embedding"], {"history": history[i:i + 256], "profile": profiles[i:i + 256]})[0]
              for i in range(0, len(history), 256)]
     return np.concatenate(parts).astype(np.float32)
@@ -170,8 +165,13 @@ def exact_top_k(embeddings: np.ndarray, users: np.ndarray, k: int, chunk_rows: i
     return np.take_along_axis(best_rows, order, 1), np.take_along_axis(best_scores, order, 1)
 
 
+def per_query_recall(approx_rows: np.ndarray, exact_rows: np.ndarray) -> np.ndarray:
+    """Share of each query's exact top-k that the approximate top-k found (-1 padding never counts)."""
+    return np.array([len(set(a[a >= 0].tolist()) & set(e.tolist())) / max(1, len(e))
+                     for a, e in zip(approx_rows, exact_rows, strict=True)], dtype=np.float64)
+
+
 def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
     """Mean share of each query's exact top-k that the approximate top-k found."""
-    hits = [len(set(a.tolist()) & set(e.tolist())) / max(1, len(e)) for a, e in zip(approx_rows, exact_rows,
-                                                                                   strict=True)]
-    return float(np.mean(hits)) if hits else 0.0
+    hits = per_query_recall(approx_rows, exact_rows)
+    return float(hits.mean()) if hits.size else 0.0
