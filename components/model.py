@@ -131,6 +131,18 @@ class TextAdapter(nn.Module):
         return x + self.up(F.gelu(self.down(x)))
 
 
+@dataclass
+class BatchTable:
+    """Item vectors of a step's rows: `table` [len(rows) + 1, D], row 0 = padding, row k + 1 = model row rows[k]."""
+
+    rows: torch.Tensor  # sorted distinct model rows (> 0)
+    table: torch.Tensor
+
+    def local(self, model_rows: torch.Tensor) -> torch.Tensor:
+        """Rows of `table` for model rows (0, the padding, stays 0); every non-zero row must be in `rows`."""
+        return torch.where(model_rows > 0, torch.searchsorted(self.rows, model_rows) + 1, 0)
+
+
 class TwoTowerModel(nn.Module):
     """Both towers plus the per-item feature buffers (model row 0 = padding)."""
 
@@ -147,7 +159,8 @@ class TwoTowerModel(nn.Module):
         adapter = int(cfg.get("text_adapter_hidden") or 0)
         self.text_adapter = TextAdapter(text_dim, adapter) if adapter else None
         self.text_mlp = nn.Sequential(nn.Linear(text_dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.item_id = nn.Embedding(n + 1, dim)
+        # sparse: a step's gradient holds only the rows it read (`reads_batch_rows`): a lazy Adam on large catalogues
+        self.item_id = nn.Embedding(n + 1, dim, sparse=bool(cfg.get("sparse_id_gradients")))
         nn.init.normal_(self.item_id.weight, std=0.01)
         self.attribute_emb = nn.ModuleList(nn.Embedding(size, dim, padding_idx=0) for size in sizes)
         self.user = UserTower(dim, cfg["max_seq_len"], cfg["user_layers"], cfg["user_heads"], cfg["dropout"],
@@ -196,13 +209,17 @@ class TwoTowerModel(nn.Module):
             out = out + emb(codes).sum(1) / (codes > 0).sum(1, keepdim=True).clamp(min=1)
         return out
 
-    def item_table(self, rows: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
-        """[N+1, D] item vectors with row 0 = 0; only `rows` filled when given (others 0)."""
-        n1 = self.text.shape[0]
-        if rows is None:
-            rows = torch.arange(1, n1, device=self.text.device)
+    def item_table(self, text: torch.Tensor | None = None) -> torch.Tensor:
+        """[N+1, D] vectors of every item, row 0 = 0 (padding); `text` [N, T] overrides the cached text embeddings."""
+        rows = torch.arange(1, self.text.shape[0], device=self.text.device)
         vecs = self.item_vectors(rows, text)
-        return torch.zeros(n1, vecs.shape[1], device=vecs.device, dtype=vecs.dtype).index_copy(0, rows, vecs)
+        return torch.cat([torch.zeros(1, vecs.shape[1], device=vecs.device, dtype=vecs.dtype), vecs])
+
+    def batch_table(self, rows: torch.Tensor, text: torch.Tensor | None = None) -> BatchTable:
+        """The vectors of the sorted, distinct model rows `rows` (> 0) only: what a step reads, at a cost that does
+        not grow with the catalogue."""
+        vecs = self.item_vectors(rows, text)
+        return BatchTable(rows, torch.cat([torch.zeros(1, vecs.shape[1], device=vecs.device, dtype=vecs.dtype), vecs]))
 
     def forward(self, history: torch.Tensor, targets: torch.Tensor, profile: torch.Tensor, log_pop: torch.Tensor,
                 cfg: Any, text_fn: Any = None) -> torch.Tensor:
@@ -221,6 +238,20 @@ def resolved_loss(cfg: Any, n_items: int) -> str:
     return "full_softmax" if n_items <= cfg.full_softmax_max_items else "sampled_softmax"
 
 
+def reads_batch_rows(cfg: Any, n_items: int, tunes_text: bool = False) -> bool:
+    """Whether a training step runs the item tower over the rows its batch reads only (their histories, targets and
+    sampled negatives) rather than over the whole catalogue: sampled softmax always; in-batch softmax without hard
+    negatives from `model.batch_rows_min_items` items, or when the text encoder is tuned."""
+    kind = resolved_loss(cfg, n_items)
+    if kind == "sampled_softmax":
+        return True
+    return kind == "in_batch" and (tunes_text or (cfg.hard_negatives == 0 and n_items >= cfg.batch_rows_min_items))
+
+
+def _text_of(text_fn: Any, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if text_fn is None else text_fn(rows)
+
+
 def next_item_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.Tensor, profile: torch.Tensor,
                    log_pop: torch.Tensor, cfg: Any, text_fn: Any = None) -> torch.Tensor:
     """Next-item cross-entropy of every target token of a batch of windows, under the configured `model.loss`.
@@ -230,25 +261,24 @@ def next_item_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.Tensor, 
     the target's own draws are masked, so the sum estimates the full softmax's partition (importance sampling).
     in_batch: against the batch's distinct targets (+ hard negatives), logQ-corrected.
     """
-    kind = resolved_loss(cfg, int(model.text.shape[0]) - 1)
+    n_items = int(model.text.shape[0]) - 1
+    kind = resolved_loss(cfg, n_items)
     if kind == "in_batch":
         return in_batch_softmax_loss(model, batch_in, batch_out, profile, log_pop, cfg, text_fn)
     targets = batch_out[batch_out > 0]
     if kind == "full_softmax":
-        rows = None
-    else:
-        q = torch.exp(0.75 * log_pop[1:])
-        q = q / q.sum()
-        sampled = torch.multinomial(q, cfg.sampled_negatives, replacement=True) + 1
-        rows = torch.unique(torch.cat([targets, sampled, batch_in[batch_in > 0]]))
-    table = model.item_table(rows, None if text_fn is None else text_fn(
-        torch.arange(1, model.text.shape[0], device=batch_in.device) if rows is None else rows))
-    query = model.user_positions(table, batch_in, profile)[batch_out > 0]  # [M, D]
-    if kind == "full_softmax":
+        table = model.item_table(_text_of(text_fn, torch.arange(1, n_items + 1, device=batch_in.device)))
+        query = model.user_positions(table, batch_in, profile)[batch_out > 0]  # [M, D]
         return F.cross_entropy(query @ table[1:].T / cfg.temperature, targets - 1)
-    log_sq = torch.log(cfg.sampled_negatives * q.clamp(min=1e-12))
-    pos = (query * table[targets]).sum(-1, keepdim=True) / cfg.temperature
-    neg = query @ table[sampled].T / cfg.temperature - log_sq[sampled - 1]
+    q = torch.exp(0.75 * log_pop[1:])
+    q = q / q.sum()
+    sampled = torch.multinomial(q, cfg.sampled_negatives, replacement=True) + 1
+    rows = torch.unique(torch.cat([targets, sampled, batch_in[batch_in > 0]]))
+    batch = model.batch_table(rows, _text_of(text_fn, rows))
+    query = model.user_positions(batch.table, batch.local(batch_in), profile)[batch_out > 0]  # [M, D]
+    pos = (query * batch.table[batch.local(targets)]).sum(-1, keepdim=True) / cfg.temperature
+    log_sq = torch.log(cfg.sampled_negatives * q[sampled - 1].clamp(min=1e-12))
+    neg = query @ batch.table[batch.local(sampled)].T / cfg.temperature - log_sq
     neg = neg.masked_fill(sampled.unsqueeze(0) == targets.unsqueeze(1), -torch.inf)  # accidental hits
     return F.cross_entropy(torch.cat([pos, neg], dim=1), torch.zeros(len(targets), dtype=torch.long,
                                                                      device=pos.device))
@@ -262,15 +292,15 @@ def in_batch_softmax_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.T
     """
     targets = batch_out[batch_out > 0]
     cands = torch.unique(targets)
-    whole = text_fn is None and (cfg.hard_negatives > 0 or model.text.shape[0] - 1 < cfg.batch_rows_min_items)
-    if whole:  # hard negatives search every item; a small catalogue costs one product
-        table = model.item_table()
-    else:  # only the rows this batch reads (fine-tuning: the encoder runs on these items alone)
+    if reads_batch_rows(cfg, int(model.text.shape[0]) - 1, tunes_text=text_fn is not None):
+        # only the rows this batch reads (fine-tuning: the encoder runs on these items alone)
         rows = torch.unique(torch.cat([cands, batch_in[batch_in > 0]]))
-        table = model.item_table(rows, None if text_fn is None else text_fn(rows))
-    per_pos = model.user_positions(table, batch_in, profile)  # [B, L+1, D]
-    query = per_pos[batch_out > 0]  # [M, D]
-    logits = query @ table[cands].T / cfg.temperature
+        batch = model.batch_table(rows, _text_of(text_fn, rows))
+        table, history, cand_rows = batch.table, batch.local(batch_in), batch.local(cands)
+    else:  # hard negatives search every item; a small catalogue costs one product
+        table, history, cand_rows = model.item_table(), batch_in, cands
+    query = model.user_positions(table, history, profile)[batch_out > 0]  # [M, D]
+    logits = query @ table[cand_rows].T / cfg.temperature
     if cfg.logq_correction:
         m = float(targets.numel())
         p = log_pop[cands].exp()

@@ -29,6 +29,7 @@ from components.model import (
     TwoTowerModel,
     item_features,
     load_recommender,
+    reads_batch_rows,
     save_artifact,
 )
 from components.popularity_prior import (
@@ -133,10 +134,36 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
         "fine_tuned_encoder": m.tunes_encoder_weights,
         "encoder_tuning": m.encoder_tuning,
         "text_adapter_hidden": m.adapter_hidden if m.encoder_tuning == "adapter" else 0,
+        "sparse_id_gradients": config.train.sparse_id_gradients
+        and reads_batch_rows(m, len(data.item_ids), tunes_text=m.tunes_encoder_weights),
     }
     model = TwoTowerModel(cfg)
     model.set_item_features(feats, data.train_count)
     return model
+
+
+def _sparse_param(model: TwoTowerModel, param: torch.nn.Parameter) -> bool:
+    return param is model.item_id.weight and model.item_id.sparse
+
+
+def make_optimizers(model: TwoTowerModel, config: Config) -> list[torch.optim.Optimizer]:
+    """AdamW over the dense weights (the text encoder's, when tuned, at its own learning rate); with sparse ID
+    gradients (`train.sparse_id_gradients` on a large catalogue) the ID-embedding table under SparseAdam, a lazy
+    Adam that moves only the rows a step read, so that a step's cost does not grow with the catalogue."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    enc_ids = {id(p) for p in model.encoder.parameters()} if model.encoder is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in enc_ids and not _sparse_param(model, p)]}]
+    if enc_ids:
+        tuning = config.model.encoder_tuning
+        encoder_lr = config.model.lora_learning_rate if tuning == "lora" else config.model.encoder_learning_rate
+        groups.append({"params": [p for p in params if id(p) in enc_ids], "lr": encoder_lr})
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=config.train.learning_rate,
+                                                           weight_decay=config.train.weight_decay)]
+    if model.item_id.sparse:
+        opts.append(torch.optim.SparseAdam([model.item_id.weight], lr=config.train.learning_rate))
+        log.info("sparse ID-embedding gradients: %d rows under SparseAdam (lazy; no weight decay on them)",
+                 model.item_id.num_embeddings)
+    return opts
 
 
 def _text_embeddings(config: Config, items: pd.DataFrame, dist: Dist) -> np.ndarray:
@@ -202,21 +229,17 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     text_fn = _attach_encoder(model, config, data, device) if config.model.tunes_encoder_weights else None
     log_pop = torch.log(torch.from_numpy(np.concatenate([[0.0], data.train_count])).float() / data.train_count.sum()
                         + 1e-12).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    enc_ids = {id(p) for p in model.encoder.parameters()} if model.encoder is not None else set()
-    groups = [{"params": [p for p in params if id(p) not in enc_ids]}]
-    if enc_ids:
-        encoder_lr = config.model.lora_learning_rate if tuning == "lora" else config.model.encoder_learning_rate
-        groups.append({"params": [p for p in params if id(p) in enc_ids], "lr": encoder_lr})
-    opt = torch.optim.AdamW(groups, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
-    base_lrs = [group.get("lr", config.train.learning_rate) for group in opt.param_groups]
+    opts = make_optimizers(model, config)
+    base_lrs = [group.get("lr", config.train.learning_rate) for opt in opts for group in opt.param_groups]
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.world > 1 else None
     history: list[dict] = []
     start_epoch, best, best_state, bad_epochs = 1, -1.0, None, 0
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain types only
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        states = ck["optimizer"] if isinstance(ck["optimizer"], list) else [ck["optimizer"]]
+        for opt, state in zip(opts, states, strict=True):
+            opt.load_state_dict(state)
         start_epoch, best, best_state = ck["epoch"] + 1, ck["best_metric"], ck["best_state"]
         bad_epochs, history = ck["bad_epochs"], ck["history"]
         torch.set_rng_state(ck["torch_rng"])
@@ -226,29 +249,44 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     mixed = tuning == "full" or (tuning == "lora" and device.type == "cuda")  # a CPU runs LoRA in float32
     amp = torch.autocast(device.type, dtype=amp_dtype, enabled=mixed)
     scaler = torch.amp.GradScaler(device.type, enabled=mixed and amp_dtype == torch.float16)
-    def step_epoch(epoch: int, model=model, ddp=ddp, opt=opt, data=data, log_pop=log_pop) -> tuple[float, np.ndarray]:
-        """One pass over the windows (this rank's share); returns (mean loss over ranks, the windows used)."""
+    deadline = started + 60 * config.train.max_minutes
+
+    def step_epoch(epoch: int, model=model, ddp=ddp, opts=opts, data=data, log_pop=log_pop,
+                   deadline: float | None = deadline) -> tuple[float, np.ndarray]:
+        """One pass over the windows (this rank's share), cut short at `deadline` (the time budget); returns (mean
+        loss over ranks, the windows used)."""
         model.train()
-        for group, base_lr in zip(opt.param_groups, base_lrs, strict=True):
+        groups = [group for opt in opts for group in opt.param_groups]
+        for group, base_lr in zip(groups, base_lrs, strict=True):
             group["lr"] = base_lr * lr_factor(config, epoch)
+        dense = [p for p in model.parameters() if p.requires_grad and not _sparse_param(model, p)]
         n_win = len(data.windows_in)
         per_rank = math.ceil(n_win / dist.world)
         perm = np.random.default_rng(config.train.seed + epoch).permutation(n_win)
         perm = np.resize(perm, per_rank * dist.world)[dist.rank :: dist.world]
         losses = []
-        bar = tqdm(range(0, per_rank, bs), desc=f"epoch {epoch}", disable=not (progress and dist.main), leave=False)
+        starts = range(0, per_rank, bs)
+        bar = tqdm(starts, desc=f"epoch {epoch}", disable=not (progress and dist.main), leave=False)
         for s in bar:
+            if deadline is not None and losses and bool(_broadcast(float(time.monotonic() >= deadline), dist)):
+                log.warning("time budget train.max_minutes=%.1f reached in epoch %d after %d of %d steps",
+                            config.train.max_minutes, epoch, len(losses), len(starts))
+                perm = perm[:s]
+                break
             idx = perm[s : s + bs]
             b_in = torch.from_numpy(data.windows_in[idx]).to(device)
             b_out = torch.from_numpy(data.windows_out[idx]).to(device)
             b_prof = torch.from_numpy(data.window_profile[idx]).to(device)
             with amp:
                 loss = (ddp or model)(b_in, b_out, b_prof, log_pop, config.model, text_fn)
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
-            scaler.step(opt)
+            for opt in opts:
+                scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(dense, 5.0)
+            for opt in opts:
+                scaler.step(opt)
             scaler.update()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -291,8 +329,8 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         stop = bool(_broadcast(float(stop), dist))
         if dist.main:
             # tensors and plain Python values only, so that resuming loads it with weights_only=True
-            ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best_metric": best,
-                  "best_state": best_state, "bad_epochs": bad_epochs, "history": history,
+            ck = {"model": model.state_dict(), "optimizer": [opt.state_dict() for opt in opts], "epoch": epoch,
+                  "best_metric": best, "best_state": best_state, "bad_epochs": bad_epochs, "history": history,
                   "torch_rng": torch.get_rng_state()}
             with atomic_path(ckpt_path) as tmp:
                 torch.save(ck, tmp)
@@ -302,14 +340,13 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         seed_everything(config.train.seed)
         refit_data = prepare_data(config, tables, examples, with_validation=True)
         refit = build_model(config, refit_data, text_emb).to(device)
-        refit_opt = torch.optim.AdamW(refit.parameters(), lr=config.train.learning_rate,
-                                      weight_decay=config.train.weight_decay)
+        refit_opts = make_optimizers(refit, config)
         refit_ddp = torch.nn.parallel.DistributedDataParallel(refit) if dist.world > 1 else None
         refit_log_pop = torch.log(torch.from_numpy(np.concatenate([[0.0], refit_data.train_count])).float()
                                   / refit_data.train_count.sum() + 1e-12).to(device)
         for epoch in range(1, best_epoch + 1):
             t0 = time.monotonic()
-            loss_mean, _ = step_epoch(epoch, refit, refit_ddp, refit_opt, refit_data, refit_log_pop)
+            loss_mean, _ = step_epoch(epoch, refit, refit_ddp, refit_opts, refit_data, refit_log_pop, None)
             log.info("refit epoch %d/%d on train + validation targets: loss %.4f, %.1fs", epoch, best_epoch,
                      loss_mean, time.monotonic() - t0)
     metrics: dict[str, Any] = {}
