@@ -204,6 +204,37 @@ def test_in_batch_loss_over_the_batchs_rows_equals_the_whole_tables() -> None:
     assert unread and grads["rows"][1]["item_id.weight"][unread].abs().sum() == 0
 
 
+def test_sparse_id_gradients_hold_the_read_rows_and_a_lazy_adam_moves_only_them() -> None:
+    """Sparse ID gradients equal the dense ones; a step under `make_optimizers` moves the rows the batch read and
+    leaves every other ID-embedding row as it was."""
+    import torch
+
+    from components.model import TwoTowerModel, next_item_loss
+    from components.train import make_optimizers
+
+    model, history, targets, profile, log_pop = _loss_fixture()
+    model.eval()
+    config = load_config(overrides=["model.loss=in_batch", "model.batch_rows_min_items=1"])
+    next_item_loss(model, history, targets, profile, log_pop, config.model).backward()
+    dense = model.item_id.weight.grad.clone()
+    sparse_model = TwoTowerModel({**model.cfg, "sparse_id_gradients": True})
+    sparse_model.load_state_dict(model.state_dict())
+    sparse_model.eval()
+    next_item_loss(sparse_model, history, targets, profile, log_pop, config.model).backward()
+    grad = sparse_model.item_id.weight.grad
+    assert grad.is_sparse
+    torch.testing.assert_close(grad.to_dense(), dense)
+    opts = make_optimizers(sparse_model, config)
+    assert [type(o).__name__ for o in opts] == ["AdamW", "SparseAdam"]
+    before = sparse_model.item_id.weight.detach().clone()
+    for opt in opts:
+        opt.step()
+    moved = (sparse_model.item_id.weight.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    read = sorted((set(history.flatten().tolist()) | set(targets.flatten().tolist())) - {0})
+    assert moved == read
+    assert [type(o).__name__ for o in make_optimizers(model, config)] == ["AdamW"]  # dense: one AdamW as before
+
+
 def test_sampled_softmax_with_every_item_sampled_ranks_like_the_full_softmax() -> None:
     """With many uniform shared negatives the logQ-corrected sampled loss approaches the full softmax's."""
     import torch

@@ -92,13 +92,40 @@ def test_resume_continues_exactly_where_it_stopped(dataset, tmp_path: Path) -> N
     assert resumed["test_ndcg@10"] == pytest.approx(straight["test_ndcg@10"], abs=1e-4)
 
 
-def test_time_budget_stops_training(dataset, tmp_path: Path) -> None:
+def test_time_budget_stops_training_inside_an_epoch(dataset, tmp_path: Path) -> None:
+    """A budget spent after the first step ends the epoch there (an epoch at 10^7 events would run for an hour)."""
+    from components.train import train_model
+    from components.train_data import prepare_data, read_examples
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.max_minutes": 0.0001})
+    metrics = train_model(config, canonical, examples, tmp_path, progress=False)
+    assert metrics["epochs"] == 1
+    from components.schemas import read_tables
+
+    windows = len(prepare_data(config, read_tables(canonical), read_examples(examples)).windows_in)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert windows > config.train.batch_size and history[0]["samples"] == config.train.batch_size
+
+
+def test_large_catalogue_path_trains_the_id_table_sparsely_and_resumes(dataset, tmp_path: Path) -> None:
+    """When a step reads only its batch's items, the ID table gets sparse gradients under SparseAdam: training,
+    checkpoint and resume work as with AdamW, and the flag is recorded in the model's config."""
     from components.train import train_model
 
     data_dir, canonical, examples = dataset
-    metrics = train_model(tiny_config(data_dir, **{"train.max_minutes": 0.0001}), canonical, examples, tmp_path,
-                          progress=False)
-    assert metrics["epochs"] == 1
+    large = {"model.batch_rows_min_items": 1, "train.epochs": 2}
+    train_model(tiny_config(data_dir, **large), canonical, examples, tmp_path / "a", progress=False)
+    cfg = json.loads((tmp_path / "a" / "model_config.json").read_text())
+    assert cfg["sparse_id_gradients"] is True
+    ck = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    assert len(ck["optimizer"]) == 2  # AdamW (dense weights) + SparseAdam (ID table)
+    resumed = train_model(tiny_config(data_dir, **{**large, "train.epochs": 3}), canonical, examples, tmp_path / "a",
+                          resume=True, progress=False)
+    assert resumed["epochs"] == 3 and resumed["test_ndcg@10"] > 0
+    train_model(tiny_config(data_dir, **{**large, "train.sparse_id_gradients": False, "train.epochs": 1}), canonical,
+                examples, tmp_path / "b", progress=False)
+    assert json.loads((tmp_path / "b" / "model_config.json").read_text())["sparse_id_gradients"] is False
 
 
 @pytest.mark.timeout(600)
