@@ -124,8 +124,7 @@ def item_embeddings_from_text(model: Any, text_emb: np.ndarray) -> np.ndarray:
     import torch
 
     model.eval()
-    with torch.no_grad():
-        return model.item_table(text=torch.from_numpy(np.asarray(text_emb, dtype=np.float32)))[1:].numpy()
+    return model.item_embeddings(torch.from_numpy(np.asarray(text_emb, dtype=np.float32))).numpy()
 
 
 @dataclass

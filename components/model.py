@@ -215,6 +215,16 @@ class TwoTowerModel(nn.Module):
         vecs = self.item_vectors(rows, text)
         return torch.cat([torch.zeros(1, vecs.shape[1], device=vecs.device, dtype=vecs.dtype), vecs])
 
+    @torch.no_grad()
+    def item_embeddings(self, text: torch.Tensor | None = None, chunk: int = 65_536) -> torch.Tensor:
+        """[N, D] unit vectors of every catalogue row (no gradient), `chunk` rows at a time: the whole table at once
+        holds ~2 GB of intermediates at 10^6 items. `text` [N, T] overrides the cached text embeddings."""
+        n = self.text.shape[0] - 1
+        parts = [self.item_vectors(torch.arange(start + 1, min(start + chunk, n) + 1, device=self.text.device),
+                                   None if text is None else text[start : start + chunk])
+                 for start in range(0, n, chunk)]
+        return torch.cat(parts) if parts else torch.zeros(0, int(self.cfg["embedding_dim"]))
+
     def batch_table(self, rows: torch.Tensor, text: torch.Tensor | None = None) -> BatchTable:
         """The vectors of the sorted, distinct model rows `rows` (> 0) only: what a step reads, at a cost that does
         not grow with the catalogue."""

@@ -39,8 +39,7 @@ def ranking_metrics(rec: Recommender, stage: EvalData, config: Config, cold: boo
 
 def in_training_recommender(model: Any, data: TrainData, device: torch.device) -> TowerRecommender:
     """The model being trained as a Recommender, scored like the saved artifact (eval mode, current weights)."""
-    with torch.no_grad():
-        item_emb = model.item_table(text=None)[1:].float().cpu().numpy()
+    item_emb = model.item_embeddings().float().cpu().numpy()
     encoder = UserEncoder(model, item_emb).to(device).eval()
 
     @torch.no_grad()

@@ -41,7 +41,7 @@ from components.popularity_prior import (
 )
 from components.schemas import read_tables
 from components.shilling_defence import defended_tables
-from components.train_data import TrainData, TrainError, prepare_data, read_examples
+from components.train_data import TrainData, TrainError, prepare_data, read_examples, training_columns
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,22 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
     return model
 
 
+def trained_state(model: TwoTowerModel) -> dict[str, torch.Tensor]:
+    """A copy of what training changes: the state without the catalogue's feature buffers (text vectors, attribute
+    codes, counts: 1.5 GB at 10^6 items, identical at every epoch; the tuned encoder's text is re-encoded after)."""
+    static = {"text", "train_count", *model.attribute_buffers}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in static}
+
+
+def restore_trained_state(model: TwoTowerModel, state: dict[str, torch.Tensor]) -> None:
+    """Load a `trained_state` (a full state dict from an older checkpoint too)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    static = {"text", "train_count", *model.attribute_buffers}
+    if unexpected or set(missing) - static:
+        raise TrainError(f"saved weights do not fit the model: missing {sorted(set(missing) - static)}, "
+                         f"unexpected {sorted(unexpected)}")
+
+
 def _sparse_param(model: TwoTowerModel, param: torch.nn.Parameter) -> bool:
     return param is model.item_id.weight and model.item_id.sparse
 
@@ -222,10 +238,14 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     # -- trust: with trust.defence.enabled, flagged fake accounts are excluded (<out>/excluded_accounts.json)
     tables = defended_tables(config, tables, out if dist.main else None)
     # -- end trust
-    examples = read_examples(examples_dir)
+    examples = read_examples(examples_dir, training_columns(config.dataset))
     data = prepare_data(config, tables, examples)
+    if not config.train.refit_on_validation:  # only the refit reads them again
+        del tables, examples
     text_emb = _text_embeddings(config, data.items, dist)
     model = build_model(config, data, text_emb).to(device)
+    if not config.train.refit_on_validation:  # the model holds its own copy
+        del text_emb
     text_fn = _attach_encoder(model, config, data, device) if config.model.tunes_encoder_weights else None
     log_pop = torch.log(torch.from_numpy(np.concatenate([[0.0], data.train_count])).float() / data.train_count.sum()
                         + 1e-12).to(device)
@@ -318,7 +338,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         history.append(row)
         if metric > best:
             best, bad_epochs = float(metric), 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = trained_state(model)
         else:
             bad_epochs += 1
         log.info("epoch %d: loss %.4f, val NDCG@10 %.4f (best %.4f), %.1fs", epoch, loss_mean, metric, best, epoch_s)
@@ -352,7 +372,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     metrics: dict[str, Any] = {}
     if dist.main:
         if best_state is not None:
-            model.load_state_dict(best_state)
+            restore_trained_state(model, best_state)
         model.eval()
         if text_fn is not None:
             _sync_text(model, text_fn)

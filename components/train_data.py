@@ -40,13 +40,24 @@ class TrainData:
     test: EvalData  # the metrics written with the model (a seeded sample above train.validation_max_users)
 
 
-def read_examples(examples_dir: str | Path) -> pd.DataFrame:
-    """examples.parquet of contract C1 from a Dataset directory (or the file itself)."""
+def read_examples(examples_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """examples.parquet of contract C1 from a Dataset directory (or the file itself); with `columns`, only those of
+    them the file has (training needs keys and profiles, not the recent-item lists: a third of 10^7 rows' memory)."""
     path = Path(examples_dir)
     path = path / EXAMPLES_FILE if path.is_dir() else path
     if not path.is_file():
         raise TrainError(f"training examples not found: {path} (contract C1: <dir>/{EXAMPLES_FILE})")
-    return pd.read_parquet(path)
+    if columns is not None:
+        import pyarrow.parquet as pq
+
+        present = set(pq.read_schema(path).names)
+        columns = [c for c in columns if c in present]
+    return pd.read_parquet(path, columns=columns)
+
+
+def training_columns(schema: DatasetSchema) -> list[str]:
+    """The example columns `prepare_data` reads: the event keys and the declared user attributes."""
+    return ["user_id", "item_id", "event_timestamp", *schema.user_attributes]
 
 
 def examples_from_tables(tables: dict[str, pd.DataFrame], last_n: int, schema: DatasetSchema) -> pd.DataFrame:
@@ -81,8 +92,7 @@ def training_rows(examples: pd.DataFrame, split: Any, with_validation: bool = Fa
         order = pd.concat([order.assign(_stage=0), split.validation[keys].assign(_stage=1)])
         order = order.sort_values(["user_id", "_stage"], kind="stable").drop(columns="_stage")
     order["_pos"] = np.arange(len(order))
-    ex = examples.copy()
-    ex["event_timestamp"] = ex["event_timestamp"].astype(order["event_timestamp"].dtype)
+    ex = examples.assign(event_timestamp=examples["event_timestamp"].astype(order["event_timestamp"].dtype))
     merged = order.merge(ex.drop_duplicates(keys), on=keys, how="inner")
     if len(merged) < len(order):
         log.warning("%d of %d train interactions have no training example; they are skipped",
