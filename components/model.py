@@ -390,6 +390,7 @@ class TwoTowerRecommender(TowerRecommender):
         self.popularity_window = self.cfg.get("popularity_window_days")
         self._new = self.model.train_count[1:].numpy() == 0  # per catalogue row: no trained ID embedding
         self._events: pd.DataFrame | None = None
+        self._counters: dict[int, ItemEventCounter] = {}
         self.params = {"new_item_popularity_weight": self.new_item_popularity_weight,
                        "new_item_popularity_window_days": self.new_item_popularity_window,
                        "popularity_weight": self.popularity_weight,
@@ -421,7 +422,7 @@ class TwoTowerRecommender(TowerRecommender):
         for prior_rows, window in prior.windows():
             cols = np.flatnonzero(np.isin(rows, prior_rows))
             if len(cols):
-                counts = item_event_counts(self._events, users, catalogue[cols], window)
+                counts = self._event_counter(catalogue[cols]).counts(users, window)
                 scores[:, cols] += prior.weights[rows[cols]] * np.log1p(counts)
         return scores
 
@@ -438,6 +439,14 @@ class TwoTowerRecommender(TowerRecommender):
         if missing:
             raise ModelError(f"item events lack column(s) {sorted(missing)}")
         self._events = events[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
+        self._counters = {}
+
+    def _event_counter(self, catalogue: np.ndarray) -> ItemEventCounter:
+        """The prepared counter of the logged events over `catalogue` (one per catalogue: batches reuse it)."""
+        key = hash(catalogue.tobytes())
+        if key not in self._counters:
+            self._counters[key] = ItemEventCounter(self._events, catalogue)
+        return self._counters[key]
 
     def add_items(self, items: pd.DataFrame, text_emb: np.ndarray | None = None) -> np.ndarray:
         """Embed new items (item_id, text, the declared attributes) from text + attributes alone; returns [n, D].
@@ -481,36 +490,60 @@ def item_event_counts(events: pd.DataFrame, users: pd.DataFrame, catalogue: np.n
     (and, with `window_days`, at most that many days before it: the feature store's rolling-window popularity).
 
     One sweep over the events in time order (users taken by `as_of`), then each user's own events taken out:
-    O(events + users x catalogue), whatever the window.
+    O(events + users x catalogue), whatever the window. Many calls over the same events: `ItemEventCounter`.
     """
-    catalogue = np.asarray(catalogue, dtype=np.int64)
-    col = pd.Series(np.arange(len(catalogue)), index=catalogue)
-    ev = events[events["item_id"].isin(col.index)]
-    ts = epoch_us(ev["event_timestamp"])
-    order = np.argsort(ts, kind="stable")
-    ts, ev_col = ts[order], col[ev["item_id"]].to_numpy()[order]
-    ev_user = ev["user_id"].to_numpy()[order]
-    own = pd.Series(np.arange(len(ts))).groupby(ev_user).indices if len(ts) else {}
-    as_of = epoch_us(users["as_of"]) if "as_of" in users else np.full(len(users), np.iinfo(np.int64).max)
-    span = None if window_days is None else int(window_days * 86_400 * 1_000_000)
-    out = np.zeros((len(users), len(catalogue)), dtype=np.float32)
-    running = np.zeros(len(catalogue), dtype=np.float32)
-    added = removed = 0
-    for i in np.argsort(as_of, kind="stable"):
-        t = as_of[i]
-        hi = int(np.searchsorted(ts, t, side="left"))  # events strictly before the request
-        np.add.at(running, ev_col[added:hi], 1.0)
-        added = hi
-        lo = 0 if span is None else int(np.searchsorted(ts, t - span, side="left"))
-        if lo > removed:
-            np.subtract.at(running, ev_col[removed:lo], 1.0)
-            removed = lo
-        out[i] = running
-        mine = own.get(users["user_id"].iloc[i])
-        if mine is not None:
-            mine = mine[(mine >= lo) & (mine < hi)]
-            np.subtract.at(out[i], ev_col[mine], 1.0)
-    return out
+    return ItemEventCounter(events, catalogue).counts(users, window_days)
+
+
+class ItemEventCounter:
+    """`item_event_counts` over fixed events and catalogue, prepared once (filtered, mapped to columns, sorted by
+    time); each window's sweep resumes where the previous call left it when the next users' `as_of` are not earlier,
+    so users given in time order, in chunks, cost one sweep over the events in all rather than one per chunk."""
+
+    def __init__(self, events: pd.DataFrame, catalogue: np.ndarray) -> None:
+        catalogue = np.asarray(catalogue, dtype=np.int64)
+        col = pd.Series(np.arange(len(catalogue)), index=catalogue)
+        ev = events[events["item_id"].isin(col.index)]
+        ts = epoch_us(ev["event_timestamp"])
+        order = np.argsort(ts, kind="stable")
+        self.n_items = len(catalogue)
+        self.ts, self.ev_col = ts[order], col[ev["item_id"]].to_numpy()[order]
+        ev_user = ev["user_id"].to_numpy()[order]
+        self.own = pd.Series(np.arange(len(self.ts))).groupby(ev_user).indices if len(self.ts) else {}
+        self._sweeps: dict[float | None, list] = {}  # window -> [running counts, added, removed, last as_of]
+
+    def _advance(self, running: np.ndarray, start: int, stop: int, sign: float) -> None:
+        if stop - start > self.n_items // 8:  # a long stretch (a fresh sweep): one bincount
+            running += sign * np.bincount(self.ev_col[start:stop], minlength=self.n_items).astype(np.float32)
+        elif stop > start:
+            np.add.at(running, self.ev_col[start:stop], sign)
+
+    def counts(self, users: pd.DataFrame, window_days: float | None = None) -> np.ndarray:
+        """float32 [len(users), catalogue]: see `item_event_counts`."""
+        as_of = epoch_us(users["as_of"]) if "as_of" in users else np.full(len(users), np.iinfo(np.int64).max)
+        span = None if window_days is None else int(window_days * 86_400 * 1_000_000)
+        sweep = self._sweeps.get(window_days)
+        if sweep is None or (len(as_of) and as_of.min() < sweep[3]):  # earlier users: start again
+            sweep = self._sweeps[window_days] = [np.zeros(self.n_items, dtype=np.float32), 0, 0, np.iinfo(np.int64).min]
+        running, added, removed, _ = sweep
+        out = np.zeros((len(users), self.n_items), dtype=np.float32)
+        user_ids = users["user_id"].to_numpy()
+        for i in np.argsort(as_of, kind="stable"):
+            t = as_of[i]
+            hi = int(np.searchsorted(self.ts, t, side="left"))  # events strictly before the request
+            self._advance(running, added, hi, 1.0)
+            added = hi
+            lo = 0 if span is None else int(np.searchsorted(self.ts, t - span, side="left"))
+            if lo > removed:
+                self._advance(running, removed, lo, -1.0)
+                removed = lo
+            out[i] = running
+            mine = self.own.get(user_ids[i])
+            if mine is not None:
+                mine = mine[(mine >= lo) & (mine < hi)]
+                np.subtract.at(out[i], self.ev_col[mine], 1.0)
+        sweep[1:] = [added, removed, as_of.max() if len(as_of) else sweep[3]]
+        return out
 
 
 def load_recommender(model_dir: str | Path) -> TwoTowerRecommender:

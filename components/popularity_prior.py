@@ -12,8 +12,9 @@ import torch
 from components.config import Config
 from components.evaluate import evaluate_cold, evaluate_main
 from components.evaluation_types import EvalData
+from components.item_events import epoch_us
 from components.metrics import per_user_metrics, rank_targets
-from components.model import UserEncoder, item_event_counts
+from components.model import ItemEventCounter, UserEncoder
 from components.recommender import Recommender, TowerRecommender
 from components.train_data import TrainData
 
@@ -86,14 +87,17 @@ def choose_popularity_prior(cosine: np.ndarray | Callable[[np.ndarray], np.ndarr
     metrics = (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")
     per_user: dict[tuple, list[dict[str, np.ndarray]]] = {key: [] for key in grid}
     step = max(1, PRIOR_CELLS // max(len(catalogue), 1))
+    counter = ItemEventCounter(events, catalogue)
+    # chunks in time order: the counter's sweep over the events then runs once in all (the means do not depend on it)
+    by_time = np.argsort(epoch_us(users["as_of"]), kind="stable") if "as_of" in users else np.arange(len(users))
     for start in range(0, len(users), step):
-        rows = np.arange(start, min(start + step, len(users)))
+        rows = by_time[start : start + step]
         part = users.iloc[rows].assign(_row=np.arange(len(rows)))
         scores = cosine(rows) if callable(cosine) else cosine[rows]
         part_histories = [histories[i] for i in rows]
         part_exclude = None if exclude is None else [exclude[i] for i in rows]
         for window in POPULARITY_WINDOWS:
-            prior = np.log1p(item_event_counts(events, part, catalogue, window))
+            prior = np.log1p(counter.counts(part, window))
             for w in weights if window is None else weights[1:]:
                 ranks, _ = rank_targets(_Fixed(scores + w * prior), part, part_histories, targets[rows], catalogue,
                                         EVAL_K, exclude=part_exclude)

@@ -282,6 +282,30 @@ def test_item_event_counts_are_point_in_time_by_other_users_and_windowed() -> No
     np.testing.assert_array_equal(everything, [[3, 0], [3, 1]])
 
 
+@pytest.mark.parametrize("window", [None, 5.0])
+def test_item_event_counter_in_chunks_equals_one_call(window: float | None) -> None:
+    """The prepared counter gives the same counts whether users come at once, in time-ordered chunks (the sweep
+    resumes, with long stretches added by bincount) or out of order (the sweep restarts)."""
+    from components.model import ItemEventCounter, item_event_counts
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    events = pd.DataFrame({"user_id": rng.integers(0, 50, n), "item_id": rng.integers(0, 40, n),
+                           "event_timestamp": start + pd.to_timedelta(rng.integers(0, 30 * 86_400, n), unit="s")})
+    users = pd.DataFrame({"user_id": rng.integers(0, 60, 90),
+                          "as_of": start + pd.to_timedelta(rng.integers(0, 31 * 86_400, 90), unit="s")})
+    catalogue = np.arange(0, 45)  # five items without events
+    whole = item_event_counts(events, users, catalogue, window)
+    assert whole.sum() > 0
+    counter = ItemEventCounter(events, catalogue)
+    by_time = np.argsort(users["as_of"].to_numpy(), kind="stable")
+    for chunk in np.array_split(by_time, 7):
+        np.testing.assert_array_equal(counter.counts(users.iloc[chunk], window), whole[chunk])
+    for chunk in np.array_split(np.arange(len(users)), 4):  # earlier users after later ones: a fresh sweep
+        np.testing.assert_array_equal(counter.counts(users.iloc[chunk], window), whole[chunk])
+
+
 def test_new_item_prior_changes_only_new_items(planted_model: Path) -> None:
     from components.model import load_recommender
 
