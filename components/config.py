@@ -107,6 +107,7 @@ class Model(_Section):
     id_dropout: float = Field(ge=0.0, le=1.0)
     item_representation: Literal["text_and_id", "text_only", "id_only"] = "text_and_id"
     temperature: float = Field(gt=0.0)
+    learn_temperature: bool = False
     loss: Literal["auto", "full_softmax", "sampled_softmax", "in_batch"] = "in_batch"
     full_softmax_max_items: int = Field(default=100_000, ge=1)
     batch_rows_min_items: int = Field(default=20_000, ge=1)

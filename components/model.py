@@ -163,6 +163,9 @@ class TwoTowerModel(nn.Module):
         self.item_id = nn.Embedding(n + 1, dim, sparse=bool(cfg.get("sparse_id_gradients")))
         nn.init.normal_(self.item_id.weight, std=0.01)
         self.attribute_emb = nn.ModuleList(nn.Embedding(size, dim, padding_idx=0) for size in sizes)
+        # model.learn_temperature: the softmax temperature is a trained weight (its log), starting at model.temperature
+        self.log_temperature = (nn.Parameter(torch.tensor(float(np.log(cfg["temperature"]))))
+                                if cfg.get("learn_temperature") else None)
         self.user = UserTower(dim, cfg["max_seq_len"], cfg["user_layers"], cfg["user_heads"], cfg["dropout"],
                               cfg["profile_sizes"])
         self.encoder: nn.Module | None = None  # set by the trainer when fine-tuning the text encoder
@@ -258,6 +261,12 @@ def reads_batch_rows(cfg: Any, n_items: int, tunes_text: bool = False) -> bool:
     return kind == "in_batch" and (tunes_text or (cfg.hard_negatives == 0 and n_items >= cfg.batch_rows_min_items))
 
 
+def softmax_temperature(model: Any, cfg: Any) -> torch.Tensor | float:
+    """The loss's temperature: the trained one (`model.learn_temperature`, kept at or above 0.01) or the configured."""
+    learnt = getattr(model, "log_temperature", None)
+    return cfg.temperature if learnt is None else learnt.exp().clamp(min=0.01)
+
+
 def _text_of(text_fn: Any, rows: torch.Tensor) -> torch.Tensor | None:
     return None if text_fn is None else text_fn(rows)
 
@@ -271,6 +280,7 @@ def next_item_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.Tensor, 
     the target's own draws are masked, so the sum estimates the full softmax's partition (importance sampling).
     in_batch: against the batch's distinct targets (+ hard negatives), logQ-corrected.
     """
+    temperature = softmax_temperature(model, cfg)
     n_items = int(model.text.shape[0]) - 1
     kind = resolved_loss(cfg, n_items)
     if kind == "in_batch":
@@ -279,16 +289,16 @@ def next_item_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.Tensor, 
     if kind == "full_softmax":
         table = model.item_table(_text_of(text_fn, torch.arange(1, n_items + 1, device=batch_in.device)))
         query = model.user_positions(table, batch_in, profile)[batch_out > 0]  # [M, D]
-        return F.cross_entropy(query @ table[1:].T / cfg.temperature, targets - 1)
+        return F.cross_entropy(query @ table[1:].T / temperature, targets - 1)
     q = torch.exp(0.75 * log_pop[1:])
     q = q / q.sum()
     sampled = torch.multinomial(q, cfg.sampled_negatives, replacement=True) + 1
     rows = torch.unique(torch.cat([targets, sampled, batch_in[batch_in > 0]]))
     batch = model.batch_table(rows, _text_of(text_fn, rows))
     query = model.user_positions(batch.table, batch.local(batch_in), profile)[batch_out > 0]  # [M, D]
-    pos = (query * batch.table[batch.local(targets)]).sum(-1, keepdim=True) / cfg.temperature
+    pos = (query * batch.table[batch.local(targets)]).sum(-1, keepdim=True) / temperature
     log_sq = torch.log(cfg.sampled_negatives * q[sampled - 1].clamp(min=1e-12))
-    neg = query @ batch.table[batch.local(sampled)].T / cfg.temperature - log_sq
+    neg = query @ batch.table[batch.local(sampled)].T / temperature - log_sq
     neg = neg.masked_fill(sampled.unsqueeze(0) == targets.unsqueeze(1), -torch.inf)  # accidental hits
     return F.cross_entropy(torch.cat([pos, neg], dim=1), torch.zeros(len(targets), dtype=torch.long,
                                                                      device=pos.device))
@@ -300,6 +310,7 @@ def in_batch_softmax_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.T
 
     logQ correction subtracts log P(item among the batch's targets) = log(1 - (1 - p)^M) from the logits.
     """
+    temperature = softmax_temperature(model, cfg)
     targets = batch_out[batch_out > 0]
     cands = torch.unique(targets)
     if reads_batch_rows(cfg, int(model.text.shape[0]) - 1, tunes_text=text_fn is not None):
@@ -310,7 +321,7 @@ def in_batch_softmax_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.T
     else:  # hard negatives search every item; a small catalogue costs one product
         table, history, cand_rows = model.item_table(), batch_in, cands
     query = model.user_positions(table, history, profile)[batch_out > 0]  # [M, D]
-    logits = query @ table[cand_rows].T / cfg.temperature
+    logits = query @ table[cand_rows].T / temperature
     if cfg.logq_correction:
         m = float(targets.numel())
         p = log_pop[cands].exp()
@@ -321,7 +332,7 @@ def in_batch_softmax_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.T
             full = query @ table[1:].T
             full[:, cands - 1] = -torch.inf  # already candidates
             hard = full.topk(min(cfg.hard_negatives, full.shape[1]), dim=1).indices + 1
-        hard_logits = (query.unsqueeze(1) * table[hard]).sum(-1) / cfg.temperature
+        hard_logits = (query.unsqueeze(1) * table[hard]).sum(-1) / temperature
         logits = torch.cat([logits, hard_logits], dim=1)
     return F.cross_entropy(logits, labels)
 

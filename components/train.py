@@ -125,7 +125,7 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
         "n_items": len(data.item_ids), "embedding_dim": m.embedding_dim, "max_seq_len": m.max_seq_len,
         "user_layers": m.user_layers, "user_heads": m.user_heads, "dropout": m.dropout, "id_dropout": m.id_dropout,
         "item_representation": m.item_representation,
-        "temperature": m.temperature, "text_dim": int(text_emb.shape[1]),
+        "temperature": m.temperature, "learn_temperature": m.learn_temperature, "text_dim": int(text_emb.shape[1]),
         "item_encoder": item_encoder.to_dict(), "item_attribute_sizes": item_encoder.sizes,
         "item_attribute_widths": item_encoder.widths,
         "profile_fields": data.profile_encoder.fields,
@@ -400,6 +400,8 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
                    "train_seconds": time.monotonic() - started, "train_positions": int((data.windows_out > 0).sum()),
                    "validation_users": len(data.validation.users),  # ranked per epoch and per prior grid point
                    "validation_users_total": data.validation.users_total or len(data.validation.users)}
+        if model.log_temperature is not None:
+            metrics["learnt_temperature"] = float(model.log_temperature.exp())
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         _plot_curve(history, out / "training_curve.png")
         log.info("model written to %s: %s", out, {k: round(v, 4) for k, v in metrics.items()})

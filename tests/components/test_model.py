@@ -163,6 +163,24 @@ def test_next_item_loss_is_finite_and_trains_every_part(loss: str, hard_negative
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
+def test_learnt_temperature_starts_at_the_configured_one_and_gets_a_gradient() -> None:
+    import torch
+
+    from components.model import TwoTowerModel, next_item_loss
+
+    model, history, targets, profile, log_pop = _loss_fixture()
+    model.eval()
+    opts = load_config(overrides=["model.loss=in_batch", f"model.temperature={model.cfg['temperature']}"]).model
+    fixed = next_item_loss(model, history, targets, profile, log_pop, opts)
+    learnt = TwoTowerModel({**model.cfg, "learn_temperature": True})
+    learnt.load_state_dict(model.state_dict(), strict=False)
+    learnt.eval()
+    value = next_item_loss(learnt, history, targets, profile, log_pop, opts)
+    torch.testing.assert_close(value, fixed)  # log_temperature starts at log(model.temperature)
+    value.backward()
+    assert learnt.log_temperature.grad is not None and learnt.log_temperature.grad.abs() > 0
+
+
 def test_full_softmax_is_cross_entropy_over_the_whole_catalogue() -> None:
     import torch
     import torch.nn.functional as F
