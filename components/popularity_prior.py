@@ -69,6 +69,7 @@ class _Fixed:
 
 
 PRIOR_CELLS = 1 << 26  # users x items of prior scores held at once; larger tasks are ranked in chunks of users
+PRIOR_GRID_CELLS = 500_000_000  # users x items the trained items' prior grid ranks (5,000 users up to 10^5 items)
 
 
 def choose_popularity_prior(cosine: np.ndarray | Callable[[np.ndarray], np.ndarray], events: pd.DataFrame,
@@ -149,14 +150,20 @@ def choose_warm_popularity_weight(model: Any, data: TrainData,
     if not len(task.targets) or task.item_events is None:
         return 0.0, None, []
     recommender = in_training_recommender(model, data, device)
+    keep = np.arange(len(task.users))
+    limit = max(1, PRIOR_GRID_CELLS // max(len(task.catalogue), 1))
+    if len(keep) > limit:  # a large catalogue: the grid's 24 full rankings on a seeded sample of the users
+        keep = np.sort(np.random.default_rng(0).choice(len(keep), limit, replace=False))
+        log.info("popularity prior grid on %d of %d validation users (%d items)", limit, len(task.users),
+                 len(task.catalogue))
+    users, histories, targets = task.users.iloc[keep], [task.histories[i] for i in keep], task.targets[keep]
 
     def cosine(rows: np.ndarray) -> np.ndarray:  # a chunk of users at a time: 5,000 x 10^5 items would be 2 GB
-        return recommender.score(task.users.iloc[rows], [task.histories[i] for i in rows], task.catalogue)
+        return recommender.score(users.iloc[rows], [histories[i] for i in rows], task.catalogue)
 
-    weight, window, curve = choose_popularity_prior(cosine, task.item_events, task.users, task.histories,
-                                                    task.targets, task.catalogue, None, WARM_POPULARITY_WEIGHTS,
-                                                    "val")
+    weight, window, curve = choose_popularity_prior(cosine, task.item_events, users, histories, targets,
+                                                    task.catalogue, None, WARM_POPULARITY_WEIGHTS, "val")
     log.info("popularity weight %.3g, window %s days chosen on %d validation targets (NDCG@10 %.4f; w=0: %.4f)",
-             weight, window, len(task.targets), max(c[f"val_ndcg@{EVAL_K}"] for c in curve),
+             weight, window, len(targets), max(c[f"val_ndcg@{EVAL_K}"] for c in curve),
              curve[0][f"val_ndcg@{EVAL_K}"])
     return weight, window, curve

@@ -378,6 +378,11 @@ def test_warm_popularity_prior_is_chosen_on_validation_targets(dataset, tmp_path
     assert len(data.validation.users) > 7 and chunked[:2] == (weight, window)
     for got, want in zip(chunked[2], curve, strict=True):
         assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], abs=1e-12) for k in want)
+    with pytest.MonkeyPatch.context() as patch:  # a catalogue too large for every user: a seeded sample of 11
+        patch.setattr(popularity_prior, "PRIOR_GRID_CELLS", 11 * n_items)
+        sampled = choose_warm_popularity_weight(model, data, torch.device("cpu"))
+        again = choose_warm_popularity_weight(model, data, torch.device("cpu"))
+    assert sampled == again and sampled[2] != curve and len(sampled[2]) == len(curve)
 
 
 @pytest.mark.parametrize("schedule,warmup,expected", [
