@@ -17,12 +17,13 @@ from components.bundle_ops import ItemIndex, top_k
 from components.dataset import group_labels
 from components.fairness_mitigation import choose, stage_events
 from components.metrics import coverage, gini, group_ratio, head_items, paired_difference
-from components.rerank import diversify, intra_list_diversity, list_ndcg, novelty
+from components.rerank import diversify, intra_list_diversity, list_ndcg, novelty, pool_size
 
 log = logging.getLogger(__name__)
 K = 10
 STRENGTHS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 METRIC = f"ndcg@{K}"
+TRUST_CELLS = 1 << 26  # users x items scored at once; above it the analysis ranks the users' MMR pools only
 
 
 def catalogue_vectors(recommender: Any, catalogue: np.ndarray) -> np.ndarray | None:
@@ -42,16 +43,43 @@ def exposure_of(ids: np.ndarray, catalogue: np.ndarray, head: np.ndarray) -> dic
             "gini": gini(counts), "coverage": coverage(ids, catalogue)}
 
 
+def top_lists(rec: Any, data: Any, k: int) -> np.ndarray:
+    """Each user's top-`k` item ids [users, k] over the whole catalogue (seen items excluded), scored
+    `TRUST_CELLS` scores at a time: the users x catalogue matrix is never held whole."""
+    step = max(1, TRUST_CELLS // max(len(data.catalogue), 1))
+    parts = [np.empty((0, min(k, len(data.catalogue))), dtype=np.int64)]
+    for start in range(0, len(data.users), step):
+        users, histories = data.users.iloc[start : start + step], data.histories[start : start + step]
+        parts.append(top_k(rec.score(users, histories, data.catalogue), k, histories, data.catalogue)[0])
+    return np.concatenate(parts)
+
+
+def ranking_shortlist(rec: Any, data: Any) -> np.ndarray:
+    """The items the trust analysis ranks: the whole catalogue while users x catalogue fits `TRUST_CELLS`, above
+    that the union of every user's MMR pool (in catalogue order, so that lists and ties come out as over the whole
+    catalogue: each list is drawn from its user's pool)."""
+    if len(data.users) * len(data.catalogue) <= TRUST_CELLS:
+        return data.catalogue
+    pools = top_lists(rec, data, pool_size(K, len(data.catalogue)))
+    shortlist = data.catalogue[np.isin(data.catalogue, pools[pools >= 0])]
+    log.info("trust analysis over the %d items of the users' MMR pools (of %d)", len(shortlist), len(data.catalogue))
+    return shortlist
+
+
 def diversity_curve(scores: np.ndarray, data: Any, vectors: np.ndarray, head: np.ndarray,
-                    strengths: tuple[float, ...] = STRENGTHS) -> list[dict[str, float]]:
-    """NDCG@10, intra-list diversity, coverage, novelty and exposure of the MMR lists at each strength."""
+                    strengths: tuple[float, ...] = STRENGTHS,
+                    ranked: np.ndarray | None = None) -> list[dict[str, float]]:
+    """NDCG@10, intra-list diversity, coverage, novelty and exposure of the MMR lists at each strength. `scores`
+    and `vectors` are over `ranked` (a `ranking_shortlist`; default the whole catalogue); exposure, coverage and
+    novelty count over the whole catalogue."""
+    ranked = data.catalogue if ranked is None else ranked
     train = data.split.train
     item_users = train.groupby("item_id")["user_id"].nunique().reindex(data.catalogue, fill_value=0).to_numpy()
     curve = []
     for strength in strengths:
-        ids, _ = diversify(scores, K, data.histories, data.catalogue, vectors, strength)
+        ids, _ = diversify(scores, K, data.histories, ranked, vectors, strength)
         curve.append({"strength": strength, METRIC: float(list_ndcg(ids, data.targets).mean()),
-                      "intra_list_diversity": float(intra_list_diversity(ids, data.catalogue, vectors).mean()),
+                      "intra_list_diversity": float(intra_list_diversity(ids, ranked, vectors).mean()),
                       "novelty": float(novelty(ids, data.catalogue, item_users, train["user_id"].nunique()).mean()),
                       **exposure_of(ids, data.catalogue, head)})
     return curve
@@ -93,8 +121,7 @@ def fairness_section(rec: Any, data: Any, validation: Any, users: pd.DataFrame, 
             after.per_user[METRIC][members], before.per_user[METRIC][members], config.evaluate.bootstrap_samples,
             config.train.seed).as_dict()
     stage_events(mitigated, data)
-    scores = mitigated.score(data.users, data.histories, data.catalogue)
-    out["exposure_with"] = exposure_of(top_k(scores, K, data.histories, data.catalogue)[0], data.catalogue, head)
+    out["exposure_with"] = exposure_of(top_lists(mitigated, data, K), data.catalogue, head)
     return out
 
 
@@ -105,13 +132,14 @@ def trust_analysis(rec: Any, data: Any, validation: Any, users: pd.DataFrame, co
     main-ranking result on `data`; `before` = rec's, when already computed."""
     head = head_items(data.split.train, data.catalogue, config.monitoring.long_tail_head_fraction)
     stage_events(rec, data)  # ranked as the evaluator ranks it
-    scores = rec.score(data.users, data.histories, data.catalogue)
-    default_ids = top_k(scores, K, data.histories, data.catalogue)[0]
+    ranked = ranking_shortlist(rec, data)
+    scores = rec.score(data.users, data.histories, ranked)
+    default_ids = top_k(scores, K, data.histories, ranked)[0]
     out: dict[str, Any] = {"k": K, "exposure": exposure_of(default_ids, data.catalogue, head)}
-    vectors = catalogue_vectors(rec, data.catalogue)
+    vectors = catalogue_vectors(rec, ranked)
     if vectors is not None:
-        out["diversity_curve"] = diversity_curve(scores, data, vectors, head)
-        configured = diversify(scores, K, data.histories, data.catalogue, vectors, config.trust.diversity)[0]
+        out["diversity_curve"] = diversity_curve(scores, data, vectors, head, ranked=ranked)
+        configured = diversify(scores, K, data.histories, ranked, vectors, config.trust.diversity)[0]
         out["default_ranking_unchanged"] = bool(np.array_equal(configured, default_ids))
     if config.trust.fairness.enabled:
         before = before or evaluate(rec)
