@@ -26,14 +26,19 @@ class HistoryMean:
         return (users_vec @ self.item_embeddings[self.row[catalogue].to_numpy()].T).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_trust_section(shape, tmp_path):
+def _fairness_world(shape, tmp_path):
+    """(config with the fairness mitigation on, tables, test data, validation data, a HistoryMean recommender)."""
     config, tables = canonical(shape, tmp_path)
     config = config.model_copy(update={"trust": config.trust.model_copy(update={
         "fairness": config.trust.fairness.model_copy(update={"enabled": True})})})
     data = prepare(config, tables)
     validation = eval_data(data.split, tables["items"], tables["users"], "validation")
-    rec = HistoryMean(tables["items"]["item_id"].to_numpy())
+    return config, tables, data, validation, HistoryMean(tables["items"]["item_id"].to_numpy())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_trust_section(shape, tmp_path):
+    config, tables, data, validation, rec = _fairness_world(shape, tmp_path)
     out = trust_analysis(rec, data, validation, tables["users"], config,
                          lambda r: evaluate_main(r, r.name, "candidate", data, config), tmp_path / "plots")
     curve = out["diversity_curve"]
@@ -58,12 +63,7 @@ def test_trust_section_over_the_users_pools_equals_the_whole_catalogues(shape, t
     at a time, gives the same exposure, diversity curve and mitigated exposure as ranking the whole catalogue."""
     from components import trust_report
 
-    config, tables = canonical(shape, tmp_path)
-    config = config.model_copy(update={"trust": config.trust.model_copy(update={
-        "fairness": config.trust.fairness.model_copy(update={"enabled": True})})})
-    data = prepare(config, tables)
-    validation = eval_data(data.split, tables["items"], tables["users"], "validation")
-    rec = HistoryMean(tables["items"]["item_id"].to_numpy())
+    config, tables, data, validation, rec = _fairness_world(shape, tmp_path)
 
     def analysis():
         return trust_analysis(rec, data, validation, tables["users"], config,
