@@ -142,17 +142,22 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
     return model
 
 
+def _catalogue_buffers(model: TwoTowerModel) -> set[str]:
+    """The state entries that hold the catalogue's features (text vectors, attribute codes, counts), not weights."""
+    return {"text", "train_count", *model.attribute_buffers}
+
+
 def trained_state(model: TwoTowerModel) -> dict[str, torch.Tensor]:
-    """A copy of what training changes: the state without the catalogue's feature buffers (text vectors, attribute
-    codes, counts: 1.5 GB at 10^6 items, identical at every epoch; the tuned encoder's text is re-encoded after)."""
-    static = {"text", "train_count", *model.attribute_buffers}
+    """A copy of what training changes: the state without the catalogue's feature buffers (1.5 GB at 10^6 items,
+    identical at every epoch; a tuned encoder's text is re-encoded after training)."""
+    static = _catalogue_buffers(model)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in static}
 
 
 def restore_trained_state(model: TwoTowerModel, state: dict[str, torch.Tensor]) -> None:
     """Load a `trained_state` (a full state dict from an older checkpoint too)."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    static = {"text", "train_count", *model.attribute_buffers}
+    static = _catalogue_buffers(model)
     if unexpected or set(missing) - static:
         raise TrainError(f"saved weights do not fit the model: missing {sorted(set(missing) - static)}, "
                          f"unexpected {sorted(unexpected)}")
