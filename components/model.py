@@ -214,9 +214,7 @@ class TwoTowerModel(nn.Module):
 
     def item_table(self, text: torch.Tensor | None = None) -> torch.Tensor:
         """[N+1, D] vectors of every item, row 0 = 0 (padding); `text` [N, T] overrides the cached text embeddings."""
-        rows = torch.arange(1, self.text.shape[0], device=self.text.device)
-        vecs = self.item_vectors(rows, text)
-        return torch.cat([torch.zeros(1, vecs.shape[1], device=vecs.device, dtype=vecs.dtype), vecs])
+        return self.batch_table(torch.arange(1, self.text.shape[0], device=self.text.device), text).table
 
     @torch.no_grad()
     def item_embeddings(self, text: torch.Tensor | None = None, chunk: int = 65_536) -> torch.Tensor:
