@@ -144,6 +144,7 @@ class Train(_Section):
     warmup_epochs: int = Field(default=0, ge=0)
     refit_on_validation: bool = False
     weight_decay: float = Field(ge=0.0)
+    weight_average_epochs: float = Field(default=0.0, ge=0.0)
     sparse_id_gradients: bool = True
     patience: int = Field(ge=1)
     seed: int

@@ -6,12 +6,14 @@ Its data come from `components.train_data`, its scoring and popularity priors fr
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,53 @@ def make_optimizers(model: TwoTowerModel, config: Config) -> list[torch.optim.Op
     return opts
 
 
+class WeightAverage:
+    """An exponential moving average of a model's trained weights, updated after every step, with a time constant
+    of `epochs` epochs of `steps_per_epoch` steps (Polyak averaging: a flatter, better-generalising point than the
+    last step's weights at a constant learning rate). `swapped()` puts the average in the model for a while."""
+
+    def __init__(self, model: torch.nn.Module, epochs: float, steps_per_epoch: int) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.params]
+        self.weight = 1.0 / max(epochs * steps_per_epoch, 1.0)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], self.weight)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Put the averaged weights in the model."""
+        for p, a in zip(self.params, self.average, strict=True):
+            p.copy_(a)
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The averaged weights in the model inside the block, the trained ones back after it."""
+        current = [p.detach().clone() for p in self.params]
+        self.apply()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, c in zip(self.params, current, strict=True):
+                    p.copy_(c)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [a.detach().cpu().clone() for a in self.average]
+
+    def load_state_dict(self, state: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for a, s in zip(self.average, state, strict=True):
+                a.copy_(s)
+
+
+def _weight_average(model: torch.nn.Module, config: Config, n_windows: int, world: int) -> WeightAverage | None:
+    epochs = config.train.weight_average_epochs
+    steps = math.ceil(math.ceil(n_windows / world) / config.train.batch_size)
+    return WeightAverage(model, epochs, steps) if epochs > 0 else None
+
+
 def _text_embeddings(config: Config, items: pd.DataFrame, dist: Dist) -> np.ndarray:
     from components.text_encoder import cached_text_embeddings, encoder_workers
 
@@ -257,6 +306,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     opts = make_optimizers(model, config)
     base_lrs = [group.get("lr", config.train.learning_rate) for opt in opts for group in opt.param_groups]
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.world > 1 else None
+    average = _weight_average(model, config, len(data.windows_in), dist.world)
     history: list[dict] = []
     start_epoch, best, best_state, bad_epochs = 1, -1.0, None, 0
     if resume and ckpt_path.is_file():
@@ -267,6 +317,8 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
             opt.load_state_dict(state)
         start_epoch, best, best_state = ck["epoch"] + 1, ck["best_metric"], ck["best_state"]
         bad_epochs, history = ck["bad_epochs"], ck["history"]
+        if average is not None and ck.get("weight_average") is not None:
+            average.load_state_dict(ck["weight_average"])
         torch.set_rng_state(ck["torch_rng"])
         log.info("resumed from %s at epoch %d (best val NDCG@10 %.4f)", ckpt_path, ck["epoch"], best)
     bs = config.train.batch_size
@@ -277,7 +329,7 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     deadline = started + 60 * config.train.max_minutes
 
     def step_epoch(epoch: int, model=model, ddp=ddp, opts=opts, data=data, log_pop=log_pop,
-                   deadline: float | None = deadline) -> tuple[float, np.ndarray]:
+                   deadline: float | None = deadline, average=average) -> tuple[float, np.ndarray]:
         """One pass over the windows (this rank's share), cut short at `deadline` (the time budget); returns (mean
         loss over ranks, the windows used)."""
         model.train()
@@ -313,6 +365,8 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
             for opt in opts:
                 scaler.step(opt)
             scaler.update()
+            if average is not None:
+                average.update()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         loss_mean = float(np.mean(losses))
@@ -330,12 +384,16 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         loss_mean, perm = step_epoch(epoch)
         epoch_s = time.monotonic() - t0
         val = {f"ndcg@{EVAL_K}": 0.0, f"hr@{EVAL_K}": 0.0}
-        if dist.main:
-            model.eval()
-            if text_fn is not None:
-                _sync_text(model, text_fn)
-            val = ranking_metrics(in_training_recommender(model, data, device), data.validation, config)
-        metric = _broadcast(val[f"ndcg@{EVAL_K}"], dist)
+        averaged = average.swapped() if average is not None else contextlib.nullcontext()
+        with averaged:  # validated, and kept as the best epoch, with the averaged weights
+            if dist.main:
+                model.eval()
+                if text_fn is not None:
+                    _sync_text(model, text_fn)
+                val = ranking_metrics(in_training_recommender(model, data, device), data.validation, config)
+            metric = _broadcast(val[f"ndcg@{EVAL_K}"], dist)
+            if metric > best:
+                best_state = trained_state(model)
         row = {"epoch": epoch, "loss": loss_mean, f"val_ndcg@{EVAL_K}": float(metric),
                f"val_hr@{EVAL_K}": float(val[f"hr@{EVAL_K}"]),
                "epoch_seconds": epoch_s, "samples": int(len(perm)) * dist.world,
@@ -343,7 +401,6 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         history.append(row)
         if metric > best:
             best, bad_epochs = float(metric), 0
-            best_state = trained_state(model)
         else:
             bad_epochs += 1
         log.info("epoch %d: loss %.4f, val NDCG@10 %.4f (best %.4f), %.1fs", epoch, loss_mean, metric, best, epoch_s)
@@ -356,7 +413,8 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
             # tensors and plain Python values only, so that resuming loads it with weights_only=True
             ck = {"model": model.state_dict(), "optimizer": [opt.state_dict() for opt in opts], "epoch": epoch,
                   "best_metric": best, "best_state": best_state, "bad_epochs": bad_epochs, "history": history,
-                  "torch_rng": torch.get_rng_state()}
+                  "torch_rng": torch.get_rng_state(),
+                  "weight_average": average.state_dict() if average is not None else None}
             with atomic_path(ckpt_path) as tmp:
                 torch.save(ck, tmp)
     refit = None
@@ -367,11 +425,13 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         refit = build_model(config, refit_data, text_emb).to(device)
         refit_opts = make_optimizers(refit, config)
         refit_ddp = torch.nn.parallel.DistributedDataParallel(refit) if dist.world > 1 else None
+        refit_average = _weight_average(refit, config, len(refit_data.windows_in), dist.world)
         refit_log_pop = torch.log(torch.from_numpy(np.concatenate([[0.0], refit_data.train_count])).float()
                                   / refit_data.train_count.sum() + 1e-12).to(device)
         for epoch in range(1, best_epoch + 1):
             t0 = time.monotonic()
-            loss_mean, _ = step_epoch(epoch, refit, refit_ddp, refit_opts, refit_data, refit_log_pop, None)
+            loss_mean, _ = step_epoch(epoch, refit, refit_ddp, refit_opts, refit_data, refit_log_pop, None,
+                                      refit_average)
             log.info("refit epoch %d/%d on train + validation targets: loss %.4f, %.1fs", epoch, best_epoch,
                      loss_mean, time.monotonic() - t0)
     metrics: dict[str, Any] = {}
@@ -391,6 +451,8 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         model.cfg["popularity_window_days"] = warm_window
         model.cfg["popularity_validation"] = warm_curve
         if refit is not None:  # the refit model serves, with the priors chosen on the early-stopped one
+            if refit_average is not None:
+                refit_average.apply()  # the averaged weights are the refit's result
             refit.eval()
             refit.cfg.update({k: v for k, v in model.cfg.items() if "popularity" in k})
             model, data = refit, refit_data

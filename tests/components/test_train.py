@@ -74,22 +74,63 @@ def test_validation_ranks_a_seeded_user_sample_above_the_configured_size(dataset
     assert prepare_data(tiny_config(data_dir), planted_tables(), read_examples(examples)).test.users_total is None
 
 
-def test_resume_continues_exactly_where_it_stopped(dataset, tmp_path: Path) -> None:
+@pytest.mark.parametrize("average_epochs", [0.0, 1.0])
+def test_resume_continues_exactly_where_it_stopped(dataset, tmp_path: Path, average_epochs: float) -> None:
+    """Also with a moving average of the weights: the checkpoint carries it, so the resumed run validates and
+    saves the same averaged model as the straight one."""
     from components.train import train_model
 
     data_dir, canonical, examples = dataset
-    straight = train_model(tiny_config(data_dir, **{"train.epochs": 4}), canonical, examples, tmp_path / "a",
-                           progress=False)
-    train_model(tiny_config(data_dir, **{"train.epochs": 2}), canonical, examples, tmp_path / "b", progress=False)
+    settings = {"train.weight_average_epochs": average_epochs}
+    straight = train_model(tiny_config(data_dir, **settings, **{"train.epochs": 4}), canonical, examples,
+                           tmp_path / "a", progress=False)
+    train_model(tiny_config(data_dir, **settings, **{"train.epochs": 2}), canonical, examples, tmp_path / "b",
+                progress=False)
     ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)  # tensors and plain types only
     assert ck["epoch"] == 2 and {"model", "optimizer", "best_metric"} <= set(ck)
-    resumed = train_model(tiny_config(data_dir, **{"train.epochs": 4}), canonical, examples, tmp_path / "b",
-                          resume=True, progress=False)
+    assert (ck["weight_average"] is not None) == (average_epochs > 0)
+    resumed = train_model(tiny_config(data_dir, **settings, **{"train.epochs": 4}), canonical, examples,
+                          tmp_path / "b", resume=True, progress=False)
     hist_a = json.loads((tmp_path / "a" / "history.json").read_text())
     hist_b = json.loads((tmp_path / "b" / "history.json").read_text())
     assert [h["epoch"] for h in hist_b] == [1, 2, 3, 4]
     np.testing.assert_allclose([h["loss"] for h in hist_b], [h["loss"] for h in hist_a], rtol=1e-4)
     assert resumed["test_ndcg@10"] == pytest.approx(straight["test_ndcg@10"], abs=1e-4)
+
+
+def test_weight_average_is_the_exponential_moving_average_and_swaps_back() -> None:
+    from components.train import WeightAverage
+
+    layer = torch.nn.Linear(3, 2)
+    average = WeightAverage(layer, epochs=2.0, steps_per_epoch=2)  # weight 1/4 per step
+    start = layer.weight.detach().clone()
+    expected = start.clone()
+    for step in range(3):
+        with torch.no_grad():
+            layer.weight.add_(float(step + 1))
+        average.update()
+        expected = 0.75 * expected + 0.25 * layer.weight.detach()
+    trained = layer.weight.detach().clone()
+    with average.swapped():
+        torch.testing.assert_close(layer.weight.detach(), expected)
+    torch.testing.assert_close(layer.weight.detach(), trained)
+    average.apply()
+    torch.testing.assert_close(layer.weight.detach(), expected)
+
+
+def test_weight_average_changes_what_is_validated_not_the_training_path(dataset, tmp_path: Path) -> None:
+    """The same seeded run with and without the average: identical losses (the average never feeds back into
+    training), different validated weights."""
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    for name, epochs in (("plain", 0.0), ("averaged", 1.0)):
+        train_model(tiny_config(data_dir, **{"train.epochs": 3, "train.weight_average_epochs": epochs}), canonical,
+                    examples, tmp_path / name, progress=False)
+    plain, averaged = (json.loads((tmp_path / n / "history.json").read_text()) for n in ("plain", "averaged"))
+    np.testing.assert_allclose([h["loss"] for h in plain], [h["loss"] for h in averaged], rtol=1e-5)
+    weights = [torch.load(tmp_path / n / "model.pt", weights_only=True) for n in ("plain", "averaged")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0] if weights[0][k].is_floating_point())
 
 
 def test_time_budget_stops_training_inside_an_epoch(dataset, tmp_path: Path) -> None:
