@@ -152,13 +152,13 @@ def run_compress(config: Config, canonical_dir: str | Path, model_dir: str | Pat
 def popularity_prior_settings(model_dir: str | Path) -> dict[str, Any]:
     """The model's popularity priors as the bundle carries them (manifest key `popularity_prior`): the weights and
     windows of model_config.json and the ids of the items without a trained ID embedding (the new-item prior's)."""
-    import torch
+    from components.model import load_model
 
     model_dir = Path(model_dir)
-    cfg = json.loads((model_dir / "model_config.json").read_text(encoding="utf-8"))
-    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+    model, _ = load_model(model_dir)  # one two-tower or an ensemble: its members share the training counts
+    cfg = model.cfg
     item_ids = np.load(model_dir / "item_ids.npy").astype(np.int64)
-    trained = state["train_count"][1:].numpy() > 0
+    trained = model.train_count[1:].numpy() > 0
     return {"new_item_weight": float(cfg.get("new_item_popularity_weight", 0.0)),
             "new_item_window_days": cfg.get("new_item_popularity_window_days"),
             "weight": float(cfg.get("popularity_weight", 0.0)),

@@ -114,6 +114,7 @@ class Model(_Section):
     sampled_negatives: int = Field(default=2048, ge=1)
     logq_correction: bool
     hard_negatives: int = Field(ge=0)
+    ensemble_members: int = Field(default=1, ge=1, le=16)
 
     @property
     def tunes_encoder_weights(self) -> bool:
@@ -152,6 +153,7 @@ class Train(_Section):
     num_threads: int = Field(ge=1)
     max_minutes: float = Field(gt=0.0)
     validation_max_users: int | None = Field(default=5000, ge=1)
+    member_processes: int = Field(default=0, ge=0, le=64)
 
 
 class SASRecSettings(_Section):
@@ -392,6 +394,16 @@ class Config(_Section):
     monitoring: Monitoring
     trust: Trust
     kfp: Kfp
+
+    @model_validator(mode="after")
+    def _ensemble_of_frozen_text(self) -> Config:
+        members = self.model.ensemble_members
+        if members > 1 and self.model.tunes_encoder_weights:
+            raise ValueError(f"model.ensemble_members={members} needs model.encoder_tuning frozen or adapter, not "
+                             f"{self.model.encoder_tuning} (the members would each tune their own text encoder)")
+        if members > 1 and self.train.refit_on_validation:
+            raise ValueError(f"model.ensemble_members={members} cannot be combined with train.refit_on_validation")
+        return self
 
     def dump(self) -> dict[str, Any]:
         """Plain-YAML-able dict (paths as strings)."""

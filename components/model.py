@@ -212,6 +212,12 @@ class TwoTowerModel(nn.Module):
             out = out + emb(codes).sum(1) / (codes > 0).sum(1, keepdim=True).clamp(min=1)
         return out
 
+    def new_item_vectors(self, text: torch.Tensor, attributes: list[torch.Tensor]) -> torch.Tensor:
+        """Unit vectors of items never trained on, from their text and attribute codes alone (zeros for the
+        ablation without content, which has nothing to embed them from)."""
+        vec = F.normalize(self.content_vectors(text, attributes), p=2, dim=-1)
+        return torch.zeros_like(vec) if self.cfg.get("item_representation") == "id_only" else vec
+
     def item_table(self, text: torch.Tensor | None = None) -> torch.Tensor:
         """[N+1, D] vectors of every item, row 0 = 0 (padding); `text` [N, T] overrides the cached text embeddings."""
         return self.batch_table(torch.arange(1, self.text.shape[0], device=self.text.device), text).table
@@ -240,6 +246,88 @@ class TwoTowerModel(nn.Module):
     def user_positions(self, table: torch.Tensor, history: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
         """Per-position user vectors [B, L+1, D] for left-padded history rows [B, L]."""
         return self.user(table[history], history > 0, profile)
+
+
+class EnsembleUserTower(nn.Module):
+    """The members' user towers side by side: item vectors [B, L, k*D] (the members' unit vectors / sqrt(k)) ->
+    per-position [B, L+1, k*D], each member's unit output / sqrt(k), so that a dot product with an ensemble item
+    vector is the mean of the members' cosines."""
+
+    def __init__(self, towers: list[UserTower]) -> None:
+        super().__init__()
+        self.towers = nn.ModuleList(towers)
+        self.max_seq_len = towers[0].max_seq_len
+        self.scale = float(np.sqrt(len(towers)))
+
+    def forward(self, item_vecs: torch.Tensor, valid: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+        parts = item_vecs.chunk(len(self.towers), dim=-1)
+        return torch.cat([tower(part * self.scale, valid, profile) for tower, part in zip(self.towers, parts,
+                                                                                         strict=True)], -1) / self.scale
+
+
+class TwoTowerEnsemble(nn.Module):
+    """k trained two-towers (`model.ensemble_members`) as one: every vector is the members' unit vectors concatenated
+    and divided by sqrt(k), so the served product of user and item vectors is the mean of the members' cosines
+    and every consumer of a two-tower (priors, ONNX export, bundle, ANN index, new items) takes it unchanged.
+    Members are trained separately (`components.train.train_ensemble`); this class scores, it is not trained."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        member_cfg = {**cfg, "ensemble_members": 1}
+        self.members = nn.ModuleList(TwoTowerModel(member_cfg) for _ in range(int(cfg["ensemble_members"])))
+        for member in self.members:
+            member.cfg = cfg  # one config: the priors chosen for the ensemble are the members' too
+        self.scale = float(np.sqrt(len(self.members)))
+        self.user = EnsembleUserTower([member.user for member in self.members])
+        self.encoder: nn.Module | None = None
+        self.log_temperature = None
+
+    @property
+    def text(self) -> torch.Tensor:
+        return self.members[0].text
+
+    @property
+    def train_count(self) -> torch.Tensor:
+        return self.members[0].train_count
+
+    @property
+    def attribute_buffers(self) -> list[str]:
+        return self.members[0].attribute_buffers
+
+    def attributes(self) -> list[torch.Tensor]:
+        return self.members[0].attributes()
+
+    def set_item_features(self, feats: ItemFeatures, train_count: np.ndarray | None = None) -> None:
+        for member in self.members:
+            member.set_item_features(feats, train_count)
+
+    def _joined(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(vectors, dim=-1) / self.scale
+
+    def item_vectors(self, rows: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        return self._joined([member.item_vectors(rows, text) for member in self.members])
+
+    def new_item_vectors(self, text: torch.Tensor, attributes: list[torch.Tensor]) -> torch.Tensor:
+        return self._joined([member.new_item_vectors(text, attributes) for member in self.members])
+
+    def item_table(self, text: torch.Tensor | None = None) -> torch.Tensor:
+        return self._joined([member.item_table(text) for member in self.members])
+
+    @torch.no_grad()
+    def item_embeddings(self, text: torch.Tensor | None = None, chunk: int = 65_536) -> torch.Tensor:
+        return self._joined([member.item_embeddings(text, chunk) for member in self.members])
+
+    def batch_table(self, rows: torch.Tensor, text: torch.Tensor | None = None) -> BatchTable:
+        return BatchTable(rows, self._joined([member.batch_table(rows, text).table for member in self.members]))
+
+    def user_positions(self, table: torch.Tensor, history: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+        return self.user(table[history], history > 0, profile)
+
+
+def build_two_tower(cfg: dict[str, Any]) -> TwoTowerModel | TwoTowerEnsemble:
+    """The network a model config describes: one two-tower, or an ensemble of `ensemble_members` of them."""
+    return TwoTowerEnsemble(cfg) if int(cfg.get("ensemble_members", 1)) > 1 else TwoTowerModel(cfg)
 
 
 def resolved_loss(cfg: Any, n_items: int) -> str:
@@ -376,7 +464,7 @@ def load_model(model_dir: str | Path) -> tuple[TwoTowerModel, ProfileEncoder]:
     if missing:
         raise ModelError(f"model directory {folder} lacks {missing}")
     cfg = json.loads((folder / "model_config.json").read_text(encoding="utf-8"))
-    model = TwoTowerModel(cfg)
+    model = build_two_tower(cfg)
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     encoder = ProfileEncoder.from_dict(json.loads((folder / PROFILE_ENCODER_FILE).read_text(encoding="utf-8")))
     return model.eval(), encoder
@@ -481,10 +569,7 @@ class TwoTowerRecommender(TowerRecommender):
             codes[:, :width] = torch.from_numpy(block[:, :width])
             attributes.append(codes)
         with torch.no_grad():
-            vec = m.content_vectors(torch.from_numpy(feats.text), attributes)
-            if m.cfg.get("item_representation") == "id_only":  # the ablation without content: nothing to embed
-                vec = torch.zeros_like(vec)
-            emb = F.normalize(vec, p=2, dim=-1).numpy().astype(np.float32)
+            emb = m.new_item_vectors(torch.from_numpy(feats.text), attributes).numpy().astype(np.float32)
         self.set_item_table(np.concatenate([self.item_ids, new["item_id"].to_numpy(dtype=np.int64)]),
                             np.concatenate([self.item_embeddings, emb]))
         self._new = np.concatenate([self._new, np.ones(len(new), dtype=bool)])

@@ -10,10 +10,13 @@ import contextlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,14 @@ import torch
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from components.atomic import atomic_path
-from components.config import Config
+from components.config import Config, absolute_paths, config_from_text, config_to_text, resolved
 from components.encoders import ItemEncoder
 from components.kfp_support import step
 from components.model import (
+    TwoTowerEnsemble,
     TwoTowerModel,
     item_features,
+    load_model,
     load_recommender,
     reads_batch_rows,
     save_artifact,
@@ -256,25 +261,35 @@ def _plot_curve(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
     fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], "o-", color="tab:blue", label="train loss")
+    ax2 = ax1.twinx()
+    members = sorted({h.get("member", 0) for h in history})
+    for member in members:  # an ensemble's members, one curve each
+        rows = [h for h in history if h.get("member", 0) == member]
+        epochs = [h["epoch"] for h in rows]
+        suffix = f" (member {member})" if len(members) > 1 else ""
+        ax1.plot(epochs, [h["loss"] for h in rows], "o-", color="tab:blue", alpha=0.5 + 0.5 / len(members),
+                 label="train loss" + suffix)
+        ax2.plot(epochs, [h[f"val_ndcg@{EVAL_K}"] for h in rows], "s-", color="tab:orange",
+                 alpha=0.5 + 0.5 / len(members), label="val NDCG@10" + suffix)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("train loss", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [h[f"val_ndcg@{EVAL_K}"] for h in history], "s-", color="tab:orange", label="val NDCG@10")
     ax2.set_ylabel(f"validation NDCG@{EVAL_K}", color="tab:orange")
-    ax1.set_title("two-tower training")
+    ax1.set_title("two-tower training" if len(members) == 1 else f"ensemble of {len(members)} two-towers")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | Path, out_dir: str | Path,
-                resume: bool = False, progress: bool = True) -> dict:
-    """Train, early-stop on validation NDCG@10, write the contract-C4 artifact to `out_dir`; returns metrics."""
+                resume: bool = False, progress: bool = True, finish: bool = True) -> dict:
+    """Train, early-stop on validation NDCG@10, write the contract-C4 artifact to `out_dir`; returns metrics.
+    `model.ensemble_members` > 1 trains an ensemble (`train_ensemble`); `finish=False` (an ensemble's member)
+    leaves out the priors and the test metrics."""
     from tqdm.auto import tqdm
 
+    if config.model.ensemble_members > 1:
+        return train_ensemble(config, canonical_dir, examples_dir, out_dir, resume, progress)
     tuning = config.model.encoder_tuning
     if config.train.refit_on_validation and config.model.tunes_encoder_weights:
         raise TrainError(f"train.refit_on_validation=true needs model.encoder_tuning frozen or adapter, not {tuning} "
@@ -442,36 +457,158 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
         if text_fn is not None:
             _sync_text(model, text_fn)
             _save_encoder(model, out)
-        weight, window, curve = choose_new_item_popularity_weight(model, data, device)
-        model.cfg["new_item_popularity_weight"] = weight
-        model.cfg["new_item_popularity_window_days"] = window
-        model.cfg["new_item_popularity_validation"] = curve
-        warm_weight, warm_window, warm_curve = choose_warm_popularity_weight(model, data, device)
-        model.cfg["popularity_weight"] = warm_weight
-        model.cfg["popularity_window_days"] = warm_window
-        model.cfg["popularity_validation"] = warm_curve
-        if refit is not None:  # the refit model serves, with the priors chosen on the early-stopped one
-            if refit_average is not None:
+        if not finish:  # an ensemble member: the ensemble chooses the priors and is tested as a whole
+            save_artifact(model.cpu(), out, data.item_ids, model.item_embeddings().numpy(), data.profile_encoder,
+                          history)
+            metrics = {f"val_ndcg@{EVAL_K}": best, "epochs": len(history),
+                       "train_seconds": time.monotonic() - started}
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        else:
+            if refit is not None and refit_average is not None:
                 refit_average.apply()  # the averaged weights are the refit's result
-            refit.eval()
-            refit.cfg.update({k: v for k, v in model.cfg.items() if "popularity" in k})
-            model, data = refit, refit_data
-        item_emb = in_training_recommender(model, data, device).item_embeddings
-        save_artifact(model.cpu(), out, data.item_ids, item_emb, data.profile_encoder, history)
-        rec = load_recommender(out)  # scored as served and evaluated: the saved artifact with its priors
-        test = ranking_metrics(rec, data.test, config)
-        cold = {f"cold_{k}": v for k, v in ranking_metrics(rec, data.test, config, cold=True).items()}
-        metrics = {"new_item_popularity_weight": weight, "popularity_weight": warm_weight,
-                   f"val_ndcg@{EVAL_K}": best, **{f"test_{k}": v for k, v in test.items()},
-                   **cold, "epochs": len(history), "refit_on_validation": refit is not None,
-                   "train_seconds": time.monotonic() - started, "train_positions": int((data.windows_out > 0).sum()),
-                   "validation_users": len(data.validation.users),  # ranked per epoch and per prior grid point
-                   "validation_users_total": data.validation.users_total or len(data.validation.users)}
-        if model.log_temperature is not None:
-            metrics["learnt_temperature"] = float(model.log_temperature.exp())
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        _plot_curve(history, out / "training_curve.png")
-        log.info("model written to %s: %s", out, {k: round(v, 4) for k, v in metrics.items()})
+            metrics = _finish(model, data, config, out, history, best, started, device, refit=refit,
+                              refit_data=refit_data if refit is not None else None)
+    _barrier(dist)
+    return metrics
+
+
+def _finish(model: Any, data: TrainData, config: Config, out: Path, history: list[dict], best: float,
+            started: float, device: torch.device, refit: Any = None, refit_data: TrainData | None = None,
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """After training: choose both popularity priors on validation, write the artifact (the refit model when
+    there is one, with the priors chosen on the early-stopped one), score it as served on the test users, write
+    metrics.json and the curve; returns the metrics."""
+    weight, window, curve = choose_new_item_popularity_weight(model, data, device)
+    model.cfg["new_item_popularity_weight"] = weight
+    model.cfg["new_item_popularity_window_days"] = window
+    model.cfg["new_item_popularity_validation"] = curve
+    warm_weight, warm_window, warm_curve = choose_warm_popularity_weight(model, data, device)
+    model.cfg["popularity_weight"] = warm_weight
+    model.cfg["popularity_window_days"] = warm_window
+    model.cfg["popularity_validation"] = warm_curve
+    if refit is not None:  # the refit model serves, with the priors chosen on the early-stopped one
+        refit.eval()
+        refit.cfg.update({k: v for k, v in model.cfg.items() if "popularity" in k})
+        model, data = refit, refit_data
+    item_emb = in_training_recommender(model, data, device).item_embeddings
+    save_artifact(model.cpu(), out, data.item_ids, item_emb, data.profile_encoder, history)
+    rec = load_recommender(out)  # scored as served and evaluated: the saved artifact with its priors
+    test = ranking_metrics(rec, data.test, config)
+    cold = {f"cold_{k}": v for k, v in ranking_metrics(rec, data.test, config, cold=True).items()}
+    metrics = {"new_item_popularity_weight": weight, "popularity_weight": warm_weight,
+               f"val_ndcg@{EVAL_K}": best, **{f"test_{k}": v for k, v in test.items()},
+               **cold, "epochs": max((h["epoch"] for h in history), default=0),
+               "refit_on_validation": refit is not None,
+               "train_seconds": time.monotonic() - started, "train_positions": int((data.windows_out > 0).sum()),
+               "validation_users": len(data.validation.users),  # ranked per epoch and per prior grid point
+               "validation_users_total": data.validation.users_total or len(data.validation.users),
+               **(extra or {})}
+    if model.log_temperature is not None:
+        metrics["learnt_temperature"] = float(model.log_temperature.exp())
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    _plot_curve(history, out / "training_curve.png")
+    log.info("model written to %s: %s", out, {k: round(v, 4) for k, v in metrics.items()
+                                              if isinstance(v, int | float)})
+    return metrics
+
+
+# ---------------------------------------------------------------- ensembles of two-towers
+
+
+def member_config(config: Config, member: int, deadline: float | None = None) -> Config:
+    """Member `member` of an ensemble: the same settings, seed train.seed + member, one two-tower; its time budget
+    ends at `deadline` (time.time()), the ensemble's: train.max_minutes bounds the whole ensemble."""
+    data = resolved(absolute_paths(config))
+    data["train"]["seed"] = config.train.seed + member
+    data["model"]["ensemble_members"] = 1
+    if deadline is not None:
+        data["train"]["max_minutes"] = max((deadline - time.time()) / 60, 1e-3)
+    return config_from_text(json.dumps(data))
+
+
+MEMBER_MIN_BUDGET = 0.25  # a member is started only with this share of train.max_minutes left
+
+
+def _train_member(config_text: str, member: int, deadline: float, canonical_dir: str, examples_dir: str,
+                  out_dir: str, resume: bool, progress: bool = False) -> dict | None:
+    """One member (in a worker process, spawned: the parent's torch threads and state are not inherited); it starts
+    when a process is free, with what is left of the ensemble's time budget, or (all but the first) not at all
+    (None) when less than MEMBER_MIN_BUDGET of it is left: a member stopped long before its early-stopping point
+    would weaken the mean."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_text(config_text)
+    if member > 0 and deadline - time.time() < MEMBER_MIN_BUDGET * 60 * config.train.max_minutes:
+        log.warning("ensemble member %d not trained: less than %.0f%% of train.max_minutes=%.1f left", member,
+                    100 * MEMBER_MIN_BUDGET, config.train.max_minutes)
+        return None
+    return train_model(member_config(config, member, deadline), canonical_dir, examples_dir, out_dir, resume=resume,
+                       progress=progress, finish=False)
+
+
+def _member_done(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file() and (folder / "model.pt").is_file()
+
+
+def train_ensemble(config: Config, canonical_dir: str | Path, examples_dir: str | Path, out_dir: str | Path,
+                   resume: bool = False, progress: bool = True) -> dict:
+    """`model.ensemble_members` two-towers from seeds train.seed, +1, ..., each trained and early-stopped on its
+    own in <out>/members/<i> (at once in `train.member_processes` processes), then joined into one
+    `TwoTowerEnsemble` whose priors are chosen and whose test metrics are taken like a single model's. With
+    `resume`, finished members are kept and unfinished ones resume from their checkpoints."""
+    started, deadline = time.monotonic(), time.time() + 60 * config.train.max_minutes
+    k = config.model.ensemble_members
+    out = Path(out_dir)
+    folders = [out / "members" / str(i) for i in range(k)]
+    if not resume and (out / "members").exists():  # an earlier run's members are not this run's
+        shutil.rmtree(out / "members")
+    todo = [i for i in range(k) if not (resume and _member_done(folders[i]))]
+    processes = min(config.train.member_processes or (os.cpu_count() or 1), len(todo))
+    log.info("ensemble of %d two-towers: training %d member(s) in %d process(es)", k, len(todo), max(processes, 1))
+    if processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(processes, mp_context=context) as pool:
+            jobs = {pool.submit(_train_member, config_to_text(config), i, deadline, str(canonical_dir),
+                                str(examples_dir), str(folders[i]), resume): i for i in todo}
+            for job in as_completed(jobs):
+                member = job.result()
+                if member is None:
+                    continue
+                log.info("member %d/%d trained: val NDCG@10 %.4f, %d epochs, %.1f min", jobs[job] + 1, k,
+                         member[f"val_ndcg@{EVAL_K}"], member["epochs"], member["train_seconds"] / 60)
+    else:  # one after another (also under torchrun: each member is a DDP run)
+        for i in todo:
+            _train_member(config_to_text(config), i, deadline, str(canonical_dir), str(examples_dir), str(folders[i]),
+                          resume, progress)
+    device = _device(config)
+    dist = _init_dist(device)
+    metrics: dict[str, Any] = {}
+    if dist.main:
+        done = [i for i in range(k) if _member_done(folders[i])]
+        if not done:
+            raise TrainError("no member of the ensemble was trained within "
+                             f"train.max_minutes={config.train.max_minutes}")
+        folders = [folders[i] for i in done]
+        members = [json.loads((folder / "metrics.json").read_text(encoding="utf-8")) for folder in folders]
+        tables = defended_tables(config, read_tables(canonical_dir), out)
+        data = prepare_data(config, tables, read_examples(examples_dir, training_columns(config.dataset)))
+        trained = [load_model(folder)[0] for folder in folders]
+        if len(trained) == 1:  # the others found no time left: one two-tower
+            model = trained[0]
+        else:
+            model = TwoTowerEnsemble({**trained[0].cfg, "ensemble_members": len(trained),
+                                      "member_seeds": [config.train.seed + i for i in done]})
+            for slot, member in zip(model.members, trained, strict=True):
+                slot.load_state_dict(member.state_dict())
+        model.eval()
+        history = [{**row, "member": i} for i, folder in enumerate(folders)
+                   for row in json.loads((folder / "history.json").read_text(encoding="utf-8"))]
+        best = ranking_metrics(in_training_recommender(model, data, device), data.validation,
+                               config)[f"ndcg@{EVAL_K}"]
+        log.info("ensemble of %d: val NDCG@10 %.4f (members %s)", len(trained), best,
+                 ", ".join(f"{m[f'val_ndcg@{EVAL_K}']:.4f}" for m in members))
+        metrics = _finish(model, data, config, out, history, best, started, device, extra={
+            "ensemble_members": len(trained), f"member_val_ndcg@{EVAL_K}": [m[f"val_ndcg@{EVAL_K}"] for m in members],
+            "member_epochs": [m["epochs"] for m in members]})
     _barrier(dist)
     return metrics
 
@@ -568,8 +705,10 @@ def train_op(config: str, canonical: Input[Dataset], examples: Input[Dataset], m
     from components.train import train_model, training_page
 
     result = train_model(config_from_text(config), canonical.path, examples.path, model.path)
-    for key, value in result.items():
-        metrics.log_metric(key, float(value))
+    for key, value in result.items():  # an ensemble's per-member lists as one metric per member
+        for name, number in ([(f"{key}_member_{i}", v) for i, v in enumerate(value)] if isinstance(value, list)
+                             else [(key, value)]):
+            metrics.log_metric(name, float(number))
     Path(curve.path).write_text(training_page(Path(model.path), result), encoding="utf-8")
 
 

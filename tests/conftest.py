@@ -279,7 +279,7 @@ def tiny_config(data_dir: Path, **extra: object) -> Config:
         "paths.data_dir": str(data_dir), "model.embedding_dim": 32, "model.max_seq_len": SEQ, "model.user_layers": 1,
         "model.user_heads": 2, "model.dropout": 0.0, "model.id_dropout": 0.5, "model.temperature": 0.1,
         "train.epochs": 40, "train.batch_size": 32, "train.learning_rate": 0.01, "train.patience": 40,
-        "train.max_minutes": 3, "evaluate.cold_start_items": 0, **extra,
+        "train.max_minutes": 3, "evaluate.cold_start_items": 0, "model.ensemble_members": 1, **extra,
     }
     return load_config(overrides=[f"{k}={v}" for k, v in overrides.items()])
 
@@ -316,7 +316,8 @@ def planted_model(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------ tiny settings shared by the end-to-end tests
 # A pipeline run that trains, evaluates and compresses in seconds (config overrides).
 TINY_PIPELINE = {
-    "model.embedding_dim": 16, "model.max_seq_len": 8, "model.user_layers": 1, "train.epochs": 2,
+    "model.embedding_dim": 16, "model.max_seq_len": 8, "model.user_layers": 1, "model.ensemble_members": 1,
+    "train.epochs": 2,
     "train.batch_size": 64, "train.max_minutes": 2, "evaluate.cold_start_items": 0, "evaluate.bootstrap_samples": 10,
     "evaluate.gate_min_improvement": -1.0, "evaluate.knn_neighbours": [20], "evaluate.ease_lambdas": [100],
     "evaluate.sasrec.max_seq_len": 8, "evaluate.sasrec.embedding_dim": 16, "evaluate.sasrec.blocks": 1,

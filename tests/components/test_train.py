@@ -462,3 +462,56 @@ def test_refit_trains_on_validation_targets_for_the_best_epoch_count(dataset, tm
     with pytest.raises(TrainError, match="refit_on_validation"):
         train_model(tiny_config(data_dir, **{"train.refit_on_validation": True, "model.encoder_tuning": "lora"}),
                     canonical, examples, tmp_path / "other", progress=False)
+
+
+def test_ensemble_trains_members_apart_and_serves_them_as_one_two_tower(dataset, tmp_path: Path) -> None:
+    """model.ensemble_members=2: two members from seeds 42 and 43 (in two processes), joined into one artifact
+    whose vectors are the members' concatenated / sqrt(2): its scores are the mean of the members' cosines, its
+    user tower exports to ONNX and new items are embedded by every member."""
+    from components.model import TwoTowerEnsemble, export_user_tower_onnx, load_recommender
+    from components.schemas import read_tables
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.epochs": 3, "model.ensemble_members": 2, "train.member_processes": 2})
+    metrics = train_model(config, canonical, examples, tmp_path / "ens", progress=False)
+    assert metrics["ensemble_members"] == 2 and len(metrics["member_val_ndcg@10"]) == 2
+    ensemble = load_recommender(tmp_path / "ens")
+    members = [load_recommender(tmp_path / "ens" / "members" / str(i)) for i in range(2)]
+    assert isinstance(ensemble.model, TwoTowerEnsemble) and ensemble.model.cfg["member_seeds"] == [42, 43]
+    assert ensemble.item_embeddings.shape[1] == 2 * members[0].item_embeddings.shape[1]
+    np.testing.assert_allclose(np.linalg.norm(ensemble.item_embeddings, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(members[0].item_embeddings, members[1].item_embeddings)  # different seeds
+    tables = read_tables(canonical)
+    users = tables["users"].head(5)
+    histories = [tables["interactions"].query("user_id == @u")["item_id"].to_numpy()[-4:] for u in users["user_id"]]
+    catalogue = np.asarray(ensemble.item_ids)
+    expected = np.mean([m.score(users, histories, catalogue) for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.score(users, histories, catalogue), expected, atol=1e-5)
+    export_user_tower_onnx(tmp_path / "ens", tmp_path / "user_tower.onnx")  # checks ONNX == torch itself
+    new = tables["items"].head(2).assign(item_id=[10_001, 10_002])
+    vectors = ensemble.add_items(new)
+    joined = np.concatenate([m.add_items(new) for m in members], axis=1) / np.sqrt(2)
+    np.testing.assert_allclose(vectors, joined, atol=1e-6)
+
+
+def test_ensemble_budget_is_the_whole_ensembles_and_resume_keeps_finished_members(dataset, tmp_path: Path) -> None:
+    """train.max_minutes bounds the ensemble: a member that would start with under a quarter of it left is not
+    trained (here the second, after the first spent the budget) and the one trained serves alone; resuming keeps
+    finished members as they are."""
+    from components.model import TwoTowerModel, load_model
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    spent = tiny_config(data_dir, **{"model.ensemble_members": 2, "train.member_processes": 1,
+                                     "train.max_minutes": 0.0001})
+    metrics = train_model(spent, canonical, examples, tmp_path / "spent", progress=False)
+    assert metrics["ensemble_members"] == 1 and not (tmp_path / "spent" / "members" / "1").exists()
+    assert type(load_model(tmp_path / "spent")[0]) is TwoTowerModel
+    config = tiny_config(data_dir, **{"model.ensemble_members": 2, "train.member_processes": 1, "train.epochs": 2})
+    first = train_model(config, canonical, examples, tmp_path / "ens", progress=False)
+    stamps = [(tmp_path / "ens" / "members" / str(i) / "model.pt").stat().st_mtime_ns for i in range(2)]
+    again = train_model(config, canonical, examples, tmp_path / "ens", resume=True, progress=False)
+    assert [(tmp_path / "ens" / "members" / str(i) / "model.pt").stat().st_mtime_ns for i in range(2)] == stamps
+    assert again["test_ndcg@10"] == pytest.approx(first["test_ndcg@10"], abs=1e-6)
+    assert again["member_val_ndcg@10"] == first["member_val_ndcg@10"]

@@ -1,6 +1,7 @@
 """A data set of another shape, driven only by its declaration: the synthetic shop (string ids, implicit events,
 its own user and item attributes) through the training pipeline, Triton, the API and a monitoring report."""
 
+import json
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def _shop_config(tmp_path: Path):
         "serving.model_repository": tmp_path / "models", "serving.triton_build_dir": tmp_path / "triton",
         "serving.triton_log_file": tmp_path / "triton" / "log", "serving.request_log": tmp_path / "log.sqlite",
         "monitoring.reports_dir": tmp_path / "monitoring",
+        "model.ensemble_members": 2,  # the default kind of model (an ensemble) through every step, Triton included
     }
     return load_config(paths["config"], [f"{k}={v}" for k, v in {**TINY, **places}.items()])
 
@@ -43,6 +45,9 @@ def test_the_shop_runs_end_to_end_from_its_declaration(tmp_path):
     try:
         tasks = run_pipeline(TRAINING, config)["artifacts"]
         assert "deploy-op" in tasks, "the gate is open in this test: the model must be deployed"
+        trained = json.loads((Path(tasks["train-op"]["model"]) / "model_config.json").read_text())
+        seeds = [config.train.seed, config.train.seed + 1]
+        assert trained["ensemble_members"] == 2 and trained["member_seeds"] == seeds
         start_api(config, detach=True)
         maps = Path(config.paths.data_dir) / "id_maps"
         users = pd.read_parquet(maps / "user_ids.parquet")["external_id"]
