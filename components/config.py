@@ -395,16 +395,6 @@ class Config(_Section):
     trust: Trust
     kfp: Kfp
 
-    @model_validator(mode="after")
-    def _ensemble_of_frozen_text(self) -> Config:
-        members = self.model.ensemble_members
-        if members > 1 and self.model.tunes_encoder_weights:
-            raise ValueError(f"model.ensemble_members={members} needs model.encoder_tuning frozen or adapter, not "
-                             f"{self.model.encoder_tuning} (the members would each tune their own text encoder)")
-        if members > 1 and self.train.refit_on_validation:
-            raise ValueError(f"model.ensemble_members={members} cannot be combined with train.refit_on_validation")
-        return self
-
     def dump(self) -> dict[str, Any]:
         """Plain-YAML-able dict (paths as strings)."""
         return self.model_dump(mode="json")

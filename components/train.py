@@ -289,7 +289,12 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     from tqdm.auto import tqdm
 
     if config.model.ensemble_members > 1:
-        return train_ensemble(config, canonical_dir, examples_dir, out_dir, resume, progress)
+        if not (config.model.tunes_encoder_weights or config.train.refit_on_validation):
+            return train_ensemble(config, canonical_dir, examples_dir, out_dir, resume, progress)
+        log.warning("model.ensemble_members=%d ignored: one two-tower is trained with %s",
+                    config.model.ensemble_members,
+                    f"model.encoder_tuning={config.model.encoder_tuning} (each member would tune its own encoder)"
+                    if config.model.tunes_encoder_weights else "train.refit_on_validation=true")
     tuning = config.model.encoder_tuning
     if config.train.refit_on_validation and config.model.tunes_encoder_weights:
         raise TrainError(f"train.refit_on_validation=true needs model.encoder_tuning frozen or adapter, not {tuning} "
