@@ -540,8 +540,12 @@ def _train_member(config_text: str, member: int, deadline: float, canonical_dir:
     when a process is free, with what is left of the ensemble's time budget, or (all but the first) not at all
     (None) when less than MEMBER_MIN_BUDGET of it is left: a member stopped long before its early-stopping point
     would weaken the mean."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_text(config_text)
+    if multiprocessing.parent_process() is not None:  # a worker: its epochs go to <member>/train.log
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(out_dir) / "train.log", mode="a" if resume else "w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     if member > 0 and deadline - time.time() < MEMBER_MIN_BUDGET * 60 * config.train.max_minutes:
         log.warning("ensemble member %d not trained: less than %.0f%% of train.max_minutes=%.1f left", member,
                     100 * MEMBER_MIN_BUDGET, config.train.max_minutes)
@@ -568,7 +572,8 @@ def train_ensemble(config: Config, canonical_dir: str | Path, examples_dir: str 
         shutil.rmtree(out / "members")
     todo = [i for i in range(k) if not (resume and _member_done(folders[i]))]
     processes = min(config.train.member_processes or (os.cpu_count() or 1), len(todo))
-    log.info("ensemble of %d two-towers: training %d member(s) in %d process(es)", k, len(todo), max(processes, 1))
+    log.info("ensemble of %d two-towers: training %d member(s) in %d process(es); each member's epochs are logged "
+             "in %s/<i>/train.log", k, len(todo), max(processes, 1), out / "members")
     if processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(processes, mp_context=context) as pool:
@@ -577,6 +582,8 @@ def train_ensemble(config: Config, canonical_dir: str | Path, examples_dir: str 
             for job in as_completed(jobs):
                 member = job.result()
                 if member is None:
+                    log.warning("member %d/%d not trained: less than %.0f%% of train.max_minutes was left for it",
+                                jobs[job] + 1, k, 100 * MEMBER_MIN_BUDGET)
                     continue
                 log.info("member %d/%d trained: val NDCG@10 %.4f, %d epochs, %.1f min", jobs[job] + 1, k,
                          member[f"val_ndcg@{EVAL_K}"], member["epochs"], member["train_seconds"] / 60)

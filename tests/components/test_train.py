@@ -476,6 +476,8 @@ def test_ensemble_trains_members_apart_and_serves_them_as_one_two_tower(dataset,
     config = tiny_config(data_dir, **{"train.epochs": 3, "model.ensemble_members": 2, "train.member_processes": 2})
     metrics = train_model(config, canonical, examples, tmp_path / "ens", progress=False)
     assert metrics["ensemble_members"] == 2 and len(metrics["member_val_ndcg@10"]) == 2
+    for i in range(2):  # a worker's epochs are in its member's log file
+        assert "epoch 3:" in (tmp_path / "ens" / "members" / str(i) / "train.log").read_text()
     ensemble = load_recommender(tmp_path / "ens")
     members = [load_recommender(tmp_path / "ens" / "members" / str(i)) for i in range(2)]
     assert isinstance(ensemble.model, TwoTowerEnsemble) and ensemble.model.cfg["member_seeds"] == [42, 43]
