@@ -115,6 +115,7 @@ class Model(_Section):
     logq_correction: bool
     hard_negatives: int = Field(ge=0)
     ensemble_members: int = Field(default=1, ge=1, le=16)
+    ensemble_max_items: int = Field(default=20_000, ge=1)
 
     @property
     def tunes_encoder_weights(self) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
@@ -46,7 +47,7 @@ from components.popularity_prior import (
     in_training_recommender,
     ranking_metrics,
 )
-from components.schemas import read_tables
+from components.schemas import ITEMS, read_tables, table_path
 from components.shilling_defence import defended_tables
 from components.train_data import TrainData, TrainError, prepare_data, read_examples, training_columns
 
@@ -288,13 +289,8 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     leaves out the priors and the test metrics."""
     from tqdm.auto import tqdm
 
-    if config.model.ensemble_members > 1:
-        if not (config.model.tunes_encoder_weights or config.train.refit_on_validation):
-            return train_ensemble(config, canonical_dir, examples_dir, out_dir, resume, progress)
-        log.warning("model.ensemble_members=%d ignored: one two-tower is trained with %s",
-                    config.model.ensemble_members,
-                    f"model.encoder_tuning={config.model.encoder_tuning} (each member would tune its own encoder)"
-                    if config.model.tunes_encoder_weights else "train.refit_on_validation=true")
+    if ensemble_size(config, canonical_dir) > 1:
+        return train_ensemble(config, canonical_dir, examples_dir, out_dir, resume, progress)
     tuning = config.model.encoder_tuning
     if config.train.refit_on_validation and config.model.tunes_encoder_weights:
         raise TrainError(f"train.refit_on_validation=true needs model.encoder_tuning frozen or adapter, not {tuning} "
@@ -518,6 +514,25 @@ def _finish(model: Any, data: TrainData, config: Config, out: Path, history: lis
 
 
 # ---------------------------------------------------------------- ensembles of two-towers
+
+
+def ensemble_size(config: Config, canonical_dir: str | Path) -> int:
+    """How many two-towers `train_model` trains: `model.ensemble_members`, or one (said in the log) where an
+    ensemble does not apply: a tuned text encoder (each member would tune its own), the refit, or a catalogue above
+    `model.ensemble_max_items` (the members train at once, each holding the catalogue's features)."""
+    k = config.model.ensemble_members
+    if k == 1:
+        return 1
+    items = pq.ParquetFile(table_path(canonical_dir, ITEMS)).metadata.num_rows
+    reason = (f"model.encoder_tuning={config.model.encoder_tuning} (each member would tune its own encoder)"
+              if config.model.tunes_encoder_weights else
+              "train.refit_on_validation=true" if config.train.refit_on_validation else
+              f"{items:,} catalogue items > model.ensemble_max_items={config.model.ensemble_max_items:,}"
+              if items > config.model.ensemble_max_items else None)
+    if reason is not None:
+        log.warning("model.ensemble_members=%d ignored: one two-tower is trained with %s", k, reason)
+        return 1
+    return k
 
 
 def member_config(config: Config, member: int, deadline: float | None = None) -> Config:

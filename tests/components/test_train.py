@@ -517,3 +517,19 @@ def test_ensemble_budget_is_the_whole_ensembles_and_resume_keeps_finished_member
     assert [(tmp_path / "ens" / "members" / str(i) / "model.pt").stat().st_mtime_ns for i in range(2)] == stamps
     assert again["test_ndcg@10"] == pytest.approx(first["test_ndcg@10"], abs=1e-6)
     assert again["member_val_ndcg@10"] == first["member_val_ndcg@10"]
+
+
+@pytest.mark.parametrize("settings,expected", [
+    ({}, 3),
+    ({"model.ensemble_max_items": 10}, 1),  # the planted catalogue is larger: one two-tower
+    ({"model.encoder_tuning": "lora"}, 1),  # each member would tune its own encoder
+    ({"train.refit_on_validation": True}, 1),
+])
+def test_ensemble_size_falls_back_to_one_two_tower_where_an_ensemble_does_not_apply(
+        dataset, settings: dict, expected: int, caplog) -> None:
+    from components.train import ensemble_size
+
+    data_dir, canonical, _ = dataset
+    config = tiny_config(data_dir, **{"model.ensemble_members": 3, **settings})
+    assert ensemble_size(config, canonical) == expected
+    assert (expected == 1) == ("ignored: one two-tower is trained" in caplog.text)
