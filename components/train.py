@@ -516,6 +516,18 @@ def _finish(model: Any, data: TrainData, config: Config, out: Path, history: lis
 # ---------------------------------------------------------------- ensembles of two-towers
 
 
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a pod's CPU limit), at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text(encoding="utf-8").split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(cpus, 1)
+
+
 def ensemble_size(config: Config, canonical_dir: str | Path) -> int:
     """How many two-towers `train_model` trains: `model.ensemble_members`, or one (said in the log) where an
     ensemble does not apply: a tuned text encoder (each member would tune its own), the refit, or a catalogue above
@@ -586,7 +598,7 @@ def train_ensemble(config: Config, canonical_dir: str | Path, examples_dir: str 
     if not resume and (out / "members").exists():  # an earlier run's members are not this run's
         shutil.rmtree(out / "members")
     todo = [i for i in range(k) if not (resume and _member_done(folders[i]))]
-    processes = min(config.train.member_processes or (os.cpu_count() or 1), len(todo))
+    processes = min(config.train.member_processes or available_cpus(), len(todo))
     log.info("ensemble of %d two-towers: training %d member(s) in %d process(es); each member's epochs are logged "
              "in %s/<i>/train.log", k, len(todo), max(processes, 1), out / "members")
     if processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:

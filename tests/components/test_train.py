@@ -533,3 +533,15 @@ def test_ensemble_size_falls_back_to_one_two_tower_where_an_ensemble_does_not_ap
     config = tiny_config(data_dir, **{"model.ensemble_members": 3, **settings})
     assert ensemble_size(config, canonical) == expected
     assert (expected == 1) == ("ignored: one two-tower is trained" in caplog.text)
+
+
+def test_available_cpus_follows_a_pods_cpu_quota(tmp_path: Path, monkeypatch) -> None:
+    from components.train import available_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # a limit of 1.5 CPUs
+    assert available_cpus(quota) == 2
+    quota.write_text("max 100000\n")  # no limit: the affinity
+    assert available_cpus(quota) == 8
+    assert available_cpus(tmp_path / "absent") == 8
