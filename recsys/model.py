@@ -55,7 +55,9 @@ def train(
         canonical_dir, examples_dir = _training_inputs(config, canonical, examples, interactions, users, items,
                                                        out / "inputs")
         metrics = train_model(config, canonical_dir, examples_dir, out, resume=resume)
-    console.print(f"model in [bold]{out}[/]: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    console.print(f"model in [bold]{out}[/]: " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, int | float) else f"{k}={'/'.join(f'{x:.4g}' for x in v)}"
+        for k, v in metrics.items()))
 
 
 def recommend(
