@@ -426,7 +426,7 @@ def in_batch_softmax_loss(model: Any, batch_in: torch.Tensor, batch_out: torch.T
 class UserEncoder(nn.Module):
     """Serving form of the user tower (contract C5): (history rows+1 [B, L], profile [B, P]) -> [B, D]."""
 
-    def __init__(self, model: TwoTowerModel, item_embeddings: np.ndarray) -> None:
+    def __init__(self, model: TwoTowerModel | TwoTowerEnsemble, item_embeddings: np.ndarray) -> None:
         super().__init__()
         self.user = model.user
         table = np.concatenate([np.zeros((1, item_embeddings.shape[1]), np.float32), item_embeddings])
@@ -442,8 +442,8 @@ class UserEncoder(nn.Module):
 # ---------------------------------------------------------------- artifact (contract C4) and Recommender (C3)
 
 
-def save_artifact(model: TwoTowerModel, out_dir: str | Path, item_ids: np.ndarray, item_embeddings: np.ndarray,
-                  profile_encoder: ProfileEncoder, history: list[dict]) -> Path:
+def save_artifact(model: TwoTowerModel | TwoTowerEnsemble, out_dir: str | Path, item_ids: np.ndarray,
+                  item_embeddings: np.ndarray, profile_encoder: ProfileEncoder, history: list[dict]) -> Path:
     """Write model.pt, model_config.json, item_ids.npy, item_embeddings.npy, profile_encoder.json, history.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -457,8 +457,8 @@ def save_artifact(model: TwoTowerModel, out_dir: str | Path, item_ids: np.ndarra
     return out
 
 
-def load_model(model_dir: str | Path) -> tuple[TwoTowerModel, ProfileEncoder]:
-    """The trained network (eval mode, no text encoder) and its profile encoder."""
+def load_model(model_dir: str | Path) -> tuple[TwoTowerModel | TwoTowerEnsemble, ProfileEncoder]:
+    """The trained network (eval mode, no text encoder: one two-tower or an ensemble) and its profile encoder."""
     folder = Path(model_dir)
     missing = [f for f in ARTIFACT_FILES if not (folder / f).is_file()]
     if missing:
