@@ -24,7 +24,8 @@ def model_with_priors(planted_model: Path, out: Path) -> Path:
                popularity_window_days=None)
     (out / "model_config.json").write_text(json.dumps(cfg))
     state = torch.load(out / "model.pt", weights_only=True)
-    state["train_count"][1:7] = 0  # catalogue rows 0..5
+    for key in [k for k in state if k.split(".")[-1] == "train_count"]:  # one model's, or each ensemble member's
+        state[key][1:7] = 0  # catalogue rows 0..5
     torch.save(state, out / "model.pt")
     return out
 
@@ -36,7 +37,8 @@ def bundle_of(model_dir: Path, out: Path) -> Path:
     for name in ("item_ids.npy", "item_embeddings.npy"):
         shutil.copyfile(model_dir / name, out / name)
     cfg = json.loads((model_dir / "model_config.json").read_text())
-    manifest = {"model_version": "m-parity", "variant": "fp32", "embedding_dim": int(cfg["embedding_dim"]),
+    width = int(np.load(out / "item_embeddings.npy", mmap_mode="r").shape[1])  # k x embedding_dim for an ensemble
+    manifest = {"model_version": "m-parity", "variant": "fp32", "embedding_dim": width,
                 "max_seq_len": int(cfg["max_seq_len"]), "profile_fields": list(cfg["profile_fields"]),
                 "profile_encoder": json.loads((model_dir / PROFILE_ENCODER_FILE).read_text()),
                 "created_at": datetime.now(UTC).isoformat(), PRIOR_KEY: popularity_prior_settings(model_dir)}
