@@ -274,6 +274,7 @@ class Serving(_Section):
     triton_metrics_port: int = Field(ge=1, le=65535)
     model_repository: Path
     api_port: int = Field(ge=1, le=65535)
+    api_workers: int = Field(ge=1, le=64)
     top_k: int = Field(ge=1, le=1000)
     request_log: Path | str  # an SQLite file, or a postgresql:// URL (no password in it) when replicas share it
     request_log_retention_days: float = Field(gt=0.0)
@@ -308,6 +309,16 @@ class Serving(_Section):
             raise ValueError("the PostgreSQL URL carries a password: remove it and set RECSYS_REQUEST_LOG_PASSWORD "
                              "(or PGPASSWORD) in the environment instead")
         return text
+
+    @model_validator(mode="after")
+    def _workers_share_the_log(self) -> Serving:
+        """Several API worker processes need a request log they all write and read (the popularity priors count
+        every worker's interactions from it): PostgreSQL, not the single-writer SQLite file."""
+        if self.api_workers > 1 and not isinstance(self.request_log, str):
+            raise ValueError(f"api_workers={self.api_workers} needs a request log the workers share: set "
+                             f"serving.request_log to a postgresql:// URL (the SQLite file {self.request_log} has "
+                             f"one writer process), or api_workers=1")
+        return self
 
 
 class Monitoring(_Section):

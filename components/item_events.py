@@ -73,6 +73,12 @@ class ItemEventIndex:
         with self._lock:
             self._pending.append((int(user_id), int(item_id), int(ts_us)))
 
+    def add_many(self, users: np.ndarray, items: np.ndarray, ts_us: np.ndarray) -> None:
+        """Live interactions in bulk (counted from the next request on)."""
+        with self._lock:
+            self._pending.extend(zip(np.asarray(users, np.int64).tolist(), np.asarray(items, np.int64).tolist(),
+                                     np.asarray(ts_us, np.int64).tolist(), strict=True))
+
     def _flush(self) -> None:
         if self._pending:
             users, items, ts = (np.asarray(c, np.int64) for c in zip(*self._pending, strict=True))

@@ -166,6 +166,7 @@ class RequestLog:
     """
 
     placeholder = "?"  # the backend's SQL parameter marker
+    shared = False  # several processes (API workers, replicas) append to it and read each other's entries
 
     def __init__(self, target: str | Path) -> None:
         self._lock = threading.Lock()  # the writer connection
@@ -362,6 +363,24 @@ class RequestLog:
             "model_version": pd.Series(cols["model_version"], dtype=object).astype(str),
         })
 
+    def logged_interactions(self, since: Any = None, logged_since_us: int | None = None) -> pd.DataFrame:
+        """Interactions with event time >= `since` and logged at or after `logged_since_us` (µs since the epoch),
+        with each row's `seq` (unique per row) and `logged_us`: what a process reads to follow what others log."""
+        clauses, params = [], []
+        for column, bound in (("ts_us", _bound_us(since, "since")), ("logged_us", logged_since_us)):
+            if bound is not None:
+                clauses.append(f"{column} >= {self.placeholder}")
+                params.append(int(bound))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._select(f"SELECT user_id, item_id, ts_us, seq, logged_us FROM interactions{where} ORDER BY seq",
+                            params)
+        names = ("user_id", "item_id", "ts_us", "seq", "logged_us")
+        cols = dict(zip(names, zip(*rows, strict=True), strict=True)) if rows else {c: () for c in names}
+        return pd.DataFrame({"user_id": id_column(cols["user_id"]), "item_id": id_column(cols["item_id"]),
+                             "event_timestamp": _us_to_ts(cols["ts_us"]),
+                             "seq": np.asarray(cols["seq"], dtype="int64"),
+                             "logged_us": np.asarray(cols["logged_us"], dtype="int64")})
+
     def interactions_frame(self, since: Any = None, until: Any = None) -> pd.DataFrame:
         """Logged interactions in the canonical shape (user_id, item_id, rating, event_timestamp)."""
         rows = self._read(SELECT_INTERACTIONS, since, until, "ts_us", "ts_us, seq")
@@ -373,6 +392,41 @@ class RequestLog:
             "event_timestamp": _us_to_ts(cols["ts_us"]),
         })
 
+
+
+class InteractionFollower:
+    """Each interaction appended to a shared log, once, whoever appended it: what every API worker and replica
+    reads to count the others' interactions (the popularity priors).
+
+    Rows are read by the time they were stamped when logged, from `lag_s` before the previous read (a row stamped
+    before one read may commit after it: group commits, a retried transaction), and rows already returned are
+    skipped by their `seq`."""
+
+    def __init__(self, log: RequestLog, lag_s: float = 60.0) -> None:
+        self.log = log
+        self.lag_us = int(lag_s * 1e6)
+        self._seen = pd.Series(dtype="int64")  # seq -> logged_us of the rows returned within the look-back
+        self._read_from: int | None = None  # logged_us of the previous read
+
+    def restart(self, counted: pd.DataFrame, now_us: int) -> None:
+        """Follow from `now_us` on; `counted` (rows of `RequestLog.logged_interactions`) were read already."""
+        self._seen = pd.Series(counted["logged_us"].to_numpy(np.int64), index=counted["seq"].to_numpy(np.int64))
+        self._read_from = now_us
+        self._forget_before(now_us - 2 * self.lag_us)
+
+    def new_rows(self, now_us: int) -> pd.DataFrame:
+        """Interactions logged since the previous call (user_id, item_id, event_timestamp, seq, logged_us)."""
+        since = None if self._read_from is None else self._read_from - self.lag_us
+        frame = self.log.logged_interactions(logged_since_us=since)
+        fresh = frame[~np.isin(frame["seq"].to_numpy(np.int64), self._seen.index.to_numpy(np.int64))]
+        self._seen = pd.concat([self._seen, pd.Series(fresh["logged_us"].to_numpy(np.int64),
+                                                      index=fresh["seq"].to_numpy(np.int64))])
+        self._read_from = now_us
+        self._forget_before(now_us - 2 * self.lag_us)
+        return fresh.reset_index(drop=True)
+
+    def _forget_before(self, cutoff_us: int) -> None:
+        self._seen = self._seen[self._seen.to_numpy() >= cutoff_us]
 
 # ------------------------------------------------------------------------------------------------ SQLite
 # Id columns have no declared type, so SQLite keeps each value's own (INTEGER or TEXT): ids round-trip.

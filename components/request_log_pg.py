@@ -117,6 +117,7 @@ class PostgresRequestLog(RequestLog):
     reconnected when it breaks; reads on their own connections."""
 
     placeholder = "%s"
+    shared = True
 
     def __init__(self, target: str) -> None:
         import psycopg

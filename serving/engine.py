@@ -33,8 +33,8 @@ from components.features import feature_data_dir, open_store
 from components.features_online import online_feature_rows, push_interaction
 from components.id_maps import ExternalIds, load_id_maps
 from components.ingest import id_maps_dir
-from components.item_events import ItemEventIndex, datetime_us, read_item_events
-from components.request_log import RequestLog, RequestRecord
+from components.item_events import ItemEventIndex, datetime_us, epoch_us, read_item_events
+from components.request_log import InteractionFollower, RequestLog, RequestRecord
 from components.request_logs import open_request_log
 from components.rerank import mmr_order, pool_size
 from serving import triton_repo as tr
@@ -189,6 +189,14 @@ def dependency_down(err: BaseException) -> bool:
     return not isinstance(err, REQUEST_ERRORS)
 
 
+def _event_keys(logged: pd.DataFrame, users: ExternalIds, items: ExternalIds) -> pd.DataFrame:
+    """Logged interactions (external ids) as (user key, item key, event_timestamp); ids without a key dropped."""
+    keys = pd.DataFrame({"user_id": [users.key(u) for u in logged["user_id"]],
+                         "item_id": [items.key(i) for i in logged["item_id"]],
+                         "event_timestamp": logged["event_timestamp"].to_numpy()}).dropna()
+    return keys.astype({"user_id": "int64", "item_id": "int64"})
+
+
 # ------------------------------------------------------------------------------------------------ engine
 class Engine:
     """The API's logic without HTTP: usable in-process (tests, benchmarks) and inside the BentoML service."""
@@ -215,6 +223,8 @@ class Engine:
             infer_model=tr.GRAPH if graph else tr.ENSEMBLE, batch_of_one=graph))
         self._open_features = open_features or (lambda: open_store(config))
         self.request_log = request_log if request_log is not None else open_request_log(s.request_log)
+        # several processes append to a shared log: the priors count its interactions from there (follow_log)
+        self._follower = InteractionFollower(self.request_log) if self.request_log.shared else None
         self.log_writable = WritableCheck(self.request_log)
         self.feast = Breaker("feature store")
         self.triton = Breaker(f"Triton at {self.grpc_url}")
@@ -286,19 +296,36 @@ class Engine:
         """The version's priors over the events of the feature tables plus the interactions logged since (their
         external ids read through the version's id maps)."""
         events = read_item_events(feature_data_dir(self.config))
+        started = datetime_us(datetime.now(UTC))
         try:
             since = events["event_timestamp"].max() if len(events) else None
-            logged = self.request_log.interactions_frame(since=since)
+            logged = self.request_log.logged_interactions(since=since)
+            if self._follower is not None:  # from now on the watcher adds what any process logs
+                self._follower.restart(logged, started)
             if len(logged) and since is not None:
                 logged = logged[pd.to_datetime(logged["event_timestamp"], utc=True) > since]
-            keys = pd.DataFrame({"user_id": [users.key(u) for u in logged["user_id"]],
-                                 "item_id": [items.key(i) for i in logged["item_id"]],
-                                 "event_timestamp": logged["event_timestamp"]}).dropna()
+            keys = _event_keys(logged, users, items)
             if len(keys):
-                events = pd.concat([events, keys.astype({"user_id": "int64", "item_id": "int64"})], ignore_index=True)
+                events = pd.concat([events, keys], ignore_index=True)
         except Exception as err:  # noqa: BLE001 - the table's events still count
             log.warning("logged interactions not counted by the popularity priors: %s", err)
+            if self._follower is not None:
+                self._follower.restart(pd.DataFrame({"seq": [], "logged_us": []}), started)
         return Priors.load(model, events)
+
+    def follow_log(self) -> int:
+        """Count in the priors the interactions any worker or replica logged since the last call (a shared
+        request log only: each process of a shared log counts them all from there, its own included); returns
+        how many were added. The watcher calls it every HEALTH_INTERVAL_S."""
+        with self._check_lock:  # not while a version change rebuilds the priors and restarts the follower
+            live = self.live
+            if self._follower is None or live.priors is None:
+                return 0
+            keys = _event_keys(self._follower.new_rows(datetime_us(datetime.now(UTC))), live.users, live.items)
+            if len(keys):
+                live.priors.events.add_many(keys["user_id"].to_numpy(), keys["item_id"].to_numpy(),
+                                            epoch_us(keys["event_timestamp"]))
+            return len(keys)
 
     def _load_ids(self) -> tuple[ExternalIds, ExternalIds]:
         """The committed id maps (the ones validate extended): external ids of requests <-> keys."""
@@ -405,6 +432,7 @@ class Engine:
         while not self._stop.wait(HEALTH_INTERVAL_S):
             try:
                 self.check_triton()
+                self.follow_log()
                 if not self.feast.up:
                     self.check_feast()
             except Exception:  # noqa: BLE001 - the watcher must never die
@@ -619,7 +647,7 @@ class Engine:
         else:
             reason = f"feature store unavailable: {self.feast.error}"
         self.request_log.append_interaction(req.user_id, req.item_id, req.rating, ts)
-        if live.priors is not None and user_key is not None and item_key is not None:
+        if live.priors is not None and user_key is not None and item_key is not None and self._follower is None:
             live.priors.events.add(user_key, item_key, datetime_us(ts))  # counted from the next request
         return self.models.InteractionResponse(user_id=req.user_id, item_id=req.item_id, logged=True, pushed=pushed,
                                    degraded=not pushed, recent_item_ids=recent if reveal_history else [],

@@ -83,7 +83,10 @@ CONFIG = load_config()  # $RECSYS_CONFIG
 MODELS = api_models(CONFIG.dataset, RequestLimits.from_serving(CONFIG.serving))  # the declared data set's models
 
 
-@bentoml.service(name="recsys_recommender", workers=1, threads=8, resources={"cpu": "1"},
+# serving.api_workers processes (> 1 only with the shared PostgreSQL log: each counts every worker's interactions
+# in its popularity priors from there), 8 request threads each
+@bentoml.service(name="recsys_recommender", workers=CONFIG.serving.api_workers, threads=8,
+                 resources={"cpu": str(CONFIG.serving.api_workers)},
                  traffic={"timeout": CONFIG.serving.request_timeout_s + 5},  # RequestGuard answers first
                  logging={"access": {"enabled": False}})
 class RecommendationService:

@@ -137,3 +137,10 @@ def test_request_log_is_a_path_or_a_postgres_url_without_password(tmp_path):
         assert "hunter2" not in str(err.value)
     with pytest.raises(ConfigError, match="request_log_retention_days"):
         load_config(overrides=["serving.request_log_retention_days=0"])
+
+
+def test_several_api_workers_need_the_shared_postgres_log():
+    url = "postgresql://recsys@db.example:5432/recsys"
+    assert load_config(overrides=[f"serving.request_log={url}", "serving.api_workers=4"]).serving.api_workers == 4
+    with pytest.raises(ConfigError, match=r"api_workers=2 needs a request log the workers share.*postgresql://"):
+        load_config(overrides=["serving.api_workers=2"])  # the default SQLite file has one writer process

@@ -264,3 +264,30 @@ def test_check_writable_commits_nothing_and_fails_when_the_log_is_gone(log_targe
         log.close()
     with pytest.raises(RequestLogError):
         log.check_writable()
+
+
+def test_a_follower_returns_every_logged_interaction_once_whoever_logged_it(log_target: str) -> None:
+    from components.item_events import datetime_us
+    from components.request_log import InteractionFollower
+
+    now = lambda: datetime_us(datetime.now(UTC))  # noqa: E731
+    first, second = open_request_log(log_target), open_request_log(log_target)  # two processes' handles
+    try:
+        first.append_interaction(1, 10, 5.0, T0)
+        second.append_interaction("u-2", "i-20", None, T0 + timedelta(minutes=1))
+        counted = first.logged_interactions(since=T0 + timedelta(seconds=30))  # what a start read
+        assert counted["user_id"].tolist() == ["u-2"] and counted["item_id"].tolist() == ["i-20"]
+        follower = InteractionFollower(first, lag_s=60)
+        follower.restart(first.logged_interactions(), now())
+        assert follower.new_rows(now()).empty  # both were counted at the start
+        second.append_interaction(3, 30, 1.0, T0 + timedelta(minutes=2))
+        first.append_interaction(4, 40, 2.0, T0 - timedelta(days=3))  # an old event logged late still counts
+        fresh = follower.new_rows(now())
+        assert sorted(fresh["user_id"].tolist()) == [3, 4] and sorted(fresh["item_id"].tolist()) == [30, 40]
+        assert fresh["seq"].is_unique and follower.new_rows(now()).empty  # each row once, within the look-back
+        late = InteractionFollower(second, lag_s=60)  # a fresh follower that counted nothing yet reads them all
+        late.restart(second.logged_interactions().iloc[:0], now() - 120 * 10**6)
+        assert late.new_rows(now())["user_id"].tolist() == [1, "u-2", 3, 4]
+    finally:
+        first.close()
+        second.close()

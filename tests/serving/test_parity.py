@@ -166,3 +166,37 @@ def test_a_logged_interaction_counts_for_other_users_from_the_next_request(serve
                 np.testing.assert_array_equal(got, want)
     finally:
         restarted.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("served", ["movielens"], indirect=True)
+def test_workers_sharing_a_postgres_log_count_each_others_interactions(served, postgres):
+    """API workers (or replicas) over one PostgreSQL log: an interaction logged by one is counted by the priors of
+    every one, once, from the log (each process's own included), and a restarted one counts the same."""
+    import uuid
+
+    engine, _, users, _, as_of = served
+    config = engine.config.model_copy(deep=True)
+    config.serving.request_log = postgres.create_database(f"workers_{uuid.uuid4().hex[:12]}")
+    scorer = engine._client
+    workers = [Engine(config, new_scorer=lambda: scorer, watch=False, clock=lambda: as_of) for _ in range(2)]
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    try:
+        one, two = workers
+        other = one.live.users.key(users[1])
+        key = int(one.live.priors.events.index.item_ids[0])
+        before = [dict(zip(*w.live.priors.counts(other, later), strict=True)).get(key, 0.0) for w in workers]
+        body = {"user_id": users[0], "item_id": one.live.items.external(key)}
+        assert one.interaction(one.models.InteractionRequest.model_validate(body), reveal_history=False).logged
+        assert [w.follow_log() for w in workers] == [1, 1] and [w.follow_log() for w in workers] == [0, 0]
+        after = [dict(zip(*w.live.priors.counts(other, later), strict=True)).get(key, 0.0) for w in workers]
+        assert after == [b + 1 for b in before]
+        restarted = Engine(config, new_scorer=lambda: scorer, watch=False, clock=lambda: as_of)
+        workers.append(restarted)
+        assert restarted.follow_log() == 0  # counted at its start, not again
+        for got, want in zip(restarted.live.priors.counts(other, later), two.live.priors.counts(other, later),
+                             strict=True):
+            np.testing.assert_array_equal(got, want)
+    finally:
+        for worker in workers:
+            worker.close()

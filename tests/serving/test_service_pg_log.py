@@ -64,3 +64,30 @@ def test_two_apis_share_a_postgres_log_and_a_kill_9_loses_nothing(tmp_path, bund
         if other_pid is not None:
             stop_process(other_pid)
         stack.stop()
+
+
+def test_two_api_workers_answer_and_log_to_one_postgres_log(tmp_path, bundles, postgres):
+    """serving.api_workers=2 (allowed with the shared log only): two worker processes answer, and every
+    acknowledged request and interaction is in the one log."""
+    import psutil
+
+    log_url = postgres.create_database(f"workers_{uuid.uuid4().hex[:12]}")
+    stack = build_stack(tmp_path / "stack", bundles["a"],
+                        overrides={"serving.request_log": log_url, "serving.api_workers": 2})
+    try:
+        workers = [p for p in psutil.Process(stack.api_pid).children(recursive=True)
+                   if "_bentoml_impl.worker" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        acked = []
+        with httpx.Client(base_url=stack.url, timeout=10, headers=stack.auth_headers()) as http:
+            for n in range(40):
+                resp = http.post("/recommend", json={"user_id": 1 + n % 5, "k": 5})
+                assert resp.status_code == 200, resp.text
+                acked.append(resp.json()["request_id"])
+            item = int(stack.tables["items"]["item_id"].iloc[0])
+            assert http.post("/interactions", json={"user_id": 2, "item_id": item}).json()["logged"]
+        with open_request_log(log_url) as log:
+            assert set(acked) <= set(log.requests_frame()["request_id"])
+            assert log.interactions_frame()[["user_id", "item_id"]].values.tolist() == [[2, item]]
+    finally:
+        stack.stop()
