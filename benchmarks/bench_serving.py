@@ -13,6 +13,7 @@ server and Python-backend stubs, the API, this load generator). The load average
 machine is shared.
 
     .venv/bin/python -m benchmarks.bench_serving [--requests 1500] [--max-seconds 15] [--concurrency 1 8 32]
+        [--api-workers 1 2]  # also the API with 1 and 2 worker processes on a shared PostgreSQL log
 
 Writes artifacts/benchmarks/serving.json and prints the README table rows.
 """
@@ -232,6 +233,52 @@ def api_levels_locust(stack, users: int, concurrency: list[int], seconds: float,
     return out
 
 
+def _postgres_pid(port: int) -> int:
+    """The postmaster of the throw-away PostgreSQL on `port` (its backends are its children)."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and "-p" in cmdline and cmdline[cmdline.index("-p") + 1] == str(port):
+            return proc.pid
+    raise RuntimeError(f"no PostgreSQL server on port {port}")
+
+
+def api_workers_sweep(root: Path, bundle: Path, workers: list[int], concurrency: list[int], seconds: float,
+                      users: int, per_user: int) -> list[dict]:
+    """The API with each number of worker processes (serving.api_workers) on one shared PostgreSQL request log (what
+    several workers need), locust-loaded: requests/s, p50/p99 and CPU per request of the API (all its workers)
+    and of PostgreSQL."""
+    from benchmarks.serving_stack import build_stack
+    from components.request_log_pg import PASSWORD_ENV, postgres_server
+
+    out = []
+    with postgres_server() as pg:
+        os.environ[PASSWORD_ENV] = pg.password  # the API's workers inherit it
+        pg_pid = _postgres_pid(pg.port)
+        for n in workers:
+            stack = build_stack(root / f"workers_{n}", bundle, n_users=users, per_user=per_user,
+                                overrides={"features.last_n_items": 50, "serving.retrieval_layout": "graph",
+                                           "serving.request_log": pg.create_database(f"workers_{n}"),
+                                           "serving.api_workers": n})
+            try:
+                token = stack.auth_headers()["Authorization"].removeprefix("Bearer ")
+                locust_level(stack.url, token, 4, 3, users, stack.api_pid, root)  # warm-up
+                for c in concurrency:
+                    pg_before = _process_cpu_s(pg_pid)
+                    level = locust_level(stack.url, token, c, seconds, users, stack.api_pid, root)
+                    ok = max(level["requests"] - level["errors"], 1)
+                    level["cpu_ms_per_request"]["postgres"] = round((_process_cpu_s(pg_pid) - pg_before) * 1000 / ok,
+                                                                    3)
+                    out.append({"api_workers": n, **level})
+                    log.info("API, %d worker(s), PostgreSQL log, c=%d: %.0f req/s, p99 %.1f ms, API CPU %.3f ms/req, "
+                             "%d errors", n, c, level["requests_per_s"], level["p99_ms"],
+                             level["cpu_ms_per_request"]["server"], level["errors"])
+            finally:
+                stack.stop()
+    return out
+
+
 def _answers(url: str) -> bool:
     import httpx
 
@@ -260,7 +307,8 @@ def api_levels(stack, users: int, concurrency: list[int], requests: int) -> list
 
 
 def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: int = 1, users: int = 943,
-        per_user: int = 20, queue_delays: list[int] | None = None, graph_queue_delays: list[int] | None = None) -> dict:
+        per_user: int = 20, queue_delays: list[int] | None = None, graph_queue_delays: list[int] | None = None,
+        api_workers: list[int] | None = None) -> dict:
     import torch
 
     from benchmarks.serving_stack import build_stack, make_bundle
@@ -289,6 +337,8 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
             stack.stop()
         sweep = [row for layout, delays in (("steps", queue_delays), ("graph", graph_queue_delays)) if delays
                  for row in batching_sweep(root, bundle, payloads, delays, concurrency, max_seconds, layout)]
+        workers = (api_workers_sweep(root, bundle, api_workers, concurrency, max_seconds, users, per_user)
+                   if api_workers and LOCUST.exists() else [])
     finally:
         shutil.rmtree(root, ignore_errors=True)
     top = {layout: next(lv for lv in levels if lv["concurrency"] == max(concurrency))
@@ -318,7 +368,7 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
                   "api_load_generator": "locust (headless, closed-loop users)" if floor else "httpx asyncio"},
         "requests_per_level": n_requests, "max_seconds_per_level": max_seconds,
         "in_process": local, "triton_direct": triton, "api": api, "bentoml_floor": floor, "ratios": ratios,
-        "dynamic_batching_sweep": sweep,
+        "dynamic_batching_sweep": sweep, "api_workers_sweep": workers,
     }
 
 
@@ -358,13 +408,17 @@ def main() -> None:
                         help="also measure the three-step layout at each max_queue_delay_us (a fresh stack each)")
     parser.add_argument("--graph-queue-delays", type=int, nargs="*", default=[],
                         help="also measure the one graph at each graph_max_queue_delay_us (a fresh stack each)")
+    parser.add_argument("--api-workers", type=int, nargs="*", default=[],
+                        help="also measure the API with each number of worker processes on a PostgreSQL request log "
+                             "(a throw-away local server; needs locust)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "components", "serving"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     report = run(args.requests, args.max_seconds, args.concurrency, args.instances,
-                 queue_delays=args.queue_delays, graph_queue_delays=args.graph_queue_delays)
+                 queue_delays=args.queue_delays, graph_queue_delays=args.graph_queue_delays,
+                 api_workers=args.api_workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("| layer | concurrency | requests/s | p50 | p99 | server CPU / request | load generator CPU / request |")
@@ -374,6 +428,11 @@ def main() -> None:
         print(f"| {row['layout']}, queue delay {row['max_queue_delay_us']} µs | {row['concurrency']} | "
               f"{row['requests_per_s']} req/s | {row['p50_ms']} ms | {row['p99_ms']} ms | "
               f"{row['cpu_ms_per_request']['triton']} ms | {row['cpu_ms_per_request']['load_generator']} ms |")
+    for row in report["api_workers_sweep"]:
+        cpu = row["cpu_ms_per_request"]
+        print(f"| API, {row['api_workers']} worker(s), PostgreSQL log | {row['concurrency']} | "
+              f"{row['requests_per_s']} req/s | {row['p50_ms']} ms | {row['p99_ms']} ms | {cpu['server']} ms "
+              f"(+ PostgreSQL {cpu['postgres']} ms) | {cpu['load_generator']} ms |")
     print(json.dumps(report["ratios"], indent=2))
 
 
