@@ -393,7 +393,6 @@ class RequestLog:
         })
 
 
-
 class InteractionFollower:
     """Each interaction appended to a shared log, once, whoever appended it: what every API worker and replica
     reads to count the others' interactions (the popularity priors).
@@ -427,6 +426,7 @@ class InteractionFollower:
 
     def _forget_before(self, cutoff_us: int) -> None:
         self._seen = self._seen[self._seen.to_numpy() >= cutoff_us]
+
 
 # ------------------------------------------------------------------------------------------------ SQLite
 # Id columns have no declared type, so SQLite keeps each value's own (INTEGER or TEXT): ids round-trip.
@@ -463,6 +463,7 @@ CREATE TABLE IF NOT EXISTS interactions (
     logged_us INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS interactions_ts ON interactions (ts_us);
+CREATE INDEX IF NOT EXISTS interactions_logged ON interactions (logged_us);
 """
 
 

@@ -79,6 +79,8 @@ _SCHEMA = (
         txn UUID PRIMARY KEY,
         committed_us BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS request_log_commits_ts ON request_log_commits (committed_us)",
+    # the followers' reads (InteractionFollower); last, so a log created before it gets it once
+    "CREATE INDEX IF NOT EXISTS interactions_logged ON interactions (logged_us)",
 )
 _INSERT_REQUEST = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
                    f"VALUES ({', '.join(['%s'] * len(REQUEST_COLUMNS))})")
@@ -139,7 +141,7 @@ class PostgresRequestLog(RequestLog):
     def _create_schema(conn: Any) -> None:
         """Create the tables once: skipped when they exist (DDL, even IF NOT EXISTS, would lock tables that
         other writers are inserting into and could deadlock with them); serialised by an advisory lock."""
-        done = "SELECT to_regclass('request_log_commits_ts') IS NOT NULL"  # the last object the schema creates
+        done = "SELECT to_regclass('interactions_logged') IS NOT NULL"  # the last object the schema creates
         if conn.execute(done).fetchone()[0]:
             return
         with conn.transaction():

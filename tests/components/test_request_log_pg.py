@@ -103,6 +103,15 @@ def test_opening_the_log_does_not_wait_for_writers_in_flight(pg_url: str, postgr
         writer.rollback()
 
 
+def test_a_log_created_before_the_followers_index_gets_it_once(pg_url: str, postgres) -> None:
+    open_request_log(pg_url).close()
+    index = "SELECT to_regclass('interactions_logged') IS NOT NULL"
+    with psycopg.connect(pg_url, password=postgres.password, autocommit=True) as conn:
+        conn.execute("DROP INDEX interactions_logged")  # the schema as an earlier release created it
+        open_request_log(pg_url).close()
+        assert conn.execute(index).fetchone()[0]
+
+
 def test_writer_reconnects_after_its_connection_is_killed(pg_url: str, postgres) -> None:
     with open_request_log(pg_url) as log:
         log.append_request(request_record(1))
