@@ -209,6 +209,23 @@ def test_online_values_equal_offline_values(online_store):
     assert items.item_popularity_3d.tolist() == [1, 0]  # item 10: one event in [NOW - 3d, NOW)
 
 
+def test_the_serving_read_equals_feasts_sdk_read(online_store):
+    """The API's view-by-view online read gives exactly what FeatureStore.get_online_features gives, for every
+    user of the store, an unknown one, and a pushed one."""
+    from components.features_online import _read_service
+
+    store = online_store
+    push_interaction(store, user_id=2, item_id=14, rating=4.0, event_timestamp=NOW, last_n=LAST_N)
+    users = [*range(1, 6), 999, 2]
+    sdk = store.get_online_features(features=store.get_feature_service("serving"),
+                                    entity_rows=[{"user_id": u} for u in users]).to_dict()
+    fast = _read_service(store, "serving", "user_id", users)
+    assert set(fast) == set(sdk) and len(sdk) > 5
+    for name, values in sdk.items():
+        assert fast[name] == values, name
+    assert fast["user_interaction_count"][5] is None and fast["recent_item_ids"][1][-1] == 14
+
+
 def test_push_is_visible_online_at_once(online_store):
     store = online_store
     before = online_features(store, [1], as_of=NOW).iloc[0]
