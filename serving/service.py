@@ -84,11 +84,13 @@ MODELS = api_models(CONFIG.dataset, RequestLimits.from_serving(CONFIG.serving)) 
 
 
 # serving.api_workers processes (> 1 only with the shared PostgreSQL log: each counts every worker's interactions
-# in its popularity priors from there), 8 request threads each
+# in its popularity priors from there), 8 request threads each; BentoML's OpenTelemetry spans cover the API routes
+# only with serving.trace_requests
 @bentoml.service(name="recsys_recommender", workers=CONFIG.serving.api_workers, threads=8,
                  resources={"cpu": str(CONFIG.serving.api_workers)},
                  traffic={"timeout": CONFIG.serving.request_timeout_s + 5},  # RequestGuard answers first
-                 logging={"access": {"enabled": False}})
+                 logging={"access": {"enabled": False}},
+                 tracing={"excluded_urls": [] if CONFIG.serving.trace_requests else list(JSON_ROUTES)})
 class RecommendationService:
     """POST /recommend, POST /interactions; GET /healthz, /livez, /readyz (the API can answer, from its fallback if
     need be), /healthz/details (each dependency's state), /metrics; every

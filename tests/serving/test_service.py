@@ -311,6 +311,15 @@ def test_every_answered_request_is_logged_and_counted(http, stack):
     assert "recsys_api_stage_seconds_bucket" in metrics and "recsys_api_fallbacks_total" in metrics
 
 
+def test_api_routes_are_not_traced_unless_asked(http, stack):
+    """serving.trace_requests false (the default): BentoML opens no OpenTelemetry span for the API routes, so its
+    answers carry no span id (a traced route's answer carries X-BentoML-Request-ID); BentoML still answers."""
+    assert stack.config.serving.trace_requests is False
+    answer = http.post("/recommend", json={"user_id": 3, "k": 3})
+    assert answer.status_code == 200 and "x-bentoml-request-id" not in answer.headers
+    assert answer.headers["server"] == "BentoML Service/recsys_recommender"
+
+
 def test_schemathesis_finds_no_server_error(stack, tmp_path):
     junit = tmp_path / "schemathesis.xml"
     before = len(open_request_log(stack.config.serving.request_log).requests_frame())
