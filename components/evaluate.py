@@ -13,6 +13,9 @@ Protocol (all recommenders, same run, same split from `components.splits`):
   w * log(1 + n) to its text-based score of items it has no trained ID for, n = that item's events by other users
   strictly before the target within its rolling window (w and window chosen at training time on the cold-validation
   items: the next-newest items, held out of training too, never the report's).
+- Cold-start users (when the data set declares user attributes): each test user's target ranked over the warm
+  catalogue from the declared profile alone (no history), against most-popular and popularity-as-of (interactions
+  by other users strictly before the target), with the paired gain over the stronger of the two.
 - Size: above `evaluate.max_users` test (and cold-start) users a seeded sample of that many is ranked, the
   intervals are over the sample and the report gives its size; ranking holds at most `MAX_SCORE_CELLS` scores
   at once, so a large catalogue is ranked exactly in small user batches.
@@ -125,18 +128,26 @@ def prepare(config: Config, tables: dict[str, pd.DataFrame]) -> EvalData:
     return sample_task(data, config.evaluate.max_users, config.train.seed)
 
 
-class NewItemPopularity:
-    """Cold-start baseline: a new item's number of interactions by other users strictly before the user's `as_of`."""
+class PointInTimePopularity:
+    """An item's number of interactions by other users strictly before the user's `as_of`, among `events`: over
+    the new items' events the cold-start baseline (new-item-popularity), over every event of the split the
+    profile-only users' (popularity-as-of)."""
 
-    name = "new-item-popularity"
-
-    def __init__(self, cold_interactions: pd.DataFrame) -> None:
-        self.events = cold_interactions[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
+    def __init__(self, events: pd.DataFrame, name: str) -> None:
+        self.events = events[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
+        self.name = name
 
     def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
         if "as_of" not in users:
-            raise EvaluationError("new-item-popularity needs the users' `as_of` timestamps")
+            raise EvaluationError(f"{self.name} needs the users' `as_of` timestamps")
         return item_event_counts(self.events, users, catalogue)
+
+
+class NewItemPopularity(PointInTimePopularity):
+    """Cold-start baseline: a new item's number of interactions by other users strictly before the user's `as_of`."""
+
+    def __init__(self, cold_interactions: pd.DataFrame) -> None:
+        super().__init__(cold_interactions, "new-item-popularity")
 
 
 class Constant:
@@ -216,6 +227,41 @@ def evaluate_cold(recommender: Recommender, key: str, role: str, data: EvalData,
         share(data.cold_interactions)
     return evaluate_task(recommender, key, role, data.cold_users, data.cold_histories, data.cold_targets,
                          data.cold_items, config, exclude=data.cold_exclude, groups=False, **options)
+
+
+def profile_only_task(data: EvalData) -> EvalData:
+    """The main task as new users meet it: each test user's target ranked over the warm catalogue from the user's
+    declared profile alone (no history, so nothing excluded), at the target's time."""
+    empty = np.empty(0, dtype=np.int64)
+    return replace(data, histories=[empty] * len(data.users))
+
+
+def evaluate_profile_only(recommender: Recommender, key: str, role: str, data: EvalData, config: Config,
+                          **options: Any) -> ModelResult:
+    """`profile_only_task` of `data` (no group breakdown); `options` go to `evaluate_task`."""
+    return evaluate_main(recommender, key, role, profile_only_task(data), config, groups=False, **options)
+
+
+def profile_only_results(candidate: Recommender, baselines: dict[str, Recommender], data: EvalData,
+                         config: Config) -> tuple[list[ModelResult], dict[str, Any]]:
+    """Cold-start users from their declared profile alone: the candidate, most-popular and popularity-as-of
+    (interactions by other users before the target's time), and the candidate's paired gain over the stronger
+    of the two at each K (HR and NDCG)."""
+    metric = config.evaluate.gate_metric if config.evaluate.gate_metric.startswith(("hr", "ndcg")) else \
+        f"ndcg@{min(config.evaluate.ks)}"
+    results = [evaluate_profile_only(candidate, CANDIDATE, CANDIDATE, data, config)]
+    popular = [rec for name, rec in baselines.items() if name == "most-popular"]
+    if data.item_events is not None:
+        popular.append(PointInTimePopularity(data.item_events, "popularity-as-of"))
+    results += [evaluate_profile_only(rec, rec.name, BASELINE, data, config) for rec in popular]
+    if len(results) == 1:
+        return results, {}
+    best = max(results[1:], key=lambda r: r.value(metric))
+    samples, seed = config.evaluate.bootstrap_samples, config.train.seed
+    gains = {name: paired_difference(results[0].per_user[name], best.per_user[name], samples, seed).as_dict()
+             for name in results[0].per_user if name.startswith(("hr@", "ndcg@"))}
+    return results, {"strongest_baseline": best.key, "chosen_by": metric, "users": int(len(data.users)),
+                     "candidate_minus_baseline": gains}
 
 
 # ----------------------------------------------------------------------------------------------- gate
@@ -369,6 +415,8 @@ def run_evaluation(
         cold.append(evaluate_cold(NewItemPopularity(data.split.cold_interactions), "new-item-popularity",
                                   BASELINE, data, config))
         cold.append(evaluate_cold(Constant(), "random", REFERENCE, data, config))
+    profile_only, profile_gain = ([], {}) if not config.dataset.user_attributes else \
+        profile_only_results(cand_rec, baselines, data, config)
     metric = config.evaluate.gate_metric
     info = {
         "split": data.split.summary(),
@@ -384,12 +432,13 @@ def run_evaluation(
         "group_ratio": {attr: group_ratio(results[0].groups, attr, metric) for attr in config.dataset.fairness_groups},
         "baseline_tuning": {name: getattr(rec, "tuning", []) for name, rec in baselines.items()},
         "baselines_skipped": skipped_baselines(data.split, config),
+        "profile_only": profile_gain,
     }
     validation = eval_data(data.split, tables["items"], tables["users"], "validation")
     info["trust"] = trust_analysis(cand_rec, data, validation, tables["users"], config,  # exposure, diversity, fairness
                                    lambda rec: evaluate_main(rec, f"{CANDIDATE}+fairness", CANDIDATE, data, config),
                                    Path(out_dir) / "plots", before=results[0])
-    evaluation = Evaluation(results, cold, decision, info)
+    evaluation = Evaluation(results, cold, decision, info, profile_only)
     write_report(evaluation, Path(out_dir), metric)
     return evaluation
 
@@ -402,6 +451,8 @@ def kfp_metrics(evaluation: Evaluation) -> dict[str, float]:
         out.update({f"{prefix}{k}": float(v) for k, v in _flat(r).items()})
     for r in evaluation.cold:
         out.update({f"cold_{r.key}_{k}": float(v) for k, v in _flat(r).items() if not k.startswith("coverage")})
+    for r in evaluation.profile_only:
+        out.update({f"profile_only_{r.key}_{k}": float(v) for k, v in _flat(r).items() if not k.startswith("coverage")})
     out["promote"] = float(evaluation.decision["promote"])
     return {k: v for k, v in out.items() if np.isfinite(v)}
 

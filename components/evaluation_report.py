@@ -28,6 +28,9 @@ METHOD_NOTES = [
     "Cold start: cold-test users' last cold-item interaction ranked among the cold items only. "
     "new-item-popularity scores a cold item by its interactions from other users strictly before the target's "
     "timestamp (point in time; the target and later events are never counted); random = exact expectation.",
+    "Cold-start users: each test user's target ranked over the warm catalogue from the declared profile alone (no "
+    "history, nothing excluded), against most-popular and popularity-as-of (other users' interactions before the "
+    "target's time); the gain is paired over the same users.",
 ]
 
 
@@ -179,7 +182,20 @@ def metrics_payload(evaluation: Evaluation) -> dict[str, Any]:
 
     return {"created_at": datetime.now(UTC).isoformat(), "info": evaluation.info,
             "results": {r.key: result(r) for r in evaluation.results},
-            "cold_start": {r.key: result(r) for r in evaluation.cold}, "decision": evaluation.decision}
+            "cold_start": {r.key: result(r) for r in evaluation.cold},
+            "profile_only": {r.key: result(r) for r in evaluation.profile_only}, "decision": evaluation.decision}
+
+
+def profile_only_line(info: dict) -> str:
+    """The candidate's paired gain over the strongest popularity for profile-only users, one clause per metric."""
+    gain = info.get("profile_only") or {}
+    if not gain:
+        return ""
+    parts = [f"{name} {d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+             for name, d in gain["candidate_minus_baseline"].items()]
+    return (f"{gain['users']} test users ranked from their declared profile alone. Candidate minus "
+            f"{gain['strongest_baseline']} (the stronger popularity by {gain['chosen_by']}), paired 95% interval: "
+            f"{'; '.join(parts)}.")
 
 
 def users_line(info: dict) -> str:
@@ -204,6 +220,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
     overall = overall_table(evaluation.results, ks)
     groups = group_table(evaluation.results, metric)
     cold = overall_table(evaluation.cold, ks, with_coverage=False) if evaluation.cold else pd.DataFrame()
+    profile_only = overall_table(evaluation.profile_only, ks, with_coverage=False)
+    no_profile = "The data set declares no user attributes."
     d = evaluation.decision
     verdict = "PROMOTE" if d["promote"] else "KEEP CHAMPION"
     info = evaluation.info
@@ -217,6 +235,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
         (f"By user group ({metric})", f"Worst/best group ratio of the candidate: {ratio}.\n\n{_to_markdown(groups)}"),
         ("Cold start", (f"{info['cold_users']} users, target ranked among {info['split']['cold_items']} new items."
                         f"\n\n{_to_markdown(cold)}") if evaluation.cold else "No cold items configured."),
+        ("Cold-start users (profile only)", f"{profile_only_line(info)}\n\n{_to_markdown(profile_only)}"
+                                            if evaluation.profile_only else no_profile),
         *([("Trustworthy ranking", trust_markdown(info["trust"]))] if "trust" in info else []),
         ("Method", "\n".join(f"- {n}" for n in METHOD_NOTES)),
     ]
@@ -237,6 +257,9 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
               f"By user group ({metric})": f"<p>Worst/best group ratio of the candidate: {ratio}.</p>"
                                            f"{table_html(groups)}",
               "Cold start": table_html(cold) if evaluation.cold else "<p>No cold items configured.</p>",
+              "Cold-start users (profile only)": (f"<p>{html.escape(profile_only_line(info))}</p>"
+                                                  f"{table_html(profile_only)}" if evaluation.profile_only
+                                                  else f"<p>{no_profile}</p>"),
               **({"Trustworthy ranking": f"<pre>{html.escape(trust_markdown(info['trust']))}</pre>"}
                  if "trust" in info else {}),
               "Method": "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in METHOD_NOTES) + "</ul>"}

@@ -72,6 +72,7 @@ class Evaluation:
     cold: list[ModelResult]
     decision: dict[str, Any]
     info: dict[str, Any]
+    profile_only: list[ModelResult] = field(default_factory=list)  # cold-start users ranked from their profile
 
     def result(self, key: str) -> ModelResult:
         for r in self.results:

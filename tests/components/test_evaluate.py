@@ -13,9 +13,11 @@ from components.evaluate import (
     EvaluationError,
     ModelResult,
     NewItemPopularity,
+    PointInTimePopularity,
     gate,
     kfp_metrics,
     prepare,
+    profile_only_results,
     read_decision,
     run_evaluation,
 )
@@ -111,6 +113,13 @@ def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
     metrics = kfp_metrics(ev)
     assert metrics["ndcg@10"] == ev.result("candidate").value("ndcg@10") and "ease_ndcg@10" in metrics
     assert json.loads((out / "metrics.json").read_text())["results"]["ease"]["params"]["lambda"] == 50.0
+    # cold-start users from their profile alone: EASE reads histories only, so it ranks them no better than chance
+    assert [r.key for r in ev.profile_only] == ["candidate", "most-popular", "popularity-as-of"]
+    assert ev.profile_only[0].value("ndcg@10") < ev.result("candidate").value("ndcg@10")
+    assert "## Cold-start users (profile only)" in md and "Candidate minus" in md and "popularity-as-of" in md
+    assert "Cold-start users (profile only)" in page
+    assert "profile_only" in json.loads((out / "metrics.json").read_text())
+    assert metrics["profile_only_candidate_ndcg@10"] == ev.profile_only[0].value("ndcg@10")
 
 
 def test_gate_promotes_better_and_keeps_worse(canonical, tmp_path) -> None:
@@ -162,6 +171,41 @@ def test_new_item_popularity_is_point_in_time() -> None:
     users = pd.DataFrame({"user_id": [9, 2], "as_of": pd.to_datetime([35, 20], unit="s", utc=True)})
     scores = NewItemPopularity(events).score(users, [np.array([]), np.array([])], np.array([100, 101, 102]))
     assert scores.tolist() == [[2, 1, 0], [1, 0, 0]]  # user 2 at t=20: only user 1's event at t=10 counts
+
+
+class HistoryRecorder:
+    """Scores like the recommender it wraps and keeps the histories it was given."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.name, self.seen = inner, inner.name, []
+
+    def score(self, users, histories, catalogue):
+        self.seen += [len(h) for h in histories]
+        return self.inner.score(users, histories, catalogue)
+
+
+def test_profile_only_users_are_ranked_without_history_against_point_in_time_popularity(canonical, tmp_path):
+    config = _config(tmp_path)
+    data = prepare(config, read_tables(canonical))
+    assert sum(len(h) for h in data.histories) > 0
+    recorder = HistoryRecorder(Oracle({int(u): int(t) for u, t in zip(data.users.user_id, data.targets,
+                                                                       strict=True)}))
+    results, gain = profile_only_results(recorder, {"most-popular": MostPopular().fit(data.split.train)}, data,
+                                         config)
+    assert recorder.seen == [0] * len(data.users)  # no history reached the candidate
+    assert [r.key for r in results] == ["candidate", "most-popular", "popularity-as-of"]
+    assert results[0].value("hr@10") == 1.0 and gain["users"] == len(data.users)
+    assert gain["strongest_baseline"] in ("most-popular", "popularity-as-of")
+    best = next(r for r in results if r.key == gain["strongest_baseline"])
+    hr = gain["candidate_minus_baseline"]["hr@10"]
+    assert hr["value"] == pytest.approx(1.0 - best.value("hr@10")) and hr["low"] > 0
+    # popularity-as-of counts other users' interactions strictly before each target (here: the whole split's)
+    last = data.users.iloc[[-1]]
+    events = data.item_events
+    before = events[(events.event_timestamp < last.as_of.iloc[0]) & (events.user_id != last.user_id.iloc[0])]
+    want = before.item_id.value_counts().reindex(data.catalogue, fill_value=0).to_numpy()
+    got = PointInTimePopularity(events, "popularity-as-of").score(last, [np.array([])], data.catalogue)
+    assert got[0].tolist() == want.tolist() and want.sum() > 0
 
 
 def test_prepare_cold_start_task(canonical, tmp_path) -> None:
