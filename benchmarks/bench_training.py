@@ -78,7 +78,7 @@ def main() -> dict:
 
     from components.baselines import configured_baselines
     from components.config import load_config
-    from components.evaluate import NewItemPopularity, evaluate_cold, evaluate_main, prepare
+    from components.evaluate import NewItemPopularity, evaluate_cold, evaluate_main, prepare, profile_only_results
     from components.metrics import paired_difference
     from components.model import load_recommender
     from components.schemas import read_tables
@@ -110,6 +110,7 @@ def main() -> dict:
         models[name] = {
             "overrides": overrides, "wall": wall, "history": history, "metrics": metrics,
             "targets_per_second": sum(h["positions"] for h in history) / max(epoch_seconds, 1e-9),
+            "model": model,
             "main": evaluate_main(model, name, "candidate", data, config),
             "cold": evaluate_cold(model, name, "candidate", data, config),
         }
@@ -142,6 +143,11 @@ def main() -> dict:
                            cold.per_user["hr@10"], pop_cold.per_user["hr@10"], config.evaluate.bootstrap_samples,
                            config.train.seed).as_dict(),
                        "versus": {b: versus(r, scored[b]) for b in scored}}
+        if config.dataset.user_attributes:  # cold-start users: the test targets ranked from the profile alone
+            profile_only, gain = profile_only_results(entry["model"], baselines, data, config)
+            table[name]["profile_only"] = {**{r.key: {"hr@10": r.summary["hr@10"].as_dict(),
+                                                      "ndcg@10": r.summary["ndcg@10"].as_dict()}
+                                              for r in profile_only}, "gain": gain}
         if name != "two-tower":
             table[name]["versus"]["two-tower"] = versus(r, ours)
     for name, r in scored.items():
