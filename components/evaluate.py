@@ -60,6 +60,7 @@ from components.trust_report import trust_analysis
 
 log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION, BASELINE, REFERENCE = "candidate", "champion", "baseline", "reference"
+ABLATION = "ablation"
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -264,6 +265,34 @@ def profile_only_results(candidate: Recommender, baselines: dict[str, Recommende
                      "candidate_minus_baseline": gains}
 
 
+def ablation_results(candidate: ModelResult, candidate_cold: ModelResult | None,
+                     variants: dict[str, Recommender], data: EvalData, config: Config) -> list[dict[str, Any]]:
+    """Each variant (an ablation of the candidate: another model directory trained on the same data) on the same
+    split and users: the gate metric and cold-start HR@10 with their intervals, each paired against the candidate's
+    (variant minus candidate)."""
+    metric, samples, seed = config.evaluate.gate_metric, config.evaluate.bootstrap_samples, config.train.seed
+    cold_metric = f"hr@{min(config.evaluate.ks)}"
+    rows = []
+    for name, recommender in variants.items():
+        ensure_items(recommender, data.items)
+        main = evaluate_main(recommender, name, ABLATION, data, config, groups=False)
+        row: dict[str, Any] = {"variant": name, "model": recommender.name, "metric": metric,
+                               "value": main.summary[metric].as_dict() if metric in main.summary else
+                               {"value": main.value(metric)}}
+        if metric in main.per_user:
+            row["minus_candidate"] = paired_difference(main.per_user[metric], candidate.per_user[metric], samples,
+                                                       seed).as_dict()
+        if candidate_cold is not None:
+            cold = evaluate_cold(recommender, name, ABLATION, data, config)
+            row["cold_metric"] = cold_metric
+            row["cold"] = cold.summary[cold_metric].as_dict()
+            row["cold_minus_candidate"] = paired_difference(cold.per_user[cold_metric],
+                                                            candidate_cold.per_user[cold_metric], samples,
+                                                            seed).as_dict()
+        rows.append(row)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------- gate
 
 
@@ -329,6 +358,19 @@ def _load_candidate(model_dir: str | Path | None, candidate: Recommender | None)
 BASELINE_PREFIX = "baseline:"
 
 
+def ablation_dirs(specs: list[str]) -> dict[str, Path]:
+    """NAME=DIR arguments as {name: model directory}; a malformed or repeated name is an EvaluationError."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise EvaluationError(f"--ablation {spec!r}: expected NAME=DIR (a trained model directory)")
+        if name.strip() in out:
+            raise EvaluationError(f"--ablation {name.strip()!r} is given twice")
+        out[name.strip()] = Path(folder.strip())
+    return out
+
+
 def _tuning_metric(config: Config) -> str:
     """What the baselines are tuned on: the gate metric, unless it is a coverage (then NDCG@10)."""
     metric = config.evaluate.gate_metric
@@ -377,12 +419,21 @@ def run_evaluation(
     out_dir: str | Path,
     model_dir: str | Path | None = None,
     candidate: Recommender | None = None,
+    ablations: dict[str, str | Path | Recommender] | None = None,
 ) -> Evaluation:
     """Evaluate the candidate (a model directory, or a given recommender), the champion and the baselines; write
-    report.html, report.md, metrics.json, decision.json and plots/ to `out_dir`; return the evaluation."""
+    report.html, report.md, metrics.json, decision.json and plots/ to `out_dir`; return the evaluation.
+
+    `ablations`: name -> a variant of the candidate (a model directory or a recommender) reported beside it, each
+    paired against it on the same users (the report's ablation table)."""
     check_gate_metric(config)
     if not Path(canonical_dir).is_dir():
         raise EvaluationError(f"canonical tables folder {canonical_dir} does not exist")
+    for name, variant in (ablations or {}).items():  # a missing model folder fails here, before any work
+        if isinstance(variant, str | Path) and not Path(variant).is_dir():
+            raise EvaluationError(f"ablation {name!r}: model directory {variant} does not exist")
+    variants = {name: _load_candidate(v, None) if isinstance(v, str | Path) else v
+                for name, v in (ablations or {}).items()}
     tables = read_tables(canonical_dir)
     data = prepare(config, tables)
     log.info("split: %s", data.split.summary())
@@ -415,6 +466,7 @@ def run_evaluation(
         cold.append(evaluate_cold(NewItemPopularity(data.split.cold_interactions), "new-item-popularity",
                                   BASELINE, data, config))
         cold.append(evaluate_cold(Constant(), "random", REFERENCE, data, config))
+    ablation = ablation_results(results[0], cold[0] if cold else None, variants, data, config) if variants else []
     profile_only, profile_gain = ([], {}) if not config.dataset.user_attributes else \
         profile_only_results(cand_rec, baselines, data, config)
     metric = config.evaluate.gate_metric
@@ -433,6 +485,7 @@ def run_evaluation(
         "baseline_tuning": {name: getattr(rec, "tuning", []) for name, rec in baselines.items()},
         "baselines_skipped": skipped_baselines(data.split, config),
         "profile_only": profile_gain,
+        "ablation": ablation,
     }
     validation = eval_data(data.split, tables["items"], tables["users"], "validation")
     info["trust"] = trust_analysis(cand_rec, data, validation, tables["users"], config,  # exposure, diversity, fairness

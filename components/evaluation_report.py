@@ -186,6 +186,27 @@ def metrics_payload(evaluation: Evaluation) -> dict[str, Any]:
             "profile_only": {r.key: result(r) for r in evaluation.profile_only}, "decision": evaluation.decision}
 
 
+def _interval(d: dict[str, float], signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    if "low" not in d:
+        return f"{d['value']:{sign}.4f}"
+    return f"{d['value']:{sign}.4f} [{d['low']:{sign}.4f}, {d['high']:{sign}.4f}]"
+
+
+def ablation_table(info: dict) -> pd.DataFrame:
+    """One row per ablation variant: its gate metric and cold-start metric, each paired against the candidate."""
+    rows = []
+    for a in info.get("ablation", []):
+        row = {"variant": a["variant"], "model": a["model"], a["metric"]: _interval(a["value"])}
+        if "minus_candidate" in a:
+            row["− candidate (paired)"] = _interval(a["minus_candidate"], signed=True)
+        if "cold" in a:
+            row[f"cold {a['cold_metric']}"] = _interval(a["cold"])
+            row["cold − candidate (paired)"] = _interval(a["cold_minus_candidate"], signed=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def profile_only_line(info: dict) -> str:
     """The candidate's paired gain over the strongest popularity for profile-only users, one clause per metric."""
     gain = info.get("profile_only") or {}
@@ -221,10 +242,13 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
     groups = group_table(evaluation.results, metric)
     cold = overall_table(evaluation.cold, ks, with_coverage=False) if evaluation.cold else pd.DataFrame()
     profile_only = overall_table(evaluation.profile_only, ks, with_coverage=False)
+    info = evaluation.info
+    ablation = ablation_table(info)
+    ablation_note = ("Variants of the candidate trained on the same data, ranked on the same split and users; "
+                     "intervals 95% bootstrap, differences paired over the same users (variant minus candidate).")
     no_profile = "The data set declares no user attributes."
     d = evaluation.decision
     verdict = "PROMOTE" if d["promote"] else "KEEP CHAMPION"
-    info = evaluation.info
     split_line = ", ".join(f"{k}={v}" for k, v in info["split"].items())
     ratio = ", ".join(f"{a}: {v:.3f}" for a, v in info["group_ratio"].items() if not math.isnan(v)) or "n/a"
 
@@ -237,6 +261,7 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
                         f"\n\n{_to_markdown(cold)}") if evaluation.cold else "No cold items configured."),
         ("Cold-start users (profile only)", f"{profile_only_line(info)}\n\n{_to_markdown(profile_only)}"
                                             if evaluation.profile_only else no_profile),
+        *([("Ablation", f"{ablation_note}\n\n{_to_markdown(ablation)}")] if not ablation.empty else []),
         *([("Trustworthy ranking", trust_markdown(info["trust"]))] if "trust" in info else []),
         ("Method", "\n".join(f"- {n}" for n in METHOD_NOTES)),
     ]
@@ -260,6 +285,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
               "Cold-start users (profile only)": (f"<p>{html.escape(profile_only_line(info))}</p>"
                                                   f"{table_html(profile_only)}" if evaluation.profile_only
                                                   else f"<p>{no_profile}</p>"),
+              **({"Ablation": f"<p>{html.escape(ablation_note)}</p>{table_html(ablation)}"}
+                 if not ablation.empty else {}),
               **({"Trustworthy ranking": f"<pre>{html.escape(trust_markdown(info['trust']))}</pre>"}
                  if "trust" in info else {}),
               "Method": "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in METHOD_NOTES) + "</ul>"}

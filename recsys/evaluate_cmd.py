@@ -15,19 +15,23 @@ def evaluate(
     canonical: Path | None = typer.Option(
         None, "--canonical", help="Folder with the canonical tables (default <data_dir>/canonical)"),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default <artifacts>/evaluation/<time>)."),
+    ablation: list[str] = typer.Option(
+        [], "--ablation", help="NAME=DIR: a variant of the model (another trained model directory) reported beside "
+                               "it, paired on the same users; repeatable."),
 ) -> None:
     """Rank test targets over the whole catalogue; HR/NDCG/MRR/coverage with CIs, groups, cold start, gate."""
-    from components.evaluate import BASELINE_PREFIX, baseline_candidate, run_evaluation
+    from components.evaluate import BASELINE_PREFIX, ablation_dirs, baseline_candidate, run_evaluation
 
     config = state(ctx).config
     canonical = canonical or Path(config.paths.data_dir) / "canonical"
     out = out or Path(config.paths.artifacts_dir) / "evaluation" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     with errors_as_exit():
+        variants = ablation_dirs(ablation)
         if model.startswith(BASELINE_PREFIX):
             candidate = baseline_candidate(config, canonical, model)
-            evaluation = run_evaluation(config, canonical, out, candidate=candidate)
+            evaluation = run_evaluation(config, canonical, out, candidate=candidate, ablations=variants)
         else:
-            evaluation = run_evaluation(config, canonical, out, model_dir=Path(model))
+            evaluation = run_evaluation(config, canonical, out, model_dir=Path(model), ablations=variants)
     ks = evaluation.info["ks"]
     gate_metric = config.evaluate.gate_metric
     table = Table(title=f"{evaluation.info['test_users']} test users x {evaluation.info['catalogue_items']} items; "
@@ -44,6 +48,11 @@ def evaluate(
         cov = "-" if cold else f"{r.coverage[f'coverage@{ks[0]}']:.3f}"
         table.add_row(label, *cells, f"{r.summary['mrr'].value:.4f}", ci, cov)
     console.print(table)
+    for row in evaluation.info["ablation"]:
+        diff = row.get("minus_candidate")
+        console.print(f"ablation {row['variant']}: {row['metric']} {row['value']['value']:.4f}"
+                      + (f" (minus the model {diff['value']:+.4f}, paired CI {diff['low']:+.4f}..{diff['high']:+.4f})"
+                         if diff else ""))
     d = evaluation.decision
     colour = "green" if d["promote"] else "yellow"
     console.print(f"[bold {colour}]{'PROMOTE' if d['promote'] else 'KEEP CHAMPION'}[/]: {d['reason']}")

@@ -1,6 +1,7 @@
 """The evaluation step on a small planted data set: report files, gate decisions, cold start, CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ from components.evaluate import (
     ModelResult,
     NewItemPopularity,
     PointInTimePopularity,
+    ablation_dirs,
+    evaluate_main,
     gate,
     kfp_metrics,
     prepare,
@@ -208,6 +211,33 @@ def test_profile_only_users_are_ranked_without_history_against_point_in_time_pop
     assert got[0].tolist() == want.tolist() and want.sum() > 0
 
 
+def test_ablations_are_reported_paired_against_the_candidate(canonical, tmp_path) -> None:
+    config = _config(tmp_path)
+    data = prepare(config, read_tables(canonical))
+    oracle = Oracle({int(u): int(t) for u, t in zip(data.users.user_id, data.targets, strict=True)})
+    weaker = EASE(5.0).fit(data.split.train)
+    with pytest.raises(EvaluationError, match="ablation 'gone': model directory .*nope does not exist"):
+        run_evaluation(config, canonical, tmp_path / "never", candidate=EASE(50.0).fit(data.split.train),
+                       ablations={"gone": tmp_path / "nope"})
+    assert not (tmp_path / "never").exists()  # refused before any work
+    ev = run_evaluation(config, canonical, tmp_path / "out", candidate=EASE(50.0).fit(data.split.train),
+                        ablations={"lambda-5": weaker, "oracle": oracle})
+    rows = {row["variant"]: row for row in ev.info["ablation"]}
+    assert list(rows) == ["lambda-5", "oracle"] and rows["oracle"]["metric"] == "ndcg@10"
+    alone = evaluate_main(EASE(5.0).fit(data.split.train), "x", "candidate", data, config, groups=False)
+    assert rows["lambda-5"]["value"]["value"] == pytest.approx(alone.value("ndcg@10"))
+    gain = rows["oracle"]["minus_candidate"]
+    assert gain["value"] == pytest.approx(1.0 - ev.result("candidate").value("ndcg@10")) and gain["low"] > 0
+    assert "cold_minus_candidate" in rows["oracle"] and rows["oracle"]["cold_metric"] == "hr@10"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Ablation" in md and "| lambda-5 |" in md and "| oracle |" in md
+    assert "Ablation" in (tmp_path / "out" / "report.html").read_text()
+    assert ablation_dirs(["a=/m/a", "b = /m/b"]) == {"a": Path("/m/a"), "b": Path("/m/b")}
+    for bad in (["a"], ["=x"], ["a=x", "a=y"]):
+        with pytest.raises(EvaluationError, match="--ablation"):
+            ablation_dirs(bad)
+
+
 def test_prepare_cold_start_task(canonical, tmp_path) -> None:
     data = prepare(_config(tmp_path), read_tables(canonical))
     assert not np.isin(data.split.cold_items, data.catalogue).any()
@@ -228,6 +258,9 @@ def test_cli_prints_table(canonical, tmp_path) -> None:
     assert read_decision(tmp_path / "cli")["candidate"]["name"] == "sasrec-ce"
     bad = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "nope"), "--canonical", str(canonical)])
     assert bad.exit_code == 1
+    bad = CliRunner().invoke(app, ["evaluate", "--model", "baseline:ease", "--canonical", str(canonical),
+                                   "--ablation", "no-folder-given"])
+    assert bad.exit_code == 1 and "expected NAME=DIR" in bad.output
 
 
 def test_kfp_component_interface(tmp_path) -> None:
