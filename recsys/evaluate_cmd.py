@@ -16,8 +16,9 @@ def evaluate(
         None, "--canonical", help="Folder with the canonical tables (default <data_dir>/canonical)"),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default <artifacts>/evaluation/<time>)."),
     ablation: list[str] = typer.Option(
-        [], "--ablation", help="NAME=DIR: a variant of the model (another trained model directory) reported beside "
-                               "it, paired on the same users; repeatable."),
+        [], "--ablation", metavar="NAME=DIR",
+        help="A variant of the model (another trained model directory) reported beside it, paired on the same "
+             "users; repeatable."),
 ) -> None:
     """Rank test targets over the whole catalogue; HR/NDCG/MRR/coverage with CIs, groups, cold start, gate."""
     from components.evaluate import BASELINE_PREFIX, ablation_dirs, baseline_candidate, run_evaluation
