@@ -265,11 +265,33 @@ def profile_only_results(candidate: Recommender, baselines: dict[str, Recommende
                      "candidate_minus_baseline": gains}
 
 
+def text_only_cold(recommender: Recommender, data: EvalData, config: Config) -> ModelResult | None:
+    """The cold-start task scored without the new-item popularity prior (a model with `set_item_events` handed no
+    events: its new items rank by their text and metadata alone); None for other recommenders."""
+    share = getattr(recommender, "set_item_events", None)
+    if share is None or not len(data.cold_targets):
+        return None
+    share(data.cold_interactions.iloc[:0])
+    return evaluate_task(recommender, "text-only", CANDIDATE, data.cold_users, data.cold_histories,
+                         data.cold_targets, data.cold_items, config, exclude=data.cold_exclude, groups=False)
+
+
+def train_minutes(model_dir: str | Path | None) -> float | None:
+    """Training wall time of a model directory (its metrics.json), None when it does not say."""
+    path = Path(model_dir) / "metrics.json" if model_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    seconds = json.loads(path.read_text(encoding="utf-8")).get("train_seconds")
+    return None if seconds is None else round(float(seconds) / 60, 1)
+
+
 def ablation_results(candidate: ModelResult, candidate_cold: ModelResult | None,
-                     variants: dict[str, Recommender], data: EvalData, config: Config) -> list[dict[str, Any]]:
+                     variants: dict[str, Recommender], data: EvalData, config: Config,
+                     minutes: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
     """Each variant (an ablation of the candidate: another model directory trained on the same data) on the same
     split and users: the gate metric and cold-start HR@10 with their intervals, each paired against the candidate's
-    (variant minus candidate)."""
+    (variant minus candidate), the cold-start HR@10 from text alone (no popularity prior) and, when `minutes`
+    has it, its training time."""
     metric, samples, seed = config.evaluate.gate_metric, config.evaluate.bootstrap_samples, config.train.seed
     cold_metric = f"hr@{min(config.evaluate.ks)}"
     rows = []
@@ -289,6 +311,11 @@ def ablation_results(candidate: ModelResult, candidate_cold: ModelResult | None,
             row["cold_minus_candidate"] = paired_difference(cold.per_user[cold_metric],
                                                             candidate_cold.per_user[cold_metric], samples,
                                                             seed).as_dict()
+            text = text_only_cold(recommender, data, config)
+            if text is not None:
+                row["cold_text_only"] = text.summary[cold_metric].as_dict()
+        if (minutes or {}).get(name) is not None:
+            row["train_minutes"] = minutes[name]
         rows.append(row)
     return rows
 
@@ -466,7 +493,20 @@ def run_evaluation(
         cold.append(evaluate_cold(NewItemPopularity(data.split.cold_interactions), "new-item-popularity",
                                   BASELINE, data, config))
         cold.append(evaluate_cold(Constant(), "random", REFERENCE, data, config))
-    ablation = ablation_results(results[0], cold[0] if cold else None, variants, data, config) if variants else []
+    ablation = []
+    if variants:
+        minutes = {name: train_minutes(v) for name, v in (ablations or {}).items() if isinstance(v, str | Path)}
+        ablation = ablation_results(results[0], cold[0] if cold else None, variants, data, config, minutes)
+        text = text_only_cold(cand_rec, data, config)
+        gate_metric, cold_metric = config.evaluate.gate_metric, f"hr@{min(config.evaluate.ks)}"
+        model_row: dict[str, Any] = {"variant": "(the model)", "model": cand_rec.name, "metric": gate_metric,
+                                     "value": results[0].summary[gate_metric].as_dict(),
+                                     "train_minutes": train_minutes(model_dir)}
+        if cold:
+            model_row.update(cold_metric=cold_metric, cold=cold[0].summary[cold_metric].as_dict())
+        if text is not None:
+            model_row["cold_text_only"] = text.summary[cold_metric].as_dict()
+        ablation.insert(0, model_row)
     profile_only, profile_gain = ([], {}) if not config.dataset.user_attributes else \
         profile_only_results(cand_rec, baselines, data, config)
     metric = config.evaluate.gate_metric

@@ -202,9 +202,14 @@ def ablation_table(info: dict) -> pd.DataFrame:
             row["− candidate (paired)"] = _interval(a["minus_candidate"], signed=True)
         if "cold" in a:
             row[f"cold {a['cold_metric']}"] = _interval(a["cold"])
-            row["cold − candidate (paired)"] = _interval(a["cold_minus_candidate"], signed=True)
+            if "cold_minus_candidate" in a:
+                row["cold − candidate (paired)"] = _interval(a["cold_minus_candidate"], signed=True)
+        if "cold_text_only" in a:
+            row["cold, text only"] = _interval(a["cold_text_only"])
+        if a.get("train_minutes") is not None:
+            row["training (min)"] = f"{a['train_minutes']:.1f}"
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("-")
 
 
 def profile_only_line(info: dict) -> str:
@@ -245,7 +250,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
     info = evaluation.info
     ablation = ablation_table(info)
     ablation_note = ("Variants of the candidate trained on the same data, ranked on the same split and users; "
-                     "intervals 95% bootstrap, differences paired over the same users (variant minus candidate).")
+                     "intervals 95% bootstrap, differences paired over the same users (variant minus candidate); "
+                     "cold, text only: the new items ranked without their popularity prior.")
     no_profile = "The data set declares no user attributes."
     d = evaluation.decision
     verdict = "PROMOTE" if d["promote"] else "KEEP CHAMPION"

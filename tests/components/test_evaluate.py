@@ -223,7 +223,8 @@ def test_ablations_are_reported_paired_against_the_candidate(canonical, tmp_path
     ev = run_evaluation(config, canonical, tmp_path / "out", candidate=EASE(50.0).fit(data.split.train),
                         ablations={"lambda-5": weaker, "oracle": oracle})
     rows = {row["variant"]: row for row in ev.info["ablation"]}
-    assert list(rows) == ["lambda-5", "oracle"] and rows["oracle"]["metric"] == "ndcg@10"
+    assert list(rows) == ["(the model)", "lambda-5", "oracle"] and rows["oracle"]["metric"] == "ndcg@10"
+    assert rows["(the model)"]["value"]["value"] == ev.result("candidate").value("ndcg@10")
     alone = evaluate_main(EASE(5.0).fit(data.split.train), "x", "candidate", data, config, groups=False)
     assert rows["lambda-5"]["value"]["value"] == pytest.approx(alone.value("ndcg@10"))
     gain = rows["oracle"]["minus_candidate"]
@@ -236,6 +237,22 @@ def test_ablations_are_reported_paired_against_the_candidate(canonical, tmp_path
     for bad in (["a"], ["=x"], ["a=x", "a=y"]):
         with pytest.raises(EvaluationError, match="--ablation"):
             ablation_dirs(bad)
+
+
+def test_a_trained_model_against_itself_as_ablation(planted_model, tmp_path) -> None:
+    """A real model directory: zero paired differences, the cold start from text alone, training minutes."""
+    canonical = planted_model.parent / "data" / "canonical"
+    ev = run_evaluation(_config(tmp_path), canonical, tmp_path / "out", model_dir=planted_model,
+                        ablations={"same": planted_model})
+    model_row, same = ev.info["ablation"]
+    assert model_row["variant"] == "(the model)" and same["variant"] == "same"
+    assert same["minus_candidate"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert same["cold_minus_candidate"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert same["cold_text_only"] == model_row["cold_text_only"] and "value" in same["cold_text_only"]
+    minutes = json.loads((planted_model / "metrics.json").read_text())["train_seconds"] / 60
+    assert same["train_minutes"] == model_row["train_minutes"] == round(minutes, 1)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "cold, text only" in md and "training (min)" in md and "| same |" in md and "nan" not in md
 
 
 def test_prepare_cold_start_task(canonical, tmp_path) -> None:
