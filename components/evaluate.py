@@ -61,6 +61,7 @@ from components.trust_report import trust_analysis
 log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION, BASELINE, REFERENCE = "candidate", "champion", "baseline", "reference"
 ABLATION = "ablation"
+MODEL_ROW = "(the model)"  # the ablation table's row of the evaluated model
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -285,39 +286,44 @@ def train_minutes(model_dir: str | Path | None) -> float | None:
     return None if seconds is None else round(float(seconds) / 60, 1)
 
 
-def ablation_results(candidate: ModelResult, candidate_cold: ModelResult | None,
+def ablation_results(candidate_recommender: Recommender, candidate: ModelResult, candidate_cold: ModelResult | None,
                      variants: dict[str, Recommender], data: EvalData, config: Config,
                      minutes: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
-    """Each variant (an ablation of the candidate: another model directory trained on the same data) on the same
-    split and users: the gate metric and cold-start HR@10 with their intervals, each paired against the candidate's
-    (variant minus candidate), the cold-start HR@10 from text alone (no popularity prior) and, when `minutes`
-    has it, its training time."""
-    metric, samples, seed = config.evaluate.gate_metric, config.evaluate.bootstrap_samples, config.train.seed
-    cold_metric = f"hr@{min(config.evaluate.ks)}"
-    rows = []
+    """The model (row MODEL_ROW) and each variant (an ablation of it: another model directory trained on the same
+    data) on the same split and users: the gate metric and cold-start HR@K with their intervals, each variant's
+    paired against the model's (variant minus model), the cold start from text alone (no popularity prior) and,
+    where `minutes` has it, the training time."""
+    rows = [_ablation_row(MODEL_ROW, candidate_recommender, candidate, candidate_cold, None, data, config, minutes)]
     for name, recommender in variants.items():
         ensure_items(recommender, data.items)
         main = evaluate_main(recommender, name, ABLATION, data, config, groups=False)
-        row: dict[str, Any] = {"variant": name, "model": recommender.name, "metric": metric,
-                               "value": main.summary[metric].as_dict() if metric in main.summary else
-                               {"value": main.value(metric)}}
-        if metric in main.per_user:
-            row["minus_candidate"] = paired_difference(main.per_user[metric], candidate.per_user[metric], samples,
-                                                       seed).as_dict()
-        if candidate_cold is not None:
-            cold = evaluate_cold(recommender, name, ABLATION, data, config)
-            row["cold_metric"] = cold_metric
-            row["cold"] = cold.summary[cold_metric].as_dict()
-            row["cold_minus_candidate"] = paired_difference(cold.per_user[cold_metric],
-                                                            candidate_cold.per_user[cold_metric], samples,
-                                                            seed).as_dict()
-            text = text_only_cold(recommender, data, config)
-            if text is not None:
-                row["cold_text_only"] = text.summary[cold_metric].as_dict()
-        if (minutes or {}).get(name) is not None:
-            row["train_minutes"] = minutes[name]
-        rows.append(row)
+        cold = evaluate_cold(recommender, name, ABLATION, data, config) if candidate_cold is not None else None
+        rows.append(_ablation_row(name, recommender, main, cold, (candidate, candidate_cold), data, config, minutes))
     return rows
+
+
+def _ablation_row(name: str, recommender: Recommender, main: ModelResult, cold: ModelResult | None,
+                  against: tuple[ModelResult, ModelResult | None] | None, data: EvalData, config: Config,
+                  minutes: dict[str, float | None] | None) -> dict[str, Any]:
+    metric, cold_metric = config.evaluate.gate_metric, f"hr@{min(config.evaluate.ks)}"
+    samples, seed = config.evaluate.bootstrap_samples, config.train.seed
+    row: dict[str, Any] = {"variant": name, "model": recommender.name, "metric": metric,
+                           "value": main.summary[metric].as_dict() if metric in main.summary else
+                           {"value": main.value(metric)}}
+    if against is not None and metric in main.per_user:
+        row["minus_candidate"] = paired_difference(main.per_user[metric], against[0].per_user[metric], samples,
+                                                   seed).as_dict()
+    if cold is not None:
+        row.update(cold_metric=cold_metric, cold=cold.summary[cold_metric].as_dict())
+        if against is not None and against[1] is not None:
+            row["cold_minus_candidate"] = paired_difference(cold.per_user[cold_metric],
+                                                            against[1].per_user[cold_metric], samples, seed).as_dict()
+    text = text_only_cold(recommender, data, config)
+    if text is not None:
+        row["cold_text_only"] = text.summary[cold_metric].as_dict()
+    if (minutes or {}).get(name) is not None:
+        row["train_minutes"] = minutes[name]
+    return row
 
 
 # ----------------------------------------------------------------------------------------------- gate
@@ -392,8 +398,8 @@ def ablation_dirs(specs: list[str]) -> dict[str, Path]:
         name, sep, folder = spec.partition("=")
         if not sep or not name.strip() or not folder.strip():
             raise EvaluationError(f"--ablation {spec!r}: expected NAME=DIR (a trained model directory)")
-        if name.strip() in out:
-            raise EvaluationError(f"--ablation {name.strip()!r} is given twice")
+        if name.strip() in out or name.strip() == MODEL_ROW:
+            raise EvaluationError(f"--ablation {name.strip()!r} is given twice or names the model's own row")
         out[name.strip()] = Path(folder.strip())
     return out
 
@@ -495,18 +501,9 @@ def run_evaluation(
         cold.append(evaluate_cold(Constant(), "random", REFERENCE, data, config))
     ablation = []
     if variants:
-        minutes = {name: train_minutes(v) for name, v in (ablations or {}).items() if isinstance(v, str | Path)}
-        ablation = ablation_results(results[0], cold[0] if cold else None, variants, data, config, minutes)
-        text = text_only_cold(cand_rec, data, config)
-        gate_metric, cold_metric = config.evaluate.gate_metric, f"hr@{min(config.evaluate.ks)}"
-        model_row: dict[str, Any] = {"variant": "(the model)", "model": cand_rec.name, "metric": gate_metric,
-                                     "value": results[0].summary[gate_metric].as_dict(),
-                                     "train_minutes": train_minutes(model_dir)}
-        if cold:
-            model_row.update(cold_metric=cold_metric, cold=cold[0].summary[cold_metric].as_dict())
-        if text is not None:
-            model_row["cold_text_only"] = text.summary[cold_metric].as_dict()
-        ablation.insert(0, model_row)
+        minutes = {MODEL_ROW: train_minutes(model_dir),
+                   **{name: train_minutes(v) for name, v in (ablations or {}).items() if isinstance(v, str | Path)}}
+        ablation = ablation_results(cand_rec, results[0], cold[0] if cold else None, variants, data, config, minutes)
     profile_only, profile_gain = ([], {}) if not config.dataset.user_attributes else \
         profile_only_results(cand_rec, baselines, data, config)
     metric = config.evaluate.gate_metric

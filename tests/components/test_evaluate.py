@@ -234,7 +234,7 @@ def test_ablations_are_reported_paired_against_the_candidate(canonical, tmp_path
     assert "## Ablation" in md and "| lambda-5 |" in md and "| oracle |" in md
     assert "Ablation" in (tmp_path / "out" / "report.html").read_text()
     assert ablation_dirs(["a=/m/a", "b = /m/b"]) == {"a": Path("/m/a"), "b": Path("/m/b")}
-    for bad in (["a"], ["=x"], ["a=x", "a=y"]):
+    for bad in (["a"], ["=x"], ["a=x", "a=y"], ["(the model)=x"]):
         with pytest.raises(EvaluationError, match="--ablation"):
             ablation_dirs(bad)
 
