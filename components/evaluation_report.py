@@ -220,8 +220,7 @@ def profile_only_line(info: dict) -> str:
     gain = info.get("profile_only") or {}
     if not gain:
         return ""
-    parts = [f"{name} {d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-             for name, d in gain["candidate_minus_baseline"].items()]
+    parts = [f"{name} {_interval(d, signed=True)}" for name, d in gain["candidate_minus_baseline"].items()]
     return (f"{gain['users']} test users ranked from their declared profile alone. Candidate minus "
             f"{gain['strongest_baseline']} (the stronger popularity by {gain['chosen_by']}), paired 95% interval: "
             f"{'; '.join(parts)}.")
