@@ -4,6 +4,7 @@ item order and normalised embeddings (`ModelState`, for explanations)."""
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from components.dataset import DatasetSchema
+from components.encoders import ProfileEncoder
 from components.errors import RecsysError
 from serving import triton_repo as tr
 from serving.api_models import FiltersBase, display_value
@@ -175,6 +177,15 @@ class ModelState:
     @property
     def n_items(self) -> int:
         return len(self.sorted_ids)
+
+    @cached_property
+    def profile_encoder(self) -> ProfileEncoder:
+        """The version's profile encoder (manifest["profile_encoder"]), built once."""
+        return ProfileEncoder.from_dict(self.manifest["profile_encoder"])
+
+    def profile_codes(self, profile: dict[str, Any]) -> list[int]:
+        """Profile indices in manifest["profile_fields"] order; 0 (unknown) for missing or unseen values."""
+        return self.profile_encoder.encode([profile])[0].tolist()
 
     def rows(self, item_ids: list[int] | np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids, np.int64)

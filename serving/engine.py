@@ -40,7 +40,7 @@ from components.rerank import mmr_order, pool_size
 from serving import triton_repo as tr
 from serving.api_models import ApiModels, FiltersBase, RequestLimits, api_models
 from serving.catalogue import Catalogue, ModelState, ServiceError
-from serving.triton_client import RecommenderClient, TritonClientError, encode_profile
+from serving.triton_client import RecommenderClient, TritonClientError
 
 log = logging.getLogger("recsys.api")
 
@@ -503,7 +503,7 @@ class Engine:
             selectivity = float(mask[rows[rows >= 0]].sum()) / max(model.n_items, 1)
             fetch = model.n_items if selectivity <= 0 else math.ceil(want / selectivity * OVERFETCH_SLACK)
         fetch = max(1, min(fetch, model.n_items))
-        codes = encode_profile(model.manifest, profile)
+        codes = model.profile_codes(profile)
         prior_ids, prior_counts = (live.priors.counts(*who) if live.priors is not None and who is not None
                                    else ((), ()))
         ids, scores = self._client.recommend(recent, codes, exclude, fetch, version=model.version,
