@@ -5,9 +5,9 @@ Why not `@bentoml.api`: on this machine BentoML's API-method path (its IO model,
 call, the thread hand-off, its response encoding) costs 1.8–2.2 ms of CPU per request before any of our work; the
 same request through a mounted FastAPI route costs 0.4 ms, inside the same BentoML server (its process model, probes,
 /metrics, middlewares and OpenAPI document, into which BentoML merges a mounted FastAPI app's routes). Each request
-is validated by the data set's pydantic models (`serving.api_models`; a refusal is a 400 naming the fields, before
-any side effect), handed to the engine on one of the service's request threads, and answered with the response
-model's own JSON encoding.
+body is parsed as strict JSON by the data set's pydantic models (`serving.api_models`; a refusal is a 400 naming the
+fields, before any side effect), handed to the engine on one of `threads` request threads, and answered with the
+response model's own JSON encoding.
 """
 
 import asyncio

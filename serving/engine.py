@@ -5,8 +5,8 @@ The parts it talks to are injected: a scorer of the ensemble (Triton's gRPC clie
 the same ensemble run in process, where no Triton runs), the online store (Feast) and the request log (contract C6).
 When the scorer or the store fail, a popularity ranking answers with `degraded: true`; a circuit breaker skips the
 failed part and a watcher thread re-checks it (fresh scorer, fresh store) so the engine recovers without a restart.
-Only an outage trips a breaker: an error about one request's values degrades that request alone. serving/service.py
-wraps the engine in the BentoML service.
+Only an outage trips a breaker: an error about one request's values degrades that request alone. serving/api_routes.py
+answers HTTP with it inside the BentoML service (serving/service.py).
 """
 
 import logging
