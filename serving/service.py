@@ -3,9 +3,9 @@
 POST /recommend and POST /interactions (serving/api_routes.py, a FastAPI app mounted at the root) hand the validated
 request to `Engine` (Feast online features -> one Triton gRPC call -> items with metadata, one committed append to
 the request log, contract C6) and count and time its answers in Prometheus metrics; GET /healthz/details reports the
-engine's dependencies. Every request
-passes serving/http_guard.py first (headers, body size, deadline, bounded error bodies), then the bearer-token
-check (serving/auth.py). The config comes from $RECSYS_CONFIG (see serving/api_server.py, which starts it).
+engine's dependencies. Every request passes serving/http_guard.py first (headers, body size, deadline, bounded
+error bodies), then the bearer-token check (serving/auth.py). The config comes from $RECSYS_CONFIG (see
+serving/api_server.py, which starts it).
 """
 
 import bentoml
@@ -32,7 +32,7 @@ async def _health_details(request: Request) -> JSONResponse:
 
 
 CONFIG = load_config()  # $RECSYS_CONFIG
-REQUEST_THREADS = 8  # per worker: the engine's blocking calls (Feast, Triton, the log) at once
+REQUEST_THREADS = 8  # per worker: the JSON routes' engine calls (Feast, Triton, the log) at once
 MODELS = api_models(CONFIG.dataset, RequestLimits.from_serving(CONFIG.serving))  # the declared data set's models
 
 
