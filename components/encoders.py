@@ -142,6 +142,10 @@ class ProfileEncoder:
             out[:, j] = [code.index(v) for v in columns[code.source]]
         return out
 
+    def encode_one(self, profile: Mapping[str, Any]) -> list[int]:
+        """One profile's indices in field order (0 for missing or unseen values)."""
+        return [code.index(profile.get(code.source)) for code in self.codes]
+
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self.codes)
 

@@ -195,10 +195,8 @@ def _interval(d: dict[str, float], signed: bool = False) -> str:
 
 def ablation_table(info: dict) -> pd.DataFrame:
     """One row per ablation variant: its gate metric and cold-start metric, each paired against the candidate."""
-    rows, order = [], ["variant", "model"]
+    rows = []
     for a in info.get("ablation", []):
-        order += [a["metric"], "− candidate (paired)", f"cold {a.get('cold_metric')}", "cold − candidate (paired)",
-                  "cold, text only", "training (min)"]
         row = {"variant": a["variant"], "model": a["model"], a["metric"]: _interval(a["value"])}
         if "minus_candidate" in a:
             row["− candidate (paired)"] = _interval(a["minus_candidate"], signed=True)
@@ -211,8 +209,13 @@ def ablation_table(info: dict) -> pd.DataFrame:
         if a.get("train_minutes") is not None:
             row["training (min)"] = f"{a['train_minutes']:.1f}"
         rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    first = info["ablation"][0]  # every row has the same metrics: the columns in reading order
+    order = ["variant", "model", first["metric"], "− candidate (paired)", f"cold {first.get('cold_metric')}",
+             "cold − candidate (paired)", "cold, text only", "training (min)"]
     frame = pd.DataFrame(rows).fillna("-")
-    return frame[[c for c in dict.fromkeys(order) if c in frame]] if rows else frame
+    return frame[[column for column in order if column in frame]]
 
 
 def profile_only_line(info: dict) -> str:

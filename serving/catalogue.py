@@ -180,12 +180,8 @@ class ModelState:
 
     @cached_property
     def profile_encoder(self) -> ProfileEncoder:
-        """The version's profile encoder (manifest["profile_encoder"]), built once."""
+        """The version's profile encoder (manifest["profile_encoder"]), built once, not per request."""
         return ProfileEncoder.from_dict(self.manifest["profile_encoder"])
-
-    def profile_codes(self, profile: dict[str, Any]) -> list[int]:
-        """Profile indices in manifest["profile_fields"] order; 0 (unknown) for missing or unseen values."""
-        return self.profile_encoder.encode([profile])[0].tolist()
 
     def rows(self, item_ids: list[int] | np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids, np.int64)

@@ -503,7 +503,7 @@ class Engine:
             selectivity = float(mask[rows[rows >= 0]].sum()) / max(model.n_items, 1)
             fetch = model.n_items if selectivity <= 0 else math.ceil(want / selectivity * OVERFETCH_SLACK)
         fetch = max(1, min(fetch, model.n_items))
-        codes = model.profile_codes(profile)
+        codes = model.profile_encoder.encode_one(profile)
         prior_ids, prior_counts = (live.priors.counts(*who) if live.priors is not None and who is not None
                                    else ((), ()))
         ids, scores = self._client.recommend(recent, codes, exclude, fetch, version=model.version,

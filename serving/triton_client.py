@@ -54,7 +54,7 @@ class TritonAdminKeyError(TritonClientError):
 def encode_profile(manifest: dict[str, Any], profile: Mapping[str, Any]) -> list[int]:
     """Profile indices in manifest["profile_fields"] order, by the bundle's own encoder (components.encoders);
     0 (unknown) for missing or unseen values."""
-    return ProfileEncoder.from_dict(manifest["profile_encoder"]).encode([dict(profile)])[0].tolist()
+    return ProfileEncoder.from_dict(manifest["profile_encoder"]).encode_one(profile)
 
 
 def _status(err: InferenceServerException) -> str | None:

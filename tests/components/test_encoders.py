@@ -24,6 +24,7 @@ def test_movielens_profile_matches_bands_and_categories():
     frame = pd.DataFrame(rows)
     assert np.array_equal(encoder.encode(frame), got)
     assert np.array_equal(ProfileEncoder.from_dict(encoder.to_dict()).encode(rows), got)  # through a manifest
+    assert [encoder.encode_one(row) for row in rows] == got.tolist()  # one profile (the API's hot path)
 
 
 def test_movielens_items_year_as_category_genres_padded():
