@@ -9,6 +9,7 @@ it runs inside the backend stub without the project installed.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -156,11 +157,17 @@ class PopularityPrior:
 
     def windows(self) -> list[tuple[np.ndarray, float | None]]:
         """(catalogue rows, window in days or None) of each prior that is on."""
+        return [(rows, days) for rows, _, days in self.window_parts]
+
+    @functools.cached_property
+    def window_parts(self) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
+        """(catalogue rows, the same as a bool [N] mask, window in days or None) of each prior that is on."""
         out = []
-        for new, weight, window in ((True, self.new_item_weight, self.new_item_window_days),
-                                    (False, self.weight, self.window_days)):
+        for new, weight, days in ((True, self.new_item_weight, self.new_item_window_days),
+                                  (False, self.weight, self.window_days)):
             if weight > 0:
-                out.append((np.flatnonzero(self.is_new == new), window))
+                mask = self.is_new == new
+                out.append((np.flatnonzero(mask), mask, days))
         return out
 
     def boost(self, index: ItemIndex, item_ids: np.ndarray, counts: np.ndarray) -> np.ndarray | None:

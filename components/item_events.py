@@ -19,6 +19,7 @@ from components.bundle_ops import ItemIndex, PopularityPrior
 
 US_PER_DAY = 86_400 * 1_000_000
 _CACHED_SLICES = 8
+_NO_EVENTS = np.zeros(0, np.int64)
 
 
 def epoch_us(values: object) -> np.ndarray:
@@ -85,9 +86,9 @@ class ItemEventIndex:
             self._pending = []
             self._merge(users, items, ts)
 
-    def counts(self, user_id: int, as_of_us: int, window_days: float | None) -> np.ndarray:
-        """float32 [N]: per catalogue row, events by users other than `user_id` with time < as_of (and >= as_of -
-        window when a window is given), as `components.model.item_event_counts` counts them."""
+    def _window(self, user_id: int, as_of_us: int, window_days: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [N] events per catalogue row with time < as_of and >= as_of - window, all users (cached per
+        time slice: do not modify); catalogue rows of `user_id`'s own events among them)."""
         with self._lock:
             self._flush()
             hi = int(np.searchsorted(self._ts, as_of_us, side="left"))
@@ -99,20 +100,26 @@ class ItemEventIndex:
                 self._totals[(lo, hi)] = total
                 while len(self._totals) > _CACHED_SLICES:
                     self._totals.popitem(last=False)
-            mine = self._by_user.get(int(user_id))
-        if mine is None:
-            return total.copy()
-        mine = mine[(mine >= lo) & (mine < hi)]
+            mine = self._by_user.get(int(user_id), _NO_EVENTS)
+            rows = self._rows
+        return total, rows[mine[(mine >= lo) & (mine < hi)]]
+
+    def counts(self, user_id: int, as_of_us: int, window_days: float | None) -> np.ndarray:
+        """float32 [N]: per catalogue row, events by users other than `user_id` with time < as_of (and >= as_of -
+        window when a window is given), as `components.model.item_event_counts` counts them."""
+        total, mine = self._window(user_id, as_of_us, window_days)
         out = total.copy()
-        np.subtract.at(out, self._rows[mine], 1.0)
+        np.subtract.at(out, mine, 1.0)
         return out
 
     def prior_counts(self, prior: PopularityPrior, user_id: int, as_of_us: int) -> tuple[np.ndarray, np.ndarray]:
         """Sparse (item ids, counts) for `PopularityPrior.boost`: each item's count in its own prior's window,
         items with no event (or whose prior is off) left out."""
         counts = np.zeros(len(self.index), np.float32)
-        for rows, window in prior.windows():
-            counts[rows] = self.counts(user_id, as_of_us, window)[rows]
+        for rows, in_window, days in prior.window_parts:
+            total, mine = self._window(user_id, as_of_us, days)
+            counts[rows] = total[rows]
+            np.subtract.at(counts, mine[in_window[mine]], 1.0)
         nonzero = np.flatnonzero(counts)
         return self.index.item_ids[nonzero], counts[nonzero]
 

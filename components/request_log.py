@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from components.errors import RecsysError
+from components.item_events import datetime_us
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ def id_column(values: list[Any] | pd.Series) -> np.ndarray:
 
 def _to_us(ts: datetime | pd.Timestamp | str, what: str) -> int:
     """UTC microseconds since the epoch; naive timestamps are refused (the log is UTC only)."""
+    if type(ts) is datetime and ts.tzinfo is not None:  # the request path's own stamps, without pandas
+        return datetime_us(ts)
     stamp = pd.Timestamp(ts)
     if stamp.tzinfo is None:
         raise RequestLogError(f"{what}: timestamp {ts!r} has no time zone; pass an aware UTC datetime")
