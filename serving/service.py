@@ -32,13 +32,13 @@ async def _health_details(request: Request) -> JSONResponse:
 
 
 CONFIG = load_config()  # $RECSYS_CONFIG
-REQUEST_THREADS = 8  # per worker: the JSON routes' engine calls (Feast, Triton, the log) at once
+REQUEST_THREADS = CONFIG.serving.request_threads  # per worker: the JSON routes' engine calls at once
 MODELS = api_models(CONFIG.dataset, RequestLimits.from_serving(CONFIG.serving))  # the declared data set's models
 
 
 # serving.api_workers processes (> 1 only with the shared PostgreSQL log: each counts every worker's interactions
-# in its popularity priors from there), 8 request threads each; BentoML's OpenTelemetry spans cover the API routes
-# only with serving.trace_requests
+# in its popularity priors from there), serving.request_threads each; BentoML's OpenTelemetry spans cover the API
+# routes only with serving.trace_requests
 @bentoml.service(name="recsys_recommender", workers=CONFIG.serving.api_workers, threads=REQUEST_THREADS,
                  resources={"cpu": str(CONFIG.serving.api_workers)},
                  traffic={"timeout": CONFIG.serving.request_timeout_s + 5},  # RequestGuard answers first
