@@ -14,6 +14,8 @@ machine is shared.
 
     .venv/bin/python -m benchmarks.bench_serving [--requests 1500] [--max-seconds 15] [--concurrency 1 8 32]
         [--api-workers 1 2]  # also the API with 1 and 2 worker processes on a shared PostgreSQL log
+        [--api-threads 1 2 8]  # also the API with 1, 2 and 8 engine threads per worker (serving.request_threads)
+        [--pin-workers]  # the API's worker on one CPU (serving.pin_workers)
 
 Writes artifacts/benchmarks/serving.json and prints the README table rows.
 """
@@ -279,6 +281,31 @@ def api_workers_sweep(root: Path, bundle: Path, workers: list[int], concurrency:
     return out
 
 
+def api_threads_sweep(root: Path, bundle: Path, threads: list[int], concurrency: list[int], seconds: float,
+                      users: int, per_user: int) -> list[dict]:
+    """The API with each number of engine threads per worker (serving.request_threads; one worker, the SQLite
+    log), a fresh stack each, locust-loaded: requests/s, p50/p99 and the API's CPU per request."""
+    from benchmarks.serving_stack import build_stack
+
+    out = []
+    for n in threads:
+        stack = build_stack(root / f"threads_{n}", bundle, n_users=users, per_user=per_user,
+                            overrides={"features.last_n_items": 50, "serving.retrieval_layout": "graph",
+                                       "serving.request_threads": n})
+        try:
+            token = stack.auth_headers()["Authorization"].removeprefix("Bearer ")
+            locust_level(stack.url, token, 4, 3, users, stack.api_pid, root)  # warm-up
+            for c in concurrency:
+                level = locust_level(stack.url, token, c, seconds, users, stack.api_pid, root)
+                out.append({"request_threads": n, **level})
+                log.info("API, %d request thread(s), c=%d: %.0f req/s, p99 %.1f ms, API CPU %.3f ms/req, %d errors",
+                         n, c, level["requests_per_s"], level["p99_ms"], level["cpu_ms_per_request"]["server"],
+                         level["errors"])
+        finally:
+            stack.stop()
+    return out
+
+
 def _answers(url: str) -> bool:
     import httpx
 
@@ -308,7 +335,8 @@ def api_levels(stack, users: int, concurrency: list[int], requests: int) -> list
 
 def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: int = 1, users: int = 943,
         per_user: int = 20, queue_delays: list[int] | None = None, graph_queue_delays: list[int] | None = None,
-        api_workers: list[int] | None = None) -> dict:
+        api_workers: list[int] | None = None, api_threads: list[int] | None = None,
+        pin_workers: bool = False) -> dict:
     import torch
 
     from benchmarks.serving_stack import build_stack, make_bundle
@@ -324,7 +352,8 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
         local = in_process(bundle, payloads)
         stack = build_stack(root, bundle, n_users=users, per_user=per_user,
                             overrides={"features.last_n_items": 50, "serving.retrieval_layout": "graph",
-                                       "serving.tower_instances": instances})
+                                       "serving.tower_instances": instances, "serving.pin_workers": pin_workers})
+        request_threads = stack.config.serving.request_threads
         try:
             triton = triton_direct(stack.triton.grpc_url, payloads, concurrency, max_seconds)
             if LOCUST.exists():
@@ -339,6 +368,8 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
                  for row in batching_sweep(root, bundle, payloads, delays, concurrency, max_seconds, layout)]
         workers = (api_workers_sweep(root, bundle, api_workers, concurrency, max_seconds, users, per_user)
                    if api_workers and LOCUST.exists() else [])
+        threads = (api_threads_sweep(root, bundle, api_threads, concurrency, max_seconds, users, per_user)
+                   if api_threads and LOCUST.exists() else [])
     finally:
         shutil.rmtree(root, ignore_errors=True)
     top = {layout: next(lv for lv in levels if lv["concurrency"] == max(concurrency))
@@ -364,11 +395,12 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "stack": {"items": 1682, "embedding_dim": 64, "max_seq_len": 50, "users": users, "k": 10,
                   "priors": "both on, 200 items with counts per request", "api_layout": "graph",
-                  "instances_per_model": instances,
+                  "instances_per_model": instances, "api_request_threads": request_threads,
+                  "api_workers_pinned": pin_workers,
                   "api_load_generator": "locust (headless, closed-loop users)" if floor else "httpx asyncio"},
         "requests_per_level": n_requests, "max_seconds_per_level": max_seconds,
         "in_process": local, "triton_direct": triton, "api": api, "bentoml_floor": floor, "ratios": ratios,
-        "dynamic_batching_sweep": sweep, "api_workers_sweep": workers,
+        "dynamic_batching_sweep": sweep, "api_workers_sweep": workers, "api_threads_sweep": threads,
     }
 
 
@@ -411,6 +443,11 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, nargs="*", default=[],
                         help="also measure the API with each number of worker processes on a PostgreSQL request log "
                              "(a throw-away local server; needs locust)")
+    parser.add_argument("--api-threads", type=int, nargs="*", default=[],
+                        help="also measure the API with each number of engine threads per worker "
+                             "(serving.request_threads; a fresh stack each; needs locust)")
+    parser.add_argument("--pin-workers", action="store_true",
+                        help="the API's worker on one CPU (serving.pin_workers; the floor stays unpinned)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -418,7 +455,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     report = run(args.requests, args.max_seconds, args.concurrency, args.instances,
                  queue_delays=args.queue_delays, graph_queue_delays=args.graph_queue_delays,
-                 api_workers=args.api_workers)
+                 api_workers=args.api_workers, api_threads=args.api_threads, pin_workers=args.pin_workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("| layer | concurrency | requests/s | p50 | p99 | server CPU / request | load generator CPU / request |")
@@ -433,6 +470,10 @@ def main() -> None:
         print(f"| API, {row['api_workers']} worker(s), PostgreSQL log | {row['concurrency']} | "
               f"{row['requests_per_s']} req/s | {row['p50_ms']} ms | {row['p99_ms']} ms | {cpu['server']} ms "
               f"(+ PostgreSQL {cpu['postgres']} ms) | {cpu['load_generator']} ms |")
+    for row in report["api_threads_sweep"]:
+        cpu = row["cpu_ms_per_request"]
+        print(f"| API, {row['request_threads']} request thread(s) | {row['concurrency']} | {row['requests_per_s']} "
+              f"req/s | {row['p50_ms']} ms | {row['p99_ms']} ms | {cpu['server']} ms | {cpu['load_generator']} ms |")
     print(json.dumps(report["ratios"], indent=2))
 
 

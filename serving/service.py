@@ -21,6 +21,7 @@ from serving.api_routes import api_routes, count_rejection
 from serving.auth import BearerAuth
 from serving.engine import HEALTH_INTERVAL_S, Engine
 from serving.http_guard import JSON_ROUTES, RequestGuard
+from serving.worker_cpu import pin_worker
 
 __all__ = ["HEALTH_INTERVAL_S", "RecommendationService"]  # the watcher period, read by callers that wait for it
 
@@ -50,7 +51,10 @@ class RecommendationService:
     route but the probes and the OpenAPI document needs a bearer token with its scope (serving/auth.py)."""
 
     def __init__(self) -> None:
-        self.engine = Engine(load_config())
+        config = load_config()
+        if config.serving.pin_workers:  # before the engine starts its threads: they inherit the CPU
+            pin_worker(bentoml.server_context.worker_index)
+        self.engine = Engine(config)
 
     def __is_ready__(self) -> bool:
         return self.engine.ready()

@@ -33,7 +33,9 @@ ACKED: list[str] = []  # request ids answered with 200 in this module
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, bundles, issuer):
-    stack = build_stack(tmp_path_factory.mktemp("api"), bundles["a"], overrides=issuer.config_overrides())
+    # the API worker pinned to one CPU (serving.pin_workers): every test of this module runs against that layout
+    stack = build_stack(tmp_path_factory.mktemp("api"), bundles["a"],
+                        overrides={**issuer.config_overrides(), "serving.pin_workers": True})
     try:
         yield stack
     finally:
@@ -72,6 +74,27 @@ def user_state(stack, user_id: int) -> tuple[list[int], dict]:
 def expected(reference, history, profile, exclude, k):
     codes = encode_profile(reference.manifest, profile)
     return reference.recommend(history, codes, exclude, k)
+
+
+def allowed_cpus(pid: int) -> dict[int, str]:
+    """Each thread of a process -> the CPUs it may run on (Linux's Cpus_allowed_list)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        out[int(task.name)] = next(line.split(":", 1)[1].strip() for line in status.splitlines()
+                                   if line.startswith("Cpus_allowed_list:"))
+    return out
+
+
+def test_a_pinned_worker_runs_every_thread_on_one_cpu(stack, http):
+    """serving.pin_workers: the worker's threads, the engine's and gRPC's started after the pin included, may run
+    on one CPU only, the first of those the server may use (worker 1)."""
+    assert http.post("/recommend", json={"user_id": 1, "k": 5}).status_code == 200  # request threads now exist
+    first_cpu = str(min(os.sched_getaffinity(stack.api_pid)))
+    for pid in stack.worker_pids() or [stack.api_pid]:
+        threads = allowed_cpus(pid)
+        assert len(threads) > 4, threads  # event loop, request, Feast, gRPC and watcher threads
+        assert set(threads.values()) == {first_cpu}, threads
 
 
 def test_health_ready_and_openapi_need_no_credentials(stack):
