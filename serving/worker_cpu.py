@@ -3,7 +3,7 @@
 A worker runs Python under one GIL, so it uses about one core however many threads it has; left to float, its
 event loop, engine threads and gRPC threads hand work to each other across cores, and each hand-off lands on a
 core whose caches hold another thread's data. Pinning every thread of the worker to one CPU keeps them on one
-core's caches (measured in README.md, "Two engine threads"). Only where the API's cores are its own: a host
+core's caches (measured in README.md, "One worker on one CPU"). Only where the API's cores are its own: a host
 that runs little else, or a pod with exclusive cores (Kubernetes' static CPU manager policy, a Guaranteed pod).
 """
 
