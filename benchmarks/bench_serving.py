@@ -15,6 +15,7 @@ machine is shared.
     .venv/bin/python -m benchmarks.bench_serving [--requests 1500] [--max-seconds 15] [--concurrency 1 8 32]
         [--api-workers 1 2]  # also the API with 1 and 2 worker processes on a shared PostgreSQL log
         [--api-threads 1 2 8]  # also the API with 1, 2 and 8 engine threads per worker (serving.request_threads)
+        [--api-batch 1 32]  # also the API answering each /recommend alone and in batches (serving.request_batch)
         [--pin-workers]  # the API's worker on one CPU (serving.pin_workers)
 
 Writes artifacts/benchmarks/serving.json and prints the README table rows.
@@ -281,25 +282,26 @@ def api_workers_sweep(root: Path, bundle: Path, workers: list[int], concurrency:
     return out
 
 
-def api_threads_sweep(root: Path, bundle: Path, threads: list[int], concurrency: list[int], seconds: float,
-                      users: int, per_user: int) -> list[dict]:
-    """The API with each number of engine threads per worker (serving.request_threads; one worker, the SQLite
-    log), a fresh stack each, locust-loaded: requests/s, p50/p99 and the API's CPU per request."""
+def api_setting_sweep(root: Path, bundle: Path, setting: str, values: list[int], concurrency: list[int],
+                      seconds: float, users: int, per_user: int) -> list[dict]:
+    """The API with each value of one `serving.` setting (request_threads: engine threads per worker; request_batch:
+    /recommend requests answered together at most; one worker, the SQLite log), a fresh stack each, locust-loaded:
+    requests/s, p50/p99 and the API's CPU per request."""
     from benchmarks.serving_stack import build_stack
 
     out = []
-    for n in threads:
-        stack = build_stack(root / f"threads_{n}", bundle, n_users=users, per_user=per_user,
+    for n in values:
+        stack = build_stack(root / f"{setting}_{n}", bundle, n_users=users, per_user=per_user,
                             overrides={"features.last_n_items": 50, "serving.retrieval_layout": "graph",
-                                       "serving.request_threads": n})
+                                       f"serving.{setting}": n})
         try:
             token = stack.auth_headers()["Authorization"].removeprefix("Bearer ")
             locust_level(stack.url, token, 4, 3, users, stack.api_pid, root)  # warm-up
             for c in concurrency:
                 level = locust_level(stack.url, token, c, seconds, users, stack.api_pid, root)
-                out.append({"request_threads": n, **level})
-                log.info("API, %d request thread(s), c=%d: %.0f req/s, p99 %.1f ms, API CPU %.3f ms/req, %d errors",
-                         n, c, level["requests_per_s"], level["p99_ms"], level["cpu_ms_per_request"]["server"],
+                out.append({setting: n, **level})
+                log.info("API, %s=%d, c=%d: %.0f req/s, p99 %.1f ms, API CPU %.3f ms/req, %d errors", setting, n, c,
+                         level["requests_per_s"], level["p99_ms"], level["cpu_ms_per_request"]["server"],
                          level["errors"])
         finally:
             stack.stop()
@@ -336,7 +338,7 @@ def api_levels(stack, users: int, concurrency: list[int], requests: int) -> list
 def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: int = 1, users: int = 943,
         per_user: int = 20, queue_delays: list[int] | None = None, graph_queue_delays: list[int] | None = None,
         api_workers: list[int] | None = None, api_threads: list[int] | None = None,
-        pin_workers: bool = False) -> dict:
+        api_batch: list[int] | None = None, pin_workers: bool = False) -> dict:
     import torch
 
     from benchmarks.serving_stack import build_stack, make_bundle
@@ -353,7 +355,7 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
         stack = build_stack(root, bundle, n_users=users, per_user=per_user,
                             overrides={"features.last_n_items": 50, "serving.retrieval_layout": "graph",
                                        "serving.tower_instances": instances, "serving.pin_workers": pin_workers})
-        request_threads = stack.config.serving.request_threads
+        request_threads, request_batch = stack.config.serving.request_threads, stack.config.serving.request_batch
         try:
             triton = triton_direct(stack.triton.grpc_url, payloads, concurrency, max_seconds)
             if LOCUST.exists():
@@ -368,8 +370,10 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
                  for row in batching_sweep(root, bundle, payloads, delays, concurrency, max_seconds, layout)]
         workers = (api_workers_sweep(root, bundle, api_workers, concurrency, max_seconds, users, per_user)
                    if api_workers and LOCUST.exists() else [])
-        threads = (api_threads_sweep(root, bundle, api_threads, concurrency, max_seconds, users, per_user)
-                   if api_threads and LOCUST.exists() else [])
+        threads, batches = (
+            api_setting_sweep(root, bundle, setting, values, concurrency, max_seconds, users, per_user)
+            if values and LOCUST.exists() else []
+            for setting, values in (("request_threads", api_threads), ("request_batch", api_batch)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     top = {layout: next(lv for lv in levels if lv["concurrency"] == max(concurrency))
@@ -396,11 +400,13 @@ def run(n_requests: int, max_seconds: float, concurrency: list[int], instances: 
         "stack": {"items": 1682, "embedding_dim": 64, "max_seq_len": 50, "users": users, "k": 10,
                   "priors": "both on, 200 items with counts per request", "api_layout": "graph",
                   "instances_per_model": instances, "api_request_threads": request_threads,
+                  "api_request_batch": request_batch,
                   "api_workers_pinned": pin_workers,
                   "api_load_generator": "locust (headless, closed-loop users)" if floor else "httpx asyncio"},
         "requests_per_level": n_requests, "max_seconds_per_level": max_seconds,
         "in_process": local, "triton_direct": triton, "api": api, "bentoml_floor": floor, "ratios": ratios,
         "dynamic_batching_sweep": sweep, "api_workers_sweep": workers, "api_threads_sweep": threads,
+        "api_batch_sweep": batches,
     }
 
 
@@ -446,6 +452,9 @@ def main() -> None:
     parser.add_argument("--api-threads", type=int, nargs="*", default=[],
                         help="also measure the API with each number of engine threads per worker "
                              "(serving.request_threads; a fresh stack each; needs locust)")
+    parser.add_argument("--api-batch", type=int, nargs="*", default=[],
+                        help="also measure the API with each most /recommend requests answered together "
+                             "(serving.request_batch; 1: each alone; a fresh stack each; needs locust)")
     parser.add_argument("--pin-workers", action="store_true",
                         help="the API's worker on one CPU (serving.pin_workers; the floor stays unpinned)")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -455,7 +464,8 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     report = run(args.requests, args.max_seconds, args.concurrency, args.instances,
                  queue_delays=args.queue_delays, graph_queue_delays=args.graph_queue_delays,
-                 api_workers=args.api_workers, api_threads=args.api_threads, pin_workers=args.pin_workers)
+                 api_workers=args.api_workers, api_threads=args.api_threads, api_batch=args.api_batch,
+                 pin_workers=args.pin_workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("| layer | concurrency | requests/s | p50 | p99 | server CPU / request | load generator CPU / request |")
@@ -470,10 +480,12 @@ def main() -> None:
         print(f"| API, {row['api_workers']} worker(s), PostgreSQL log | {row['concurrency']} | "
               f"{row['requests_per_s']} req/s | {row['p50_ms']} ms | {row['p99_ms']} ms | {cpu['server']} ms "
               f"(+ PostgreSQL {cpu['postgres']} ms) | {cpu['load_generator']} ms |")
-    for row in report["api_threads_sweep"]:
-        cpu = row["cpu_ms_per_request"]
-        print(f"| API, {row['request_threads']} request thread(s) | {row['concurrency']} | {row['requests_per_s']} "
-              f"req/s | {row['p50_ms']} ms | {row['p99_ms']} ms | {cpu['server']} ms | {cpu['load_generator']} ms |")
+    for sweep, label in (("api_threads_sweep", "{request_threads} request thread(s)"),
+                         ("api_batch_sweep", "batches of at most {request_batch}")):
+        for row in report[sweep]:
+            cpu = row["cpu_ms_per_request"]
+            print(f"| API, {label.format(**row)} | {row['concurrency']} | {row['requests_per_s']} req/s | "
+                  f"{row['p50_ms']} ms | {row['p99_ms']} ms | {cpu['server']} ms | {cpu['load_generator']} ms |")
     print(json.dumps(report["ratios"], indent=2))
 
 

@@ -276,6 +276,7 @@ class Serving(_Section):
     api_port: int = Field(ge=1, le=65535)
     api_workers: int = Field(ge=1, le=64)
     request_threads: int = Field(ge=1, le=64)
+    request_batch: int = Field(ge=1, le=1024)
     pin_workers: bool
     trace_requests: bool
     top_k: int = Field(ge=1, le=1000)

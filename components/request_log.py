@@ -240,17 +240,35 @@ class RequestLog:
         Concurrent callers are group-committed (one transaction for all requests queued while the previous
         commit ran); a record that cannot be written raises here and does not fail the others.
         """
-        row, recs = self._request_rows(record)
-        entry = _Pending(record.request_id, row, recs)
+        error = self.append_request_group([record])[0]
+        if error is not None:
+            raise error
+
+    def append_request_group(self, records: list[RequestRecord]) -> list[RequestLogError | None]:
+        """Log several served requests, each on its own account: returns once a transaction holding each has
+        committed, with each record's error (None: logged). They are committed together, with whatever other
+        callers queued meanwhile (a group commit); a record that cannot be written fails alone."""
+        errors: list[RequestLogError | None] = [None] * len(records)
+        entries: list[tuple[int, _Pending]] = []
+        for n, record in enumerate(records):
+            try:
+                row, recs = self._request_rows(record)
+            except RequestLogError as err:
+                errors[n] = err
+                continue
+            entries.append((n, _Pending(record.request_id, row, recs)))
+        if not entries:
+            return errors
         with self._queue_lock:
-            self._queue.append(entry)
+            self._queue += [entry for _, entry in entries]
         with self._lock:
-            if not entry.done:  # nobody committed it yet: commit everything queued, this entry included
+            if not all(entry.done for _, entry in entries):  # not committed yet: commit everything queued
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
                 self._commit_group(batch)
-        if entry.error is not None:
-            raise entry.error
+        for n, entry in entries:
+            errors[n] = entry.error
+        return errors
 
     def _commit_group(self, batch: list[_Pending]) -> None:
         """Commit queued requests in one transaction (caller holds self._lock); if that fails and the group

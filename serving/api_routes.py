@@ -6,8 +6,8 @@ call, the thread hand-off, its response encoding) costs 1.8–2.2 ms of CPU per 
 same request through a mounted FastAPI route costs 0.4 ms, inside the same BentoML server (its process model, probes,
 /metrics, middlewares and OpenAPI document, into which BentoML merges a mounted FastAPI app's routes). Each request
 body is parsed as strict JSON by the data set's pydantic models (`serving.api_models`; a refusal is a 400 naming the
-fields, before any side effect), handed to the engine on one of `threads` request threads, and answered with the
-response model's own JSON encoding.
+fields, before any side effect), handed to the engine on one of `threads` request threads (/recommend requests that
+queue for a thread go together, serving/request_batcher.py), and answered with the response model's own JSON encoding.
 """
 
 import asyncio
@@ -30,6 +30,7 @@ from serving.api_models import ApiModels
 from serving.auth import caller_of, may_read_history
 from serving.engine import POPULARITY_VERSION, STAGES, Engine
 from serving.http_guard import JSON_ROUTES
+from serving.request_batcher import RequestBatcher
 
 log = logging.getLogger("recsys.api")
 
@@ -126,9 +127,10 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
-def api_routes(models: ApiModels, engine_of: Callable[[], Engine], threads: int) -> FastAPI:
+def api_routes(models: ApiModels, engine_of: Callable[[], Engine], threads: int, batch: int = 1) -> FastAPI:
     """The /recommend and /interactions routes of one data set's `models`; `engine_of()` gives the service's engine
-    (created with the service), whose blocking calls run on at most `threads` threads at once."""
+    (created with the service), whose blocking calls run on at most `threads` threads at once; /recommend requests
+    that wait for a thread are answered together, at most `batch` per engine call (serving.request_batcher)."""
     # BentoML's server serves the OpenAPI document and traces and meters every route (serving.trace_requests):
     # FastAPI's own documents and telemetry are off (its telemetry looks up the OpenTelemetry providers per request)
     app = FastAPI(title="recsys_recommender", openapi_url=None, docs_url=None, redoc_url=None,
@@ -136,27 +138,27 @@ def api_routes(models: ApiModels, engine_of: Callable[[], Engine], threads: int)
     # the engine's blocking calls: asyncio's own executor hand-off (anyio's worker threads and capacity limiter
     # cost about twice its CPU on the event loop)
     threads_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recsys-request")
+    recommend_batches: RequestBatcher = RequestBatcher(lambda batch: engine_of().recommend_many(batch), threads_pool,
+                                                       threads=threads, max_batch=batch)
+    app.state.recommend_batches = recommend_batches  # its counters, for tests and benchmarks
 
-    async def served(request: Request, endpoint: str, model: type[BaseModel],
-                     method: Callable[[Engine], Callable[..., BaseModel]]) -> BaseModel | Response:
-        """The answer of the engine's `method` (on a request thread) to a request body of `model`; a 400 or a 503
-        (counted as an error of `endpoint`) when there is none."""
-        body = _parsed(model, await request.body())
-        if isinstance(body, Response):
-            return body
-        call = partial(method(engine_of()), body,
-                       reveal_history=may_read_history(caller_of(request.scope), body.user_id))
-        try:
-            return await asyncio.get_running_loop().run_in_executor(threads_pool, call)
-        except RecsysError as err:
-            return _unavailable(endpoint, err)
+    def body_of(request: Request, model: type[BaseModel], body: bytes) -> tuple[BaseModel, bool] | Response:
+        """The request `model` read from `body` and whether the caller may read the user's history, or a 400."""
+        parsed = _parsed(model, body)
+        if isinstance(parsed, Response):
+            return parsed
+        return parsed, may_read_history(caller_of(request.scope), parsed.user_id)
 
     async def recommend(request: Request) -> Response:
         """Top-k items for a user: Feast features, one Triton call, metadata and an explanation per item."""
         t0 = time.perf_counter()
-        response = await served(request, "recommend", models.RecommendRequest, lambda engine: engine.recommend)
-        if isinstance(response, Response):
-            return response
+        asked = body_of(request, models.RecommendRequest, await request.body())
+        if isinstance(asked, Response):
+            return asked
+        try:
+            response = await recommend_batches.submit(asked)
+        except RecsysError as err:
+            return _unavailable("recommend", err)
         observe_recommend(response)
         _child(LATENCY, "recommend").observe(time.perf_counter() - t0)
         return _json(response, {"Server-Timing": server_timing(response.timings_ms)})
@@ -164,10 +166,15 @@ def api_routes(models: ApiModels, engine_of: Callable[[], Engine], threads: int)
     async def interactions(request: Request) -> Response:
         """Record one interaction: pushed to Feast's online store at once and appended to the log."""
         t0 = time.perf_counter()
-        response = await served(request, "interactions", models.InteractionRequest,
-                                lambda engine: engine.interaction)
-        if isinstance(response, Response):
-            return response
+        asked = body_of(request, models.InteractionRequest, await request.body())
+        if isinstance(asked, Response):
+            return asked
+        body, reveal = asked
+        call = partial(engine_of().interaction, body, reveal_history=reveal)
+        try:
+            response = await asyncio.get_running_loop().run_in_executor(threads_pool, call)
+        except RecsysError as err:
+            return _unavailable("interactions", err)
         if not response.pushed:
             _child(FALLBACKS, "push_failed").inc()
         _child(REQUESTS, "interactions", "degraded" if response.degraded else "ok").inc()

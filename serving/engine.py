@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +38,7 @@ from components.request_log import InteractionFollower, RequestLog, RequestRecor
 from components.request_logs import open_request_log
 from components.rerank import mmr_order, pool_size
 from serving import triton_repo as tr
-from serving.api_models import ApiModels, FiltersBase, RequestLimits, api_models
+from serving.api_models import ApiModels, RequestLimits, api_models
 from serving.catalogue import Catalogue, ModelState, ServiceError
 from serving.triton_client import RecommenderClient, TritonClientError
 
@@ -62,7 +62,38 @@ class Scorer(Protocol):
                   k: int = 10, version: int | None = None, prior_item_ids: Sequence[int] | np.ndarray = (),
                   prior_counts: Sequence[float] | np.ndarray = ()) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def start_recommend(self, history_item_ids: Sequence[int], profile: Sequence[int],
+                        exclude_item_ids: Sequence[int] = (), k: int = 10, version: int | None = None,
+                        prior_item_ids: Sequence[int] | np.ndarray = (),
+                        prior_counts: Sequence[float] | np.ndarray = ()) -> "Answer": ...
+
     def close(self) -> None: ...
+
+
+class Answer(Protocol):
+    """A ranking asked of a scorer: `result()` waits for it and gives (item ids, scores) or raises the call's error."""
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The answer of a call made at once (or its error), read like a call in flight."""
+
+    value: tuple[np.ndarray, np.ndarray] | None = None
+    error: Exception | None = None
+
+    @classmethod
+    def of(cls, call: Callable[[], tuple[np.ndarray, np.ndarray]]) -> "Answered":
+        try:
+            return cls(call())
+        except Exception as err:  # noqa: BLE001 - raised to whoever reads the answer
+            return cls(error=err)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class ReferenceScorer:
@@ -97,6 +128,14 @@ class ReferenceScorer:
         return references[version].recommend(list(history_item_ids), list(profile), list(exclude_item_ids), k,
                                              prior_item_ids, prior_counts)
 
+    def start_recommend(self, history_item_ids: Sequence[int], profile: Sequence[int],
+                        exclude_item_ids: Sequence[int] = (), k: int = 10, version: int | None = None,
+                        prior_item_ids: Sequence[int] | np.ndarray = (),
+                        prior_counts: Sequence[float] | np.ndarray = ()) -> Answer:
+        """`recommend`, computed now (in process there is nothing to overlap)."""
+        return Answered.of(lambda: self.recommend(history_item_ids, profile, exclude_item_ids, k, version,
+                                                  prior_item_ids, prior_counts))
+
     def close(self) -> None:
         """Nothing to release (the sessions go with the object)."""
 
@@ -112,6 +151,29 @@ class Live:
     users: ExternalIds
     items: ExternalIds
     priors: "Priors | None" = None
+
+
+@dataclass
+class _Served:
+    """One /recommend request on its way through `Engine.recommend_many`: what it is answered from and how."""
+
+    req: BaseModel
+    reveal_history: bool
+    live: Live  # the state it is ranked by (a newer one when a version switch finished meanwhile)
+    who: tuple[int | None, datetime]  # (user key, request time): the popularity priors' counts
+    reasons: list[str] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)
+    recent: list[int] = field(default_factory=list)
+    exclude: list[int] = field(default_factory=list)
+    mask: np.ndarray | None = None
+    cold_start: bool = False
+    use_model: bool = False
+    rank: bool = False  # the model ranks it
+    degraded: bool = False
+    diversity: float = 0.0
+    ranked: list[tuple[int, float]] = field(default_factory=list)
+    source: str = POPULARITY_VERSION
+    triton_s: float = 0.0  # from the batch's first Triton call to this request's ranking
 
 
 @dataclass(frozen=True)
@@ -368,16 +430,26 @@ class Engine:
         except FutureTimeout as err:
             raise TimeoutError(f"no answer from the feature store within {FEAST_TIMEOUT_S} s") from err
 
-    def _feature_row(self, user_key: int) -> dict[str, Any]:
-        """The `serving` features of one user key. Look-ups that arrive while another runs are read together in
-        the next one (one online read for all of them, on the Feast thread); TimeoutError after FEAST_TIMEOUT_S."""
-        future: Future = Future()
+    def _feature_rows(self, user_keys: list[int]) -> list[dict[str, Any] | Exception]:
+        """The `serving` features of each user key, or the error of its look-up. Look-ups that arrive while
+        another runs are read together in the next one (one online read for all of them, on the Feast thread); a
+        look-up without an answer within FEAST_TIMEOUT_S gets a TimeoutError."""
+        futures: list[Future] = [Future() for _ in user_keys]
         with self._reads_lock:
-            self._pending_reads.append((user_key, future))
-            first = len(self._pending_reads) == 1  # the queue was empty: nobody has scheduled a read for it yet
+            first = not self._pending_reads  # the queue was empty: nobody has scheduled a read for it yet
+            self._pending_reads += zip(user_keys, futures, strict=True)
         if first:
             self._feast_pool.submit(self._read_pending)
-        return self._wait(future)
+        deadline = time.monotonic() + FEAST_TIMEOUT_S
+        rows: list[dict[str, Any] | Exception] = []
+        for future in futures:
+            try:
+                rows.append(future.result(timeout=max(deadline - time.monotonic(), 0.0)))
+            except FutureTimeout:
+                rows.append(TimeoutError(f"no answer from the feature store within {FEAST_TIMEOUT_S} s"))
+            except Exception as err:  # noqa: BLE001 - the look-up's own error, handed to its request
+                rows.append(err)
+        return rows
 
     def _read_pending(self) -> None:
         """One online read for every queued look-up (Feast thread). When a read of several keys is refused for
@@ -448,149 +520,212 @@ class Engine:
         self.request_log.close()
 
     # ---- /recommend ----------------------------------------------------------------------------------
-    def _features(self, user_id: int | None) -> dict[str, Any] | None:
-        """Profile and recent items of a user key from the online store (None when the store is down); a user
-        without a key (a string id the id map does not hold yet) is unknown without a look-up."""
-        if user_id is None:
-            return {"known": False, "profile": {}, "recent": []}
-        if not self.feast.up:
-            return None
-        try:
-            row = self._feature_row(user_id)
-        except Exception as err:  # noqa: BLE001
-            if dependency_down(err):
-                self.feast.fail(err)
-            else:
-                log.warning("feature look-up failed for user key %s: %r", user_id, err)
-            return None
-        profile = {name: row.get(name) for name in self.config.dataset.user_attributes}
-        profile = {name: None if value is not None and value != value else value  # NaN is missing, as None
-                   for name, value in profile.items()}
-        known = any(v is not None for v in profile.values()) or (row["user_interaction_count"] or 0) > 0
-        return {"known": known, "profile": profile, "recent": row["recent_item_ids"]}
+    def _features(self, user_keys: list[int | None]) -> list[dict[str, Any] | None]:
+        """Profile and recent items of each user key from the online store, in one read (None where the store is
+        down or the look-up failed); a user without a key (a string id the id map does not hold yet) is unknown
+        without a look-up."""
+        out: list[dict[str, Any] | None] = [None if key is not None else {"known": False, "profile": {}, "recent": []}
+                                            for key in user_keys]
+        wanted = [n for n, key in enumerate(user_keys) if key is not None]
+        if not wanted or not self.feast.up:
+            return out
+        for n, row in zip(wanted, self._feature_rows([user_keys[n] for n in wanted]), strict=True):
+            if isinstance(row, Exception):
+                if dependency_down(row):
+                    self.feast.fail(row)
+                else:
+                    log.warning("feature look-up failed for user key %s: %r", user_keys[n], row)
+                continue
+            profile = {name: row.get(name) for name in self.config.dataset.user_attributes}
+            profile = {name: None if value is not None and value != value else value  # NaN is missing, as None
+                       for name, value in profile.items()}
+            known = any(v is not None for v in profile.values()) or (row["user_interaction_count"] or 0) > 0
+            out[n] = {"known": known, "profile": profile, "recent": row["recent_item_ids"]}
+        return out
 
-    def _rank(self, live: Live, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
-              filters: FiltersBase | None, diversity: float = 0.0, who: tuple[int | None, datetime] | None = None,
-              ) -> tuple[Live, np.ndarray | None, list[tuple[int, float]]]:
-        """Rank by the exact version of `live.model` (its manifest, catalogue and Triton version together).
-        When Triton no longer serves that version (a switch finished since `live` was read), the live state is
-        re-read once and the request is ranked by the new version end to end; returns the state used, the
-        filter mask of its catalogue and the ranking."""
-        mask = live.catalogue.mask(filters)
-        try:
-            return live, mask, self._rank_version(live, recent, profile, exclude, k, mask, diversity, who)
-        except TritonClientError as err:
-            if not dependency_down(err):  # this request's values were refused: no version question to settle
-                raise
-            self.check_triton()
-            newer = self.live
-            if newer.model is None or newer.model.version == live.model.version:
-                raise
-        log.info("version %d left Triton during a request; ranked by version %d", live.model.version,
-                 newer.model.version)
-        mask = newer.catalogue.mask(filters)
-        return newer, mask, self._rank_version(newer, recent, profile, exclude, k, mask, diversity, who)
+    def _plan(self, live: Live, req: BaseModel, reveal_history: bool, who: tuple[int | None, datetime],
+              feats: dict[str, Any] | None) -> "_Served":
+        """What one request is answered from, given its features: profile, history, exclusions, and whether the
+        model ranks it (else popularity, with the reasons why)."""
+        plan = _Served(req, reveal_history, live, who)
+        request_profile = (req.profile or self.models.Profile()).model_dump()
+        if feats is None:
+            plan.reasons.append(f"feature store unavailable: {self.feast.error or 'skipped after a recent failure'}")
+            known, plan.profile = False, request_profile
+        else:
+            known, plan.recent = feats["known"], feats["recent"]
+            plan.profile = feats["profile"] if known else request_profile
+        plan.cold_start = feats is not None and not known
+        has_profile = any(v is not None for v in plan.profile.values())
+        if plan.cold_start:
+            plan.reasons.append("unknown user: ranked from the given profile" if has_profile
+                                else "unknown user without a profile: popularity")
+        plan.exclude = plan.recent if req.exclude_seen else []
+        plan.mask = live.catalogue.mask(req.filters)
+        plan.use_model = feats is not None and (known or has_profile)
+        plan.degraded = feats is None
+        if plan.use_model and live.model is None:
+            plan.reasons.append(f"no model served: {self.triton.error or 'Triton not checked yet'}")
+        elif plan.use_model and not self.triton.up:
+            plan.reasons.append(f"Triton unavailable: {self.triton.error}")
+        elif plan.use_model:
+            plan.diversity = self.config.trust.diversity if req.diversity is None else req.diversity
+            plan.rank = True
+        plan.degraded = plan.degraded or plan.use_model and not plan.rank
+        return plan
 
-    def _rank_version(self, live: Live, recent: list[int], profile: dict[str, Any], exclude: list[int], k: int,
-                      mask: np.ndarray | None, diversity: float = 0.0,
-                      who: tuple[int | None, datetime] | None = None) -> list[tuple[int, float]]:
-        """The version's ranking; `who` = (user key, request time) for the popularity priors' counts."""
-        model = live.model
-        want = pool_size(k, model.n_items) if diversity > 0 else k  # MMR picks k among the best `want`
+    def _start_rank(self, plan: "_Served", live: Live, wait: bool) -> Answer:
+        """Ask the scorer for `plan`'s ranking by the exact version of `live.model` (its manifest, catalogue and
+        Triton version together); `wait`: answered before it returns, else in flight."""
+        model, req = live.model, plan.req
+        want = pool_size(req.k, model.n_items) if plan.diversity > 0 else req.k  # MMR picks k among the best `want`
         fetch = want
-        if mask is not None:
+        if plan.mask is not None:
             rows = live.catalogue.rows(model.sorted_ids)
-            selectivity = float(mask[rows[rows >= 0]].sum()) / max(model.n_items, 1)
+            selectivity = float(plan.mask[rows[rows >= 0]].sum()) / max(model.n_items, 1)
             fetch = model.n_items if selectivity <= 0 else math.ceil(want / selectivity * OVERFETCH_SLACK)
         fetch = max(1, min(fetch, model.n_items))
-        codes = model.profile_encoder.encode_one(profile)
-        prior_ids, prior_counts = (live.priors.counts(*who) if live.priors is not None and who is not None
-                                   else ((), ()))
-        ids, scores = self._client.recommend(recent, codes, exclude, fetch, version=model.version,
-                                             prior_item_ids=prior_ids, prior_counts=prior_counts)
-        if mask is not None:
+        codes = model.profile_encoder.encode_one(plan.profile)
+        prior_ids, prior_counts = live.priors.counts(*plan.who) if live.priors is not None else ((), ())
+        args = (plan.recent, codes, plan.exclude, fetch, model.version, prior_ids, prior_counts)
+        return Answered.of(lambda: self._client.recommend(*args)) if wait else self._client.start_recommend(*args)
+
+    def _finish_rank(self, plan: "_Served", live: Live, answer: Answer) -> list[tuple[int, float]]:
+        """The ranking of an answer: the request's filters applied and, on request, diversity (MMR over the
+        version's item embeddings, components.rerank)."""
+        ids, scores = answer.result()
+        if plan.mask is not None:
             rows = live.catalogue.rows(ids)
-            keep = (rows >= 0) & mask[np.maximum(rows, 0)]
+            keep = (rows >= 0) & plan.mask[np.maximum(rows, 0)]
             ids, scores = ids[keep], scores[keep]
-        if diversity > 0:  # diversity on request: MMR over the version's item embeddings (components.rerank)
+        if plan.diversity > 0:
+            want = pool_size(plan.req.k, live.model.n_items)
             ids, scores = ids[:want], scores[:want]
-            order = mmr_order(scores, model.unit_embeddings[np.maximum(model.rows(ids), 0)], k, diversity)
+            order = mmr_order(scores, live.model.unit_embeddings[np.maximum(live.model.rows(ids), 0)], plan.req.k,
+                              plan.diversity)
             ids, scores = ids[order], scores[order]
-        return [(int(i), float(s)) for i, s in zip(ids[:k], scores[:k], strict=True)]
+        return [(int(i), float(s)) for i, s in zip(ids[:plan.req.k], scores[:plan.req.k], strict=True)]
+
+    def _ranked(self, plan: "_Served", answer: Answer) -> None:
+        """Read `plan`'s ranking into it. When Triton no longer serves the request's version (a switch finished
+        since the request read `live`), the live state is re-read once and the request is ranked by the new
+        version end to end; a failure degrades this request to popularity (an outage trips Triton's breaker)."""
+        live = plan.live
+        try:
+            try:
+                plan.ranked, plan.source = self._finish_rank(plan, live, answer), "model"
+                return
+            except TritonClientError as err:
+                if not dependency_down(err):  # this request's values were refused: no version question to settle
+                    raise
+                newer = self.live
+                if (newer.model is None or newer.model.version == live.model.version) and self.triton.up:
+                    self.check_triton()  # once per outage: a request after it finds the breaker open
+                    newer = self.live
+                if newer.model is None or newer.model.version == live.model.version:
+                    raise
+            log.info("version %d left Triton during a request; ranked by version %d", live.model.version,
+                     newer.model.version)
+            plan.live, plan.mask = newer, newer.catalogue.mask(plan.req.filters)
+            plan.ranked = self._finish_rank(plan, newer, self._start_rank(plan, newer, wait=True))
+            plan.source = "model"
+        except Exception as err:  # noqa: BLE001 - any Triton failure degrades this request to popularity
+            if dependency_down(err):
+                self.triton.fail(err)
+                plan.reasons.append(f"Triton unavailable: {str(err)[:300]}")
+            else:  # this request's values were refused: Triton stays up for everyone else
+                log.warning("model ranking failed for one request: %r", err)
+                plan.reasons.append(f"model ranking failed for this request: {str(err)[:300]}")
+            plan.degraded = True
+
+    def _respond(self, plan: "_Served") -> BaseModel:
+        """The response to a ranked (or not) request: items with metadata, popular items filling up."""
+        live, req = plan.live, plan.req
+        model = live.model
+        items = self._items(live, plan.ranked, "model", plan.recent, plan.reveal_history)
+        if len(items) < req.k:  # fallback, or too few items passed the filters: popular items fill up
+            taken = {item for item, _ in plan.ranked} | set(plan.exclude)
+            extra = live.catalogue.popular(req.k - len(items), taken, plan.mask)
+            items += self._items(live, extra, "popularity", plan.recent, plan.reveal_history, start=len(items))
+            if plan.source == "model" and extra:
+                plan.reasons.append(f"only {len(plan.ranked)} ranked items passed the filters; popular items fill up")
+        return self.models.RecommendResponse(
+            request_id=uuid.uuid4().hex, user_id=req.user_id,
+            model_version=model.model_version if plan.source == "model" and model else POPULARITY_VERSION,
+            cold_start=plan.cold_start, degraded=plan.degraded, reasons=plan.reasons, items=items, timings_ms={})
+
+    @staticmethod
+    def _record(plan: "_Served", response: BaseModel, latency_s: float) -> RequestRecord:
+        """The request log's entry of one answered request."""
+        req = plan.req
+        return RequestRecord(
+            request_id=response.request_id, ts=datetime.now(UTC), user_id=req.user_id, k=req.k,
+            exclude_seen=req.exclude_seen, filters=req.filters.model_dump(exclude_none=True) if req.filters else {},
+            profile={k: v for k, v in plan.profile.items() if v is not None},
+            item_ids=[i.item_id for i in response.items], scores=[i.score for i in response.items],
+            model_version=response.model_version, degraded=plan.degraded, cold_start=plan.cold_start,
+            latency_ms=latency_s * 1000)
 
     def recommend(self, req: BaseModel, *, reveal_history: bool) -> BaseModel:
         """Answer one RecommendRequest (of `self.models`) with a RecommendResponse; never raises for Triton
         or Feast failures (popularity answers, `degraded: true`). Explanations name the user's recent items
         only when the caller may read the user's history (`reveal_history`, see serving.auth)."""
+        answer = self.recommend_many([(req, reveal_history)])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def recommend_many(self, requests: Sequence[tuple[BaseModel, bool]]) -> list[BaseModel | Exception]:
+        """Answer several (RecommendRequest, reveal_history) as `recommend` answers each, sharing the work that
+        can be shared: one feature read for all, their Triton calls in flight together, one group commit of the
+        request log. Returns each request's response, or the error that stopped it (a request log that did not
+        take it), in order; one request's failure does not touch the others."""
         t0 = time.perf_counter()
-        timings = dict.fromkeys(STAGES, 0.0)
-        reasons: list[str] = []
-        live = self.live  # one version's model state, catalogue and id maps for the whole request
-        user_key, as_of = live.users.key(req.user_id), self.clock()
-        feats = self._features(user_key)
-        timings["feast"] = time.perf_counter() - t0
-        request_profile = (req.profile or self.models.Profile()).model_dump()
-        if feats is None:
-            reasons.append(f"feature store unavailable: {self.feast.error or 'skipped after a recent failure'}")
-            known, recent, profile = False, [], request_profile
-        else:
-            known, recent = feats["known"], feats["recent"]
-            profile = feats["profile"] if known else request_profile
-        cold_start = feats is not None and not known
-        has_profile = any(v is not None for v in profile.values())
-        if cold_start:
-            reasons.append("unknown user: ranked from the given profile" if has_profile
-                           else "unknown user without a profile: popularity")
-        exclude = recent if req.exclude_seen else []
-        mask = live.catalogue.mask(req.filters)
-        model = live.model
-        ranked: list[tuple[int, float]] = []
-        source = POPULARITY_VERSION
-        use_model = feats is not None and (known or has_profile)
-        if use_model and model is None:
-            reasons.append(f"no model served: {self.triton.error or 'Triton not checked yet'}")
-        elif use_model and not self.triton.up:
-            reasons.append(f"Triton unavailable: {self.triton.error}")
-        elif use_model:
-            t1 = time.perf_counter()
+        live, as_of = self.live, self.clock()  # one version's model state, catalogue and id maps for the batch
+        keys = [live.users.key(req.user_id) for req, _ in requests]
+        features = self._features(keys)
+        feast_s = time.perf_counter() - t0
+        results: list[BaseModel | Exception | None] = [None] * len(requests)
+        plans: list[_Served | None] = [None] * len(requests)
+        for n, ((req, reveal), key, feats) in enumerate(zip(requests, keys, features, strict=True)):
             try:
-                diversity = self.config.trust.diversity if req.diversity is None else req.diversity
-                live, mask, ranked = self._rank(live, recent, profile, exclude, req.k, req.filters, diversity,
-                                                (user_key, as_of))
-                model, source = live.model, "model"
-            except Exception as err:  # noqa: BLE001 - any Triton failure degrades this request to popularity
-                if dependency_down(err):
-                    self.triton.fail(err)
-                    reasons.append(f"Triton unavailable: {str(err)[:300]}")
-                else:  # this request's values were refused: Triton stays up for everyone else
-                    log.warning("model ranking failed for one request: %r", err)
-                    reasons.append(f"model ranking failed for this request: {str(err)[:300]}")
-            timings["triton"] = time.perf_counter() - t1
-        degraded = use_model and source != "model" or feats is None
-        items = self._items(live, ranked, "model", recent, reveal_history)
-        if len(items) < req.k:  # fallback, or too few items passed the filters: popular items fill up
-            taken = {item for item, _ in ranked} | set(exclude)
-            extra = live.catalogue.popular(req.k - len(items), taken, mask)
-            items += self._items(live, extra, "popularity", recent, reveal_history, start=len(items))
-            if source == "model" and extra:
-                reasons.append(f"only {len(ranked)} ranked items passed the filters; popular items fill up")
-        response = self.models.RecommendResponse(
-            request_id=uuid.uuid4().hex, user_id=req.user_id,
-            model_version=model.model_version if source == "model" and model else POPULARITY_VERSION,
-            cold_start=cold_start, degraded=degraded, reasons=reasons, items=items, timings_ms={})
+                plans[n] = self._plan(live, req, reveal, (key, as_of), feats)
+            except Exception as err:  # noqa: BLE001 - this request's error, answered to it alone
+                results[n] = err
+        ranking = [plan for plan in plans if plan is not None and plan.rank]
+        t1 = time.perf_counter()
+        answers = []
+        for plan in ranking:  # one call in flight per request; a batch of one waits on its call (cheaper)
+            try:
+                answers.append(self._start_rank(plan, plan.live, wait=len(ranking) == 1))
+            except Exception as err:  # noqa: BLE001 - e.g. a value the scorer's request cannot carry
+                answers.append(Answered(error=err))
+        for plan, answer in zip(ranking, answers, strict=True):
+            self._ranked(plan, answer)
+            plan.triton_s = time.perf_counter() - t1
         t2 = time.perf_counter()
-        self.request_log.append_request(RequestRecord(
-            request_id=response.request_id, ts=datetime.now(UTC), user_id=req.user_id, k=req.k,
-            exclude_seen=req.exclude_seen, filters=req.filters.model_dump(exclude_none=True) if req.filters else {},
-            profile={k: v for k, v in profile.items() if v is not None}, item_ids=[i.item_id for i in items],
-            scores=[i.score for i in items], model_version=response.model_version, degraded=degraded,
-            cold_start=cold_start, latency_ms=(t2 - t0) * 1000))
-        timings["log"] = time.perf_counter() - t2
+        responses: dict[int, BaseModel] = {}
+        for n, plan in enumerate(plans):
+            if plan is not None:
+                try:
+                    responses[n] = self._respond(plan)
+                except Exception as err:  # noqa: BLE001
+                    results[n] = err
+        written = list(responses)
+        errors = self.request_log.append_request_group(
+            [self._record(plans[n], responses[n], t2 - t0) for n in written])
+        log_s = time.perf_counter() - t2
         total = time.perf_counter() - t0
-        timings["service"] = max(total - sum(timings[s] for s in STAGES), 0.0)
-        timings["total"] = total
-        response.timings_ms = {k: round(v * 1000, 3) for k, v in timings.items()}
-        return response
+        for n, error in zip(written, errors, strict=True):
+            if error is not None:
+                results[n] = error
+                continue
+            timings = {"feast": feast_s, "triton": plans[n].triton_s, "log": log_s}
+            timings["service"] = max(total - sum(timings.values()), 0.0)
+            timings["total"] = total
+            responses[n].timings_ms = {k: round(v * 1000, 3) for k, v in timings.items()}
+            results[n] = responses[n]
+        return results
 
     def _items(self, live: Live, ranked: list[tuple[int, float]], source: str, recent: list[int],
                reveal_history: bool, start: int = 0) -> list[BaseModel]:

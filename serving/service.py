@@ -8,6 +8,8 @@ error bodies), then the bearer-token check (serving/auth.py). The config comes f
 serving/api_server.py, which starts it).
 """
 
+import gc
+
 import bentoml
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -55,6 +57,10 @@ class RecommendationService:
         if config.serving.pin_workers:  # before the engine starts its threads: they inherit the CPU
             pin_worker(bentoml.server_context.worker_index)
         self.engine = Engine(config)
+        # everything loaded so far (Feast, pandas, the model state: millions of objects) lives as long as the
+        # worker: out of the collector's sight, a full collection scans only what requests allocate (it took
+        # 100-250 ms per pass here, stalling the event loop: the p99 at concurrency 32)
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         return self.engine.ready()
@@ -64,7 +70,8 @@ RecommendationService.mount_asgi_app(Starlette(routes=[Route("/details", _health
                                      path="/healthz")
 # the JSON routes, at the root: BentoML's own routes (probes, /metrics, the OpenAPI document) are matched first
 RecommendationService.mount_asgi_app(
-    api_routes(MODELS, lambda: bentoml.get_current_service().engine, threads=REQUEST_THREADS), path="")
+    api_routes(MODELS, lambda: bentoml.get_current_service().engine, threads=REQUEST_THREADS,
+               batch=CONFIG.serving.request_batch), path="")
 # outermost: headers, body size, deadline and bounded error bodies (serving/http_guard.py); then who is calling
 RecommendationService.add_asgi_middleware(RequestGuard, max_body_bytes=CONFIG.serving.max_body_bytes,
                                           request_timeout_s=CONFIG.serving.request_timeout_s,

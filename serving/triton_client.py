@@ -8,7 +8,8 @@ client has one.
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import grpc
@@ -108,10 +109,17 @@ class RecommenderClient:
         self.close()
 
     def _call(self, model: str, fn, *args: Any, **kwargs: Any) -> Any:
+        return self._attempts(model, partial(fn, *args, **kwargs))
+
+    def _attempts(self, model: str, send: Callable[[], Any], failed: InferenceServerException | None = None) -> Any:
+        """send() until it answers, retried with back-off while Triton answers UNAVAILABLE; `failed`: the error of
+        a first attempt already made (a call started earlier)."""
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
-                return fn(*args, **kwargs)
+                if failed is not None and attempt == 0:
+                    raise failed
+                return send()
             except InferenceServerException as err:
                 status = _status(err)
                 if triton_admin.is_refusal(err.message() or ""):  # Triton answers UNAVAILABLE: never retried
@@ -143,12 +151,34 @@ class RecommenderClient:
         return self.infer_raw(_request_arrays(history_item_ids, profile, exclude_item_ids, k, prior_item_ids,
                                               prior_counts), version)
 
+    def start_recommend(
+        self,
+        history_item_ids: Sequence[int],
+        profile: Sequence[int],
+        exclude_item_ids: Sequence[int] = (),
+        k: int = 10,
+        version: int | None = None,
+        prior_item_ids: Sequence[int] | np.ndarray = (),
+        prior_counts: Sequence[float] | np.ndarray = (),
+    ) -> "PendingAnswer":
+        """`recommend` started without waiting: its answer (or error) comes from `.result()`. Several started
+        calls are in flight at once on the one channel, and Triton's dynamic batcher may serve them together."""
+        arrays = _request_arrays(history_item_ids, profile, exclude_item_ids, k, prior_item_ids, prior_counts)
+        request = self._request(self.infer_model, self._shaped(arrays), RECOMMEND_OUTPUTS, version)
+        return PendingAnswer(self, request, self._model_infer.future(request, timeout=self.timeout_s))
+
     def infer_raw(self, arrays: dict[str, np.ndarray], version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Send the given arrays (any dtype/shape: the server checks them; with `batch_of_one`, each reshaped to
         [1, n] and the answer flattened)."""
-        if self.batch_of_one:
-            arrays = as_batch_of_one({name: np.asarray(array) for name, array in arrays.items()})
-        out = self._infer(self.infer_model, arrays, ("item_ids", "scores"), version)
+        return self._ranking(self._infer(self.infer_model, self._shaped(arrays), RECOMMEND_OUTPUTS, version))
+
+    def _shaped(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The arrays as `infer_model` takes them (with `batch_of_one`: each [1, n])."""
+        return as_batch_of_one({name: np.asarray(array) for name, array in arrays.items()}) if self.batch_of_one \
+            else arrays
+
+    def _ranking(self, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids int64, scores float32) of a `recommend` answer, flat."""
         ids, scores = out["item_ids"].astype(np.int64, copy=False), out["scores"].astype(np.float32, copy=False)
         return (ids.reshape(-1), scores.reshape(-1)) if self.batch_of_one else (ids, scores)
 
@@ -177,22 +207,19 @@ class RecommenderClient:
     def _infer(
         self, model: str, arrays: dict[str, np.ndarray], output_names: Sequence[str], version: int | None
     ) -> dict[str, np.ndarray]:
+        request = self._request(model, arrays, output_names, version)
+        return _outputs(model, self._call(model, self._send, request), output_names)
+
+    @staticmethod
+    def _request(model: str, arrays: dict[str, np.ndarray], output_names: Sequence[str],
+                 version: int | None) -> service_pb2.ModelInferRequest:
         request = service_pb2.ModelInferRequest(model_name=model, model_version="" if version is None else str(version))
         for name, array in arrays.items():
             request.inputs.add(name=name, datatype=_triton_dtype(array), shape=array.shape)
             request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
         for name in output_names:
             request.outputs.add(name=name)
-        response = self._call(model, self._send, request)
-        out: dict[str, np.ndarray] = {}
-        for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=False):
-            dtype = triton_to_np_dtype(tensor.datatype)
-            if tensor.name in output_names and dtype is not None and dtype is not np.object_:
-                out[tensor.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(tensor.shape))
-        missing = [name for name in output_names if name not in out]
-        if missing:
-            raise TritonClientError(model, "INCOMPLETE", f"response lacks {', '.join(missing)}")
-        return out
+        return request
 
     def _send(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
         """One ModelInfer call; a gRPC error becomes tritonclient's exception (its status, e.g.
@@ -200,8 +227,7 @@ class RecommenderClient:
         try:
             return self._model_infer(request, timeout=self.timeout_s)
         except grpc.RpcError as err:
-            raise InferenceServerException(msg=err.details(), status=str(err.code()),
-                                           debug_details=err.debug_error_string()) from None
+            raise _server_error(err) from None
 
     def served_versions(self, name: str | None = None) -> list[int]:
         """Versions of a model that Triton serves now (its metadata: open to every caller)."""
@@ -269,6 +295,41 @@ class RecommenderClient:
 
 
 TOPK_REQUEST_INPUTS = ("exclude_item_ids", "k", "prior_item_ids", "prior_counts")  # what the top-K step reads
+RECOMMEND_OUTPUTS = ("item_ids", "scores")
+
+
+class PendingAnswer:
+    """A `recommend` call in flight (RecommenderClient.start_recommend)."""
+
+    def __init__(self, client: RecommenderClient, request: service_pb2.ModelInferRequest, call: grpc.Future) -> None:
+        self._client, self._request, self._call = client, request, call
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Best-first (item ids, scores), as `recommend` returns them; its errors and retries, too."""
+        client, model = self._client, self._request.model_name
+        try:
+            response = self._call.result()
+        except grpc.RpcError as err:
+            response = client._attempts(model, partial(client._send, self._request), failed=_server_error(err))
+        return client._ranking(_outputs(model, response, RECOMMEND_OUTPUTS))
+
+
+def _server_error(err: grpc.RpcError) -> InferenceServerException:
+    return InferenceServerException(msg=err.details(), status=str(err.code()), debug_details=err.debug_error_string())
+
+
+def _outputs(model: str, response: service_pb2.ModelInferResponse,
+             output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named outputs of an answer as arrays; TritonClientError when one is missing."""
+    out: dict[str, np.ndarray] = {}
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=False):
+        dtype = triton_to_np_dtype(tensor.datatype)
+        if tensor.name in output_names and dtype is not None and dtype is not np.object_:
+            out[tensor.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(tensor.shape))
+    missing = [name for name in output_names if name not in out]
+    if missing:
+        raise TritonClientError(model, "INCOMPLETE", f"response lacks {', '.join(missing)}")
+    return out
 
 
 def _request_arrays(

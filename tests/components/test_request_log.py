@@ -2,6 +2,7 @@
 
 One suite over both backends (`log_target`: SQLite file, PostgreSQL database), as Feast's universal tests."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -161,6 +162,19 @@ def test_bad_record_in_a_group_fails_alone(log_target: str) -> None:
         t.join(timeout=30)
     assert list(errors) == ["r1"] and "r1" in str(errors["r1"])  # the duplicate id, and only it, is refused
     assert list(log.requests_frame()["request_id"]) == ["r1", "r2", "r3"] and len(log.recommendations_frame()) == 9
+
+
+def test_a_group_of_records_is_committed_once_and_each_bad_record_fails_alone(log_target: str) -> None:
+    log = open_request_log(log_target)
+    log.append_request(request_record(1))
+    bad = dataclasses.replace(request_record(4), scores=[0.5])  # fewer scores than items: refused before writing
+    errors = log.append_request_group([request_record(2), request_record(1), bad, request_record(3)])
+    assert errors[0] is None and errors[3] is None
+    assert "r1" in str(errors[1]) and "scores" in str(errors[2])
+    assert list(log.requests_frame()["request_id"]) == ["r1", "r2", "r3"] and len(log.recommendations_frame()) == 9
+    commits = log.commits
+    assert log.append_request_group([request_record(i) for i in range(5, 10)]) == [None] * 5
+    assert log.commits == commits + 1  # five requests, one transaction
 
 
 THREADED_CHILD = """

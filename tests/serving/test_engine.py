@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from components.dataset import IdColumn
 from components.id_maps import IdMap, save_id_maps
 from components.processes import free_port
+from components.request_log import RequestLogError
 from serving.catalogue import ServiceError
 from serving.engine import POPULARITY_VERSION, Engine, ReferenceScorer, dependency_down
 from serving.triton_client import TritonClientError
@@ -210,6 +211,35 @@ def test_look_ups_that_arrive_during_a_read_share_the_next_one(world, engine):
     for user, response in zip(users, responses, strict=True):
         assert not response.degraded, response.reasons
         assert ids_and_scores(response) == alone[user]
+
+
+def test_a_batch_is_answered_as_each_request_alone_with_one_read_and_one_commit(world, engine):
+    """recommend_many: every request of a batch gets the answer it gets alone (model, cold start, filters,
+    diversity), from one online read and one log commit; a request the log refuses fails alone."""
+    bodies = [{"user_id": 3, "k": 5}, {"user_id": 4, "k": 3, "filters": {"genres": ["Drama"]}},
+              {"user_id": 424244, "k": 4, "profile": {"gender": "M"}}, {"user_id": 5, "k": 6, "exclude_seen": False},
+              {"user_id": 6, "k": 5, "diversity": 0.5}, {"user_id": 3, "k": 5}]
+    requests = [engine.models.RecommendRequest.model_validate(body) for body in bodies]
+    alone = [ids_and_scores(engine.recommend(req, reveal_history=True)) for req in requests]
+    reads, commits = engine.feature_reads, engine.request_log.commits
+    answers = engine.recommend_many([(req, True) for req in requests])
+    assert engine.feature_reads - reads == 1 and engine.request_log.commits - commits == 1
+    assert [ids_and_scores(answer) for answer in answers] == alone
+    assert [a.cold_start for a in answers] == [False, False, True, False, False, False]
+    assert not any(a.degraded for a in answers)
+    logged = set(engine.request_log.requests_frame().request_id)
+    assert {a.request_id for a in answers} <= logged and len({a.request_id for a in answers}) == len(answers)
+
+    refused = engine.models.RecommendRequest.model_validate({"user_id": 7, "k": 2})
+    original = engine.request_log.append_request_group
+    engine.request_log.append_request_group = lambda records: [  # a log that takes every record but user 7's
+        RequestLogError("not logged") if r.user_id == 7 else None for r in records]
+    try:
+        answers = engine.recommend_many([(requests[0], True), (refused, True), (requests[1], True)])
+    finally:
+        engine.request_log.append_request_group = original
+    assert isinstance(answers[1], RequestLogError)
+    assert ids_and_scores(answers[0]) == alone[0] and ids_and_scores(answers[2]) == alone[1]
 
 
 def test_string_user_ids_go_through_the_id_map(world, tmp_path):

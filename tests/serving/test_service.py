@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -123,6 +124,29 @@ def test_known_user_gets_the_model_ranking(http, stack, reference, exclude_seen)
         assert item["genres"] == items.loc[item["item_id"], "genres"].split("|")
         assert item["source"] == "model"
     assert set(data["timings_ms"]) >= {"feast", "triton", "log", "service", "total"}
+
+
+def test_concurrent_requests_get_the_answers_they_get_alone(http, stack, reference):
+    """Requests that arrive together are answered in batches (serving.request_batcher; one feature read, their
+    Triton calls in flight at once, one log commit): each gets the ranking of its own user, as when alone."""
+    users = sorted(int(u) for u in stack.tables["users"].user_id)[:24]
+    alone = {u: recommend(http, user_id=u, k=6) for u in users}
+
+    def ask(user_id: int) -> dict:
+        with httpx.Client(base_url=stack.url, timeout=30, headers=stack.auth_headers()) as client:
+            return client.post("/recommend", json={"user_id": user_id, "k": 6}).json()
+
+    with ThreadPoolExecutor(max_workers=len(users)) as pool:
+        together = dict(zip(users, pool.map(ask, users), strict=True))
+    for user in users:
+        history, profile = user_state(stack, user)
+        want_ids, want_scores = expected(reference, history, profile, history, 6)
+        for data in (alone[user], together[user]):
+            assert not data["degraded"], data["reasons"]
+            assert [i["item_id"] for i in data["items"]] == want_ids.tolist()
+            np.testing.assert_allclose([i["score"] for i in data["items"]], want_scores, rtol=1e-4, atol=1e-4)
+    logged = set(open_request_log(stack.config.serving.request_log).requests_frame().request_id)
+    assert {together[u]["request_id"] for u in users} <= logged
 
 
 def test_explanation_names_the_closest_recent_item(http, stack):

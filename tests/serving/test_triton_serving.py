@@ -57,6 +57,27 @@ def test_results_equal_in_process_reference(deployed, bundles):
             assert np.all(np.diff(got[1]) <= 0), "scores must be best first"
 
 
+def test_calls_in_flight_together_get_the_answers_of_calls_one_at_a_time(deployed, bundles):
+    """start_recommend: many calls in flight on one channel (the API's batches), each answered as alone; a refused
+    call raises from its own result() only."""
+    config, _ = deployed
+    reference = EnsembleReference(bundles["a"])
+    ids_all = np.load(bundles["a"] / "item_ids.npy")
+    rng = np.random.default_rng(11)
+    asks = [(rng.choice(ids_all, size=n, replace=False).tolist(), [int(rng.integers(0, 3)), 1, 0], k)
+            for n, k in zip((0, 3, 7, 12, 2, 5), (10, 3, 7, 1, 4, 10), strict=True)]
+    with _client(config) as client:
+        pending = [client.start_recommend(history, profile, history[:1], k) for history, profile, k in asks]
+        wrong = client.start_recommend([1], [1, 1, 1], [], 3, version=99)  # a version Triton does not serve
+        for (history, profile, k), call in zip(asks, pending, strict=True):
+            got, want = call.result(), reference.recommend(history, profile, history[:1], k)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+        with pytest.raises(TritonClientError, match="'recommender'.*version 99") as err:
+            wrong.result()
+        assert err.value.status in ("StatusCode.NOT_FOUND", "StatusCode.UNAVAILABLE")
+
+
 def test_exclusion_removes_items(deployed):
     config, _ = deployed
     with _client(config) as client:
