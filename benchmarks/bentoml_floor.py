@@ -47,7 +47,7 @@ async def recommend(request: Request) -> Response:
                     media_type="application/json")
 
 
-@bentoml.service(name="recsys_floor", workers=1, threads=2, resources={"cpu": "1"},  # as serving.request_threads
+@bentoml.service(name="recsys_floor", workers=1, threads=1, resources={"cpu": "1"},  # as serving.request_threads
                  logging={"access": {"enabled": False}}, tracing={"excluded_urls": list(JSON_ROUTES)})
 class FloorService:
     """POST /recommend (mounted below)."""
