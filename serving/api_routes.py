@@ -140,7 +140,6 @@ def api_routes(models: ApiModels, engine_of: Callable[[], Engine], threads: int,
     threads_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recsys-request")
     recommend_batches: RequestBatcher = RequestBatcher(lambda batch: engine_of().recommend_many(batch), threads_pool,
                                                        threads=threads, max_batch=batch)
-    app.state.recommend_batches = recommend_batches  # its counters, for tests and benchmarks
 
     def body_of(request: Request, model: type[BaseModel], body: bytes) -> tuple[BaseModel, bool] | Response:
         """The request `model` read from `body` and whether the caller may read the user's history, or a 400."""

@@ -1,5 +1,7 @@
 """The recommendation API's request logic without HTTP: request -> online features -> one call of the
 `recommender` ensemble -> filters, fallback, explanations -> response, each served list appended to the request log.
+Requests can come one at a time (`recommend`) or as a batch (`recommend_many`: one feature read, their Triton calls
+in flight together, one log commit); one request is the batch of one.
 
 The parts it talks to are injected: a scorer of the ensemble (Triton's gRPC client in the service; `ReferenceScorer`,
 the same ensemble run in process, where no Triton runs), the online store (Feast) and the request log (contract C6).
