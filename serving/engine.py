@@ -169,7 +169,6 @@ class _Served:
     exclude: list[int] = field(default_factory=list)
     mask: np.ndarray | None = None
     cold_start: bool = False
-    use_model: bool = False
     rank: bool = False  # the model ranks it
     degraded: bool = False
     diversity: float = 0.0
@@ -564,22 +563,22 @@ class Engine:
                                 else "unknown user without a profile: popularity")
         plan.exclude = plan.recent if req.exclude_seen else []
         plan.mask = live.catalogue.mask(req.filters)
-        plan.use_model = feats is not None and (known or has_profile)
-        plan.degraded = feats is None
-        if plan.use_model and live.model is None:
+        use_model = feats is not None and (known or has_profile)
+        if use_model and live.model is None:
             plan.reasons.append(f"no model served: {self.triton.error or 'Triton not checked yet'}")
-        elif plan.use_model and not self.triton.up:
+        elif use_model and not self.triton.up:
             plan.reasons.append(f"Triton unavailable: {self.triton.error}")
-        elif plan.use_model:
+        elif use_model:
             plan.diversity = self.config.trust.diversity if req.diversity is None else req.diversity
             plan.rank = True
-        plan.degraded = plan.degraded or plan.use_model and not plan.rank
+        plan.degraded = feats is None or use_model and not plan.rank
         return plan
 
-    def _start_rank(self, plan: "_Served", live: Live, wait: bool) -> Answer:
-        """Ask the scorer for `plan`'s ranking by the exact version of `live.model` (its manifest, catalogue and
+    def _start_rank(self, plan: "_Served", wait: bool) -> Answer:
+        """Ask the scorer for `plan`'s ranking by the exact version of `plan.live.model` (its manifest, catalogue and
         Triton version together); `wait`: answered before it returns, else in flight."""
-        model, req = live.model, plan.req
+        live, req = plan.live, plan.req
+        model = live.model
         want = pool_size(req.k, model.n_items) if plan.diversity > 0 else req.k  # MMR picks k among the best `want`
         fetch = want
         if plan.mask is not None:
@@ -592,9 +591,10 @@ class Engine:
         args = (plan.recent, codes, plan.exclude, fetch, model.version, prior_ids, prior_counts)
         return Answered.of(lambda: self._client.recommend(*args)) if wait else self._client.start_recommend(*args)
 
-    def _finish_rank(self, plan: "_Served", live: Live, answer: Answer) -> list[tuple[int, float]]:
+    def _finish_rank(self, plan: "_Served", answer: Answer) -> list[tuple[int, float]]:
         """The ranking of an answer: the request's filters applied and, on request, diversity (MMR over the
         version's item embeddings, components.rerank)."""
+        live = plan.live
         ids, scores = answer.result()
         if plan.mask is not None:
             rows = live.catalogue.rows(ids)
@@ -615,7 +615,7 @@ class Engine:
         live = plan.live
         try:
             try:
-                plan.ranked, plan.source = self._finish_rank(plan, live, answer), "model"
+                plan.ranked, plan.source = self._finish_rank(plan, answer), "model"
                 return
             except TritonClientError as err:
                 if not dependency_down(err):  # this request's values were refused: no version question to settle
@@ -629,7 +629,7 @@ class Engine:
             log.info("version %d left Triton during a request; ranked by version %d", live.model.version,
                      newer.model.version)
             plan.live, plan.mask = newer, newer.catalogue.mask(plan.req.filters)
-            plan.ranked = self._finish_rank(plan, newer, self._start_rank(plan, newer, wait=True))
+            plan.ranked = self._finish_rank(plan, self._start_rank(plan, wait=True))
             plan.source = "model"
         except Exception as err:  # noqa: BLE001 - any Triton failure degrades this request to popularity
             if dependency_down(err):
@@ -699,7 +699,7 @@ class Engine:
         answers = []
         for plan in ranking:  # one call in flight per request; a batch of one waits on its call (cheaper)
             try:
-                answers.append(self._start_rank(plan, plan.live, wait=len(ranking) == 1))
+                answers.append(self._start_rank(plan, wait=len(ranking) == 1))
             except Exception as err:  # noqa: BLE001 - e.g. a value the scorer's request cannot carry
                 answers.append(Answered(error=err))
         for plan, answer in zip(ranking, answers, strict=True):
@@ -722,7 +722,7 @@ class Engine:
             if error is not None:
                 results[n] = error
                 continue
-            timings = {"feast": feast_s, "triton": plans[n].triton_s, "log": log_s}
+            timings = dict(zip(STAGES, (feast_s, plans[n].triton_s, log_s), strict=True))
             timings["service"] = max(total - sum(timings.values()), 0.0)
             timings["total"] = total
             responses[n].timings_ms = {k: round(v * 1000, 3) for k, v in timings.items()}
