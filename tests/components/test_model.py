@@ -163,6 +163,49 @@ def test_next_item_loss_is_finite_and_trains_every_part(loss: str, hard_negative
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("representation", ["text_and_id", "text_only", "id_only"])
+def test_item_representation_decides_what_an_item_vector_reads(representation: str) -> None:
+    """`model.item_representation`: text_only vectors ignore the ID embeddings, so a new item embedded from its text
+    and attributes gets exactly the vector a trained item with the same content has; id_only vectors ignore the
+    content and new items get nothing (zeros); text_and_id adds the ID part to trained items only."""
+    import torch
+    import torch.nn.functional as F
+
+    from components.model import TwoTowerModel
+
+    base, *_ = _loss_fixture()
+    model = TwoTowerModel({**base.cfg, "item_representation": representation})
+    model.load_state_dict(base.state_dict())
+    model.train_count[5] = 0.0  # row 5 was never trained on
+    model.eval()
+    rows = torch.arange(1, 21)
+    content = F.normalize(model.content_vectors(model.text[rows], [b[rows] for b in model.attributes()]), dim=-1)
+    new = model.new_item_vectors(model.text[rows], [b[rows] for b in model.attributes()])
+    before = model.item_vectors(rows)
+    with torch.no_grad():
+        model.item_id.weight.mul_(3.0).add_(0.5)
+    after_ids = model.item_vectors(rows)
+    with torch.no_grad():
+        model.text.add_(1.0)
+    after_text = model.item_vectors(rows)
+    if representation == "text_only":
+        torch.testing.assert_close(before, content)
+        torch.testing.assert_close(after_ids, before)
+        torch.testing.assert_close(new, before)  # a new item is scored the way every trained item is
+        assert not torch.allclose(after_text, after_ids)
+    elif representation == "id_only":
+        assert torch.count_nonzero(new) == 0
+        torch.testing.assert_close(after_text, after_ids)
+        assert not torch.allclose(after_ids, before)
+    else:
+        torch.testing.assert_close(new, content)
+        torch.testing.assert_close(before[4], content[4])  # the untrained row: content only
+        torch.testing.assert_close(after_ids[4], before[4])
+        trained = torch.tensor([i for i in range(20) if i != 4])
+        assert not torch.allclose(after_ids[trained], before[trained])
+        assert not torch.allclose(after_text, after_ids)
+
+
 def test_learnt_temperature_starts_at_the_configured_one_and_gets_a_gradient() -> None:
     import torch
 
