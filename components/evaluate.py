@@ -291,36 +291,48 @@ def ablation_results(candidate_recommender: Recommender, candidate: ModelResult,
                      minutes: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
     """The model (row MODEL_ROW) and each variant (an ablation of it: another model directory trained on the same
     data) on the same split and users: the gate metric and cold-start HR@K with their intervals, each variant's
-    paired against the model's (variant minus model), the cold start from text alone (no popularity prior) and,
-    where `minutes` has it, the training time."""
-    rows = [_ablation_row(MODEL_ROW, candidate_recommender, candidate, candidate_cold, None, data, config, minutes)]
+    paired against the model's (variant minus model), the cold start from text alone (no popularity prior; a
+    variant's also paired against the model's and as a ratio to it) and, where `minutes` has it, the training
+    time."""
+    candidate_text = text_only_cold(candidate_recommender, data, config)
+    model = (candidate, candidate_cold, candidate_text)
+    rows = [_ablation_row(MODEL_ROW, candidate_recommender.name, model, None, config, minutes)]
     for name, recommender in variants.items():
         ensure_items(recommender, data.items)
         main = evaluate_main(recommender, name, ABLATION, data, config, groups=False)
         cold = evaluate_cold(recommender, name, ABLATION, data, config) if candidate_cold is not None else None
-        rows.append(_ablation_row(name, recommender, main, cold, (candidate, candidate_cold), data, config, minutes))
+        text = text_only_cold(recommender, data, config)
+        rows.append(_ablation_row(name, recommender.name, (main, cold, text), model, config, minutes))
     return rows
 
 
-def _ablation_row(name: str, recommender: Recommender, main: ModelResult, cold: ModelResult | None,
-                  against: tuple[ModelResult, ModelResult | None] | None, data: EvalData, config: Config,
+_Results = tuple[ModelResult, ModelResult | None, ModelResult | None]  # main, cold start, cold start from text alone
+
+
+def _ablation_row(name: str, model_name: str, results: _Results, against: _Results | None, config: Config,
                   minutes: dict[str, float | None] | None) -> dict[str, Any]:
+    main, cold, text = results
     metric, cold_metric = config.evaluate.gate_metric, f"hr@{min(config.evaluate.ks)}"
     samples, seed = config.evaluate.bootstrap_samples, config.train.seed
-    row: dict[str, Any] = {"variant": name, "model": recommender.name, "metric": metric,
+
+    def paired(mine: ModelResult, theirs: ModelResult, key: str) -> dict[str, float]:
+        return paired_difference(mine.per_user[key], theirs.per_user[key], samples, seed).as_dict()
+
+    row: dict[str, Any] = {"variant": name, "model": model_name, "metric": metric,
                            "value": main.summary[metric].as_dict() if metric in main.summary else
                            {"value": main.value(metric)}}
     if against is not None and metric in main.per_user:
-        row["minus_candidate"] = paired_difference(main.per_user[metric], against[0].per_user[metric], samples,
-                                                   seed).as_dict()
+        row["minus_candidate"] = paired(main, against[0], metric)
     if cold is not None:
         row.update(cold_metric=cold_metric, cold=cold.summary[cold_metric].as_dict())
         if against is not None and against[1] is not None:
-            row["cold_minus_candidate"] = paired_difference(cold.per_user[cold_metric],
-                                                            against[1].per_user[cold_metric], samples, seed).as_dict()
-    text = text_only_cold(recommender, data, config)
+            row["cold_minus_candidate"] = paired(cold, against[1], cold_metric)
     if text is not None:
         row["cold_text_only"] = text.summary[cold_metric].as_dict()
+        if against is not None and against[2] is not None:
+            row["cold_text_only_minus_candidate"] = paired(text, against[2], cold_metric)
+            if against[2].value(cold_metric) > 0:
+                row["cold_text_only_ratio"] = text.value(cold_metric) / against[2].value(cold_metric)
     if (minutes or {}).get(name) is not None:
         row["train_minutes"] = minutes[name]
     return row

@@ -194,7 +194,8 @@ def _interval(d: dict[str, float], signed: bool = False) -> str:
 
 
 def ablation_table(info: dict) -> pd.DataFrame:
-    """One row per ablation variant: its gate metric and cold-start metric, each paired against the candidate."""
+    """One row per ablation variant: its gate metric, cold-start metric and cold start from text alone, each paired
+    against the candidate (text alone also as a ratio)."""
     rows = []
     for a in info.get("ablation", []):
         row = {"variant": a["variant"], "model": a["model"], a["metric"]: _interval(a["value"])}
@@ -206,6 +207,10 @@ def ablation_table(info: dict) -> pd.DataFrame:
                 row["cold − candidate (paired)"] = _interval(a["cold_minus_candidate"], signed=True)
         if "cold_text_only" in a:
             row["cold, text only"] = _interval(a["cold_text_only"])
+            if "cold_text_only_minus_candidate" in a:
+                row["text only − candidate (paired)"] = _interval(a["cold_text_only_minus_candidate"], signed=True)
+            if "cold_text_only_ratio" in a:
+                row["text only ÷ candidate"] = f"{a['cold_text_only_ratio']:.2f} ×"
         if a.get("train_minutes") is not None:
             row["training (min)"] = f"{a['train_minutes']:.1f}"
         rows.append(row)
@@ -213,7 +218,8 @@ def ablation_table(info: dict) -> pd.DataFrame:
         return pd.DataFrame()
     first = info["ablation"][0]  # every row has the same metrics: the columns in reading order
     order = ["variant", "model", first["metric"], "− candidate (paired)", f"cold {first.get('cold_metric')}",
-             "cold − candidate (paired)", "cold, text only", "training (min)"]
+             "cold − candidate (paired)", "cold, text only", "text only − candidate (paired)", "text only ÷ candidate",
+             "training (min)"]
     frame = pd.DataFrame(rows).fillna("-")
     return frame[[column for column in order if column in frame]]
 

@@ -230,6 +230,7 @@ def test_ablations_are_reported_paired_against_the_candidate(canonical, tmp_path
     gain = rows["oracle"]["minus_candidate"]
     assert gain["value"] == pytest.approx(1.0 - ev.result("candidate").value("ndcg@10")) and gain["low"] > 0
     assert "cold_minus_candidate" in rows["oracle"] and rows["oracle"]["cold_metric"] == "hr@10"
+    assert "cold_text_only" not in rows["oracle"]  # no popularity prior to leave out: no text-alone ranking
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Ablation" in md and "| lambda-5 |" in md and "| oracle |" in md
     assert "Ablation" in (tmp_path / "out" / "report.html").read_text()
@@ -249,10 +250,13 @@ def test_a_trained_model_against_itself_as_ablation(planted_model, tmp_path) -> 
     assert same["minus_candidate"] == {"value": 0.0, "low": 0.0, "high": 0.0}
     assert same["cold_minus_candidate"] == {"value": 0.0, "low": 0.0, "high": 0.0}
     assert same["cold_text_only"] == model_row["cold_text_only"] and "value" in same["cold_text_only"]
+    assert same["cold_text_only_minus_candidate"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert same["cold_text_only_ratio"] == pytest.approx(1.0) and "cold_text_only_ratio" not in model_row
     minutes = json.loads((planted_model / "metrics.json").read_text())["train_seconds"] / 60
     assert same["train_minutes"] == model_row["train_minutes"] == round(minutes, 1)
     md = (tmp_path / "out" / "report.md").read_text()
     assert "cold, text only" in md and "training (min)" in md and "| same |" in md and "nan" not in md
+    assert "text only − candidate (paired)" in md and "| 1.00 × |" in md
 
 
 def test_prepare_cold_start_task(canonical, tmp_path) -> None:
