@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SETUP_LOG := $(VENV)/setup.log
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# free disk that a new virtual environment needs (it takes about 3.7 GiB)
+SETUP_NEEDS_GIB := 4
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
@@ -16,8 +18,11 @@ export PYTHONUNBUFFERED := 1
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): torch (CPU build), the project and its pinned dependencies (pip's output: $(SETUP_LOG))"
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@( $(BIN)/pip install --upgrade pip \
+	@test -x $(BIN)/python || { free_kib=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
+	  if [ "$$free_kib" -lt $$(( $(SETUP_NEEDS_GIB) * 1024 * 1024 )) ]; then \
+	    echo "set-up needs about $(SETUP_NEEDS_GIB) GiB free for $(VENV) in $(CURDIR); that disk has $$(( free_kib / 1024 )) MiB free"; \
+	    exit 1; fi; $(PYTHON) -m venv $(VENV); }
+	@( export PIP_NO_CACHE_DIR=1; $(BIN)/pip install --upgrade pip \
 	  && { $(BIN)/pip install --index-url $(TORCH_CPU_INDEX) --timeout 20 --retries 1 torch==2.13.0 \
 	       || $(BIN)/pip install torch==2.13.0; } \
 	  && $(BIN)/pip install -e ".[dev]" \

@@ -28,8 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from serving.engine import TIMED_PARTS  # noqa: E402  (after the path)
+
 log = logging.getLogger("bench_api")
-STAGES = ("feast", "triton", "log", "service")
 
 
 def parse_timing(header: str | None) -> dict[str, float]:
@@ -120,9 +121,9 @@ async def run_level(url: str, headers: dict[str, str], concurrency: int, request
         cpu1 = cpu_seconds()
     lat = np.asarray(latencies) if latencies else np.zeros(1)
     mean = {k: float(np.mean([s.get(k, 0.0) for s in stages])) if stages else 0.0
-            for k in (*STAGES, "total", "client")}
+            for k in (*TIMED_PARTS, "total", "client")}
     mean["http_bentoml"] = max(mean["client"] - mean["total"], 0.0)
-    share_keys = (*STAGES, "http_bentoml")
+    share_keys = (*TIMED_PARTS, "http_bentoml")
     denom = sum(mean[k] for k in share_keys) or 1.0
     return {
         "concurrency": concurrency, "requests": requests, "ok": len(latencies),

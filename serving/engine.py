@@ -51,6 +51,8 @@ FEAST_TIMEOUT_S = 1.0  # a feature look-up or push without an answer by then cou
 OVERFETCH_SLACK = 1.5  # filtered requests fetch k / selectivity * this (capped at the catalogue)
 POPULARITY_VERSION = "popularity"
 STAGES = ("feast", "triton", "log")
+SERVICE_STAGE = "service"  # what the service spends around the stages (parsing, ranking, answering)
+TIMED_PARTS = (*STAGES, SERVICE_STAGE)  # the parts of a /recommend answer's Server-Timing, beside "total"
 
 
 class Scorer(Protocol):
@@ -723,7 +725,7 @@ class Engine:
                 results[n] = error
                 continue
             timings = dict(zip(STAGES, (feast_s, plans[n].triton_s, log_s), strict=True))
-            timings["service"] = max(total - sum(timings.values()), 0.0)
+            timings[SERVICE_STAGE] = max(total - sum(timings.values()), 0.0)
             timings["total"] = total
             responses[n].timings_ms = {k: round(v * 1000, 3) for k, v in timings.items()}
             results[n] = responses[n]
