@@ -34,7 +34,7 @@ OUT = Path("artifacts/benchmarks/text_encoding.json")
 def shop_texts(items: int, seed: int = 7) -> list[str]:
     """The item texts of a generated shop, composed by its declared template (what ingest writes)."""
     from components.dataset import DatasetSchema
-    from components.ingest import compose_text
+    from components.item_text import compose_text
     from components.synth import SynthSpec, generate, schema
 
     declaration = DatasetSchema.model_validate(schema())

@@ -43,6 +43,7 @@ from components.config import Config
 from components.encoders import PROFILE_ENCODER_FILE
 from components.ensemble import EnsembleReference
 from components.evaluation_types import EvalData
+from components.item_text import model_item_texts
 from components.kfp_support import step
 from components.schemas import BundleError, read_bundle, read_tables
 
@@ -87,12 +88,13 @@ def check_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         raise CompressError(str(err)) from err
 
 
-def _catalogue_texts(tables: dict[str, pd.DataFrame], item_ids: np.ndarray) -> list[str]:
+def _catalogue_texts(tables: dict[str, pd.DataFrame], item_ids: np.ndarray, recorded: dict | None) -> list[str]:
+    """The model's items' texts, as the model composes them (`recorded`: its model_config's item_text)."""
     items = tables["items"].drop_duplicates("item_id").set_index("item_id")
     missing = np.setdiff1d(item_ids, items.index.to_numpy())
     if len(missing):
         raise CompressError(f"{len(missing)} model items (e.g. {missing[:5].tolist()}) are not in the items table")
-    return items.loc[item_ids, "text"].fillna("").astype(str).tolist()
+    return model_item_texts(items.loc[item_ids].reset_index(), recorded)
 
 
 def _model_version(model_dir: Path) -> str:
@@ -117,7 +119,7 @@ def run_compress(config: Config, canonical_dir: str | Path, model_dir: str | Pat
     tables = read_tables(canonical_dir)
     prepare = TwoTowerRecommender(model_dir)
     item_ids = prepare.item_ids
-    texts = _catalogue_texts(tables, item_ids)
+    texts = _catalogue_texts(tables, item_ids, prepare.cfg.get("item_text"))
     task = validation_task(config, tables)
     with tempfile.TemporaryDirectory(prefix="compress-") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)

@@ -288,12 +288,14 @@ def train_minutes(model_dir: str | Path | None) -> float | None:
 
 def ablation_results(candidate_recommender: Recommender, candidate: ModelResult, candidate_cold: ModelResult | None,
                      variants: dict[str, Recommender], data: EvalData, config: Config,
-                     minutes: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
+                     minutes: dict[str, float | None] | None = None,
+                     validation: EvalData | None = None) -> list[dict[str, Any]]:
     """The model (row MODEL_ROW) and each variant (an ablation of it: another model directory trained on the same
     data) on the same split and users: the gate metric and cold-start HR@K with their intervals, each variant's
     paired against the model's (variant minus model), the cold start from text alone (no popularity prior; a
     variant's also paired against the model's and as a ratio to it) and, where `minutes` has it, the training
-    time."""
+    time. With `validation` (the split's validation stage) each row also carries the same three figures there
+    (`validation`), the ones to choose a variant by (`ablation_choice`); the report's test figures only confirm."""
     candidate_text = text_only_cold(candidate_recommender, data, config)
     model = (candidate, candidate_cold, candidate_text)
     rows = [_ablation_row(MODEL_ROW, candidate_recommender.name, model, None, config, minutes)]
@@ -303,7 +305,36 @@ def ablation_results(candidate_recommender: Recommender, candidate: ModelResult,
         cold = evaluate_cold(recommender, name, ABLATION, data, config) if candidate_cold is not None else None
         text = text_only_cold(recommender, data, config)
         rows.append(_ablation_row(name, recommender.name, (main, cold, text), model, config, minutes))
+    if validation is not None:
+        for row, recommender in zip(rows, [candidate_recommender, *variants.values()], strict=True):
+            row["validation"] = _validation_figures(recommender, row["variant"], validation, config)
     return rows
+
+
+def _validation_figures(recommender: Recommender, name: str, validation: EvalData, config: Config
+                        ) -> dict[str, dict[str, float]]:
+    """A variant's gate metric, cold-start HR@K and cold start from text alone on the validation stage."""
+    metric, cold_metric = config.evaluate.gate_metric, f"hr@{min(config.evaluate.ks)}"
+    main = evaluate_main(recommender, name, ABLATION, validation, config, groups=False)
+    out = {"metric": main.summary[metric].as_dict() if metric in main.summary else {"value": main.value(metric)}}
+    if len(validation.cold_targets):
+        out["cold"] = evaluate_cold(recommender, name, ABLATION, validation, config).summary[cold_metric].as_dict()
+        text = text_only_cold(recommender, validation, config)
+        if text is not None:
+            out["cold_text_only"] = text.summary[cold_metric].as_dict()
+    return out
+
+
+def ablation_choice(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Which row validation picks, per figure (the highest value; the earlier row on a tie): what to choose a
+    variant (template, encoder, tuning) by, never the report's test figures."""
+    choice = {}
+    for key in ("metric", "cold", "cold_text_only"):
+        scored = [(row["validation"][key]["value"], -i, row["variant"]) for i, row in enumerate(rows)
+                  if key in row.get("validation", {})]
+        if scored:
+            choice[key] = max(scored)[2]
+    return choice
 
 
 _Results = tuple[ModelResult, ModelResult | None, ModelResult | None]  # main, cold start, cold start from text alone
@@ -511,11 +542,13 @@ def run_evaluation(
         cold.append(evaluate_cold(NewItemPopularity(data.split.cold_interactions), "new-item-popularity",
                                   BASELINE, data, config))
         cold.append(evaluate_cold(Constant(), "random", REFERENCE, data, config))
+    validation = eval_data(data.split, tables["items"], tables["users"], "validation")
     ablation = []
     if variants:
         minutes = {MODEL_ROW: train_minutes(model_dir),
                    **{name: train_minutes(v) for name, v in (ablations or {}).items() if isinstance(v, str | Path)}}
-        ablation = ablation_results(cand_rec, results[0], cold[0] if cold else None, variants, data, config, minutes)
+        ablation = ablation_results(cand_rec, results[0], cold[0] if cold else None, variants, data, config, minutes,
+                                    validation)
     profile_only, profile_gain = ([], {}) if not config.dataset.user_attributes else \
         profile_only_results(cand_rec, baselines, data, config)
     metric = config.evaluate.gate_metric
@@ -535,8 +568,8 @@ def run_evaluation(
         "baselines_skipped": skipped_baselines(data.split, config),
         "profile_only": profile_gain,
         "ablation": ablation,
+        "ablation_choice": ablation_choice(ablation),
     }
-    validation = eval_data(data.split, tables["items"], tables["users"], "validation")
     info["trust"] = trust_analysis(cand_rec, data, validation, tables["users"], config,  # exposure, diversity, fairness
                                    lambda rec: evaluate_main(rec, f"{CANDIDATE}+fairness", CANDIDATE, data, config),
                                    Path(out_dir) / "plots", before=results[0])

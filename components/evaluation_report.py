@@ -211,6 +211,8 @@ def ablation_table(info: dict) -> pd.DataFrame:
                 row["text only − candidate (paired)"] = _interval(a["cold_text_only_minus_candidate"], signed=True)
             if "cold_text_only_ratio" in a:
                 row["text only ÷ candidate"] = f"{a['cold_text_only_ratio']:.2f} ×"
+        for key, column in _validation_columns(a):
+            row[column] = _interval(a["validation"][key])
         if a.get("train_minutes") is not None:
             row["training (min)"] = f"{a['train_minutes']:.1f}"
         rows.append(row)
@@ -219,9 +221,27 @@ def ablation_table(info: dict) -> pd.DataFrame:
     first = info["ablation"][0]  # every row has the same metrics: the columns in reading order
     order = ["variant", "model", first["metric"], "− candidate (paired)", f"cold {first.get('cold_metric')}",
              "cold − candidate (paired)", "cold, text only", "text only − candidate (paired)", "text only ÷ candidate",
-             "training (min)"]
+             *(column for _, column in _validation_columns(first)), "training (min)"]
     frame = pd.DataFrame(rows).fillna("-")
     return frame[[column for column in order if column in frame]]
+
+
+def _validation_columns(row: dict) -> list[tuple[str, str]]:
+    """(key in the row's `validation`, column) of the validation figures a row carries, in reading order."""
+    names = {"metric": f"validation {row['metric']}", "cold": f"validation cold {row.get('cold_metric', '')}",
+             "cold_text_only": "validation cold, text only"}
+    return [(key, column) for key, column in names.items() if key in row.get("validation", {})]
+
+
+def ablation_choice_line(info: dict) -> str:
+    """Which variant validation picks for each figure ("" without validation figures)."""
+    choice, rows = info.get("ablation_choice") or {}, info.get("ablation") or []
+    if not choice or not rows:
+        return ""
+    names = dict(_validation_columns(rows[0]))
+    picks = "; ".join(f"{names[key]}: **{variant}**" for key, variant in choice.items() if key in names)
+    return (f"Chosen on validation (the highest value; choose a variant by these, the test columns only confirm "
+            f"it): {picks}.")
 
 
 def profile_only_line(info: dict) -> str:
@@ -262,7 +282,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
     ablation = ablation_table(info)
     ablation_note = ("Variants of the candidate trained on the same data, ranked on the same split and users; "
                      "intervals 95% bootstrap, differences paired over the same users (variant minus candidate); "
-                     "cold, text only: the new items ranked without their popularity prior.")
+                     "cold, text only: the new items ranked without their popularity prior; validation: the same "
+                     "figures on the validation users and the cold-validation items.")
     no_profile = "The data set declares no user attributes."
     d = evaluation.decision
     verdict = "PROMOTE" if d["promote"] else "KEEP CHAMPION"
@@ -278,7 +299,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
                         f"\n\n{_to_markdown(cold)}") if evaluation.cold else "No cold items configured."),
         ("Cold-start users (profile only)", f"{profile_only_line(info)}\n\n{_to_markdown(profile_only)}"
                                             if evaluation.profile_only else no_profile),
-        *([("Ablation", f"{ablation_note}\n\n{_to_markdown(ablation)}")] if not ablation.empty else []),
+        *([("Ablation", f"{ablation_note}\n\n{_to_markdown(ablation)}\n\n{ablation_choice_line(info)}")]
+          if not ablation.empty else []),
         *([("Trustworthy ranking", trust_markdown(info["trust"]))] if "trust" in info else []),
         ("Method", "\n".join(f"- {n}" for n in METHOD_NOTES)),
     ]
@@ -302,7 +324,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
               "Cold-start users (profile only)": (f"<p>{html.escape(profile_only_line(info))}</p>"
                                                   f"{table_html(profile_only)}" if evaluation.profile_only
                                                   else f"<p>{no_profile}</p>"),
-              **({"Ablation": f"<p>{html.escape(ablation_note)}</p>{table_html(ablation)}"}
+              **({"Ablation": f"<p>{html.escape(ablation_note)}</p>{table_html(ablation)}"
+                              f"<p>{html.escape(ablation_choice_line(info).replace('**', ''))}</p>"}
                  if not ablation.empty else {}),
               **({"Trustworthy ranking": f"<pre>{html.escape(trust_markdown(info['trust']))}</pre>"}
                  if "trust" in info else {}),

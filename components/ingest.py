@@ -18,6 +18,7 @@ from components.config import Config
 from components.dataset import MULTI_VALUE_SEPARATOR, Attribute, DatasetSchema, EventTime, Feedback, template_fields
 from components.errors import RecsysError
 from components.id_maps import IdMap, IdMapError, load_id_maps, normalise_ids, save_id_maps
+from components.item_text import compose_text
 from components.kfp_support import step
 from components.movielens import fetch_movielens, movielens_to_canonical
 from components.schemas import (
@@ -178,25 +179,6 @@ def _attribute(values: pd.Series, attr: Attribute) -> pd.Series:
     if attr.categories and attr.on_unknown == "other":
         out = out.where(out.isin(attr.categories) | out.isna(), "other")
     return out
-
-
-def _text_value(value: object, attr: Attribute | None) -> str:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return attr.missing_text if attr else "unknown"
-    if attr is not None and attr.kind == "multi_categorical":
-        return ", ".join(str(value).split(MULTI_VALUE_SEPARATOR)) if value else attr.missing_text
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def compose_text(items: pd.DataFrame, schema: DatasetSchema) -> list[str]:
-    """The text the language model reads for each item, from the declared template."""
-    fields = template_fields(schema.text_template)
-    columns = {f: items[f].tolist() for f in fields}
-    attrs = schema.item_attributes
-    return [schema.text_template.format(**{f: _text_value(columns[f][i], attrs.get(f)) for f in fields})
-            for i in range(len(items))]
 
 
 def _entity_table(df: pd.DataFrame, table: str, schema: DatasetSchema, id_map: IdMap, start: pd.Timestamp

@@ -548,8 +548,10 @@ class TwoTowerRecommender(TowerRecommender):
     def add_items(self, items: pd.DataFrame, text_emb: np.ndarray | None = None) -> np.ndarray:
         """Embed new items (item_id, text, the declared attributes) from text + attributes alone; returns [n, D].
 
-        `text_emb` are precomputed encoder outputs; by default the model's text encoder encodes `items.text`.
+        `text_emb` are precomputed encoder outputs; by default the model's text encoder encodes their texts as
+        the model composes them (`model_item_texts`: its training template, else `items.text`).
         """
+        from components.item_text import model_item_texts
         from components.text_encoder import SentenceEncoder
 
         new = items[~items["item_id"].isin(self.item_ids)].reset_index(drop=True)
@@ -559,7 +561,7 @@ class TwoTowerRecommender(TowerRecommender):
             encoder_dir = self.cfg.get("encoder_dir")
             if encoder_dir and not Path(encoder_dir).is_absolute():
                 encoder_dir = self.model_dir / encoder_dir
-            text_emb = SentenceEncoder(encoder_dir).encode(new["text"].astype(str).tolist())
+            text_emb = SentenceEncoder(encoder_dir).encode(model_item_texts(new, self.cfg.get("item_text")))
         feats = item_features(new, text_emb, ItemEncoder.from_dict(self.cfg["item_encoder"]))
         m = self.model
         attributes = []

@@ -109,8 +109,4 @@ def movielens_to_canonical(folder: str | Path) -> dict[str, pd.DataFrame]:
             "created_timestamp": start,
         }
     )
-    items["text"] = [
-        f"{title} ({yr if pd.notna(yr) else 'unknown year'}). Genres: {', '.join(g) or 'unknown'}."
-        for title, yr, g in zip(items["title"], items["year"], genre_lists, strict=True)
-    ]
     return {"interactions": interactions, "users": users, "items": items}

@@ -30,6 +30,7 @@ from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 from components.atomic import atomic_path
 from components.config import Config, absolute_paths, config_from_text, config_to_text, resolved
 from components.encoders import ItemEncoder
+from components.item_text import recorded_item_text
 from components.kfp_support import step
 from components.model import (
     TwoTowerEnsemble,
@@ -135,6 +136,7 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
         "item_representation": m.item_representation,
         "temperature": m.temperature, "learn_temperature": m.learn_temperature, "text_dim": int(text_emb.shape[1]),
         "item_encoder": item_encoder.to_dict(), "item_attribute_sizes": item_encoder.sizes,
+        "item_text": item_text.to_dict() if (item_text := recorded_item_text(data.items, config.dataset)) else None,
         "item_attribute_widths": item_encoder.widths,
         "profile_fields": data.profile_encoder.fields,
         "profile_sizes": [size - 1 for size in data.profile_encoder.sizes],

@@ -54,6 +54,10 @@ def evaluate(
         console.print(f"ablation {row['variant']}: {row['metric']} {row['value']['value']:.4f}"
                       + (f" (minus the model {diff['value']:+.4f}, paired CI {diff['low']:+.4f}..{diff['high']:+.4f})"
                          if diff else ""))
+    if evaluation.info.get("ablation_choice"):
+        from components.evaluation_report import ablation_choice_line
+
+        console.print(ablation_choice_line(evaluation.info).replace("**", ""))
     d = evaluation.decision
     colour = "green" if d["promote"] else "yellow"
     console.print(f"[bold {colour}]{'PROMOTE' if d['promote'] else 'KEEP CHAMPION'}[/]: {d['reason']}")

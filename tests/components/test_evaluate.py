@@ -16,6 +16,7 @@ from components.evaluate import (
     NewItemPopularity,
     PointInTimePopularity,
     ablation_dirs,
+    eval_data,
     evaluate_main,
     gate,
     kfp_metrics,
@@ -231,8 +232,17 @@ def test_ablations_are_reported_paired_against_the_candidate(canonical, tmp_path
     assert gain["value"] == pytest.approx(1.0 - ev.result("candidate").value("ndcg@10")) and gain["low"] > 0
     assert "cold_minus_candidate" in rows["oracle"] and rows["oracle"]["cold_metric"] == "hr@10"
     assert "cold_text_only" not in rows["oracle"]  # no popularity prior to leave out: no text-alone ranking
+    # validation figures, the ones to choose by: the oracle knows only the test targets, so validation does not pick it
+    tables = read_tables(canonical)
+    validation = eval_data(data.split, tables["items"], tables["users"], "validation")
+    on_validation = evaluate_main(EASE(5.0).fit(data.split.train), "x", "candidate", validation, config, groups=False)
+    assert rows["lambda-5"]["validation"]["metric"]["value"] == pytest.approx(on_validation.value("ndcg@10"))
+    best = max(rows.values(), key=lambda row: row["validation"]["metric"]["value"])["variant"]
+    assert ev.info["ablation_choice"]["metric"] == best != "oracle"
+    assert rows["oracle"]["validation"]["metric"]["value"] < rows["oracle"]["value"]["value"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Ablation" in md and "| lambda-5 |" in md and "| oracle |" in md
+    assert "validation ndcg@10" in md and "Chosen on validation" in md and f"validation ndcg@10: **{best}**" in md
     assert "Ablation" in (tmp_path / "out" / "report.html").read_text()
     assert ablation_dirs(["a=/m/a", "b = /m/b"]) == {"a": Path("/m/a"), "b": Path("/m/b")}
     for bad in (["a"], ["=x"], ["a=x", "a=y"], ["(the model)=x"]):
@@ -257,6 +267,9 @@ def test_a_trained_model_against_itself_as_ablation(planted_model, tmp_path) -> 
     md = (tmp_path / "out" / "report.md").read_text()
     assert "cold, text only" in md and "training (min)" in md and "| same |" in md and "nan" not in md
     assert "text only − candidate (paired)" in md and "| 1.00 × |" in md
+    assert same["validation"] == model_row["validation"]
+    assert {"metric", "cold", "cold_text_only"} <= set(same["validation"])
+    assert set(ev.info["ablation_choice"].values()) == {"(the model)"}  # a tie goes to the earlier row
 
 
 def test_prepare_cold_start_task(canonical, tmp_path) -> None:

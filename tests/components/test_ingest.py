@@ -81,7 +81,7 @@ def test_movielens_fetch_is_verified_and_cached(tmp_path):
     tables = movielens_to_canonical(folder)
     assert len(tables["interactions"]) == 100_000 and len(tables["users"]) == 943 and len(tables["items"]) == 1682
     toy = tables["items"].set_index("item_id").loc[1]
-    assert toy["title"] == "Toy Story" and toy["year"] == 1995 and "Animation" in toy["text"]
+    assert toy["title"] == "Toy Story" and toy["year"] == 1995 and "Animation" in toy["genres"].split("|")
 
 
 # ------------------------------------------------------------------ every data set shape (tests.conftest.SOURCES)
