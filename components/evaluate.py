@@ -325,6 +325,16 @@ def _validation_figures(recommender: Recommender, name: str, validation: EvalDat
     return out
 
 
+def target_spread(targets: np.ndarray) -> dict[str, float]:
+    """How many targets over how many items, and the share of the most frequent one: a cold-start HR@K whose
+    targets sit mostly on one item says where that item ranks rather than how new items rank."""
+    if not len(targets):
+        return {"targets": 0, "items": 0, "top_item_share": 0.0}
+    counts = np.unique(np.asarray(targets), return_counts=True)[1]
+    return {"targets": int(len(targets)), "items": int(len(counts)),
+            "top_item_share": float(counts.max() / len(targets))}
+
+
 def ablation_choice(rows: list[dict[str, Any]]) -> dict[str, str]:
     """Which row validation picks, per figure (the highest value; the earlier row on a tie): what to choose a
     variant (template, encoder, tuning) by, never the report's test figures."""
@@ -543,12 +553,15 @@ def run_evaluation(
                                   BASELINE, data, config))
         cold.append(evaluate_cold(Constant(), "random", REFERENCE, data, config))
     validation = eval_data(data.split, tables["items"], tables["users"], "validation")
-    ablation = []
+    ablation, validation_info = [], {}
     if variants:
         minutes = {MODEL_ROW: train_minutes(model_dir),
                    **{name: train_minutes(v) for name, v in (ablations or {}).items() if isinstance(v, str | Path)}}
+        ablation_validation = sample_task(validation, config.evaluate.max_users, config.train.seed)
         ablation = ablation_results(cand_rec, results[0], cold[0] if cold else None, variants, data, config, minutes,
-                                    validation)
+                                    ablation_validation)
+        validation_info = {"validation_users": int(len(ablation_validation.users)),
+                           "validation_cold_targets": target_spread(ablation_validation.cold_targets)}
     profile_only, profile_gain = ([], {}) if not config.dataset.user_attributes else \
         profile_only_results(cand_rec, baselines, data, config)
     metric = config.evaluate.gate_metric
@@ -558,6 +571,7 @@ def run_evaluation(
         "test_users": int(len(data.users)),
         "test_users_total": int(data.users_total if data.users_total is not None else len(data.users)),
         "cold_users": int(len(data.cold_targets)),
+        "cold_targets": target_spread(data.cold_targets),
         "ks": sorted(config.evaluate.ks),
         "bootstrap_samples": config.evaluate.bootstrap_samples,
         "seed": config.train.seed,
@@ -569,6 +583,7 @@ def run_evaluation(
         "profile_only": profile_gain,
         "ablation": ablation,
         "ablation_choice": ablation_choice(ablation),
+        "ablation_validation": validation_info,
     }
     info["trust"] = trust_analysis(cand_rec, data, validation, tables["users"], config,  # exposure, diversity, fairness
                                    lambda rec: evaluate_main(rec, f"{CANDIDATE}+fairness", CANDIDATE, data, config),

@@ -240,8 +240,26 @@ def ablation_choice_line(info: dict) -> str:
         return ""
     names = dict(_validation_columns(rows[0]))
     picks = "; ".join(f"{names[key]}: **{variant}**" for key, variant in choice.items() if key in names)
+    scope, where = info.get("ablation_validation") or {}, ""
+    if scope:
+        spread = scope["validation_cold_targets"]
+        where = f" Validation: {scope['validation_users']} users" + (
+            f"; its cold start {spread_clause(spread)}" if spread["targets"] else "") + "."
     return (f"Chosen on validation (the highest value; choose a variant by these, the test columns only confirm "
-            f"it): {picks}.")
+            f"it): {picks}.{where}")
+
+
+def cold_line(info: dict) -> str:
+    """Who the cold-start task ranks, and how its targets spread over the new items."""
+    spread = info.get("cold_targets") or {}
+    return (f"{info['cold_users']} users, target ranked among {info['split']['cold_items']} new items"
+            + (f"; {spread_clause(spread)}." if spread.get("targets") else "."))
+
+
+def spread_clause(spread: dict) -> str:
+    """"N targets over M items, X% of them on one" (see components.evaluate.target_spread)."""
+    return (f"{spread['targets']} targets over {spread['items']} items, {spread['top_item_share']:.0%} of them on "
+            f"one")
 
 
 def profile_only_line(info: dict) -> str:
@@ -285,6 +303,7 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
                      "cold, text only: the new items ranked without their popularity prior; validation: the same "
                      "figures on the validation users and the cold-validation items.")
     no_profile = "The data set declares no user attributes."
+    no_cold = "No cold items configured."
     d = evaluation.decision
     verdict = "PROMOTE" if d["promote"] else "KEEP CHAMPION"
     split_line = ", ".join(f"{k}={v}" for k, v in info["split"].items())
@@ -295,8 +314,7 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
         ("Ranking on the test split", f"{users_line(info)}, {info['catalogue_items']} candidate items; "
                                       f"split: {split_line}.{skipped_line(info)}\n\n{_to_markdown(overall)}"),
         (f"By user group ({metric})", f"Worst/best group ratio of the candidate: {ratio}.\n\n{_to_markdown(groups)}"),
-        ("Cold start", (f"{info['cold_users']} users, target ranked among {info['split']['cold_items']} new items."
-                        f"\n\n{_to_markdown(cold)}") if evaluation.cold else "No cold items configured."),
+        ("Cold start", f"{cold_line(info)}\n\n{_to_markdown(cold)}" if evaluation.cold else no_cold),
         ("Cold-start users (profile only)", f"{profile_only_line(info)}\n\n{_to_markdown(profile_only)}"
                                             if evaluation.profile_only else no_profile),
         *([("Ablation", f"{ablation_note}\n\n{_to_markdown(ablation)}\n\n{ablation_choice_line(info)}")]
@@ -320,7 +338,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
                                            f"{html.escape(skipped_line(info))}</p>{table_html(overall)}",
               f"By user group ({metric})": f"<p>Worst/best group ratio of the candidate: {ratio}.</p>"
                                            f"{table_html(groups)}",
-              "Cold start": table_html(cold) if evaluation.cold else "<p>No cold items configured.</p>",
+              "Cold start": (f"<p>{html.escape(cold_line(info))}</p>{table_html(cold)}" if evaluation.cold
+                             else f"<p>{no_cold}</p>"),
               "Cold-start users (profile only)": (f"<p>{html.escape(profile_only_line(info))}</p>"
                                                   f"{table_html(profile_only)}" if evaluation.profile_only
                                                   else f"<p>{no_profile}</p>"),

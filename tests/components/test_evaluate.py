@@ -24,6 +24,7 @@ from components.evaluate import (
     profile_only_results,
     read_decision,
     run_evaluation,
+    target_spread,
 )
 from components.metrics import bootstrap, per_user_metrics
 from components.schemas import read_tables, write_tables
@@ -270,6 +271,11 @@ def test_a_trained_model_against_itself_as_ablation(planted_model, tmp_path) -> 
     assert same["validation"] == model_row["validation"]
     assert {"metric", "cold", "cold_text_only"} <= set(same["validation"])
     assert set(ev.info["ablation_choice"].values()) == {"(the model)"}  # a tie goes to the earlier row
+    spread = ev.info["ablation_validation"]["validation_cold_targets"]
+    assert 0 < spread["items"] <= spread["targets"] and 0 < spread["top_item_share"] <= 1
+    assert f"its cold start {spread['targets']} targets over {spread['items']} items" in md
+    assert target_spread(np.array([7, 7, 7, 3])) == {"targets": 4, "items": 2, "top_item_share": 0.75}
+    assert target_spread(np.array([], dtype=np.int64))["targets"] == 0
 
 
 def test_prepare_cold_start_task(canonical, tmp_path) -> None:
