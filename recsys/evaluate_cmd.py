@@ -18,7 +18,7 @@ def evaluate(
     ablation: list[str] = typer.Option(
         [], "--ablation", metavar="NAME=DIR",
         help="A variant of the model (another trained model directory) reported beside it, paired on the same "
-             "users; repeatable."),
+             "users, with its validation figures and the variant validation picks; repeatable."),
 ) -> None:
     """Rank test targets over the whole catalogue; HR/NDCG/MRR/coverage with CIs, groups, cold start, gate."""
     from components.evaluate import BASELINE_PREFIX, ablation_dirs, baseline_candidate, run_evaluation
