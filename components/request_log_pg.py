@@ -82,6 +82,9 @@ _SCHEMA = (
     # the followers' reads (InteractionFollower); last, so a log created before it gets it once
     "CREATE INDEX IF NOT EXISTS interactions_logged ON interactions (logged_us)",
 )
+# the schema's last object exists (committed): a query of pg_class, so it sees what committed before it started
+_SCHEMA_DONE = ("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relname = 'interactions_logged' AND n.nspname = current_schema())")
 _INSERT_REQUEST = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
                    f"VALUES ({', '.join(['%s'] * len(REQUEST_COLUMNS))})")
 _INSERT_RECOMMENDATION = "INSERT INTO recommendations VALUES (%s, %s, %s, %s)"
@@ -140,13 +143,16 @@ class PostgresRequestLog(RequestLog):
     @staticmethod
     def _create_schema(conn: Any) -> None:
         """Create the tables once: skipped when they exist (DDL, even IF NOT EXISTS, would lock tables that
-        other writers are inserting into and could deadlock with them); serialised by an advisory lock."""
-        done = "SELECT to_regclass('interactions_logged') IS NOT NULL"  # the last object the schema creates
-        if conn.execute(done).fetchone()[0]:
+        other writers are inserting into and could deadlock with them); serialised by an advisory lock.
+
+        The check after the lock reads pg_class with the statement's snapshot: `to_regclass` there would answer
+        from this session's catalog cache, which still says "absent" when another replica committed the tables
+        while this one waited (and this one's DDL then deadlocked with that replica's first inserts)."""
+        if conn.execute(_SCHEMA_DONE).fetchone()[0]:
             return
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            if conn.execute(done).fetchone()[0]:
+            if conn.execute(_SCHEMA_DONE).fetchone()[0]:
                 return
             for statement in _SCHEMA:
                 conn.execute(statement)

@@ -15,7 +15,7 @@ import pytest
 
 from components.config import ConfigError, load_config
 from components.request_log import RequestLog, RequestLogError
-from components.request_log_pg import PASSWORD_ENV, PostgresRequestLog, redact_url
+from components.request_log_pg import _SCHEMA, _SCHEMA_LOCK, PASSWORD_ENV, PostgresRequestLog, redact_url
 from components.request_logs import open_request_log
 from tests.conftest import request_record
 
@@ -101,6 +101,37 @@ def test_opening_the_log_does_not_wait_for_writers_in_flight(pg_url: str, postgr
         assert opened, "opening the log waited for another writer's transaction"
         opened[0].close()
         writer.rollback()
+
+
+def test_a_replica_that_waited_for_the_schema_finds_it_and_runs_no_ddl(pg_url: str, postgres) -> None:
+    """Two replicas start on an empty database: the second checks (no tables yet), waits for the schema lock
+    while the first creates them, then must see them, not its cached "absent", and run no DDL: its CREATE INDEX
+    would queue behind the first replica's inserts (a deadlock once those wait on it in turn)."""
+    def connect() -> psycopg.Connection:
+        return psycopg.connect(pg_url, password=postgres.password, autocommit=True)
+
+    with connect() as holder, connect() as creator, connect() as waiter, connect() as watcher:
+        holder.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))  # the first replica's lock
+        finished = threading.Event()
+        thread = threading.Thread(target=lambda: (PostgresRequestLog._create_schema(waiter), finished.set()),
+                                  daemon=True)
+        thread.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        deadline = time.monotonic() + 10
+        while watcher.execute(waiting).fetchone()[0] == 0:
+            assert time.monotonic() < deadline, "the second replica never waited for the schema lock"
+            time.sleep(0.05)
+        with creator.transaction():  # the first replica's schema, committed while the second waits
+            for statement in _SCHEMA:
+                creator.execute(statement)
+        with psycopg.connect(pg_url, password=postgres.password) as writer:  # its first insert, in flight
+            writer.execute("INSERT INTO interactions (user_id, item_id, rating, ts_us, logged_us) "
+                           "VALUES ('1', '2', NULL, 0, 0)")
+            holder.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+            done = finished.wait(timeout=10)
+            writer.rollback()
+        thread.join(timeout=10)
+        assert done, "the second replica ran the schema's DDL behind the first one's writes"
 
 
 def test_a_log_created_before_the_followers_index_gets_it_once(pg_url: str, postgres) -> None:
