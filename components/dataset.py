@@ -3,7 +3,8 @@
 A data set is a declaration, not code. One `dataset:` section of the configuration (or a schema file it
 names with `preset:`) says where the ids, the event time and the feedback are, which user and item
 attributes exist and of which kind, how the text the language model reads is composed, what the API may
-filter on and show, and which user attributes define fairness groups. Every step reads it from here.
+filter on and show, which user attributes define fairness groups, and which users the closed-loop replay
+(`recsys simulate`) holds out as its new cohort. Every step reads it from here.
 
     dataset:
       preset: movielens            # a packaged preset (components/datasets/NAME.yaml) or a schema file path
@@ -27,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 PRESETS_DIR = Path(__file__).with_name("datasets")
 MULTI_VALUE_SEPARATOR = "|"  # how multi-valued attributes are stored in the canonical tables
 RESERVED_COLUMNS = {"user_id", "item_id", "rating", "event_timestamp", "created_timestamp", "title", "text"}
+# a group of users by one attribute: "<attribute><op><value>", e.g. "segment=vip", "tenure_days<90"
+COHORT_EXPRESSION = re.compile(r"\s*(\w+)\s*(<=|>=|!=|=|<|>)\s*(.+?)\s*")
 
 
 class _Strict(BaseModel):
@@ -127,6 +130,9 @@ class DatasetSchema(_Strict):
         {}, description="item attributes the API may filter on: membership (categorical) or range (numeric)")
     displayed: list[str] = Field([], description="item attributes the API returns with each item")
     fairness_groups: list[str] = Field([], description="user attributes whose groups fairness compares")
+    replay_cohort: str | None = Field(
+        None, description="users `recsys simulate` holds out until its shift: '<attribute><op><value>' over a "
+        "declared user attribute (its --cohort overrides it)")
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSchema:
@@ -156,6 +162,13 @@ class DatasetSchema(_Strict):
                 raise ValueError(f"fairness_groups: '{name}' is not a declared user attribute")
             if attr.kind == "numeric":
                 raise ValueError(f"fairness_groups: '{name}' is numeric; declare it bucketed with edges")
+        if self.replay_cohort is not None:
+            match = COHORT_EXPRESSION.fullmatch(self.replay_cohort)
+            if not match:
+                raise ValueError(f"replay_cohort: {self.replay_cohort!r} is not '<attribute><op><value>' "
+                                 "(op one of = != < <= > >=)")
+            if match.group(1) not in self.user_attributes:
+                raise ValueError(f"replay_cohort: '{match.group(1)}' is not a declared user attribute")
         return self
 
     def source_column(self, side: Literal["users", "items"], name: str) -> str:

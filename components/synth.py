@@ -79,6 +79,7 @@ def schema(name: str = "synthetic-shop") -> dict:
         "filterable": {"category": "membership", "brand": "membership", "tags": "membership", "price": "range"},
         "displayed": ["category", "brand", "price"],
         "fairness_groups": ["segment", "tenure_days"],
+        "replay_cohort": "segment=vip",
     }
 
 

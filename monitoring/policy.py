@@ -131,9 +131,9 @@ def stale_reason(lock: dict[str, Any], config: Config, now: pd.Timestamp | str |
     if alive is False:
         return f"its holder, pid {holder.pid} on {holder.host}, is no longer running"
     if alive is None:
-        age = (pd.Timestamp.now(tz="UTC") - pd.Timestamp(lock["heartbeat_at"])).total_seconds()
-        if age > config.monitoring.retrain_heartbeat_timeout_s:
-            return f"its holder on {holder.host} (pid {holder.pid}) sent no heartbeat for {age:.0f} s"
+        silent_s = (pd.Timestamp.now(tz="UTC") - pd.Timestamp(lock["heartbeat_at"])).total_seconds()
+        if silent_s > config.monitoring.retrain_heartbeat_timeout_s:
+            return f"its holder on {holder.host} (pid {holder.pid}) sent no heartbeat for {silent_s:.0f} s"
     return None
 
 

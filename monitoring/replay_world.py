@@ -4,9 +4,8 @@ time, with the held-out cohort and the held-back new items), and the state of on
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import Config
+from components.dataset import COHORT_EXPRESSION, DatasetSchema
 from components.errors import RecsysError
 from components.schemas import INTERACTIONS, ITEMS, USERS
 
@@ -34,7 +34,7 @@ class SimSettings:
     shift_weeks: int = 6  # weeks of shifted traffic
     events_per_week: int = 1000  # replayed events per week (sampled by user, kept in time order)
     events_per_user_week: int = 20  # at most this many events of one user per week (the first ones)
-    cohort: str = "age<30"  # users held out until the shift: "<column><op><value>"
+    cohort: str | None = None  # users held out until the shift: "<column><op><value>" (None: the declared one)
     new_items: int = 60  # items first seen at/after the training period, held back until the shift
     cohort_share: float = 0.8  # share of each shifted week's replayed events that come from the cohort
     k: int = 10
@@ -115,15 +115,27 @@ class Simulation:
 
 
 def parse_cohort(spec: str) -> tuple[str, Callable[[Any, Any], Any], str]:
-    """'tier=gold', 'age<25' -> (column, operator, value): a cohort of users by one of their attributes."""
-    match = re.fullmatch(r"\s*(\w+)\s*(<=|>=|!=|=|<|>)\s*(.+?)\s*", spec)
+    """'tier=gold', 'tenure_days<90' -> (column, operator, value): a cohort of users by one of their attributes."""
+    match = COHORT_EXPRESSION.fullmatch(spec)
     if not match:
         raise SimulationError(f"cohort {spec!r} is not '<column><op><value>' (op one of = != < <= > >=)")
     return match.group(1), _OPS[match.group(2)], match.group(3)
 
 
-def cohort_users(users: pd.DataFrame, spec: str) -> np.ndarray:
+def with_declared_cohort(settings: SimSettings, dataset: DatasetSchema) -> SimSettings:
+    """`settings` with the data set's declared `replay_cohort` when no cohort was given."""
+    if settings.cohort is not None:
+        return settings
+    if dataset.replay_cohort is None:
+        raise SimulationError(f"no cohort to hold out: data set {dataset.name!r} declares no replay_cohort; pass "
+                              "--cohort '<attribute><op><value>' or declare dataset.replay_cohort")
+    return replace(settings, cohort=dataset.replay_cohort)
+
+
+def cohort_users(users: pd.DataFrame, spec: str | None) -> np.ndarray:
     """Ids of the users the cohort expression selects."""
+    if spec is None:
+        raise SimulationError("no cohort expression given (see with_declared_cohort)")
     column, op, raw = parse_cohort(spec)
     if column not in users.columns:
         raise SimulationError(f"cohort column {column!r} is not in the users table ({list(users.columns)})")

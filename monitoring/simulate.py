@@ -1,12 +1,12 @@
-"""The closed loop, replayed: MovieLens in time order through the real API, monitoring, retraining, redeploy.
+"""The closed loop, replayed: the data set in time order through the real API, monitoring, retraining, redeploy.
 
 1. Train on the early period: its canonical tables are written to a folder and the training pipeline runs
    with data.source=files (ingest -> ... -> deploy to Triton); the BentoML API starts in front of it.
 2. Serve the following weeks: for sampled events in time order, POST /recommend for the user, then POST
    /interactions with the real event (every request lands in the durable request log).
-3. A shift: a cohort of users held out so far (e.g. every student) and a batch of items never seen in
-   training (the shifted weeks' most wanted items, held back until then; their text is in the items table)
-   arrive together.
+3. A shift: a cohort of users held out so far (the data set's declared `replay_cohort`, e.g. every user under
+   30) and a batch of items never seen in training (the shifted weeks' most wanted items, held back until then;
+   their text is in the items table) arrive together.
 4. After every replayed week, the monitoring pipeline runs in the KFP local runner, as on the cluster
    (monitoring.retraining): reports over that week of the log (baseline: the week before) against the live
    model's training tables, then the retraining policy; a retrain is its nested training pipeline on the data up
@@ -46,7 +46,7 @@ from monitoring.replay_monitoring import monitor_week
 from monitoring.replay_report import finish
 from monitoring.replay_retrain import train_initial
 from monitoring.replay_traffic import ApiClient, replay_week, user_profiles
-from monitoring.replay_world import SimSettings, Simulation, SimulationError, plan_replay
+from monitoring.replay_world import SimSettings, Simulation, SimulationError, plan_replay, with_declared_cohort
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +125,7 @@ def run_simulation(base: Config, root: str | Path, settings: SimSettings, tables
     """The whole replay (see the module docstring); writes index.html, timeline.png and summary.json to `root`
     and returns the summary. Every server it starts is stopped before it returns."""
     started = time.monotonic()
+    settings = with_declared_cohort(settings, base.dataset)
     root = fresh_root(root)
     config = simulation_config(base, root, settings)
     plan = plan_replay(read_tables(tables_dir), settings)

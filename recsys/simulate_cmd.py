@@ -1,4 +1,4 @@
-"""`recsys simulate`: replay MovieLens through the real API and show the closed loop (drift -> retrain -> redeploy)."""
+"""`recsys simulate`: replay the data set through the real API: the closed loop (drift -> retrain -> redeploy)."""
 
 import json
 from pathlib import Path
@@ -39,7 +39,7 @@ def simulate(
     ctx: typer.Context,
     out: Path = typer.Option(Path("artifacts/simulation"), help="Folder for every artifact, store, log and report."),
     tables: Path | None = typer.Option(
-        None, help="Canonical MovieLens tables (ingested if missing) (default <data_dir>/canonical)"),
+        None, help="Canonical tables (ingested if missing) (default <data_dir>/canonical)"),
     train_weeks: float = typer.Option(DEFAULTS.train_weeks, help="Weeks of data the first model is trained on."),
     serve_weeks: int = typer.Option(DEFAULTS.serve_weeks, help="Normal weeks served before the shift."),
     shift_weeks: int = typer.Option(DEFAULTS.shift_weeks, help="Weeks of shifted traffic (cohort + new items)."),
@@ -47,7 +47,9 @@ def simulate(
         DEFAULTS.events_per_week, help="Events replayed per week (each: /recommend then /interactions)."),
     events_per_user_week: int = typer.Option(
         DEFAULTS.events_per_user_week, help="At most this many events of one user per week."),
-    cohort: str = typer.Option(DEFAULTS.cohort, help="Users held out until the shift: <column><op><value>."),
+    cohort: str | None = typer.Option(
+        None, help="Users held out until the shift: '<attribute><op><value>' (default: the data set's declared "
+        "replay_cohort, e.g. age<30 for MovieLens)."),
     cohort_share: float = typer.Option(DEFAULTS.cohort_share, help="Share of shifted-week events from the cohort."),
     new_items: int = typer.Option(
         DEFAULTS.new_items, help="The shifted weeks' most wanted items, held back until the shift (new releases)."),
@@ -57,7 +59,7 @@ def simulate(
     seed: int = typer.Option(DEFAULTS.seed, help="Sampling seed."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars while replaying."),
 ) -> None:
-    """Replay MovieLens-100K in time order through the API, with monitoring, retraining and redeploy."""
+    """Replay the data set in time order through the API, with monitoring, retraining and redeploy."""
     from components.config import load_config
     from monitoring.simulate import run_simulation
 

@@ -16,6 +16,7 @@ def test_movielens_is_the_default_preset():
     assert dataset.item_attributes["genres"].kind == "multi_categorical"
     assert dataset.filterable == {"genres": "membership", "year": "range"}
     assert dataset.fairness_groups == ["gender", "age"]
+    assert dataset.replay_cohort == "age<30"
     assert template_fields(dataset.text_template) == {"title", "year", "genres"}
 
 
@@ -28,6 +29,7 @@ def test_a_schema_file_replaces_the_preset(tmp_path):
     assert dataset.user_id.type == "string" and dataset.feedback.kind == "events"
     assert set(dataset.user_attributes) == {"country", "segment", "tenure_days", "channel"}
     assert dataset.user_attributes["channel"].column == "signup_channel"  # a column rename
+    assert dataset.replay_cohort == "segment=vip"
 
 
 def test_keys_beside_the_preset_are_merged_into_it():
@@ -43,6 +45,8 @@ def test_keys_beside_the_preset_are_merged_into_it():
     ("dataset.text_template='{title} by {director}'", "text_template names ['director']"),
     ("dataset.filterable={genres: range}", "'genres' is multi_categorical; use membership"),
     ("dataset.fairness_groups=[zip_code]", "'zip_code' is not a declared user attribute"),
+    ("dataset.replay_cohort='zip_code=1'", "replay_cohort: 'zip_code' is not a declared user attribute"),
+    ("dataset.replay_cohort='age~30'", "replay_cohort: 'age~30' is not '<attribute><op><value>'"),
     ("dataset.user_attributes.age.edges=[30, 20]", "strictly ascending edges"),
     ("dataset.feedback={kind: explicit, column: rating, min: 5, max: 1}", "min 5.0 must be below max 1.0"),
     ("dataset.feedback={kind: events, column: kind}", "events feedback needs column and weights"),

@@ -7,14 +7,24 @@ import pandas as pd
 import pytest
 
 from components.config import load_config
+from components.dataset import DatasetSchema
 from components.schemas import read_tables, write_tables
+from components.synth import schema as shop_schema
 from monitoring.replay_traffic import user_profiles
-from monitoring.replay_world import SimSettings, cohort_users, parse_cohort, plan_replay, sample_week
+from monitoring.replay_world import (
+    SimSettings,
+    SimulationError,
+    cohort_users,
+    parse_cohort,
+    plan_replay,
+    sample_week,
+    with_declared_cohort,
+)
 from monitoring.simulate import run_simulation
 from recsys.simulate_cmd import SIMULATION_DEFAULTS
 from tests.conftest import TINY_REPLAY
 
-TINY = SimSettings(**TINY_REPLAY)
+TINY = with_declared_cohort(SimSettings(**TINY_REPLAY), load_config().dataset)
 
 
 def _tiny_tables(movielens_canonical, out, n_items=250, n_late=50):
@@ -47,6 +57,17 @@ def test_cohort_expressions():
         cohort_users(users, "age~3")
     with pytest.raises(ValueError, match="selects no user"):
         cohort_users(users, "gender=X")
+
+
+def test_the_cohort_is_the_declared_one_unless_given(tmp_path):
+    movielens, shop = load_config().dataset, DatasetSchema.model_validate(shop_schema())
+    assert TINY.cohort == movielens.replay_cohort == "age<30"
+    assert with_declared_cohort(SimSettings(), shop).cohort == "segment=vip"
+    assert with_declared_cohort(SimSettings(cohort="gender=F"), movielens).cohort == "gender=F"
+    undeclared = load_config(overrides=["dataset.replay_cohort=null"])
+    with pytest.raises(SimulationError, match="declares no replay_cohort; pass --cohort"):
+        run_simulation(undeclared, tmp_path / "sim", SimSettings(), tmp_path / "no-tables")
+    assert not (tmp_path / "sim").exists()  # refused before anything is written
 
 
 def test_sample_week_keeps_whole_users_in_time_order():
