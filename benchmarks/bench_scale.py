@@ -107,7 +107,7 @@ def run_step(step: str, root: Path, size: dict[str, int], extra: list[str]) -> d
 
         items = read_tables(canonical)["items"]
         cache = data / "cache"
-        emb = cached_text_embeddings(items["text"].fillna("").astype(str).tolist(), config.model.encoder_dir, cache,
+        emb = cached_text_embeddings(items["text"].fillna("").astype(str).tolist(), config.model.encoder_source, cache,
                                      progress=False, workers=encoder_workers(config.model.encoder_workers))
         return {"texts": int(len(emb)), "outputs": [str(cache)]}
     if step == "train":

@@ -145,13 +145,6 @@ class Variant:
         return self.dir / TEXT_ENCODER_FILE
 
 
-def _encoder_dir(model_dir: Path, cfg: dict) -> str | None:
-    enc = cfg.get("encoder_dir")
-    if enc and not Path(enc).is_absolute():
-        enc = str(model_dir / enc)
-    return enc
-
-
 def _variant_tower(model: Any, model_dir: Path, out: Path, item_embeddings: np.ndarray) -> Path:
     """A C4 copy of `model` over `item_embeddings`, exported with the model's own ONNX exporter."""
     from components.model import export_user_tower_onnx, save_artifact
@@ -182,13 +175,19 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
     import torch
 
     from components.model import export_user_tower_onnx, load_model
-    from components.text_encoder import SentenceEncoder, cached_text_embeddings, encoder_workers
+    from components.text_encoder import (
+        cached_text_embeddings,
+        encoder_workers,
+        load_text_encoder,
+        recorded_encoder_source,
+    )
 
     cfg = config.compress
     torch.set_num_threads(config.train.num_threads)
     model, _ = load_model(model_dir)
-    encoder_dir = _encoder_dir(model_dir, model.cfg)
-    teacher = SentenceEncoder(encoder_dir).eval()
+    encoder_dir = recorded_encoder_source(model.cfg.get("encoder_dir"), model_dir)
+    teacher = load_text_encoder(encoder_dir).eval()
+    layered = hasattr(teacher, "transformer")  # a transformer (prune its Linear weights, distil it); else a table
     base_emb = np.load(model_dir / "item_embeddings.npy").astype(np.float32)
     check = _check_rows(len(texts), cfg, config.train.seed)
     check_texts = texts if check is None else [texts[i] for i in check]
@@ -249,11 +248,16 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
         net = copy.deepcopy(model)
         tower_stats = prune_linear(net, cfg.prune_amount)
         student = clone_encoder(teacher)
-        text_stats = prune_linear(student.transformer, cfg.prune_amount)
+        if layered:
+            text_stats = prune_linear(student.transformer, cfg.prune_amount)
+        else:  # a token table has no Linear weight: the variant prunes the towers only
+            text_stats = {"sparsity": 0.0}
         export_text_encoder_onnx(student, work / "pruned" / "text_encoder.onnx")
         out["pruned"] = finish("pruned", net, {"two_tower_sparsity": tower_stats["sparsity"],
                                                      "text_encoder_sparsity": text_stats["sparsity"]})
-    if "distilled" in cfg.variants:
+    if "distilled" in cfg.variants and not layered:
+        log.info("distilled: skipped, the text encoder (%s) is a token table with no layers to drop", encoder_dir)
+    elif "distilled" in cfg.variants:
         log.info("distilled: %d-layer student of the text encoder, %d epochs on %d texts", cfg.distill_layers,
                  cfg.distill_epochs, len(check_texts))
         student, info = distill_text_encoder(teacher, check_texts, reference_text, cfg.distill_layers,

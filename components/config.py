@@ -87,7 +87,11 @@ class Features(_Section):
 
 
 class Model(_Section):
-    encoder_dir: Path | None = None
+    text_encoder: Literal["all-MiniLM-L6-v2", "wordllama-l2-256"] = Field(
+        default="all-MiniLM-L6-v2", description="the shipped text encoder (its weights come with a pinned package): "
+        "all-MiniLM-L6-v2 (a 6-layer transformer) | wordllama-l2-256 (a static token-embedding table)")
+    encoder_dir: Path | None = Field(default=None, description="a folder holding another text encoder; when set, it "
+                                     "replaces text_encoder")
     encoder_workers: int = Field(default=1, ge=0, le=256)
     encoder_tuning: Literal["frozen", "adapter", "lora", "full"] = "frozen"
     fine_tune_encoder: bool = Field(default=False, description="the earlier switch: true = encoder_tuning full; "
@@ -116,6 +120,19 @@ class Model(_Section):
     hard_negatives: int = Field(ge=0)
     ensemble_members: int = Field(default=1, ge=1, le=16)
     ensemble_max_items: int = Field(default=20_000, ge=1)
+
+    @property
+    def encoder_source(self) -> str | Path:
+        """What the text encoder is loaded from: `encoder_dir` when set, else the shipped `text_encoder`'s name."""
+        return self.encoder_dir or self.text_encoder
+
+    @model_validator(mode="after")
+    def _tuning_fits_the_encoder(self) -> Model:
+        if self.encoder_tuning == "lora" and self.encoder_dir is None and self.text_encoder == "wordllama-l2-256":
+            raise ValueError(f"model.encoder_tuning=lora tunes a transformer's top layers, but model.text_encoder="
+                             f"{self.text_encoder} is a static token table with no layers: use encoder_tuning "
+                             "frozen, adapter or full (full tunes the table)")
+        return self
 
     @property
     def tunes_encoder_weights(self) -> bool:

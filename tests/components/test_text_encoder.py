@@ -1,5 +1,5 @@
-"""The per-text embedding cache (a retrain encodes only new or changed item texts, with the encoder's own output) and
-LoRA on the encoder's top layers."""
+"""The per-text embedding cache (a retrain encodes only new or changed item texts, with the encoder's own output),
+LoRA on the encoder's top layers, and the static token-table encoder."""
 
 from pathlib import Path
 
@@ -146,3 +146,52 @@ def test_many_missing_texts_are_encoded_by_the_onnx_export_to_the_same_vectors(e
     workers = cached_text_embeddings(texts, None, tmp_path / "workers", progress=False, workers=2)
     assert len(list((tmp_path / "workers").glob("text_encoder_*.onnx"))) == 1
     np.testing.assert_allclose(workers, encoder.encode(texts), atol=1e-5)
+
+
+def test_the_static_encoder_averages_its_token_table_and_exports_the_same(tmp_path: Path) -> None:
+    """wordllama-l2-256: the mean of the words' rows in the shipped table (read here with `tokenizers` and
+    `safetensors` alone, no start token), L2-normalized; its ONNX export, its saved copy and the cache agree."""
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    from components.compress_export import encode_with, export_text_encoder_onnx, session
+    from components.text_encoder import (
+        WORDLLAMA,
+        StaticEmbeddingEncoder,
+        _wordllama_files,
+        encoder_key,
+        is_static,
+        load_text_encoder,
+        load_tokenizer,
+    )
+
+    texts = [t for t in TEXTS if t] + ["GoldenEye (1995). Genres: Action|Adventure|Thriller."]
+    weights, tokenizer_file = _wordllama_files()
+    table = load_file(str(weights))["embedding.weight"].astype(np.float32)
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    expected = np.stack([table[tokenizer.encode(t, add_special_tokens=False).ids].mean(0) for t in texts])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+
+    encoder = load_text_encoder(WORDLLAMA)
+    assert isinstance(encoder, StaticEmbeddingEncoder) and encoder.dim == 256 and is_static(WORDLLAMA)
+    got = encoder.encode(texts)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    onnx_file = export_text_encoder_onnx(encoder, tmp_path / "text_encoder.onnx")
+    np.testing.assert_allclose(encode_with(session(onnx_file), load_tokenizer(WORDLLAMA), texts), expected, atol=1e-6)
+
+    encoder.save(tmp_path / "saved")
+    assert is_static(tmp_path / "saved") and not is_static(None)
+    np.testing.assert_array_equal(load_text_encoder(tmp_path / "saved").encode(texts), got)
+    np.testing.assert_allclose(encode_with(session(onnx_file), load_tokenizer(tmp_path / "saved"), texts), expected,
+                               atol=1e-6)
+    assert len({encoder_key(None), encoder_key(WORDLLAMA), encoder_key(tmp_path / "saved")}) == 3
+    cached = cached_text_embeddings(texts, WORDLLAMA, tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(cached, got)
+    assert cached_text_embeddings(texts[:1], None, tmp_path / "cache", progress=False).shape == (1, 384)
+
+
+def test_a_folder_without_an_encoder_is_refused_naming_the_shipped_ones(tmp_path: Path) -> None:
+    from components.text_encoder import EncoderError, load_text_encoder
+
+    with pytest.raises(EncoderError, match=rf"no text encoder .* in encoder directory {tmp_path}.*wordllama-l2-256"):
+        load_text_encoder(tmp_path)

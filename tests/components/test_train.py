@@ -545,3 +545,57 @@ def test_available_cpus_follows_a_pods_cpu_quota(tmp_path: Path, monkeypatch) ->
     quota.write_text("max 100000\n")  # no limit: the affinity
     assert available_cpus(quota) == 8
     assert available_cpus(tmp_path / "absent") == 8
+
+
+def test_the_static_text_encoder_trains_compresses_and_embeds_new_items(dataset, tmp_path: Path) -> None:
+    """model.text_encoder=wordllama-l2-256 (frozen): the model's text vectors are that encoder's (256 wide), the
+    artifact records it, compression exports it (no layers to distil: that variant is skipped) and the bundle's
+    text encoder gives back the model's text vectors, and a new item is embedded by it."""
+    import pandas as pd
+
+    from components.compress import run_compress
+    from components.compress_export import encode_texts_onnx
+    from components.model import load_model, load_recommender
+    from components.text_encoder import WORDLLAMA, load_text_encoder
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.epochs": 3, "model.text_encoder": WORDLLAMA,
+                                      "compress.distill_layers": 1, "compress.distill_epochs": 1,
+                                      "compress.latency_repeats": 1})
+    metrics = train_model(config, canonical, examples, tmp_path / "model", progress=False)
+    assert np.isfinite(metrics["test_ndcg@10"])
+    model, _ = load_model(tmp_path / "model")
+    texts = _catalogue_texts(tmp_path / "model", canonical)
+    assert model.cfg["encoder_dir"] == WORDLLAMA and model.cfg["text_dim"] == 256
+    np.testing.assert_allclose(model.text[1:].numpy(), load_text_encoder(WORDLLAMA).encode(texts), atol=1e-6)
+
+    comparison = run_compress(config, canonical, tmp_path / "model", tmp_path / "bundle", tmp_path / "report",
+                              work_dir=tmp_path / "variants", progress=False)
+    assert "distilled" not in comparison["variants"] and "pruned" in comparison["variants"]
+    np.testing.assert_allclose(encode_texts_onnx(tmp_path / "bundle", texts), model.text[1:].numpy(), atol=1e-3)
+
+    got = load_recommender(tmp_path / "model").add_items(pd.DataFrame({"item_id": [500], "text": [texts[0]]}))
+    unknown = [torch.zeros(1, buffer.shape[1], dtype=torch.long) for buffer in model.attributes()]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.content_vectors(model.text[1:2], unknown), dim=-1).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_full_tuning_of_the_static_encoder_ships_the_tuned_table(dataset, tmp_path: Path) -> None:
+    """encoder_tuning=full on a token table: the table's rows move, the saved static encoder (what the bundle
+    exports and new items are embedded by) gives back the vectors the model was trained with."""
+    from components.model import load_model
+    from components.text_encoder import WORDLLAMA, is_static, load_text_encoder
+    from components.train import train_model
+
+    data_dir, canonical, examples = dataset
+    config = tiny_config(data_dir, **{"train.epochs": 1, "model.text_encoder": WORDLLAMA,
+                                      "model.encoder_tuning": "full", "model.encoder_learning_rate": 0.05})
+    train_model(config, canonical, examples, tmp_path, progress=False)
+    model, _ = load_model(tmp_path)
+    texts = _catalogue_texts(tmp_path, canonical)
+    assert model.cfg["encoder_dir"] == "encoder" and is_static(tmp_path / "encoder")
+    tuned = load_text_encoder(tmp_path / "encoder").encode(texts)
+    assert np.abs(tuned - load_text_encoder(WORDLLAMA).encode(texts)).max() > 1e-3
+    np.testing.assert_allclose(tuned, model.text[1:].numpy(), atol=1e-4)
