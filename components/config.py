@@ -88,7 +88,7 @@ class Features(_Section):
 
 class Model(_Section):
     text_encoder: Literal["all-MiniLM-L6-v2", "wordllama-l2-256"] = Field(
-        default="all-MiniLM-L6-v2", description="the shipped text encoder (its weights come with a pinned package): "
+        default="wordllama-l2-256", description="the shipped text encoder (its weights come with a pinned package): "
         "all-MiniLM-L6-v2 (a 6-layer transformer) | wordllama-l2-256 (a static token-embedding table)")
     encoder_dir: Path | None = Field(default=None, description="a folder holding another text encoder; when set, it "
                                      "replaces text_encoder")

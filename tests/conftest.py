@@ -279,7 +279,9 @@ def tiny_config(data_dir: Path, **extra: object) -> Config:
         "paths.data_dir": str(data_dir), "model.embedding_dim": 32, "model.max_seq_len": SEQ, "model.user_layers": 1,
         "model.user_heads": 2, "model.dropout": 0.0, "model.id_dropout": 0.5, "model.temperature": 0.1,
         "train.epochs": 40, "train.batch_size": 32, "train.learning_rate": 0.01, "train.patience": 40,
-        "train.max_minutes": 3, "evaluate.cold_start_items": 0, "model.ensemble_members": 1, **extra,
+        "train.max_minutes": 3, "evaluate.cold_start_items": 0, "model.ensemble_members": 1,
+        "model.text_encoder": "all-MiniLM-L6-v2",  # the transformer: its tuning, pruning and distillation paths
+        **extra,
     }
     return load_config(overrides=[f"{k}={v}" for k, v in overrides.items()])
 

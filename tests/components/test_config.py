@@ -66,7 +66,7 @@ def test_encoder_tuning_and_the_earlier_fine_tune_switch():
     assert load_config(overrides=["model.fine_tune_encoder=true"]).model.encoder_tuning == "full"
     full = load_config(overrides=["model.encoder_tuning=full"]).model
     assert full.fine_tune_encoder is True  # the flag the pipelines read to put training on a GPU node
-    lora = load_config(overrides=["model.encoder_tuning=lora"])
+    lora = load_config(overrides=["model.encoder_tuning=lora", "model.text_encoder=all-MiniLM-L6-v2"])
     assert lora.model.fine_tune_encoder is False
     assert config_from_text(config_to_text(lora)).model.encoder_tuning == "lora"
     with pytest.raises(ConfigError, match="contradicts encoder_tuning=adapter"):
@@ -77,9 +77,11 @@ def test_encoder_tuning_and_the_earlier_fine_tune_switch():
 
 def test_the_text_encoder_is_a_shipped_one_and_fits_the_tuning(tmp_path):
     default = load_config().model
-    assert default.text_encoder == "all-MiniLM-L6-v2" and default.encoder_source == "all-MiniLM-L6-v2"
-    static = load_config(overrides=["model.text_encoder=wordllama-l2-256"]).model
-    assert static.encoder_source == "wordllama-l2-256"
+    assert default.text_encoder == "wordllama-l2-256" and default.encoder_source == "wordllama-l2-256"
+    transformer = load_config(overrides=["model.text_encoder=all-MiniLM-L6-v2"]).model
+    assert transformer.encoder_source == "all-MiniLM-L6-v2"
+    assert load_config(overrides=["model.text_encoder=all-MiniLM-L6-v2",
+                                  "model.encoder_tuning=lora"]).model.encoder_tuning == "lora"
     assert load_config(overrides=[f"model.encoder_dir={tmp_path}"]).model.encoder_source == tmp_path  # a folder wins
     with pytest.raises(ConfigError, match="model.text_encoder"):
         load_config(overrides=["model.text_encoder=bert-large"])

@@ -121,6 +121,7 @@ def test_gpus_only_in_the_gpu_overlay():
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         args = replica["template"]["spec"]["containers"][0]["args"]
         assert "--set=train.device=cuda" in args and "--set=model.fine_tune_encoder=true" in args
+        assert "--set=model.text_encoder=all-MiniLM-L6-v2" in args  # the GPU tunes the transformer
 
 
 @needs_kubectl
