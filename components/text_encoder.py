@@ -398,7 +398,8 @@ def encode_with(sess: Any, tokenizer: Any, texts: list[str], batch_size: int = 6
     dim = int(sess.get_outputs()[0].shape[-1])
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
-ONNX_MIN_TEXTS = 2048  # missing texts from which the frozen encoder runs on ONNX Runtime (its export: ~6 s, once)
+ONNX_MIN_TEXTS = 2048  # missing texts from which a frozen transformer runs on ONNX Runtime (its export: ~6 s, once;
+# a static encoder's forward is one gather: torch in the process was 4 x its ONNX run over 2,500 texts, export included)
 
 
 class OnnxSentenceEncoder:
@@ -527,7 +528,7 @@ def cached_text_embeddings(
     """Embeddings of `texts`: each distinct text is read from the per-text cache or, when missing (new or changed
     text), encoded in batches and added to it (cache_dir=None: no cache). `encoder` is the loaded encoder of
     `encoder_dir` to use (default: load it only if something must be encoded; `runtime` auto: from
-    ONNX_MIN_TEXTS texts to encode, its ONNX export on ONNX Runtime); with `workers` > 1 and more than two
+    ONNX_MIN_TEXTS texts to encode, a transformer's ONNX export on ONNX Runtime); with `workers` > 1 and more than two
     shards of texts to encode, worker processes load `encoder_dir`'s weights (or that export) and share the work
     instead."""
     texts = [str(t) for t in texts]
@@ -549,7 +550,8 @@ def cached_text_embeddings(
                  encoder_dir or MINILM if is_shipped(encoder_dir) else resolve_encoder_dir(encoder_dir))
         if missing:
             by_length = [missing[i] for i in order]
-            onnx = encoder is None and (runtime == "onnx" or (runtime == "auto" and len(missing) >= ONNX_MIN_TEXTS))
+            onnx = encoder is None and (runtime == "onnx" or (runtime == "auto" and len(missing) >= ONNX_MIN_TEXTS
+                                                              and not is_static(encoder_dir)))
             if workers > 1 and len(missing) > 2 * SHARD_TEXTS:
                 encoded = encode_in_workers(by_length, encoder_dir, workers, progress,
                                             onnx_cache_dir=cache_dir if onnx else None)

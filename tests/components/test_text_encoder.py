@@ -186,8 +186,21 @@ def test_the_static_encoder_averages_its_token_table_and_exports_the_same(tmp_pa
                                atol=1e-6)
     assert len({encoder_key(None), encoder_key(WORDLLAMA), encoder_key(tmp_path / "saved")}) == 3
     cached = cached_text_embeddings(texts, WORDLLAMA, tmp_path / "cache", progress=False)
-    np.testing.assert_array_equal(cached, got)
+    np.testing.assert_allclose(cached, got, atol=1e-6)
     assert cached_text_embeddings(texts[:1], None, tmp_path / "cache", progress=False).shape == (1, 384)
+
+
+def test_many_missing_texts_of_a_static_encoder_stay_on_torch(tmp_path: Path, monkeypatch) -> None:
+    """A token table's forward is one gather: past ONNX_MIN_TEXTS it is not exported (that cost more than it saved)."""
+    from components import text_encoder
+
+    monkeypatch.setattr(text_encoder, "ONNX_MIN_TEXTS", 4)
+    texts = [f"item {i}: {TEXTS[i % 4]}" for i in range(12)]
+    got = cached_text_embeddings(texts, text_encoder.WORDLLAMA, tmp_path, progress=False)
+    assert not list(tmp_path.glob("text_encoder_*.onnx"))
+    np.testing.assert_allclose(got, text_encoder.load_text_encoder(text_encoder.WORDLLAMA).encode(texts), atol=1e-6)
+    cached_text_embeddings(texts[:6], None, tmp_path / "minilm", progress=False)  # a transformer still is exported
+    assert len(list((tmp_path / "minilm").glob("text_encoder_*.onnx"))) == 1
 
 
 def test_a_folder_without_an_encoder_is_refused_naming_the_shipped_ones(tmp_path: Path) -> None:
