@@ -178,6 +178,7 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
     from components.text_encoder import (
         cached_text_embeddings,
         encoder_workers,
+        is_static,
         load_text_encoder,
         recorded_encoder_source,
     )
@@ -187,7 +188,7 @@ def build_variants(config: Config, model_dir: Path, texts: list[str], work: Path
     model, _ = load_model(model_dir)
     encoder_dir = recorded_encoder_source(model.cfg.get("encoder_dir"), model_dir)
     teacher = load_text_encoder(encoder_dir).eval()
-    layered = hasattr(teacher, "transformer")  # a transformer (prune its Linear weights, distil it); else a table
+    layered = not is_static(encoder_dir)  # a transformer (prune its Linear weights, distil it); else a token table
     base_emb = np.load(model_dir / "item_embeddings.npy").astype(np.float32)
     check = _check_rows(len(texts), cfg, config.train.seed)
     check_texts = texts if check is None else [texts[i] for i in check]

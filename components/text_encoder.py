@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -91,35 +92,56 @@ def recorded_encoder_source(recorded: str | None, model_dir: Path) -> str | Path
     return model_dir / recorded
 
 
-def recorded_source(source: str | Path) -> str | None:
+def source_to_record(source: str | Path) -> str | None:
     """What a model artifact records of the encoder it was trained with (None for all-MiniLM-L6-v2, as before)."""
     return None if str(source) == MINILM else str(source)
 
 
+@dataclass(frozen=True)
+class EncoderFiles:
+    """Where a source's encoder lives: its kind, what makes its identity, its weights and its tokenizer."""
+
+    static: bool  # a token table (no transformer layers to tune, prune or distil)
+    identity: bytes  # its config (a static folder's marker; the shipped table's name)
+    identity_files: list[Path]  # the files whose contents are its identity too
+    table: Path | None  # a static encoder's token table
+    tokenizer: Path  # a `tokenizers` JSON file or a folder holding a saved tokenizer
+
+
+def encoder_files(source: str | Path | None) -> EncoderFiles:
+    """The files of the encoder a source names: a shipped name (None: all-MiniLM-L6-v2) or a folder."""
+    if str(source) == WORDLLAMA:
+        table, tokenizer = _wordllama_files()
+        return EncoderFiles(True, WORDLLAMA.encode(), [table, tokenizer], table, tokenizer)
+    path = resolve_encoder_dir(source)
+    if (path / STATIC_CONFIG).is_file():
+        return EncoderFiles(True, (path / STATIC_CONFIG).read_bytes(), [path / STATIC_WEIGHTS, path / "tokenizer.json"],
+                            path / STATIC_WEIGHTS, path)
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    return EncoderFiles(False, (path / "config.json").read_bytes(), weights, None, path)
+
+
 def is_static(source: str | Path | None) -> bool:
     """The source is a static token-embedding encoder (no transformer layers to tune, prune or distil)."""
-    return str(source) == WORDLLAMA or (not is_shipped(source) and (Path(source) / STATIC_CONFIG).is_file())
+    return encoder_files(source).static
 
 
 def load_text_encoder(source: str | Path | None) -> SentenceEncoder | StaticEmbeddingEncoder:
     """The encoder a source names: a shipped name (None: all-MiniLM-L6-v2) or a folder."""
-    if str(source) == WORDLLAMA:
-        weights, tokenizer = _wordllama_files()
-        return StaticEmbeddingEncoder(weights, tokenizer, name=WORDLLAMA)
-    path = resolve_encoder_dir(source)
-    if (path / STATIC_CONFIG).is_file():
-        return StaticEmbeddingEncoder(path / STATIC_WEIGHTS, path, name=str(path))
-    return SentenceEncoder(path)
+    files = encoder_files(source)
+    if files.static:
+        return StaticEmbeddingEncoder(files.table, files.tokenizer, name=str(source))
+    return SentenceEncoder(files.tokenizer)
 
 
 def load_tokenizer(source: str | Path | None) -> Any:
     """The tokenizer of a source's encoder (a transformers fast tokenizer), without loading its weights."""
-    if is_static(source):
-        return (_static_tokenizer(_wordllama_files()[1]) if str(source) == WORDLLAMA
-                else _static_tokenizer(resolve_encoder_dir(source)))
+    files = encoder_files(source)
+    if files.static:
+        return _static_tokenizer(files.tokenizer)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolve_encoder_dir(source)))
+    return AutoTokenizer.from_pretrained(str(files.tokenizer))
 
 
 def _static_tokenizer(source: Path) -> Any:
@@ -319,16 +341,10 @@ def _encoder_digest(encoder_dir: str | Path | None) -> hashlib._Hash:
     """sha256 fed with the encoder's identity: its config (a static encoder's marker; a shipped one's name) and
     the names and contents of its weights files (a fine-tuned encoder has the base model's config and file sizes,
     never its vectors)."""
-    if str(encoder_dir) == WORDLLAMA:
-        config, files = WORDLLAMA.encode(), list(_wordllama_files())
-    elif ((path := resolve_encoder_dir(encoder_dir)) / STATIC_CONFIG).is_file():
-        config, files = (path / STATIC_CONFIG).read_bytes(), [path / STATIC_WEIGHTS, path / "tokenizer.json"]
-    else:
-        files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-        config = (path / "config.json").read_bytes()
+    files = encoder_files(encoder_dir)
     digest = hashlib.sha256()
-    digest.update(config)
-    for weights in files:
+    digest.update(files.identity)
+    for weights in files.identity_files:
         st = weights.stat()
         digest.update(f"{weights.name}:{_file_sha256(str(weights), st.st_size, st.st_mtime_ns)}".encode())
     return digest

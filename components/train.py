@@ -127,7 +127,7 @@ def _device(config: Config) -> torch.device:
 
 
 def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
-    from components.text_encoder import recorded_source
+    from components.text_encoder import source_to_record
 
     item_encoder = ItemEncoder.fit(data.items, config.dataset)
     feats = item_features(data.items, text_emb, item_encoder)
@@ -142,7 +142,7 @@ def build_model(config: Config, data: TrainData, text_emb: np.ndarray):
         "item_attribute_widths": item_encoder.widths,
         "profile_fields": data.profile_encoder.fields,
         "profile_sizes": [size - 1 for size in data.profile_encoder.sizes],
-        "encoder_dir": recorded_source(m.encoder_source),
+        "encoder_dir": source_to_record(m.encoder_source),
         "fine_tuned_encoder": m.tunes_encoder_weights,
         "encoder_tuning": m.encoder_tuning,
         "text_adapter_hidden": m.adapter_hidden if m.encoder_tuning == "adapter" else 0,
