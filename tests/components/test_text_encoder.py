@@ -208,3 +208,15 @@ def test_a_folder_without_an_encoder_is_refused_naming_the_shipped_ones(tmp_path
 
     with pytest.raises(EncoderError, match=rf"no text encoder .* in encoder directory {tmp_path}.*wordllama-l2-256"):
         load_text_encoder(tmp_path)
+
+
+def test_no_texts_give_no_rows_of_the_encoders_own_width(tmp_path: Path) -> None:
+    """An empty list keeps the width of the encoder asked for (read from its files), cached or in workers."""
+    from components.text_encoder import WORDLLAMA, encode_in_workers, encoder_dim, load_text_encoder
+
+    saved = tmp_path / "saved"
+    load_text_encoder(WORDLLAMA).save(saved)
+    for source, width in ((WORDLLAMA, 256), (None, 384), (saved, 256)):
+        assert encoder_dim(source) == width
+        assert cached_text_embeddings([], source, tmp_path / "cache", progress=False).shape == (0, width)
+        assert encode_in_workers([], source, workers=2).shape == (0, width)

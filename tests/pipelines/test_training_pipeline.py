@@ -41,7 +41,7 @@ def test_compiled_yaml_loads_back_and_names_every_component(tmp_path, name):
     assert retried == []  # KFP would retry bad data too; steps retry transient errors
 
 
-def test_gate_is_a_condition_and_gpu_is_requested_only_when_fine_tuning(tmp_path):
+def test_gate_is_a_condition_and_gpu_is_requested_only_when_fine_tuning_a_transformer(tmp_path):
     cpu = list(yaml.safe_load_all(compile_pipeline(TRAINING, load_config(), tmp_path / "cpu").read_text()))
     gate = cpu[0]["root"]["dag"]["tasks"]["condition-1"]
     assert "evaluate-op" in gate["triggerPolicy"]["condition"]
@@ -49,7 +49,11 @@ def test_gate_is_a_condition_and_gpu_is_requested_only_when_fine_tuning(tmp_path
             if "accelerator" in e["container"].get("resources", {})] == []
     cpu_platform = cpu[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert [n for n, e in cpu_platform.items() if "nodeSelector" in e or "tolerations" in e] == []
-    gpu = compile_pipeline(TRAINING, load_config(overrides=["model.fine_tune_encoder=true"]), tmp_path / "gpu")
+    table = compile_pipeline(TRAINING, load_config(overrides=["model.fine_tune_encoder=true"]), tmp_path / "table")
+    assert "accelerator" not in table.read_text() and "nvidia.com/gpu" not in table.read_text()  # a CPU job:
+    # the full fine-tune of the default token table
+    gpu = compile_pipeline(TRAINING, load_config(overrides=["model.fine_tune_encoder=true",
+                                                            "model.text_encoder=all-MiniLM-L6-v2"]), tmp_path / "gpu")
     spec, platform = yaml.safe_load_all(gpu.read_text())
     accelerated = {n: e["container"]["resources"]["accelerator"]["resourceCount"]
                    for n, e in spec["deploymentSpec"]["executors"].items()
