@@ -135,56 +135,109 @@ def item_scores(item_embeddings: np.ndarray, user_embedding: np.ndarray) -> np.n
 PRIOR_KEY = "popularity_prior"  # the manifest's popularity-prior settings (see `PopularityPrior`)
 
 
+class PriorPart:
+    """One popularity prior: the catalogue rows it covers (and the same as a bool [N] mask), its windows with a
+    weight each (days or None = all history), and the bonus of an item nobody has met yet (new items only).
+    A plain class: the Triton stub loads this file without registering it as a module, which dataclasses need."""
+
+    def __init__(self, rows: np.ndarray, mask: np.ndarray, windows: tuple[tuple[float | None, float], ...],
+                 never_seen: float = 0.0) -> None:
+        self.rows, self.mask, self.windows, self.never_seen = rows, mask, windows, never_seen
+
+    @property
+    def weight(self) -> float:
+        """w of the served form w * log1p(n): the windows' weights summed."""
+        return float(sum(weight for _, weight in self.windows))
+
+    def effective_counts(self, counts: Sequence[np.ndarray]) -> np.ndarray:
+        """The one count per item a request carries, from its counts in each window (same order as `windows`):
+        w * log1p(result) = sum of weight_t * log1p(count_t). One window: its counts as they are."""
+        if len(self.windows) == 1:
+            return np.asarray(counts[0], np.float32)
+        logs = sum(weight * np.log1p(np.asarray(c, np.float64))
+                   for (_, weight), c in zip(self.windows, counts, strict=True))
+        return np.expm1(logs / max(self.weight, 1e-12)).astype(np.float32)
+
+    def seen(self, counts: Sequence[np.ndarray]) -> np.ndarray:
+        """Items met by someone before the request (all-history count > 0): those a request must list when the
+        part has a never-seen bonus (the bundle gives it to the new items a request leaves out)."""
+        return np.asarray(counts[self.all_history], np.float32) > 0
+
+    @property
+    def all_history(self) -> int:
+        """Position of the all-history window (present whenever there is a never-seen bonus)."""
+        return [days for days, _ in self.windows].index(None)
+
+    def dense_boost(self, counts: Sequence[np.ndarray]) -> np.ndarray:
+        """w * log1p(effective count), plus the bonus where nobody has met the item: what the bundle's sparse
+        `PopularityPrior.boost` gives these items, computed for every one (batch scoring)."""
+        boost = np.float32(self.weight) * np.log1p(self.effective_counts(counts))
+        if self.never_seen:
+            boost = boost + np.where(self.seen(counts), np.float32(0), np.float32(self.never_seen))
+        return boost.astype(np.float32)
+
+
 class PopularityPrior:
     """The model's popularity priors over a bundle's catalogue: an item scores cosine + w * log1p(n), n = its
     interactions by other users strictly before the request within the prior's window; items without a trained
-    ID embedding (`is_new`) use the new-item weight and window, trained items the other ones (weight 0 = off)."""
+    ID embedding (`is_new`) use the new-item prior, trained items the other one (weight 0 = off).
+
+    The new-item prior may blend several windows (`new_item_windows`: [[days or None, weight], ...]): a request
+    then carries one effective count per item (`PriorPart.effective_counts`), and w is the weights' sum. With a
+    never-seen bonus (`new_item_never_seen`), new items a request leaves out score that bonus: the request lists
+    every new item someone has met, even one whose effective count is 0."""
 
     def __init__(self, index: ItemIndex, settings: dict | None) -> None:
         settings = settings or {}
-        self.new_item_weight = float(settings.get("new_item_weight", 0.0))
-        self.new_item_window_days = settings.get("new_item_window_days")
+        windows = settings.get("new_item_windows")
+        if windows is None:
+            windows = [[settings.get("new_item_window_days"), float(settings.get("new_item_weight", 0.0))]]
+        self.new_item_windows = tuple((None if d is None else float(d), float(w)) for d, w in windows)
+        self.new_item_never_seen = float(settings.get("new_item_never_seen", 0.0))
+        if self.new_item_never_seen and None not in [d for d, _ in self.new_item_windows]:
+            self.new_item_windows += ((None, 0.0),)  # the bonus needs the all-history count
+        self.new_item_weight = float(sum(w for _, w in self.new_item_windows))
+        self.new_item_window_days = self.new_item_windows[0][0] if len(self.new_item_windows) == 1 else None
         self.weight = float(settings.get("weight", 0.0))
         self.window_days = settings.get("window_days")
         rows = index.rows(np.asarray(settings.get("new_item_ids", []), dtype=np.int64))
         self.is_new = np.zeros(len(index), dtype=bool)
         self.is_new[rows[rows >= 0]] = True
         self.weights = np.where(self.is_new, np.float32(self.new_item_weight), np.float32(self.weight))
+        self.base = np.where(self.is_new, np.float32(self.new_item_never_seen), np.float32(0.0)).astype(np.float32)
 
     @property
     def active(self) -> bool:
-        return self.new_item_weight > 0 or self.weight > 0
-
-    def windows(self) -> list[tuple[np.ndarray, float | None]]:
-        """(catalogue rows, window in days or None) of each prior that is on."""
-        return [(rows, days) for rows, _, days in self.window_parts]
+        return self.new_item_weight > 0 or self.new_item_never_seen > 0 or self.weight > 0
 
     @functools.cached_property
-    def window_parts(self) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
-        """(catalogue rows, the same as a bool [N] mask, window in days or None) of each prior that is on."""
+    def parts(self) -> list[PriorPart]:
+        """The priors that are on: the new items' and the trained items'."""
         out = []
-        for new, weight, days in ((True, self.new_item_weight, self.new_item_window_days),
-                                  (False, self.weight, self.window_days)):
-            if weight > 0:
-                mask = self.is_new == new
-                out.append((np.flatnonzero(mask), mask, days))
+        if self.new_item_weight > 0 or self.new_item_never_seen > 0:
+            out.append(PriorPart(np.flatnonzero(self.is_new), self.is_new.copy(), self.new_item_windows,
+                                 self.new_item_never_seen))
+        if self.weight > 0:
+            trained = ~self.is_new
+            out.append(PriorPart(np.flatnonzero(trained), trained, ((self.window_days, self.weight),)))
         return out
 
     def boost(self, index: ItemIndex, item_ids: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
-        """float32 [N] w * log1p(n) per catalogue row from sparse (item ids, counts n in each item's own window);
-        None when nothing is boosted. Unknown ids are refused (they name an item the bundle does not hold)."""
+        """float32 [N] w * log1p(n) per catalogue row from sparse (item ids, effective counts n), and the
+        never-seen bonus on the new items left out; None when nothing is boosted. Unknown ids are refused (they
+        name an item the bundle does not hold)."""
         item_ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
         counts = np.asarray(counts, dtype=np.float32).reshape(-1)
         if item_ids.size != counts.size:
             raise RequestError(f"prior_item_ids has {item_ids.size} values, prior_counts {counts.size}")
-        if item_ids.size == 0 or not self.active:
+        if not self.active or (item_ids.size == 0 and not self.new_item_never_seen):
             return None
         if not np.all(np.isfinite(counts)) or np.any(counts < 0):
             raise RequestError("prior_counts must be finite and non-negative")
         rows = index.rows(item_ids)
         if np.any(rows < 0):
             raise RequestError(f"prior_item_ids holds ids outside the catalogue, e.g. {int(item_ids[rows < 0][0])}")
-        out = np.zeros(len(index), dtype=np.float32)
+        out = self.base.copy()
         out[rows] = self.weights[rows] * np.log1p(counts)
         return out
 

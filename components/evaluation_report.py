@@ -301,8 +301,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
     ablation_note = ("Variants of the candidate trained on the same data, ranked on the same split and users; "
                      "intervals 95% bootstrap, differences paired over the same users (variant minus candidate); "
                      "cold, text only: the new items ranked without their popularity prior; validation: the same "
-                     "figures on the validation users and the cold-validation items (where each model chose its "
-                     "new-item prior's weight, and training stopped early: they read high, alike for every row).")
+                     "figures on the validation users and the cold-validation items (where each model fitted its "
+                     "new-item prior, and training stopped early: they read high, alike for every row).")
     no_profile = "The data set declares no user attributes."
     no_cold = "No cold items configured."
     d = evaluation.decision

@@ -113,15 +113,23 @@ class ItemEventIndex:
         return out
 
     def prior_counts(self, prior: PopularityPrior, user_id: int, as_of_us: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sparse (item ids, counts) for `PopularityPrior.boost`: each item's count in its own prior's window,
-        items with no event (or whose prior is off) left out."""
+        """Sparse (item ids, counts) for `PopularityPrior.boost`: each item's effective count over its prior's
+        windows (`PriorPart.effective_counts`); items with none left out, except new items someone has met when
+        the new-item prior has a never-seen bonus (the bundle gives the bonus to the new items left out)."""
         counts = np.zeros(len(self.index), np.float32)
-        for rows, in_window, days in prior.window_parts:
-            total, mine = self._window(user_id, as_of_us, days)
-            counts[rows] = total[rows]
-            np.subtract.at(counts, mine[in_window[mine]], 1.0)
-        nonzero = np.flatnonzero(counts)
-        return self.index.item_ids[nonzero], counts[nonzero]
+        listed = np.zeros(len(self.index), bool)
+        for part in prior.parts:
+            per_window = []
+            for days, _ in part.windows:
+                total, mine = self._window(user_id, as_of_us, days)
+                window = total[part.rows].copy()
+                own = mine[part.mask[mine]]
+                np.subtract.at(window, np.searchsorted(part.rows, own), 1.0)
+                per_window.append(window)
+            counts[part.rows] = part.effective_counts(per_window)
+            listed[part.rows] = part.seen(per_window) if part.never_seen else counts[part.rows] > 0
+        rows = np.flatnonzero(listed)
+        return self.index.item_ids[rows], counts[rows]
 
 
 ITEM_EVENTS_FILE = "item_events.parquet"  # beside the feature tables: the events the API's priors count

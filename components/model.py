@@ -481,15 +481,15 @@ class TwoTowerRecommender(TowerRecommender):
         super().__init__("two_tower", self._encode, np.load(self.model_dir / "item_ids.npy"), item_embeddings,
                          profile_encoder, int(self.cfg["max_seq_len"]), batch_size)
         self._encoder = UserEncoder(self.model, self.item_embeddings).eval()
-        self.new_item_popularity_weight = float(self.cfg.get("new_item_popularity_weight", 0.0))
-        self.new_item_popularity_window = self.cfg.get("new_item_popularity_window_days")
+        self.new_item_popularity_windows = new_item_prior_windows(self.cfg)
+        self.new_item_never_seen_bonus = float(self.cfg.get("new_item_never_seen_bonus", 0.0))
         self.popularity_weight = float(self.cfg.get("popularity_weight", 0.0))
         self.popularity_window = self.cfg.get("popularity_window_days")
         self._new = self.model.train_count[1:].numpy() == 0  # per catalogue row: no trained ID embedding
         self._events: pd.DataFrame | None = None
         self._counters: dict[int, ItemEventCounter] = {}
-        self.params = {"new_item_popularity_weight": self.new_item_popularity_weight,
-                       "new_item_popularity_window_days": self.new_item_popularity_window,
+        self.params = {"new_item_popularity_windows": self.new_item_popularity_windows,
+                       "new_item_never_seen_bonus": self.new_item_never_seen_bonus,
                        "popularity_weight": self.popularity_weight,
                        "popularity_window_days": self.popularity_window}
 
@@ -497,12 +497,17 @@ class TwoTowerRecommender(TowerRecommender):
     def _encode(self, history: np.ndarray, profile: np.ndarray) -> np.ndarray:
         return self._encoder(torch.from_numpy(history), torch.from_numpy(profile)).numpy()
 
+    @property
+    def new_item_popularity_weight(self) -> float:
+        """w of the new-item prior as served (its windows' weights summed)."""
+        return float(sum(weight for _, weight in self.new_item_popularity_windows))
+
     def popularity_prior(self) -> PopularityPrior:
         """The priors as the serving bundle carries them (`components.bundle_ops.PopularityPrior`): which items are
-        new, and each one's weight and window (from the current attributes, so that a test or `add_items` sees
+        new, and each prior's windows and weights (from the current attributes, so that a test or `add_items` sees
         its change)."""
         return PopularityPrior(self.index, {
-            "new_item_weight": self.new_item_popularity_weight, "new_item_window_days": self.new_item_popularity_window,
+            "new_item_windows": self.new_item_popularity_windows, "new_item_never_seen": self.new_item_never_seen_bonus,
             "weight": self.popularity_weight, "window_days": self.popularity_window,
             "new_item_ids": self.item_ids[self._new].tolist()})
 
@@ -516,11 +521,11 @@ class TwoTowerRecommender(TowerRecommender):
             return scores
         catalogue = np.asarray(catalogue, dtype=np.int64)
         rows = self.index.rows(catalogue)
-        for prior_rows, window in prior.windows():
-            cols = np.flatnonzero(np.isin(rows, prior_rows))
+        for part in prior.parts:
+            cols = np.flatnonzero(np.isin(rows, part.rows))
             if len(cols):
-                counts = self._event_counter(catalogue[cols]).counts(users, window)
-                scores[:, cols] += prior.weights[rows[cols]] * np.log1p(counts)
+                counter = self._event_counter(catalogue[cols])
+                scores[:, cols] += part.dense_boost([counter.counts(users, days) for days, _ in part.windows])
         return scores
 
     def set_item_events(self, events: pd.DataFrame) -> None:
@@ -576,6 +581,15 @@ class TwoTowerRecommender(TowerRecommender):
         self._encoder = UserEncoder(self.model, self.item_embeddings).eval()  # histories may hold the new items
         log.info("added %d new items (text + metadata only)", len(new))
         return emb
+
+
+def new_item_prior_windows(cfg: dict) -> list[list]:
+    """The new-item prior's [[window days or None, weight], ...] a model config records: the fitted blend
+    (`new_item_popularity_windows`), else the one window and weight of models from before it."""
+    windows = cfg.get("new_item_popularity_windows")
+    if windows is None:
+        return [[cfg.get("new_item_popularity_window_days"), float(cfg.get("new_item_popularity_weight", 0.0))]]
+    return [[days, float(weight)] for days, weight in windows]
 
 
 def item_event_counts(events: pd.DataFrame, users: pd.DataFrame, catalogue: np.ndarray,

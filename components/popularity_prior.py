@@ -1,5 +1,6 @@
 """The model being trained, scored exactly as the evaluate step scores a saved model; and its popularity priors
-(cosine + w * log(1 + the item's recent interactions by other users)), chosen on validation targets."""
+(cosine + w * log(1 + the item's recent interactions by other users)) for the trained items, chosen on validation
+targets (the new items' prior is fitted in `components.new_item_prior`)."""
 
 import logging
 from collections.abc import Callable
@@ -51,7 +52,6 @@ def in_training_recommender(model: Any, data: TrainData, device: torch.device) -
                             model.cfg["max_seq_len"], batch_size=1024)
 
 
-POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # new items: the prior may dominate
 WARM_POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)  # trained items: a nudge to the cosine
 POPULARITY_WINDOWS = (None, 30.0, 7.0)  # days (None = all history): the feature store's rolling windows
 
@@ -109,32 +109,6 @@ def choose_popularity_prior(cosine: np.ndarray | Callable[[np.ndarray], np.ndarr
     best = max(curve, key=lambda c: (c[first], c[second], -c["weight"]))
     window = best["window_days"] if best["weight"] > 0 else None
     return float(best["weight"]), window, curve
-
-
-@torch.no_grad()
-def choose_new_item_popularity_weight(model: Any, data: TrainData,
-                                      device: torch.device) -> tuple[float, float | None, list[dict]]:
-    """Weight w and window of the new-item prior (cosine + w * log(1 + recent interactions)) chosen on the COLD
-    VALIDATION items: the next-newest items, held out of training like the cold-start report's, never those.
-
-    Each cold-validation target is ranked among the cold-validation items (text + metadata vectors, as every new
-    item has), scored cosine + w * log(1 + n), n = the item's interactions by other users strictly before the
-    target (within the window: all history, 30 or 7 days). Best HR@10 wins, then NDCG@10, then the smaller w.
-    Returns (w, window days or None, the validation curve); (0, None, []) without cold-validation targets.
-    """
-    task = data.validation
-    if not len(task.cold_targets):
-        log.info("no cold-validation targets (evaluate.cold_validation_items=0): new-item popularity prior off")
-        return 0.0, None, []
-    users = task.cold_users.assign(_row=np.arange(len(task.cold_users)))
-    cosine = in_training_recommender(model, data, device).score(users, task.cold_histories, task.cold_items)
-    weight, window, curve = choose_popularity_prior(cosine, task.cold_interactions, task.cold_users,
-                                                    task.cold_histories, task.cold_targets, task.cold_items,
-                                                    task.cold_exclude, POPULARITY_WEIGHTS, "cold_val")
-    log.info("new-item popularity weight %.3g, window %s days chosen on %d cold-validation targets "
-             "(HR@10 %.4f; w=0: %.4f)", weight, window, len(task.cold_targets),
-             max(c[f"cold_val_hr@{EVAL_K}"] for c in curve), curve[0][f"cold_val_hr@{EVAL_K}"])
-    return weight, window, curve
 
 
 @torch.no_grad()

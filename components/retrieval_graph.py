@@ -82,7 +82,7 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
         "big": np.array([np.iinfo(np.int64).max], np.int64), "axis0": np.array([0], np.int64),
         "hist_shape": np.array([1, length], np.int64), "prof_shape": np.array([1, -1], np.int64),
         "col_shape": np.array([-1, 1], np.int64), "flat": np.array([-1], np.int64), "n_v": np.array([n], np.int64),
-        "zeros_n": np.zeros(n, np.float32), "neg_inf_1": np.array([-np.inf], np.float32),
+        "prior_base": prior.base, "neg_inf_1": np.array([-np.inf], np.float32),
         "neg_inf": np.array(-np.inf, np.float32),
     }
     nodes = []
@@ -119,7 +119,8 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
     node("Reshape", ["user_embedding", "col_shape"], ["user_col"])
     node("MatMul", ["item_table", "user_col"], ["dots_col"])
     node("Reshape", ["dots_col", "flat"], ["dots"])
-    # prior: w * log(1 + n) at the given items' rows (ids outside the catalogue ignored)
+    # prior: w * log(1 + n) at the given items' rows (ids outside the catalogue ignored), the never-seen bonus
+    # of the new items left out elsewhere (`PopularityPrior.boost`)
     rows_of("prior_item_ids_flat", "pr_rows")
     node("Greater", ["pr_rows", "minus_one"], ["pr_known"])
     node("Compress", ["pr_rows", "pr_known"], ["pr_kept"], axis=0)
@@ -128,7 +129,7 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
     node("Log", ["pr_counts1"], ["pr_log"])
     node("Gather", ["prior_weights", "pr_kept"], ["pr_w"], axis=0)
     node("Mul", ["pr_w", "pr_log"], ["pr_boost"])
-    node("ScatterElements", ["zeros_n", "pr_kept", "pr_boost"], ["boost"], axis=0)
+    node("ScatterElements", ["prior_base", "pr_kept", "pr_boost"], ["boost"], axis=0)  # listed rows replace it
     node("Add", ["dots", "boost"], ["boosted"])
     # exclusions -> -inf
     rows_of("exclude_item_ids_flat", "x_rows")

@@ -38,12 +38,13 @@ from components.model import (
     item_features,
     load_model,
     load_recommender,
+    new_item_prior_windows,
     reads_batch_rows,
     save_artifact,
 )
+from components.new_item_prior import fit_new_item_prior
 from components.popularity_prior import (
     EVAL_K,
-    choose_new_item_popularity_weight,
     choose_warm_popularity_weight,
     in_training_recommender,
     ranking_metrics,
@@ -483,9 +484,12 @@ def _finish(model: Any, data: TrainData, config: Config, out: Path, history: lis
     """After training: choose both popularity priors on validation, write the artifact (the refit model when
     there is one, with the priors chosen on the early-stopped one), score it as served on the test users, write
     metrics.json and the curve; returns the metrics."""
-    weight, window, curve = choose_new_item_popularity_weight(model, data, device)
-    model.cfg["new_item_popularity_weight"] = weight
-    model.cfg["new_item_popularity_window_days"] = window
+    windows, never_seen, curve = fit_new_item_prior(model, data, device, config.train.seed)
+    weight = float(sum(w for _, w in windows))
+    model.cfg["new_item_popularity_windows"] = windows
+    model.cfg["new_item_never_seen_bonus"] = never_seen
+    model.cfg["new_item_popularity_weight"] = weight  # w as served: the windows' weights summed
+    model.cfg["new_item_popularity_window_days"] = None
     model.cfg["new_item_popularity_validation"] = curve
     warm_weight, warm_window, warm_curve = choose_warm_popularity_weight(model, data, device)
     model.cfg["popularity_weight"] = warm_weight
@@ -762,9 +766,10 @@ def training_page(model_dir: Path, metrics: dict[str, Any]) -> str:
     from components.html_report import page, png_img, table
 
     cfg = json.loads((model_dir / "model_config.json").read_text(encoding="utf-8"))
-    priors = [("new items (cold-validation HR@10)", cfg.get("new_item_popularity_weight"),
-               cfg.get("new_item_popularity_window_days")),
-              ("trained items (validation NDCG@10)", cfg.get("popularity_weight"), cfg.get("popularity_window_days"))]
+    priors = [(f"new items (fitted on cold validation), {'all history' if days is None else f'{days:g} days'}",
+               weight, days) for days, weight in new_item_prior_windows(cfg)]
+    priors += [("new items nobody has met yet: bonus", cfg.get("new_item_never_seen_bonus", 0.0), ""),
+               ("trained items (validation NDCG@10)", cfg.get("popularity_weight"), cfg.get("popularity_window_days"))]
     sections = [("Validation NDCG@10 and training loss per epoch",
                  png_img((model_dir / "training_curve.png").read_bytes(), "training curve")),
                 ("Metrics", table(["metric", "value"], sorted(metrics.items()))),

@@ -44,7 +44,8 @@ def test_boost_adds_what_the_model_adds_and_refuses_bad_counts() -> None:
     expected = np.zeros(4, np.float32)
     expected[[1, 2, 0]] = np.array([0.3, 0.05, 0.05]) * np.log1p(counts)  # the model: weight * np.log1p(n)
     np.testing.assert_array_equal(boost, expected.astype(np.float32))
-    assert [(rows.tolist(), window) for rows, window in prior.windows()] == [([1, 3], 7), ([0, 2], None)]
+    assert [(part.rows.tolist(), part.windows) for part in prior.parts] == [([1, 3], ((7, 0.3),)),
+                                                                            ([0, 2], ((None, 0.05),))]
     emb = np.eye(4, dtype=np.float32)
     top, scores = request_top_k(index, emb, np.array([0.1, 0.0, 0.0, 0.0], np.float32), np.array([5]), 2, boost)
     assert top.tolist() == [9, 2] and scores[0] == pytest.approx(0.3 * np.log1p(4))
@@ -53,3 +54,41 @@ def test_boost_adds_what_the_model_adds_and_refuses_bad_counts() -> None:
     with pytest.raises(RequestError, match="prior_counts"):
         prior.boost(index, np.array([5]), np.array([-1.0]))
     assert PopularityPrior(index, None).boost(index, np.array([5]), np.array([3.0])) is None
+
+
+def test_a_blended_new_item_prior_serves_what_the_model_scores() -> None:
+    """The fitted new-item prior (windows blended, a never-seen bonus): the API's sparse counts through the
+    bundle's boost give, on every item, the model's dense boost of the same events (`PriorPart.dense_boost`)."""
+    events = random_events(seed=3)
+    catalogue = np.arange(95, 135, dtype=np.int64)  # items 130..134 never met: they take the bonus
+    index = ItemIndex(catalogue)
+    new_items = catalogue[::2]
+    prior = PopularityPrior(index, {"new_item_windows": [[None, 0.2], [7, 0.5], [2.5, 0.3]],
+                                    "new_item_never_seen": 0.4, "weight": 0.05, "window_days": 10,
+                                    "new_item_ids": new_items.tolist()})
+    assert prior.new_item_weight == pytest.approx(1.0) and prior.weights[0] == pytest.approx(1.0)
+    events_index = ItemEventIndex(index, events)
+    times = pd.to_datetime(["2024-03-02 00:00", "2024-03-20 13:07", "2024-04-15 00:00"], utc=True)
+    users = pd.DataFrame({"user_id": [3, 7, 99], "as_of": times})
+    for i, (user, t) in enumerate(zip(users.user_id, times, strict=True)):
+        ids, counts = events_index.prior_counts(prior, int(user), datetime_us(t.to_pydatetime()))
+        served = prior.boost(index, ids, counts)
+        dense = np.zeros(len(catalogue), np.float32)
+        for part in prior.parts:
+            window_counts = [item_event_counts(events, users.iloc[[i]], catalogue[part.rows], days)[0]
+                             for days, _ in part.windows]
+            dense[part.rows] = part.dense_boost(window_counts)
+        np.testing.assert_allclose(served, dense, rtol=1e-5, atol=1e-6)
+        new_rows = np.flatnonzero(np.isin(catalogue, new_items))
+        never = new_rows[~np.isin(catalogue[new_rows], ids)]
+        assert len(never) and np.all(served[never] == np.float32(0.4))  # never met: the bonus alone
+    # the blend: w * log1p(effective count) = sum of weight_t * log1p(count_t)
+    part = prior.parts[0]
+    counts = [np.array([0.0, 3.0, 9.0]), np.array([0.0, 1.0, 4.0]), np.array([0.0, 0.0, 2.0])]
+    expected = 0.2 * np.log1p(counts[0]) + 0.5 * np.log1p(counts[1]) + 0.3 * np.log1p(counts[2])
+    np.testing.assert_allclose(np.log1p(part.effective_counts(counts)), expected, rtol=1e-6)
+    np.testing.assert_allclose(part.dense_boost(counts), expected + [0.4, 0, 0], rtol=1e-6)
+    # a bonus without an all-history window gets one (the bonus needs it), weighted 0
+    only_recent = PopularityPrior(index, {"new_item_windows": [[7, 1.0]], "new_item_never_seen": 0.1,
+                                          "new_item_ids": [95]})
+    assert only_recent.parts[0].windows == ((7.0, 1.0), (None, 0.0))

@@ -381,13 +381,19 @@ def test_new_item_prior_changes_only_new_items(planted_model: Path) -> None:
     # a user who already met a new item: it enters the user tower through its text vector
     met = rec.score(users, [np.array([1, 2, 1001])] * 3, rec.item_ids)
     assert np.isfinite(met).all() and not np.allclose(met, plain)
-    rec.new_item_popularity_weight = 0.5
+    rec.new_item_popularity_windows, rec.new_item_never_seen_bonus = [[None, 0.5]], 0.0
     rec.set_item_events(pd.DataFrame({"user_id": [50, 51, 52], "item_id": [1001, 1001, 5],
                                       "event_timestamp": pd.Timestamp("2024-06-01", tz="UTC")}))
     boosted = rec.score(users, hist, rec.item_ids)
     np.testing.assert_allclose(boosted[:, :-2], plain[:, :-2])  # trained items: no prior
     np.testing.assert_allclose(boosted[:, -2], plain[:, -2])  # new item without events
     np.testing.assert_allclose(boosted[:, -1], plain[:, -1] + 0.5 * np.log1p(2), rtol=1e-5)
+    # the fitted form: windows blended, and a bonus for the new item nobody has met yet
+    rec.new_item_popularity_windows, rec.new_item_never_seen_bonus = [[None, 0.5], [30, 0.25]], 0.125
+    blended = rec.score(users, hist, rec.item_ids)
+    np.testing.assert_allclose(blended[:, :-2], plain[:, :-2])
+    np.testing.assert_allclose(blended[:, -2], plain[:, -2] + 0.125, rtol=1e-5)  # never met: the bonus
+    np.testing.assert_allclose(blended[:, -1], plain[:, -1] + 0.5 * np.log1p(2), rtol=1e-5)  # none in 30 days
 
 
 def test_popularity_prior_of_trained_items_counts_other_users_before_the_request(planted_model: Path) -> None:

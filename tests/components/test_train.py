@@ -366,9 +366,9 @@ def test_train_op_is_a_kfp_component(tmp_path: Path) -> None:
         "outputs.artifacts": {"model": "system.Model", "metrics": "system.Metrics", "curve": "system.HTML"}}
 
 
-def test_new_item_prior_weight_is_chosen_on_cold_validation_items(dataset, tmp_path: Path) -> None:
+def test_new_item_prior_is_fitted_on_cold_validation_items(dataset, tmp_path: Path) -> None:
     from components.model import load_model
-    from components.popularity_prior import POPULARITY_WEIGHTS, POPULARITY_WINDOWS, choose_new_item_popularity_weight
+    from components.new_item_prior import NEW_ITEM_WINDOWS, OFF, PENALTIES, fit_new_item_prior
     from components.train import train_model
     from components.train_data import prepare_data, read_examples
 
@@ -379,16 +379,37 @@ def test_new_item_prior_weight_is_chosen_on_cold_validation_items(dataset, tmp_p
     data = prepare_data(config, planted_tables(), read_examples(examples))
     assert not data.split.cold_validation.empty
     model, _ = load_model(tmp_path / "model")
-    weight, window, curve = choose_new_item_popularity_weight(model, data, torch.device("cpu"))
-    assert (weight, window) == (cfg["new_item_popularity_weight"], cfg["new_item_popularity_window_days"])
-    assert weight in POPULARITY_WEIGHTS and window in POPULARITY_WINDOWS
-    assert len(curve) == len(POPULARITY_WEIGHTS) + (len(POPULARITY_WINDOWS) - 1) * (len(POPULARITY_WEIGHTS) - 1)
-    best = max(c["cold_val_hr@10"] for c in curve)
-    chosen = [c for c in curve if c["weight"] == weight and (c["window_days"] == window or weight == 0)]
-    assert chosen[0]["cold_val_hr@10"] == best
+    windows, never_seen, record = fit_new_item_prior(model, data, torch.device("cpu"), config.train.seed)
+    assert [days for days, _ in windows] == list(NEW_ITEM_WINDOWS) == [d for d, _ in cfg["new_item_popularity_windows"]]
+    np.testing.assert_allclose([w for _, w in windows], [w for _, w in cfg["new_item_popularity_windows"]],
+                               rtol=1e-3, atol=1e-6)  # the saved model scores as the one in training did
+    assert never_seen == pytest.approx(cfg["new_item_never_seen_bonus"], rel=1e-3, abs=1e-6)
+    assert min(w for _, w in windows) >= 0 and never_seen >= 0
+    assert cfg["new_item_popularity_weight"] == pytest.approx(sum(w for _, w in cfg["new_item_popularity_windows"]))
+    assert [r["penalty"] for r in record] == list(PENALTIES) == [r["penalty"] for r in cfg[
+        "new_item_popularity_validation"]]
+    assert all(0 <= r["cold_val_cv_hr@10"] <= 1 for r in record)
     # without cold-validation items the prior stays off
     off = prepare_data(tiny_config(data_dir), planted_tables(), read_examples(examples))
-    assert choose_new_item_popularity_weight(model, off, torch.device("cpu")) == (0.0, None, [])
+    assert fit_new_item_prior(model, off, torch.device("cpu")) == OFF
+
+
+def test_the_conditional_logit_recovers_which_signal_picks_the_target() -> None:
+    """Targets drawn by a known rule (the cosine counts, the 7-day count more, the all-history count not at all):
+    the fitted weights rank the same way and put most targets first."""
+    from components.new_item_prior import fit_conditional_logit
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 20, 5)).astype(np.float32)
+    utility = 1.0 * features[..., 0] + 3.0 * features[..., 3] + rng.gumbel(size=(300, 20)) * 0.3
+    excluded = np.zeros((300, 20), bool)
+    excluded[:, 0] = True  # a seen item is never the target, whatever it scores
+    utility[excluded] = -np.inf
+    targets = utility.argmax(1)
+    w = fit_conditional_logit(features, excluded, targets, penalty=0.0)
+    assert w[3] > w[0] > max(w[1], w[2], w[4]) and (w >= 0).all()
+    scores = np.where(excluded, -np.inf, features @ w)
+    assert (scores.argmax(1) == targets).mean() > 0.8
 
 
 def test_warm_popularity_prior_is_chosen_on_validation_targets(dataset, tmp_path: Path) -> None:
