@@ -488,7 +488,8 @@ class TwoTowerRecommender(TowerRecommender):
         self._new = self.model.train_count[1:].numpy() == 0  # per catalogue row: no trained ID embedding
         self._events: pd.DataFrame | None = None
         self._counters: dict[int, ItemEventCounter] = {}
-        self.params = {"new_item_popularity_windows": self.new_item_popularity_windows,
+        self.params = {"new_item_popularity_windows": [[days, float(f"{weight:.4g}")]  # as the report shows it
+                                                        for days, weight in self.new_item_popularity_windows],
                        "new_item_never_seen_bonus": self.new_item_never_seen_bonus,
                        "popularity_weight": self.popularity_weight,
                        "popularity_window_days": self.popularity_window}
