@@ -9,10 +9,11 @@ Protocol (all recommenders, same run, same split from `components.splits`):
   training, so a model reaches them through their text), against `new-item-popularity`: for a user whose target
   happened at time t, a cold item scores its number of interactions by other users strictly before t. The target
   event itself and anything later are never counted. `random` is the exact expectation of a random ranking.
-  A model with `set_item_events` (the two-tower model) is handed the same cold-item events: it adds
-  w * log(1 + n) to its text-based score of items it has no trained ID for, n = that item's events by other users
-  strictly before the target within its rolling window (w and window chosen at training time on the cold-validation
-  items: the next-newest items, held out of training too, never the report's).
+  A model with `set_item_events` (the two-tower model) is handed the same cold-item events: it adds its new-item
+  prior to its text-based score of items it has no trained ID for, from that item's events by other users strictly
+  before the target (`components.new_item_prior`: fitted at training time on the cold-validation items, the
+  next-newest items, held out of training too, never the report's). The report gives the candidate's paired gain
+  over new-item-popularity.
 - Cold-start users (when the data set declares user attributes): each test user's target ranked over the warm
   catalogue from the declared profile alone (no history), against most-popular and popularity-as-of (interactions
   by other users strictly before the target), with the paired gain over the stronger of the two.
@@ -145,11 +146,14 @@ class PointInTimePopularity:
         return item_event_counts(self.events, users, catalogue)
 
 
+NEW_ITEM_POPULARITY = "new-item-popularity"
+
+
 class NewItemPopularity(PointInTimePopularity):
     """Cold-start baseline: a new item's number of interactions by other users strictly before the user's `as_of`."""
 
     def __init__(self, cold_interactions: pd.DataFrame) -> None:
-        super().__init__(cold_interactions, "new-item-popularity")
+        super().__init__(cold_interactions, NEW_ITEM_POPULARITY)
 
 
 class Constant:
@@ -264,6 +268,20 @@ def profile_only_results(candidate: Recommender, baselines: dict[str, Recommende
              for name in results[0].per_user if name.startswith(("hr@", "ndcg@"))}
     return results, {"strongest_baseline": best.key, "chosen_by": metric, "users": int(len(data.users)),
                      "candidate_minus_baseline": gains}
+
+
+def cold_gain(cold: list[ModelResult], config: Config) -> dict[str, Any]:
+    """The candidate's paired gain over new-item-popularity on the cold-start task at each K (HR and NDCG); empty
+    without a cold-start task."""
+    candidate = next((r for r in cold if r.key == CANDIDATE), None)
+    popularity = next((r for r in cold if r.key == NEW_ITEM_POPULARITY), None)
+    if candidate is None or popularity is None:
+        return {}
+    samples, seed = config.evaluate.bootstrap_samples, config.train.seed
+    names = [f"{m}@{k}" for k in sorted(config.evaluate.ks) for m in ("hr", "ndcg")]
+    return {"baseline": NEW_ITEM_POPULARITY, "users": int(len(candidate.per_user[names[0]])),
+            "candidate_minus_baseline": {name: paired_difference(candidate.per_user[name], popularity.per_user[name],
+                                                                 samples, seed).as_dict() for name in names}}
 
 
 def text_only_cold(recommender: Recommender, data: EvalData, config: Config) -> ModelResult | None:
@@ -549,7 +567,7 @@ def run_evaluation(
         cold.append(evaluate_cold(cand_rec, CANDIDATE, CANDIDATE, data, config))
         if champ_rec is not None:
             cold.append(evaluate_cold(champ_rec, CHAMPION, CHAMPION, data, config))
-        cold.append(evaluate_cold(NewItemPopularity(data.split.cold_interactions), "new-item-popularity",
+        cold.append(evaluate_cold(NewItemPopularity(data.split.cold_interactions), NEW_ITEM_POPULARITY,
                                   BASELINE, data, config))
         cold.append(evaluate_cold(Constant(), "random", REFERENCE, data, config))
     validation = eval_data(data.split, tables["items"], tables["users"], "validation")
@@ -572,6 +590,7 @@ def run_evaluation(
         "test_users_total": int(data.users_total if data.users_total is not None else len(data.users)),
         "cold_users": int(len(data.cold_targets)),
         "cold_targets": target_spread(data.cold_targets),
+        "cold_gain": cold_gain(cold, config),
         "ks": sorted(config.evaluate.ks),
         "bootstrap_samples": config.evaluate.bootstrap_samples,
         "seed": config.train.seed,

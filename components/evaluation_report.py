@@ -250,10 +250,16 @@ def ablation_choice_line(info: dict) -> str:
 
 
 def cold_line(info: dict) -> str:
-    """Who the cold-start task ranks, and how its targets spread over the new items."""
+    """Who the cold-start task ranks, how its targets spread over the new items, and the candidate's paired gain
+    over new-item popularity."""
     spread = info.get("cold_targets") or {}
-    return (f"{info['cold_users']} users, target ranked among {info['split']['cold_items']} new items"
+    line = (f"{info['cold_users']} users, target ranked among {info['split']['cold_items']} new items"
             + (f"; {spread_clause(spread)}." if spread.get("targets") else "."))
+    gain = info.get("cold_gain") or {}
+    if gain:
+        parts = [f"{name} {_interval(d, signed=True)}" for name, d in gain["candidate_minus_baseline"].items()]
+        line += f" Candidate minus {gain['baseline']}, paired 95% interval: {'; '.join(parts)}."
+    return line
 
 
 def spread_clause(spread: dict) -> str:

@@ -101,6 +101,14 @@ def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
     md = (out / "report.md").read_text()
     assert "| recommender | model | role |" in md and "NDCG@10" in md and "most-popular" in md
     assert "Cold start" in md and "new-item-popularity" in md
+    cold = {r.key: r for r in ev.cold}  # the cold start's paired gain over new-item popularity, in the report
+    gain = ev.info["cold_gain"]["candidate_minus_baseline"]
+    assert set(gain) == {"hr@10", "ndcg@10", "hr@20", "ndcg@20"} and ev.info["cold_gain"]["users"] == len(
+        cold["candidate"].per_user["hr@10"])
+    assert gain["hr@10"]["value"] == pytest.approx(cold["candidate"].value("hr@10") -
+                                                   cold["new-item-popularity"].value("hr@10"))
+    assert gain["hr@10"]["low"] <= gain["hr@10"]["value"] <= gain["hr@10"]["high"]
+    assert f"Candidate minus new-item-popularity, paired 95% interval: hr@10 {gain['hr@10']['value']:+.4f}" in md
     page = (out / "report.html").read_text()
     assert "<table" in page and "data:image/png;base64," in page
     decision = read_decision(out)
