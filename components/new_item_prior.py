@@ -20,11 +20,11 @@ import torch
 from components.evaluation_types import EvalData
 from components.metrics import per_user_metrics, rank_targets
 from components.model import ItemEventCounter
-from components.popularity_prior import EVAL_K, PRIOR_CELLS, _Fixed, in_training_recommender
+from components.popularity_prior import EVAL_K, POPULARITY_WINDOWS, PRIOR_CELLS, _Fixed, in_training_recommender
 from components.train_data import TrainData
 
 log = logging.getLogger(__name__)
-NEW_ITEM_WINDOWS = (None, 30.0, 7.0)  # days (None = all history): the feature store's rolling windows
+NEW_ITEM_WINDOWS = POPULARITY_WINDOWS  # all history first, then the feature store's rolling windows (days)
 PENALTIES = (0.0, 0.001, 0.01, 0.1)  # L2 on the standardized weights, chosen by cross-validation
 FOLDS = 5
 GRID_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # the simpler form: w on one window

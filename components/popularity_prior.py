@@ -78,7 +78,8 @@ def choose_popularity_prior(cosine: np.ndarray | Callable[[np.ndarray], np.ndarr
                             prefix: str) -> tuple[float, float | None, list[dict]]:
     """(w, window days or None, curve): the prior cosine + w * log(1 + n) that ranks `targets` best, n = the
     item's interactions in `events` by other users strictly before each user's `as_of` (within the window).
-    Best HR@10 wins for new items ("cold_val" prefix), NDCG@10 for trained ones ("val"); ties go to the smaller w.
+    Best NDCG@10 wins with the "val" prefix (the trained items' prior), HR@10 with any other; ties go to the
+    smaller w.
     `cosine`: the users' scores [users, catalogue], or a function giving the rows of the users at some positions;
     users are taken PRIOR_CELLS scores at a time (the same per-user values: memory stays bounded by the chunk)."""
     first, second = (f"{prefix}_hr@{EVAL_K}", f"{prefix}_ndcg@{EVAL_K}")
