@@ -197,7 +197,6 @@ class PopularityPrior:
         if self.new_item_never_seen and None not in [d for d, _ in self.new_item_windows]:
             self.new_item_windows += ((None, 0.0),)  # the bonus needs the all-history count
         self.new_item_weight = float(sum(w for _, w in self.new_item_windows))
-        self.new_item_window_days = self.new_item_windows[0][0] if len(self.new_item_windows) == 1 else None
         self.weight = float(settings.get("weight", 0.0))
         self.window_days = settings.get("window_days")
         rows = index.rows(np.asarray(settings.get("new_item_ids", []), dtype=np.int64))

@@ -20,7 +20,14 @@ import torch
 from components.evaluation_types import EvalData
 from components.metrics import per_user_metrics, rank_targets
 from components.model import ItemEventCounter
-from components.popularity_prior import EVAL_K, POPULARITY_WINDOWS, PRIOR_CELLS, _Fixed, in_training_recommender
+from components.popularity_prior import (
+    EVAL_K,
+    POPULARITY_WINDOWS,
+    PRIOR_CELLS,
+    _Fixed,
+    in_training_recommender,
+    prior_grid,
+)
 from components.train_data import TrainData
 
 log = logging.getLogger(__name__)
@@ -84,12 +91,12 @@ def best_grid_setting(features: np.ndarray, task: EvalData, rows: np.ndarray) ->
     """(window position, w) of cosine + w * log1p(n_window) that ranks these targets best: HR@10, then NDCG@10,
     then the smaller w."""
     best, best_key = (0, 0.0), None
-    for position in range(len(NEW_ITEM_WINDOWS)):
-        for weight in GRID_WEIGHTS if position == 0 else GRID_WEIGHTS[1:]:
-            m = _metrics(features[..., 0] + weight * features[..., 1 + position], task, rows)
-            key = (m[HR].mean(), m[NDCG].mean(), -weight)
-            if best_key is None or key > best_key:
-                best, best_key = (position, weight), key
+    for window, weight in prior_grid(GRID_WEIGHTS):
+        position = NEW_ITEM_WINDOWS.index(window)
+        m = _metrics(features[..., 0] + weight * features[..., 1 + position], task, rows)
+        key = (m[HR].mean(), m[NDCG].mean(), -weight)
+        if best_key is None or key > best_key:
+            best, best_key = (position, weight), key
     return best
 
 

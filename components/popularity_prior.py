@@ -72,6 +72,12 @@ PRIOR_CELLS = 1 << 26  # users x items of prior scores held at once; larger task
 PRIOR_GRID_CELLS = 500_000_000  # users x items the trained items' prior grid ranks (5,000 users up to 10^5 items)
 
 
+def prior_grid(weights: tuple[float, ...]) -> list[tuple[float | None, float]]:
+    """The (window, w) settings a one-window prior is chosen among: w = 0 once (no window), every other w on each
+    of POPULARITY_WINDOWS."""
+    return [(window, w) for window in POPULARITY_WINDOWS for w in (weights if window is None else weights[1:])]
+
+
 def choose_popularity_prior(cosine: np.ndarray | Callable[[np.ndarray], np.ndarray], events: pd.DataFrame,
                             users: pd.DataFrame, histories: list[np.ndarray], targets: np.ndarray,
                             catalogue: np.ndarray, exclude: list[np.ndarray] | None, weights: tuple[float, ...],
@@ -85,7 +91,7 @@ def choose_popularity_prior(cosine: np.ndarray | Callable[[np.ndarray], np.ndarr
     first, second = (f"{prefix}_hr@{EVAL_K}", f"{prefix}_ndcg@{EVAL_K}")
     if prefix == "val":
         first, second = second, first
-    grid = [(window, w) for window in POPULARITY_WINDOWS for w in (weights if window is None else weights[1:])]
+    grid = prior_grid(weights)
     metrics = (f"hr@{EVAL_K}", f"ndcg@{EVAL_K}")
     per_user: dict[tuple, list[dict[str, np.ndarray]]] = {key: [] for key in grid}
     step = max(1, PRIOR_CELLS // max(len(catalogue), 1))
@@ -98,9 +104,9 @@ def choose_popularity_prior(cosine: np.ndarray | Callable[[np.ndarray], np.ndarr
         scores = cosine(rows) if callable(cosine) else cosine[rows]
         part_histories = [histories[i] for i in rows]
         part_exclude = None if exclude is None else [exclude[i] for i in rows]
-        for window in POPULARITY_WINDOWS:
+        for window in POPULARITY_WINDOWS:  # one window's counts held at a time
             prior = np.log1p(counter.counts(part, window))
-            for w in weights if window is None else weights[1:]:
+            for w in (w for grid_window, w in grid if grid_window == window):
                 ranks, _ = rank_targets(_Fixed(scores + w * prior), part, part_histories, targets[rows], catalogue,
                                         EVAL_K, exclude=part_exclude)
                 per_user[(window, w)].append(per_user_metrics(ranks, [EVAL_K]))
