@@ -3,10 +3,10 @@
 Trains the model (CPU, frozen text encoder, cached texts) and any ablation variants (`--variant`), measures
 training time and throughput, then scores them with the evaluation step's own protocol (components.evaluate:
 warm-catalogue ranking of the temporal leave-last-out test targets; cold-start items ranked among the held-out
-cold items, beside new-item popularity) next to every baseline (most-popular, item-kNN, EASE, ALS, SASRec-CE,
-each tuned on validation; their fitting time too), with the paired 95% CI of each model's NDCG@10 difference to
-each baseline. Writes artifacts/benchmarks/training[_<data set>].json and a PNG of NDCG@10 with CIs, and prints
-Markdown rows for the README.
+cold items, beside new-item popularity: each user's last and every interaction) next to every baseline
+(most-popular, item-kNN, EASE, ALS, SASRec-CE, each tuned on validation; their fitting time too), with the paired
+95% CI of each model's NDCG@10 difference to each baseline. Writes artifacts/benchmarks/training[_<data set>].json
+and a PNG of NDCG@10 with CIs, and prints Markdown rows for the README.
 
     .venv/bin/python -m benchmarks.bench_training [--config FILE] [--set KEY=VALUE ...]
         [--variant NAME:KEY=VALUE,KEY=VALUE ...]   e.g. --variant id-only:model.item_representation=id_only
@@ -78,7 +78,14 @@ def main() -> dict:
 
     from components.baselines import configured_baselines
     from components.config import load_config
-    from components.evaluate import NewItemPopularity, evaluate_cold, evaluate_main, prepare, profile_only_results
+    from components.evaluate import (
+        NewItemPopularity,
+        evaluate_cold,
+        evaluate_main,
+        every_event_results,
+        prepare,
+        profile_only_results,
+    )
     from components.metrics import paired_difference
     from components.model import load_recommender
     from components.schemas import read_tables
@@ -142,6 +149,7 @@ def main() -> dict:
                        "cold_hr@10_minus_new_item_popularity": paired_difference(
                            cold.per_user["hr@10"], pop_cold.per_user["hr@10"], config.evaluate.bootstrap_samples,
                            config.train.seed).as_dict(),
+                       "cold_every_event": every_event_results(entry["model"], data, tables["users"], config),
                        "versus": {b: versus(r, scored[b]) for b in scored}}
         if config.dataset.user_attributes:  # cold-start users: the test targets ranked from the profile alone
             profile_only, gain = profile_only_results(entry["model"], baselines, data, config)

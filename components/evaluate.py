@@ -13,7 +13,8 @@ Protocol (all recommenders, same run, same split from `components.splits`):
   prior to its text-based score of items it has no trained ID for, from that item's events by other users strictly
   before the target (`components.new_item_prior`: fitted at training time on the cold-validation items, the
   next-newest items, held out of training too, never the report's). The report gives the candidate's paired gain
-  over new-item-popularity.
+  over new-item-popularity, and the same two on every interaction with the held-out items, each at its own time
+  (the items' whole early life; the intervals resample whole users).
 - Cold-start users (when the data set declares user attributes): each test user's target ranked over the warm
   catalogue from the declared profile alone (no history), against most-popular and popularity-as-of (interactions
   by other users strictly before the target), with the paired gain over the stronger of the two.
@@ -76,9 +77,6 @@ def eval_data(split: Split, items: pd.DataFrame, users: pd.DataFrame,
     rows = (split.validation if stage == "validation" else split.test).sort_values("user_id").reset_index(drop=True)
     hist = histories(split, stage)
     empty = np.empty(0, dtype=np.int64)
-    cold = cold_task(split, stage)
-    cold_users = user_frame(cold.targets["user_id"].to_numpy(), users)
-    cold_users["as_of"] = cold.targets["event_timestamp"]  # same row order (both 0..n-1, sorted by user)
     main_users = user_frame(rows["user_id"].to_numpy(), users)
     main_users["as_of"] = rows["event_timestamp"].to_numpy()  # the request time: popularity counts stop there
     events = pd.concat([split.train, split.validation, split.test, split.cold_interactions,
@@ -90,25 +88,45 @@ def eval_data(split: Split, items: pd.DataFrame, users: pd.DataFrame,
         users=main_users,
         histories=[hist.get(int(u), empty) for u in rows["user_id"]],
         targets=rows["item_id"].to_numpy(dtype=np.int64),
-        cold_users=cold_users,
-        cold_histories=cold.histories,
-        cold_exclude=cold.exclude,
-        cold_targets=cold.targets["item_id"].to_numpy(dtype=np.int64),
-        cold_items=cold.items,
-        cold_interactions=split.cold_interactions if stage == "test" else split.cold_validation_interactions,
+        **cold_fields(split, users, stage),
         stage=stage,
         item_events=events.sort_values("event_timestamp", kind="stable").reset_index(drop=True),
     )
 
 
-def sample_task(data: EvalData, max_users: int | None, seed: int) -> EvalData:
+def cold_fields(split: Split, users: pd.DataFrame, stage: Literal["validation", "test"],
+                every_event: bool = False) -> dict[str, Any]:
+    """EvalData's cold-start fields for `stage` (`splits.cold_task`: each user's last held-out-item interaction, or
+    with `every_event` each of them)."""
+    cold = cold_task(split, stage, every_event)
+    cold_users = user_frame(cold.targets["user_id"].to_numpy(), users)
+    cold_users["as_of"] = cold.targets["event_timestamp"].to_numpy()  # the request time: counts stop there
+    return {"cold_users": cold_users, "cold_histories": cold.histories, "cold_exclude": cold.exclude,
+            "cold_targets": cold.targets["item_id"].to_numpy(dtype=np.int64), "cold_items": cold.items,
+            "cold_interactions": split.cold_interactions if stage == "test" else split.cold_validation_interactions}
+
+
+def every_event_cold(data: EvalData, users: pd.DataFrame, max_users: int | None, seed: int) -> EvalData:
+    """`data` with its cold-start task ranking every interaction on the held-out items, each at its own time (a
+    seeded sample of `max_users` users, all their interactions, when set): the new items' whole early life, and
+    more targets than one per user, so a narrower interval (evaluate_cold resamples whole users)."""
+    fields = cold_fields(data.split, users, "validation" if data.stage == "validation" else "test", every_event=True)
+    return sample_task(replace(data, **fields, cold_users_total=None), None, seed, cold_max_users=max_users)
+
+
+def sample_task(data: EvalData, max_users: int | None, seed: int, cold_max_users: int | None = None) -> EvalData:
     """`data` with its main and cold-start users each cut to a seeded uniform sample of `max_users` (all when
-    None or fewer); `users_total` keeps how many there were."""
+    None or fewer; `cold_max_users`, when given, for the cold-start users), a cold-start user keeping all of their
+    targets; `users_total` and `cold_users_total` keep how many there were."""
     main = sample_users(len(data.users), max_users, seed)
-    cold = sample_users(len(data.cold_targets), max_users, seed)
+    cold_user_ids = data.cold_users["user_id"].to_numpy()
+    distinct = pd.unique(cold_user_ids)
+    kept = sample_users(len(distinct), max_users if cold_max_users is None else cold_max_users, seed)
+    cold = None if kept is None else np.flatnonzero(np.isin(cold_user_ids, distinct[kept]))
     if main is None and cold is None:
         return data
-    out = replace(data, users_total=len(data.users), cold_users_total=len(data.cold_targets))
+    out = replace(data, users_total=len(data.users) if main is not None else data.users_total,
+                  cold_users_total=len(distinct) if cold is not None else data.cold_users_total)
     if main is not None:
         out = replace(out, users=data.users.iloc[main].reset_index(drop=True),
                       histories=[data.histories[i] for i in main], targets=data.targets[main])
@@ -117,7 +135,8 @@ def sample_task(data: EvalData, max_users: int | None, seed: int) -> EvalData:
                       cold_histories=[data.cold_histories[i] for i in cold],
                       cold_exclude=[data.cold_exclude[i] for i in cold], cold_targets=data.cold_targets[cold])
     log.info("ranking a seeded sample of %d of %d %s users (%d of %d cold-start users)", len(out.users),
-             out.users_total, data.stage, len(out.cold_targets), out.cold_users_total)
+             out.users_total or len(out.users), data.stage, len(pd.unique(out.cold_users["user_id"])),
+             out.cold_users_total or len(distinct))
     return out
 
 
@@ -193,15 +212,17 @@ def evaluate_task(
     groups: bool = True,
     ks: list[int] | None = None,
     intervals: bool = True,
+    clusters: np.ndarray | None = None,
 ) -> ModelResult:
     """Rank every target, then metrics at `ks` (default `evaluate.ks`) with bootstrap intervals (point values only
-    without `intervals`), coverage and (optionally) the group breakdown."""
+    without `intervals`; resampling `clusters` of targets when given), coverage and (optionally) the group
+    breakdown."""
     cfg = config.evaluate
     ks = sorted(ks or cfg.ks)
     samples = cfg.bootstrap_samples if intervals else 0
     ranks, top = rank_targets(recommender, users, hist, targets, catalogue, max(ks), exclude=exclude)
     per_user = per_user_metrics(ranks, ks)
-    summary = bootstrap(per_user, samples, config.train.seed)
+    summary = bootstrap(per_user, samples, config.train.seed, clusters=clusters)
     cov = {f"coverage@{k}": coverage(top[:, :k], catalogue) for k in ks}
     breakdown = pd.DataFrame()
     if groups:
@@ -210,7 +231,8 @@ def evaluate_task(
                  for name in schema.fairness_groups if name in users}
         breakdown = group_breakdown(per_user, attrs, samples, config.train.seed)
     params = dict(getattr(recommender, "params", {}) or {})
-    return ModelResult(key, recommender.name, role, summary, cov, per_user, expected_rank(ranks), breakdown, params)
+    return ModelResult(key, recommender.name, role, summary, cov, per_user, expected_rank(ranks), breakdown, params,
+                       clusters)
 
 
 def evaluate_main(recommender: Recommender, key: str, role: str, data: EvalData, config: Config,
@@ -227,12 +249,14 @@ def evaluate_main(recommender: Recommender, key: str, role: str, data: EvalData,
 
 def evaluate_cold(recommender: Recommender, key: str, role: str, data: EvalData, config: Config,
                   **options: Any) -> ModelResult:
-    """The cold-start ranking of `data`'s stage (no group breakdown); `options` go to `evaluate_task`."""
+    """The cold-start ranking of `data`'s stage (no group breakdown; intervals resample users, whole when a user has
+    several targets); `options` go to `evaluate_task`."""
     share = getattr(recommender, "set_item_events", None)
     if share is not None:  # the same new-item interactions the new-item-popularity baseline counts (point in time)
         share(data.cold_interactions)
     return evaluate_task(recommender, key, role, data.cold_users, data.cold_histories, data.cold_targets,
-                         data.cold_items, config, exclude=data.cold_exclude, groups=False, **options)
+                         data.cold_items, config, exclude=data.cold_exclude, groups=False,
+                         clusters=data.cold_users["user_id"].to_numpy(), **options)
 
 
 def profile_only_task(data: EvalData) -> EvalData:
@@ -279,9 +303,28 @@ def cold_gain(cold: list[ModelResult], config: Config) -> dict[str, Any]:
         return {}
     samples, seed = config.evaluate.bootstrap_samples, config.train.seed
     names = [f"{m}@{k}" for k in sorted(config.evaluate.ks) for m in ("hr", "ndcg")]
-    return {"baseline": NEW_ITEM_POPULARITY, "users": int(len(candidate.per_user[names[0]])),
+    clusters = candidate.clusters
+    return {"baseline": NEW_ITEM_POPULARITY, "targets": int(len(candidate.per_user[names[0]])),
+            "users": int(len(np.unique(clusters))) if clusters is not None else int(len(candidate.per_user[names[0]])),
             "candidate_minus_baseline": {name: paired_difference(candidate.per_user[name], popularity.per_user[name],
-                                                                 samples, seed).as_dict() for name in names}}
+                                                                 samples, seed, clusters=clusters).as_dict()
+                                         for name in names}}
+
+
+def every_event_results(recommender: Recommender, data: EvalData, users: pd.DataFrame,
+                        config: Config) -> dict[str, Any]:
+    """The candidate and new-item-popularity on every interaction with the held-out items (`every_event_cold`):
+    HR and NDCG at each K with intervals over users and the candidate's paired gain; empty without cold items."""
+    events = every_event_cold(data, users, config.evaluate.max_users, config.train.seed)
+    if not len(events.cold_targets):
+        return {}
+    results = [evaluate_cold(recommender, CANDIDATE, CANDIDATE, events, config),
+               evaluate_cold(NewItemPopularity(events.cold_interactions), NEW_ITEM_POPULARITY, BASELINE, events,
+                             config)]
+    gain = cold_gain(results, config)
+    names = list(gain["candidate_minus_baseline"])
+    return {**gain, "candidate": {name: results[0].summary[name].as_dict() for name in names},
+            "baseline_value": {name: results[1].summary[name].as_dict() for name in names}}
 
 
 def text_only_cold(recommender: Recommender, data: EvalData, config: Config) -> ModelResult | None:
@@ -292,7 +335,8 @@ def text_only_cold(recommender: Recommender, data: EvalData, config: Config) -> 
         return None
     share(data.cold_interactions.iloc[:0])
     return evaluate_task(recommender, "text-only", CANDIDATE, data.cold_users, data.cold_histories,
-                         data.cold_targets, data.cold_items, config, exclude=data.cold_exclude, groups=False)
+                         data.cold_targets, data.cold_items, config, exclude=data.cold_exclude, groups=False,
+                         clusters=data.cold_users["user_id"].to_numpy())
 
 
 def train_minutes(model_dir: str | Path | None) -> float | None:
@@ -375,7 +419,8 @@ def _ablation_row(name: str, model_name: str, results: _Results, against: _Resul
     samples, seed = config.evaluate.bootstrap_samples, config.train.seed
 
     def paired(mine: ModelResult, theirs: ModelResult, key: str) -> dict[str, float]:
-        return paired_difference(mine.per_user[key], theirs.per_user[key], samples, seed).as_dict()
+        return paired_difference(mine.per_user[key], theirs.per_user[key], samples, seed,
+                                 clusters=mine.clusters).as_dict()
 
     row: dict[str, Any] = {"variant": name, "model": model_name, "metric": metric,
                            "value": main.summary[metric].as_dict() if metric in main.summary else
@@ -570,6 +615,7 @@ def run_evaluation(
         cold.append(evaluate_cold(NewItemPopularity(data.split.cold_interactions), NEW_ITEM_POPULARITY,
                                   BASELINE, data, config))
         cold.append(evaluate_cold(Constant(), "random", REFERENCE, data, config))
+    cold_every_event = every_event_results(cand_rec, data, tables["users"], config) if len(data.cold_targets) else {}
     validation = eval_data(data.split, tables["items"], tables["users"], "validation")
     ablation, validation_info = [], {}
     if variants:
@@ -591,6 +637,7 @@ def run_evaluation(
         "cold_users": int(len(data.cold_targets)),
         "cold_targets": target_spread(data.cold_targets),
         "cold_gain": cold_gain(cold, config),
+        "cold_every_event": cold_every_event,
         "ks": sorted(config.evaluate.ks),
         "bootstrap_samples": config.evaluate.bootstrap_samples,
         "seed": config.train.seed,
@@ -622,6 +669,10 @@ def kfp_metrics(evaluation: Evaluation) -> dict[str, float]:
         out.update({f"cold_{r.key}_{k}": float(v) for k, v in _flat(r).items() if not k.startswith("coverage")})
     for r in evaluation.profile_only:
         out.update({f"profile_only_{r.key}_{k}": float(v) for k, v in _flat(r).items() if not k.startswith("coverage")})
+    every = evaluation.info.get("cold_every_event") or {}
+    for name, d in every.get("candidate_minus_baseline", {}).items():
+        out[f"cold_every_event_candidate_{name}"] = float(every["candidate"][name]["value"])
+        out[f"cold_every_event_gain_{name}"] = float(d["value"])
     out["promote"] = float(evaluation.decision["promote"])
     return {k: v for k, v in out.items() if np.isfinite(v)}
 

@@ -25,7 +25,8 @@ METHOD_NOTES = [
     "before (train + validation); ties are resolved in expectation (a constant scorer = random ranking).",
     "Intervals: 95% percentile bootstrap over users (same resamples for every recommender).",
     "Baselines are fitted on the training rows; item-kNN neighbourhood and EASE lambda are tuned on validation.",
-    "Cold start: cold-test users' last cold-item interaction ranked among the cold items only. "
+    "Cold start: cold-test users' last cold-item interaction (and, in a second line, every cold-item interaction) "
+    "ranked among the cold items only. "
     "new-item-popularity scores a cold item by its interactions from other users strictly before the target's "
     "timestamp (point in time; the target and later events are never counted); random = exact expectation.",
     "Cold-start users: each test user's target ranked over the warm catalogue from the declared profile alone (no "
@@ -259,6 +260,13 @@ def cold_line(info: dict) -> str:
     if gain:
         parts = [f"{name} {_interval(d, signed=True)}" for name, d in gain["candidate_minus_baseline"].items()]
         line += f" Candidate minus {gain['baseline']}, paired 95% interval: {'; '.join(parts)}."
+    every = info.get("cold_every_event") or {}
+    if every:
+        parts = [f"{name} {_interval(every['candidate'][name])} vs {_interval(every['baseline_value'][name])}, "
+                 f"gain {_interval(d, signed=True)}" for name, d in every["candidate_minus_baseline"].items()]
+        line += (f" Every interaction with the new items, each at its own time ({every['targets']} targets of "
+                 f"{every['users']} users; intervals resample whole users), candidate vs {every['baseline']}: "
+                 f"{'; '.join(parts)}.")
     return line
 
 

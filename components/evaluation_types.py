@@ -31,6 +31,7 @@ class ModelResult:
     ranks: np.ndarray = field(repr=False)  # expected rank per user
     groups: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
     params: dict[str, Any] = field(default_factory=dict)
+    clusters: np.ndarray | None = field(repr=False, default=None)  # whose target each row is (None: one per user)
 
     def value(self, metric: str) -> float:
         if metric in self.summary:
@@ -45,7 +46,8 @@ class EvalData:
     """The two ranking tasks of one split stage (validation or test), and the split they come from.
 
     Main ranking: each user's target against the warm catalogue, the items the user saw before excluded.
-    Cold start: each user's last held-out-item interaction of the stage ranked among that stage's held-out items.
+    Cold start: each user's last held-out-item interaction of the stage ranked among that stage's held-out items
+    (`every_event_cold`: each of them).
     """
 
     split: Any

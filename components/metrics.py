@@ -148,38 +148,46 @@ def coverage(top_item_ids: np.ndarray, catalogue: np.ndarray) -> float:
 
 
 def bootstrap(
-    per_user: dict[str, np.ndarray], samples: int, seed: int, alpha: float = 0.05
+    per_user: dict[str, np.ndarray], samples: int, seed: int, alpha: float = 0.05, clusters: np.ndarray | None = None
 ) -> dict[str, Estimate]:
     """Mean of each per-user metric with a percentile bootstrap interval over users (same resamples for all); with
-    `samples` = 0 the mean alone (interval NaN)."""
+    `samples` = 0 the mean alone (interval NaN). With `clusters` (a label per row: the user of each of several
+    targets) whole clusters are resampled and each resample's mean is over its rows; one row per cluster is the
+    plain bootstrap, draw for draw."""
     if not per_user:
         return {}
     n = len(next(iter(per_user.values())))
     if any(len(v) != n for v in per_user.values()):
         raise MetricsError("per-user metric arrays differ in length")
+    if clusters is not None and len(clusters) != n:
+        raise MetricsError(f"clusters label {len(clusters)} rows, the metrics have {n}")
     if n == 0:
         return {name: Estimate(float("nan"), float("nan"), float("nan")) for name in per_user}
     if samples == 0:
         return {name: Estimate(float(np.asarray(v, dtype=np.float64).mean()), float("nan"), float("nan"))
                 for name, v in per_user.items()}
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(samples, n))
+    codes = np.arange(n) if clusters is None else pd.factorize(np.asarray(clusters))[0]
+    n_clusters = int(codes.max()) + 1
+    idx = rng.integers(0, n_clusters, size=(samples, n_clusters))
+    rows_drawn = np.bincount(codes, minlength=n_clusters)[idx].sum(axis=1)
     out = {}
     for name, values in per_user.items():
         values = np.asarray(values, dtype=np.float64)
-        means = values[idx].mean(axis=1)
+        means = np.bincount(codes, values, minlength=n_clusters)[idx].sum(axis=1) / rows_drawn
         low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
         point = float(values.mean())
         out[name] = Estimate(point, min(float(low), point), max(float(high), point))
     return out
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int, alpha: float = 0.05) -> Estimate:
-    """Mean of a - b over the same users with a paired bootstrap interval."""
+def paired_difference(a: np.ndarray, b: np.ndarray, samples: int, seed: int, alpha: float = 0.05,
+                      clusters: np.ndarray | None = None) -> Estimate:
+    """Mean of a - b over the same users with a paired bootstrap interval (over `clusters` when given)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise MetricsError(f"paired metrics need the same users: {a.shape} vs {b.shape}")
-    return bootstrap({"diff": a - b}, samples, seed, alpha)["diff"]
+    return bootstrap({"diff": a - b}, samples, seed, alpha, clusters)["diff"]
 
 
 def group_breakdown(

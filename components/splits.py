@@ -10,7 +10,8 @@
 - For each user with at least 3 remaining (non-cold) interactions: the last one is `test`, the one before it
   `validation`, the rest `train`. Users with fewer keep all of them in `train`.
 - `cold_test` / `cold_validation`: per user who interacted with an item of the set, that user's last interaction
-  on one of them.
+  on one of them. `cold_task(..., every_event=True)` ranks every interaction on the set instead (each at its own
+  time): the items' whole early life, not only the moments when a user last met one of them.
 """
 
 from __future__ import annotations
@@ -150,16 +151,18 @@ def histories(split: Split, stage: Literal["validation", "test"]) -> dict[int, n
 
 @dataclass
 class ColdTask:
-    """One cold-start task: each user's last interaction on a held-out item, ranked among the held-out items."""
+    """One cold-start task: each user's last interaction on a held-out item (or every interaction on them), ranked
+    among the held-out items."""
 
-    targets: pd.DataFrame  # the interactions' columns, one row per user, sorted by user
+    targets: pd.DataFrame  # the interactions' columns, one row per user (per event), sorted by user (then time)
     histories: list[np.ndarray]  # per target: the user's warm items strictly before it, oldest -> newest
     exclude: list[np.ndarray]  # per target: the user's earlier interactions on the held-out items
     items: np.ndarray  # the candidates: the held-out items of this stage
 
 
-def cold_task(split: Split, stage: Literal["validation", "test"]) -> ColdTask:
-    """The cold-start task on the cold validation or cold test items.
+def cold_task(split: Split, stage: Literal["validation", "test"], every_event: bool = False) -> ColdTask:
+    """The cold-start task on the cold validation or cold test items: each user's last interaction on them, or with
+    `every_event` each of their interactions on them.
 
     Point in time like contract C1: nothing at or after the target's timestamp. Earlier held-out-item events of the
     user are not part of the history (they are excluded from the candidates instead).
@@ -168,7 +171,10 @@ def cold_task(split: Split, stage: Literal["validation", "test"]) -> ColdTask:
         raise SplitError(f"stage must be 'validation' or 'test', got {stage!r}")
     targets, events, items = ((split.cold_test, split.cold_interactions, split.cold_items) if stage == "test" else
                               (split.cold_validation, split.cold_validation_interactions, split.cold_validation_items))
-    targets = targets.sort_values("user_id", kind="stable").reset_index(drop=True)
+    if every_event:
+        targets = events.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
+    else:
+        targets = targets.sort_values("user_id", kind="stable").reset_index(drop=True)
     warm = pd.concat([split.train, split.validation, split.test], ignore_index=True)
     warm = warm.sort_values(["user_id", "event_timestamp"], kind="stable")
     by_user = {int(u): g for u, g in warm[warm["user_id"].isin(targets["user_id"])].groupby("user_id", sort=True)}

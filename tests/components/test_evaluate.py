@@ -18,6 +18,8 @@ from components.evaluate import (
     ablation_dirs,
     eval_data,
     evaluate_main,
+    every_event_cold,
+    every_event_results,
     gate,
     kfp_metrics,
     prepare,
@@ -109,6 +111,12 @@ def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
                                                    cold["new-item-popularity"].value("hr@10"))
     assert gain["hr@10"]["low"] <= gain["hr@10"]["value"] <= gain["hr@10"]["high"]
     assert f"Candidate minus new-item-popularity, paired 95% interval: hr@10 {gain['hr@10']['value']:+.4f}" in md
+    every = ev.info["cold_every_event"]  # every new-item interaction, each at its own time
+    assert every["targets"] == len(split.cold_interactions) and every["users"] == split.cold_interactions[
+        "user_id"].nunique()
+    assert every["candidate_minus_baseline"]["hr@10"]["value"] == pytest.approx(
+        every["candidate"]["hr@10"]["value"] - every["baseline_value"]["hr@10"]["value"])
+    assert f"Every interaction with the new items, each at its own time ({every['targets']} targets of " in md
     page = (out / "report.html").read_text()
     assert "<table" in page and "data:image/png;base64," in page
     decision = read_decision(out)
@@ -125,6 +133,7 @@ def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
     assert set(ev.result("candidate").groups["attribute"]) == {"gender", "age"}  # the declared fairness_groups
     metrics = kfp_metrics(ev)
     assert metrics["ndcg@10"] == ev.result("candidate").value("ndcg@10") and "ease_ndcg@10" in metrics
+    assert metrics["cold_every_event_gain_hr@10"] == every["candidate_minus_baseline"]["hr@10"]["value"]
     assert json.loads((out / "metrics.json").read_text())["results"]["ease"]["params"]["lambda"] == 50.0
     # cold-start users from their profile alone: EASE reads histories only, so it ranks them no better than chance
     assert [r.key for r in ev.profile_only] == ["candidate", "most-popular", "popularity-as-of"]
@@ -291,6 +300,52 @@ def test_prepare_cold_start_task(canonical, tmp_path) -> None:
     assert not np.isin(data.split.cold_items, data.catalogue).any()
     assert np.isin(data.cold_targets, data.split.cold_items).all()
     assert "as_of" in data.cold_users and len(data.cold_users) == len(data.cold_targets) > 0
+
+
+class PrefersItem:
+    """Scores one item above the rest, the others by id (a fixed taste, to rank the new items by)."""
+
+    name = "prefers-item"
+
+    def __init__(self, item: int) -> None:
+        self.item = item
+
+    def score(self, users, histories, catalogue):
+        row = -np.asarray(catalogue, dtype=np.float32) / 1000 + (np.asarray(catalogue) == self.item)
+        return np.tile(row, (len(users), 1))
+
+
+def test_every_event_cold_start_ranks_each_new_item_interaction(tmp_path) -> None:
+    tables = planted_tables()
+    early = pd.DataFrame({"user_id": np.arange(0, 90, 6, dtype="int64"), "item_id": np.int64(203),
+                          "rating": np.float32(4.0), "event_timestamp": pd.to_datetime(
+                              9_000_000 + np.arange(0, 90, 6), unit="s", utc=True).astype("datetime64[us, UTC]")})
+    tables["interactions"] = pd.concat([tables["interactions"], early], ignore_index=True)
+    config = _config(tmp_path)
+    data = prepare(config, tables)
+    every = every_event_cold(data, tables["users"], None, config.train.seed)
+    cold_events = data.split.cold_interactions
+    assert len(every.cold_targets) == len(cold_events) > len(data.cold_targets)  # users met several new items
+    assert sorted(zip(every.cold_users["user_id"], every.cold_targets, strict=True)) == sorted(
+        zip(cold_events["user_id"], cold_events["item_id"], strict=True))
+    for user, as_of, exclude in zip(every.cold_users["user_id"], every.cold_users["as_of"], every.cold_exclude,
+                                    strict=True):  # each target excludes exactly the user's earlier new items
+        earlier = cold_events[(cold_events["user_id"] == user) & (cold_events["event_timestamp"] < as_of)]
+        assert sorted(exclude.tolist()) == sorted(earlier["item_id"].tolist())
+    sampled = every_event_cold(data, tables["users"], 5, config.train.seed)
+    users = set(sampled.cold_users["user_id"])
+    assert len(users) == 5 and sampled.cold_users_total == cold_events["user_id"].nunique()
+    assert len(sampled.cold_targets) == cold_events["user_id"].isin(users).sum()  # all of each user's targets
+
+    result = every_event_results(PrefersItem(200), data, tables["users"], config)
+    assert (result["targets"], result["users"]) == (len(cold_events), cold_events["user_id"].nunique())
+    for name in ("hr@10", "ndcg@10"):
+        gain = result["candidate_minus_baseline"][name]
+        assert gain["value"] == pytest.approx(result["candidate"][name]["value"] -
+                                              result["baseline_value"][name]["value"])
+        assert gain["low"] <= gain["value"] <= gain["high"]
+    hit = (cold_events["item_id"] == 200).mean()  # item 200 ranks first for everyone: NDCG@10 counts the rest too
+    assert result["candidate"]["hr@10"]["value"] == 1.0 and result["candidate"]["ndcg@10"]["value"] > hit
 
 
 def test_cli_prints_table(canonical, tmp_path) -> None:

@@ -82,6 +82,26 @@ def test_paired_difference_detects_a_real_gap() -> None:
     assert diff.value == pytest.approx(0.05) and diff.low > 0
 
 
+def test_clustered_bootstrap_resamples_whole_users() -> None:
+    rng = np.random.default_rng(0)
+    values = {"hr": (rng.random(120) < 0.4).astype(float)}
+    singletons = bootstrap(values, samples=300, seed=3, clusters=np.arange(120)[::-1])
+    assert singletons["hr"].as_dict() == pytest.approx(bootstrap(values, samples=300, seed=3)["hr"].as_dict())
+    # 12 users of 10 targets each, every target of a user alike: only 12 independent draws, so a wider interval
+    # than 120 independent targets, and the mean stays the mean over targets
+    per_user = (rng.random(12) < 0.4).astype(float)
+    alike = {"hr": np.repeat(per_user, 10)}
+    users = np.repeat(np.arange(12), 10)
+    clustered = bootstrap(alike, samples=300, seed=3, clusters=users)["hr"]
+    independent = bootstrap(alike, samples=300, seed=3)["hr"]
+    assert clustered.value == pytest.approx(per_user.mean())
+    assert clustered.high - clustered.low > 2 * (independent.high - independent.low)
+    gap = paired_difference(alike["hr"] + 0.1, alike["hr"], samples=50, seed=0, clusters=users)
+    assert gap.as_dict() == pytest.approx({"value": 0.1, "low": 0.1, "high": 0.1})
+    with pytest.raises(MetricsError, match="clusters"):
+        bootstrap(alike, 10, 0, clusters=users[:5])
+
+
 def test_groups_of_declared_attributes_in_order() -> None:
     bands = Attribute(kind="bucketed", edges=[18, 25, 35, 45, 50, 56])
     assert group_labels([7, 18, 24, 25, 55, 56, 73, None], bands) == [

@@ -64,6 +64,16 @@ def test_histories_are_chronological(interactions: pd.DataFrame) -> None:
             cold_task(split, stage)  # type: ignore[arg-type]
 
 
+def test_every_event_cold_task_ranks_each_cold_interaction_at_its_own_time(interactions: pd.DataFrame) -> None:
+    split = temporal_split(interactions, cold_start_items=2, seed=0)
+    every = cold_task(split, "test", every_event=True)
+    assert list(zip(every.targets["user_id"], every.targets["item_id"], strict=True)) == [(1, 98), (1, 99), (3, 99)]
+    assert [h.tolist() for h in every.histories] == [[10, 11, 12, 13], [10, 11, 12, 13], [11, 12, 13]]
+    assert [e.tolist() for e in every.exclude] == [[], [98], []]  # only the user's cold events before each target
+    last = cold_task(split, "test")
+    assert every.targets.iloc[[1, 2]].reset_index(drop=True).equals(last.targets)  # the last per user is among them
+
+
 def test_cold_validation_items_come_just_before_the_cold_test_items(interactions: pd.DataFrame) -> None:
     split = temporal_split(interactions, cold_start_items=1, seed=0, cold_validation_items=1)
     # first seen: 99 at second 9, 98 at second 10 -> 98 is the newest (test), 99 the one before (validation)
