@@ -323,7 +323,8 @@ def every_event_results(recommender: Recommender, data: EvalData, users: pd.Data
                              config)]
     gain = cold_gain(results, config)
     names = list(gain["candidate_minus_baseline"])
-    return {**gain, "candidate": {name: results[0].summary[name].as_dict() for name in names},
+    return {**gain, "spread": target_spread(events.cold_targets),
+            "candidate": {name: results[0].summary[name].as_dict() for name in names},
             "baseline_value": {name: results[1].summary[name].as_dict() for name in names}}
 
 

@@ -264,9 +264,9 @@ def cold_line(info: dict) -> str:
     if every:
         parts = [f"{name} {_interval(every['candidate'][name])} vs {_interval(every['baseline_value'][name])}, "
                  f"gain {_interval(d, signed=True)}" for name, d in every["candidate_minus_baseline"].items()]
-        line += (f" Every interaction with the new items, each at its own time ({every['targets']} targets of "
-                 f"{every['users']} users; intervals resample whole users), candidate vs {every['baseline']}: "
-                 f"{'; '.join(parts)}.")
+        line += (f" Every interaction with the new items, each at its own time ({every['users']} users; "
+                 f"{spread_clause(every['spread'])}; intervals resample whole users), candidate vs "
+                 f"{every['baseline']}: {'; '.join(parts)}.")
     return line
 
 

@@ -116,7 +116,8 @@ def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
         "user_id"].nunique()
     assert every["candidate_minus_baseline"]["hr@10"]["value"] == pytest.approx(
         every["candidate"]["hr@10"]["value"] - every["baseline_value"]["hr@10"]["value"])
-    assert f"Every interaction with the new items, each at its own time ({every['targets']} targets of " in md
+    assert (f"Every interaction with the new items, each at its own time ({every['users']} users; "
+            f"{every['targets']} targets over {every['spread']['items']} items") in md
     page = (out / "report.html").read_text()
     assert "<table" in page and "data:image/png;base64," in page
     decision = read_decision(out)
