@@ -48,7 +48,8 @@ log = logging.getLogger("recsys.api")
 
 HEALTH_INTERVAL_S = 1.0  # watcher period: version check and re-check of failed parts
 FEAST_TIMEOUT_S = 1.0  # a feature look-up or push without an answer by then counts as a failure
-OVERFETCH_SLACK = 1.5  # filtered requests fetch k / selectivity * this (capped at the catalogue)
+OVERFETCH_SLACK = 1.5  # filtered requests fetch k / selectivity * this (capped at the catalogue), then the whole
+# catalogue once when fewer than k of those pass the filters (the user's taste and the filter disagree)
 POPULARITY_VERSION = "popularity"
 STAGES = ("feast", "triton", "log")
 SERVICE_STAGE = "service"  # what the service spends around the stages (parsing, ranking, answering)
@@ -175,6 +176,7 @@ class _Served:
     degraded: bool = False
     diversity: float = 0.0
     ranked: list[tuple[int, float]] = field(default_factory=list)
+    fetched: int = 0  # how many of the model's best items were asked for
     source: str = POPULARITY_VERSION
     triton_s: float = 0.0  # from the batch's first Triton call to this request's ranking
 
@@ -576,9 +578,10 @@ class Engine:
         plan.degraded = feats is None or use_model and not plan.rank
         return plan
 
-    def _start_rank(self, plan: "_Served", wait: bool) -> Answer:
+    def _start_rank(self, plan: "_Served", wait: bool, whole_catalogue: bool = False) -> Answer:
         """Ask the scorer for `plan`'s ranking by the exact version of `plan.live.model` (its manifest, catalogue and
-        Triton version together); `wait`: answered before it returns, else in flight."""
+        Triton version together); `wait`: answered before it returns, else in flight. A filtered request asks for
+        enough items that k pass at its filters' share of the catalogue, or with `whole_catalogue` for all."""
         live, req = plan.live, plan.req
         model = live.model
         want = pool_size(req.k, model.n_items) if plan.diversity > 0 else req.k  # MMR picks k among the best `want`
@@ -586,8 +589,9 @@ class Engine:
         if plan.mask is not None:
             rows = live.catalogue.rows(model.sorted_ids)
             selectivity = float(plan.mask[rows[rows >= 0]].sum()) / max(model.n_items, 1)
-            fetch = model.n_items if selectivity <= 0 else math.ceil(want / selectivity * OVERFETCH_SLACK)
-        fetch = max(1, min(fetch, model.n_items))
+            fetch = model.n_items if selectivity <= 0 or whole_catalogue else \
+                math.ceil(want / selectivity * OVERFETCH_SLACK)
+        fetch = plan.fetched = max(1, min(fetch, model.n_items))
         codes = model.profile_encoder.encode_one(plan.profile)
         prior_ids, prior_counts = live.priors.counts(*plan.who) if live.priors is not None else ((), ())
         args = (plan.recent, codes, plan.exclude, fetch, model.version, prior_ids, prior_counts)
@@ -611,13 +615,17 @@ class Engine:
         return [(int(i), float(s)) for i, s in zip(ids[:plan.req.k], scores[:plan.req.k], strict=True)]
 
     def _ranked(self, plan: "_Served", answer: Answer) -> None:
-        """Read `plan`'s ranking into it. When Triton no longer serves the request's version (a switch finished
-        since the request read `live`), the live state is re-read once and the request is ranked by the new
-        version end to end; a failure degrades this request to popularity (an outage trips Triton's breaker)."""
+        """Read `plan`'s ranking into it (ranked again over the whole catalogue when fewer than k of the first
+        fetch pass the filters). When Triton no longer serves the request's version (a switch finished since the
+        request read `live`), the live state is re-read once and the request is ranked by the new version end to
+        end; a failure degrades this request to popularity (an outage trips Triton's breaker)."""
         live = plan.live
         try:
             try:
                 plan.ranked, plan.source = self._finish_rank(plan, answer), "model"
+                if plan.mask is not None and len(plan.ranked) < plan.req.k and plan.fetched < live.model.n_items:
+                    # too few of the model's best pass the filters: rank them over the whole catalogue
+                    plan.ranked = self._finish_rank(plan, self._start_rank(plan, wait=True, whole_catalogue=True))
                 return
             except TritonClientError as err:
                 if not dependency_down(err):  # this request's values were refused: no version question to settle

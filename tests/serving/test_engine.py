@@ -69,10 +69,32 @@ def test_filters_keep_only_matching_items_in_model_order(world, engine, filters)
     assert len(got) == 10 and not response.degraded and all(passes(i) for i in got)
     assert not set(history) & set(got)
     full, _ = world.expected(1, history, profile, history, len(items))
+    passing = [int(i) for i in full if passes(int(i))]  # the model's order over the whole catalogue
     model_items = [i.item_id for i in response.items if i.source == "model"]
-    assert len(model_items) >= 1 and model_items == [int(i) for i in full if passes(int(i))][:len(model_items)]
-    if len(model_items) < 10:  # too few ranked items passed: popular ones fill up, and the response says so
+    assert model_items == passing[:10]
+    if len(passing) < 10:  # fewer items in the catalogue pass: popular ones fill up, and the response says so
         assert any("popular items fill up" in r for r in response.reasons)
+
+
+def test_a_filter_the_users_taste_disagrees_with_is_still_ranked_by_the_model(world, engine):
+    """The items passing the filter sit so low in the user's ranking that the over-fetch for the filter's share of
+    the catalogue misses them: the engine ranks over the whole catalogue rather than fill up with popular items."""
+    history, profile = world.user_state(7)
+    items = world.tables["items"].set_index("item_id")
+    full = [int(i) for i in world.expected(1, history, profile, history, len(items))[0]]
+    k, slack = 5, 1.5
+    years = sorted(items["year"].unique())
+    for low, high in ((a, b) for a in years for b in years if a <= b):
+        passes = items["year"].between(low, high)
+        passing = [i for i in full if passes[i]]
+        fetch = math.ceil(k / passes.mean() * slack)
+        if len(passing) >= k and full.index(passing[k - 1]) >= fetch:  # the first over-fetch holds fewer than k
+            break
+    else:
+        pytest.fail("the test world has no year range whose items the user ranks low enough")
+    response = ask(engine, user_id=7, k=k, filters={"year_min": int(low), "year_max": int(high)})
+    assert [(i.item_id, i.source) for i in response.items] == [(i, "model") for i in passing[:k]]
+    assert not response.degraded and not any("fill up" in r for r in response.reasons)
 
 
 def test_unknown_user_is_ranked_from_the_given_profile_or_by_popularity(world, engine):
