@@ -2,12 +2,14 @@
 the request (its interactions by other users in the feature store's windows, and whether anyone has met it yet)
 combine into its score.
 
-A conditional-logit ranker over each cold-validation target's candidates (the cold-validation items), with
-non-negative weights and an L2 penalty chosen by 5-fold cross-validation on those targets (HR@10, then NDCG@10),
-never on the report's items. The fit is served as `cosine + sum_t a_t * log1p(n_t) + b * [nobody has met it]`:
-`components.bundle_ops.PriorPart` with the windows' weights a_t and the never-seen bonus b. The same folds score
-the simpler form, one window and one weight from a grid (`cosine + w * log1p(n)`); it serves instead when its
-cross-validated HR@10 (then NDCG@10) is at least the ranker's.
+A conditional-logit ranker over every interaction with a cold-validation item, each ranked among the
+cold-validation items at its own time (`components.evaluate.every_event_cold`: the items' whole early life, about
+twice the targets of one per user), with non-negative weights and an L2 penalty chosen by 5-fold cross-validation
+over users (HR@10, then NDCG@10), never on the report's items. The fit is served as
+`cosine + sum_t a_t * log1p(n_t) + b * [nobody has met it]`: `components.bundle_ops.PriorPart` with the windows'
+weights a_t and the never-seen bonus b. The same folds score the simpler form, one window and one weight from a
+grid (`cosine + w * log1p(n)`); it serves instead when its cross-validated HR@10 (then NDCG@10) is at least the
+ranker's.
 """
 
 import logging
@@ -15,8 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from components.evaluate import every_event_cold
 from components.evaluation_types import EvalData
 from components.metrics import per_user_metrics, rank_targets
 from components.model import ItemEventCounter
@@ -101,8 +105,7 @@ def best_grid_setting(features: np.ndarray, task: EvalData, rows: np.ndarray) ->
 
 
 @torch.no_grad()
-def _cosine(model: Any, data: TrainData, device: torch.device, rows: np.ndarray) -> np.ndarray:
-    task = data.validation
+def _cosine(model: Any, data: TrainData, task: EvalData, device: torch.device, rows: np.ndarray) -> np.ndarray:
     users = task.cold_users.iloc[rows].assign(_row=np.arange(len(rows)))
     return in_training_recommender(model, data, device).score(users, [task.cold_histories[i] for i in rows],
                                                               task.cold_items)
@@ -111,10 +114,10 @@ def _cosine(model: Any, data: TrainData, device: torch.device, rows: np.ndarray)
 def fit_new_item_prior(model: Any, data: TrainData, device: torch.device,
                        seed: int = 0) -> tuple[list[list], float, list[dict]]:
     """([[window days or None, weight], ...], never-seen bonus, the cross-validation record) of the new-item prior,
-    fitted on the cold-validation targets (a seeded sample of them when users x items would pass PRIOR_CELLS): the
-    ranker, or one window and weight when that cross-validates at least as well. Without cold-validation targets
-    the prior is off."""
-    task = data.validation
+    fitted on every cold-validation interaction (a seeded sample of them when targets x items would pass
+    PRIOR_CELLS): the ranker, or one window and weight when that cross-validates at least as well. Without
+    cold-validation targets the prior is off."""
+    task = every_event_cold(data.validation, data.users, None, seed)
     if not len(task.cold_targets):
         log.info("no cold-validation targets (evaluate.cold_validation_items=0): new-item popularity prior off")
         return OFF
@@ -124,7 +127,7 @@ def fit_new_item_prior(model: Any, data: TrainData, device: torch.device,
         rows = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
     users = task.cold_users.iloc[rows]
     counter = ItemEventCounter(task.cold_interactions, task.cold_items)
-    features = new_item_features(_cosine(model, data, device, rows),
+    features = new_item_features(_cosine(model, data, task, device, rows),
                                  [counter.counts(users, days) for days in NEW_ITEM_WINDOWS])
     column = {int(item): c for c, item in enumerate(task.cold_items)}
     targets = np.array([column[int(t)] for t in task.cold_targets[rows]], dtype=np.int64)
@@ -132,13 +135,15 @@ def fit_new_item_prior(model: Any, data: TrainData, device: torch.device,
     for r, i in enumerate(rows):
         cols = [column[int(item)] for item in task.cold_exclude[i] if int(item) in column]
         excluded[r, cols] = True
-    folds = np.random.default_rng(seed).integers(0, FOLDS, len(rows))
+    user_codes, distinct = pd.factorize(users["user_id"])  # a user's targets stay in one fold
+    folds = np.random.default_rng(seed).integers(0, FOLDS, len(distinct))[user_codes]
     splits = [(folds != fold, folds == fold) for fold in range(FOLDS)
               if (folds == fold).any() and (folds != fold).any()]
 
     def cross_validated(score_fold: Callable[[np.ndarray, np.ndarray], dict]) -> dict[str, float]:
         held_out = [score_fold(train, test) for train, test in splits]
-        return {f"cold_val_cv_{k}": float(np.concatenate([m[k] for m in held_out]).mean()) for k in (HR, NDCG)}
+        return {**{f"cold_val_cv_{k}": float(np.concatenate([m[k] for m in held_out]).mean()) for k in (HR, NDCG)},
+                "targets": int(len(rows)), "users": int(len(distinct))}
 
     def grid_fold(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
         position, weight = best_grid_setting(features[train], task, rows[train])
@@ -159,15 +164,15 @@ def fit_new_item_prior(model: Any, data: TrainData, device: torch.device,
         position, weight = best_grid_setting(features, task, rows)
         grid.update(weight=weight, window_days=NEW_ITEM_WINDOWS[position])
         log.info("new-item prior: one window and weight (w %.3g, window %s days; %d-fold CV HR@10 %.4f) ranks the %d "
-                 "cold-validation targets at least as well as the fitted ranker (%.4f)", weight,
+                 "cold-validation interactions at least as well as the fitted ranker (%.4f)", weight,
                  NEW_ITEM_WINDOWS[position], FOLDS, grid[f"cold_val_cv_{HR}"], len(rows), best[f"cold_val_cv_{HR}"])
         return [[NEW_ITEM_WINDOWS[position] if weight else None, weight]], 0.0, record
     w = fit_conditional_logit(features, excluded, targets, best["penalty"])
     windows, never_seen = served_form(w)
     fitted = _metrics(features @ w, task, rows)
     plain = _metrics(features[..., 0], task, rows)
-    log.info("new-item prior fitted on %d cold-validation targets (penalty %g by %d-fold CV HR@10 %.4f; one window "
-             "and weight: %.4f): windows %s, never-seen bonus %.3g; HR@10 %.4f (cosine alone %.4f)", len(rows),
+    log.info("new-item prior fitted on %d cold-validation interactions (penalty %g by %d-fold CV HR@10 %.4f; one "
+             "window and weight: %.4f): windows %s, never-seen bonus %.3g; HR@10 %.4f (cosine alone %.4f)", len(rows),
              best["penalty"], FOLDS, best[f"cold_val_cv_{HR}"], grid[f"cold_val_cv_{HR}"], windows, never_seen,
              fitted[HR].mean(), plain[HR].mean())
     return windows, never_seen, record

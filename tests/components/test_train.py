@@ -390,6 +390,8 @@ def test_new_item_prior_is_fitted_on_cold_validation_items(dataset, tmp_path: Pa
         "new_item_popularity_validation"]]
     assert [r["form"] for r in record] == ["ranker"] * len(PENALTIES) + ["grid"]
     assert all(0 <= r["cold_val_cv_hr@10"] <= 1 for r in record)
+    cold_events = data.split.cold_validation_interactions  # every cold-validation interaction is a target
+    assert {(r["targets"], r["users"]) for r in record} == {(len(cold_events), cold_events["user_id"].nunique())}
     # the form with the better cross-validated HR@10, then NDCG@10 (a tie: one window and weight) is the one served
     key = lambda r: (r["cold_val_cv_hr@10"], r["cold_val_cv_ndcg@10"])  # noqa: E731
     grid, ranker = record[-1], max(record[:-1], key=key)
