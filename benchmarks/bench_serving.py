@@ -56,11 +56,13 @@ def _cpu_ms(before: dict[str, float], after: dict[str, float], groups: tuple[str
 
 def with_priors(bundle: Path) -> None:
     """Both popularity priors on, 5 % of the items new (what the served ranking of a trained model carries: the new
-    items' prior fitted on cold validation blends three windows and gives a bonus to the ones nobody has met)."""
+    items' prior fitted on cold validation blends three windows, gives a bonus to the ones nobody has met and an
+    offset against the trained items)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     ids = np.load(bundle / "item_ids.npy")
     manifest["popularity_prior"] = {"new_item_windows": [[None, 0.02], [30, 0.15], [7, 0.2]],
-                                    "new_item_never_seen": 0.2, "weight": 0.02, "window_days": None,
+                                    "new_item_never_seen": 0.2, "new_item_offset": -1.0, "weight": 0.02,
+                                    "window_days": None,
                                     "new_item_ids": ids[: len(ids) // 20].tolist()}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 

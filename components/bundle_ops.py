@@ -137,12 +137,13 @@ PRIOR_KEY = "popularity_prior"  # the manifest's popularity-prior settings (see 
 
 class PriorPart:
     """One popularity prior: the catalogue rows it covers (and the same as a bool [N] mask), its windows with a
-    weight each (days or None = all history), and the bonus of an item nobody has met yet (new items only).
+    weight each (days or None = all history), the bonus of an item nobody has met yet and the offset every item
+    of the part gets (new items only: where they stand against the trained items in one list).
     A plain class: the Triton stub loads this file without registering it as a module, which dataclasses need."""
 
     def __init__(self, rows: np.ndarray, mask: np.ndarray, windows: tuple[tuple[float | None, float], ...],
-                 never_seen: float = 0.0) -> None:
-        self.rows, self.mask, self.windows, self.never_seen = rows, mask, windows, never_seen
+                 never_seen: float = 0.0, offset: float = 0.0) -> None:
+        self.rows, self.mask, self.windows, self.never_seen, self.offset = rows, mask, windows, never_seen, offset
 
     @property
     def weight(self) -> float:
@@ -169,12 +170,12 @@ class PriorPart:
         return [days for days, _ in self.windows].index(None)
 
     def dense_boost(self, counts: Sequence[np.ndarray]) -> np.ndarray:
-        """w * log1p(effective count), plus the bonus where nobody has met the item: what the bundle's sparse
-        `PopularityPrior.boost` gives these items, computed for every one (batch scoring)."""
+        """w * log1p(effective count), plus the bonus where nobody has met the item, plus the offset: what the
+        bundle's sparse `PopularityPrior.boost` gives these items, computed for every one (batch scoring)."""
         boost = np.float32(self.weight) * np.log1p(self.effective_counts(counts))
         if self.never_seen:
             boost = boost + np.where(self.seen(counts), np.float32(0), np.float32(self.never_seen))
-        return boost.astype(np.float32)
+        return (boost + np.float32(self.offset)).astype(np.float32)
 
 
 class PopularityPrior:
@@ -185,7 +186,9 @@ class PopularityPrior:
     The new-item prior may blend several windows (`new_item_windows`: [[days or None, weight], ...]): a request
     then carries one effective count per item (`PriorPart.effective_counts`), and w is the weights' sum. With a
     never-seen bonus (`new_item_never_seen`), new items a request leaves out score that bonus: the request lists
-    every new item someone has met, even one whose effective count is 0."""
+    every new item someone has met, even one whose effective count is 0. The new-item offset (`new_item_offset`,
+    fitted on the served mix of validation: `components.new_item_prior.fit_new_item_offset`) is added to every new
+    item: it places the new items, ranked among themselves by the rest, against the trained ones."""
 
     def __init__(self, index: ItemIndex, settings: dict | None) -> None:
         settings = settings or {}
@@ -197,25 +200,32 @@ class PopularityPrior:
         if self.new_item_never_seen and None not in [d for d, _ in self.new_item_windows]:
             self.new_item_windows += ((None, 0.0),)  # the bonus needs the all-history count
         self.new_item_weight = float(sum(w for _, w in self.new_item_windows))
+        self.new_item_offset = float(settings.get("new_item_offset", 0.0))
         self.weight = float(settings.get("weight", 0.0))
         self.window_days = settings.get("window_days")
         rows = index.rows(np.asarray(settings.get("new_item_ids", []), dtype=np.int64))
         self.is_new = np.zeros(len(index), dtype=bool)
         self.is_new[rows[rows >= 0]] = True
         self.weights = np.where(self.is_new, np.float32(self.new_item_weight), np.float32(self.weight))
-        self.base = np.where(self.is_new, np.float32(self.new_item_never_seen), np.float32(0.0)).astype(np.float32)
+        self.offsets = np.where(self.is_new, np.float32(self.new_item_offset), np.float32(0.0)).astype(np.float32)
+        self.base = (np.where(self.is_new, np.float32(self.new_item_never_seen), np.float32(0.0))
+                     + self.offsets).astype(np.float32)
 
     @property
     def active(self) -> bool:
-        return self.new_item_weight > 0 or self.new_item_never_seen > 0 or self.weight > 0
+        return self.new_item_weight > 0 or self.new_item_never_seen > 0 or self.weight > 0 or self._offset_on
+
+    @property
+    def _offset_on(self) -> bool:
+        return bool(self.new_item_offset) and bool(self.is_new.any())
 
     @functools.cached_property
     def parts(self) -> list[PriorPart]:
         """The priors that are on: the new items' and the trained items'."""
         out = []
-        if self.new_item_weight > 0 or self.new_item_never_seen > 0:
+        if self.new_item_weight > 0 or self.new_item_never_seen > 0 or self._offset_on:
             out.append(PriorPart(np.flatnonzero(self.is_new), self.is_new.copy(), self.new_item_windows,
-                                 self.new_item_never_seen))
+                                 self.new_item_never_seen, self.new_item_offset))
         if self.weight > 0:
             trained = ~self.is_new
             out.append(PriorPart(np.flatnonzero(trained), trained, ((self.window_days, self.weight),)))
@@ -223,13 +233,13 @@ class PopularityPrior:
 
     def boost(self, index: ItemIndex, item_ids: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
         """float32 [N] w * log1p(n) per catalogue row from sparse (item ids, effective counts n), and the
-        never-seen bonus on the new items left out; None when nothing is boosted. Unknown ids are refused (they
-        name an item the bundle does not hold)."""
+        never-seen bonus on the new items left out, the new-item offset on every new item; None when nothing is
+        boosted. Unknown ids are refused (they name an item the bundle does not hold)."""
         item_ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
         counts = np.asarray(counts, dtype=np.float32).reshape(-1)
         if item_ids.size != counts.size:
             raise RequestError(f"prior_item_ids has {item_ids.size} values, prior_counts {counts.size}")
-        if not self.active or (item_ids.size == 0 and not self.new_item_never_seen):
+        if not self.active or (item_ids.size == 0 and not self.base.any()):
             return None
         if not np.all(np.isfinite(counts)) or np.any(counts < 0):
             raise RequestError("prior_counts must be finite and non-negative")
@@ -237,7 +247,7 @@ class PopularityPrior:
         if np.any(rows < 0):
             raise RequestError(f"prior_item_ids holds ids outside the catalogue, e.g. {int(item_ids[rows < 0][0])}")
         out = self.base.copy()
-        out[rows] = self.weights[rows] * np.log1p(counts)
+        out[rows] = self.weights[rows] * np.log1p(counts) + self.offsets[rows]
         return out
 
 

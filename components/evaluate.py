@@ -57,6 +57,7 @@ from components.model import item_event_counts
 from components.recommender import Recommender
 from components.registry import read_champion
 from components.schemas import read_tables
+from components.served_mix import mix_report, served_mix
 from components.splits import Split, cold_task, configured_split, histories
 from components.trust_report import trust_analysis
 
@@ -326,6 +327,15 @@ def every_event_results(recommender: Recommender, data: EvalData, users: pd.Data
     return {**gain, "spread": target_spread(events.cold_targets),
             "candidate": {name: results[0].summary[name].as_dict() for name in names},
             "baseline_value": {name: results[1].summary[name].as_dict() for name in names}}
+
+
+def served_mix_results(recommender: Recommender, data: EvalData, users: pd.DataFrame, config: Config
+                       ) -> dict[str, Any]:
+    """The report's served mix (`components.served_mix`) on `data`'s stage, new-item targets of a seeded sample of
+    `evaluate.max_users` users: where new items stand against trained ones in one list; {} without a mix."""
+    every = every_event_cold(data, users, config.evaluate.max_users, config.train.seed)
+    mix = served_mix(data, every)
+    return {} if mix is None else mix_report(recommender, mix, config)
 
 
 def text_only_cold(recommender: Recommender, data: EvalData, config: Config) -> ModelResult | None:
@@ -652,6 +662,7 @@ def run_evaluation(
         "ablation_choice": ablation_choice(ablation),
         "ablation_validation": validation_info,
     }
+    info["served_mix"] = served_mix_results(cand_rec, data, tables["users"], config)  # trained + new in one list
     info["trust"] = trust_analysis(cand_rec, data, validation, tables["users"], config,  # exposure, diversity, fairness
                                    lambda rec: evaluate_main(rec, f"{CANDIDATE}+fairness", CANDIDATE, data, config),
                                    Path(out_dir) / "plots", before=results[0])
@@ -674,6 +685,11 @@ def kfp_metrics(evaluation: Evaluation) -> dict[str, float]:
     for name, d in every.get("candidate_minus_baseline", {}).items():
         out[f"cold_every_event_candidate_{name}"] = float(every["candidate"][name]["value"])
         out[f"cold_every_event_gain_{name}"] = float(d["value"])
+    for row in (evaluation.info.get("served_mix") or {}).get("rows", []):
+        name = row["setting"].replace(" ", "_")
+        out[f"served_mix_{name}_expected_hr@10"] = float(row["expected_hr@10"])
+        out[f"served_mix_{name}_warm_ndcg@10"] = float(row["warm_ndcg@10"]["value"])
+        out[f"served_mix_{name}_new_in_warm_top"] = float(row["new_in_warm_top"])
     out["promote"] = float(evaluation.decision["promote"])
     return {k: v for k, v in out.items() if np.isfinite(v)}
 

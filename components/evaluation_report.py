@@ -29,6 +29,11 @@ METHOD_NOTES = [
     "ranked among the cold items only. "
     "new-item-popularity scores a cold item by its interactions from other users strictly before the target's "
     "timestamp (point in time; the target and later events are never counted); random = exact expectation.",
+    "Served mix: from the first interaction on the cold items, each test user's target there and every cold-item "
+    "interaction ranked in one list of the warm and the cold items, as the API serves them (the user's earlier "
+    "items excluded); expected HR@10 = (1 - s) x warm HR@10 + s x cold-item HR@10, s = the share of the period's "
+    "interactions that went to the cold items. The model's new-item offset was chosen the same way on the "
+    "cold-validation items.",
     "Cold-start users: each test user's target ranked over the warm catalogue from the declared profile alone (no "
     "history, nothing excluded), against most-popular and popularity-as-of (other users' interactions before the "
     "target's time); the gain is paired over the same users.",
@@ -270,6 +275,29 @@ def cold_line(info: dict) -> str:
     return line
 
 
+def served_mix_table(info: dict) -> pd.DataFrame:
+    """One row per setting of the new items in the served list (see components.served_mix)."""
+    rows = []
+    for row in (info.get("served_mix") or {}).get("rows", []):
+        rows.append({"new items": row["setting"], "offset": "-" if row["offset"] is None else f"{row['offset']:+g}",
+                     "warm ndcg@10": _interval(row["warm_ndcg@10"]), "warm hr@10": _interval(row["warm_hr@10"]),
+                     "new-item hr@10": _interval(row["new_hr@10"]),
+                     "new items in a warm top 10": f"{row['new_in_warm_top']:.1%}",
+                     "expected hr@10": f"{row['expected_hr@10']:.4f}"})
+    return pd.DataFrame(rows)
+
+
+def served_mix_line(info: dict) -> str:
+    """Which interactions the served mix ranks, and the share of them on the new items."""
+    mix = info.get("served_mix") or {}
+    if not mix:
+        return ""
+    return (f"Trained and new items in one list, as served: from {mix['since'][:10]} (the first interaction on the "
+            f"{mix['new_items']} new items), {mix['warm_targets']} test users' targets and {mix['new_targets']} "
+            f"interactions on the new items; {mix['new_share']:.1%} of that period's interactions went to the new "
+            f"items. Intervals 95% bootstrap (new-item targets resample whole users).")
+
+
 def spread_clause(spread: dict) -> str:
     """"N targets over M items, X% of them on one" (see components.evaluate.target_spread)."""
     return (f"{spread['targets']} targets over {spread['items']} items, {spread['top_item_share']:.0%} of them on "
@@ -311,6 +339,7 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
     cold = overall_table(evaluation.cold, ks, with_coverage=False) if evaluation.cold else pd.DataFrame()
     profile_only = overall_table(evaluation.profile_only, ks, with_coverage=False)
     info = evaluation.info
+    mix = served_mix_table(info)
     ablation = ablation_table(info)
     ablation_note = ("Variants of the candidate trained on the same data, ranked on the same split and users; "
                      "intervals 95% bootstrap, differences paired over the same users (variant minus candidate); "
@@ -330,6 +359,7 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
                                       f"split: {split_line}.{skipped_line(info)}\n\n{_to_markdown(overall)}"),
         (f"By user group ({metric})", f"Worst/best group ratio of the candidate: {ratio}.\n\n{_to_markdown(groups)}"),
         ("Cold start", f"{cold_line(info)}\n\n{_to_markdown(cold)}" if evaluation.cold else no_cold),
+        *([("Served mix", f"{served_mix_line(info)}\n\n{_to_markdown(mix)}")] if not mix.empty else []),
         ("Cold-start users (profile only)", f"{profile_only_line(info)}\n\n{_to_markdown(profile_only)}"
                                             if evaluation.profile_only else no_profile),
         *([("Ablation", f"{ablation_note}\n\n{_to_markdown(ablation)}\n\n{ablation_choice_line(info)}")]
@@ -355,6 +385,8 @@ def write_report(evaluation: Evaluation, out_dir: Path, metric: str) -> dict[str
                                            f"{table_html(groups)}",
               "Cold start": (f"<p>{html.escape(cold_line(info))}</p>{table_html(cold)}" if evaluation.cold
                              else f"<p>{no_cold}</p>"),
+              **({"Served mix": f"<p>{html.escape(served_mix_line(info))}</p>{table_html(mix)}"}
+                 if not mix.empty else {}),
               "Cold-start users (profile only)": (f"<p>{html.escape(profile_only_line(info))}</p>"
                                                   f"{table_html(profile_only)}" if evaluation.profile_only
                                                   else f"<p>{no_profile}</p>"),

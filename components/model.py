@@ -483,6 +483,7 @@ class TwoTowerRecommender(TowerRecommender):
         self._encoder = UserEncoder(self.model, self.item_embeddings).eval()
         self.new_item_popularity_windows = new_item_prior_windows(self.cfg)
         self.new_item_never_seen_bonus = float(self.cfg.get("new_item_never_seen_bonus", 0.0))
+        self.new_item_offset = float(self.cfg.get("new_item_offset", 0.0))  # new items against trained ones
         self.popularity_weight = float(self.cfg.get("popularity_weight", 0.0))
         self.popularity_window = self.cfg.get("popularity_window_days")
         self._new = self.model.train_count[1:].numpy() == 0  # per catalogue row: no trained ID embedding
@@ -491,6 +492,7 @@ class TwoTowerRecommender(TowerRecommender):
         self.params = {"new_item_popularity_windows": [[days, float(f"{weight:.4g}")]  # as the report shows it
                                                         for days, weight in self.new_item_popularity_windows],
                        "new_item_never_seen_bonus": self.new_item_never_seen_bonus,
+                       "new_item_offset": self.new_item_offset,
                        "popularity_weight": self.popularity_weight,
                        "popularity_window_days": self.popularity_window}
 
@@ -509,6 +511,7 @@ class TwoTowerRecommender(TowerRecommender):
         its change)."""
         return PopularityPrior(self.index, {
             "new_item_windows": self.new_item_popularity_windows, "new_item_never_seen": self.new_item_never_seen_bonus,
+            "new_item_offset": self.new_item_offset,
             "weight": self.popularity_weight, "window_days": self.popularity_window,
             "new_item_ids": self.item_ids[self._new].tolist()})
 

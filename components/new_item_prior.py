@@ -32,6 +32,8 @@ from components.popularity_prior import (
     in_training_recommender,
     prior_grid,
 )
+from components.recommender import Recommender
+from components.served_mix import mix_curve, served_mix
 from components.train_data import TrainData
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ FOLDS = 5
 GRID_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # the simpler form: w on one window
 HR, NDCG = f"hr@{EVAL_K}", f"ndcg@{EVAL_K}"
 OFF: tuple[list[list], float, list[dict]] = ([[None, 0.0]], 0.0, [])
+OFFSETS = (-3.0, -2.0, -1.5, -1.25, -1.0, -0.875, -0.75, -0.625, -0.5, -0.375, -0.25, -0.125, 0.0, 0.25, 0.5, 1.0)
 
 
 def new_item_features(cosine: np.ndarray, counts: list[np.ndarray]) -> np.ndarray:
@@ -176,3 +179,25 @@ def fit_new_item_prior(model: Any, data: TrainData, device: torch.device,
              best["penalty"], FOLDS, best[f"cold_val_cv_{HR}"], grid[f"cold_val_cv_{HR}"], windows, never_seen,
              fitted[HR].mean(), plain[HR].mean())
     return windows, never_seen, record
+
+
+def fit_new_item_offset(recommender: Recommender, validation: EvalData, users: pd.DataFrame,
+                        seed: int) -> tuple[float, list[dict[str, Any]]]:
+    """(c, the curve): the offset of every new item against the trained ones (`components.served_mix`), the one of
+    OFFSETS with the best expected HR@10 on the validation stage's served mix (then NDCG@10, then the larger c: new
+    items shown where it costs nothing); (0, []) without a mix. `recommender` scores as served, its offset 0."""
+    mix = served_mix(validation, every_event_cold(validation, users, None, seed))
+    if mix is None:
+        log.info("no cold-validation interactions with validation targets after them: new-item offset 0")
+        return 0.0, []
+    curve: list[dict[str, Any]] = mix_curve(recommender, mix, list(OFFSETS))
+    best = max(curve, key=lambda c: (c[f"expected_{HR}"], c[f"expected_{NDCG}"], c["offset"]))
+    unshifted = next(c for c in curve if c["offset"] == 0.0)
+    log.info("new-item offset %g chosen on the validation mix (%d warm targets, %d new-item interactions, %.1f%% of "
+             "the period's interactions on new items): expected HR@10 %.4f (offset 0: %.4f), new items %.0f%% of a "
+             "warm top 10 (offset 0: %.0f%%)", best["offset"], len(mix.warm.targets), len(mix.new.targets),
+             100 * mix.new_share, best[f"expected_{HR}"], unshifted[f"expected_{HR}"], 100 * best["new_in_warm_top"],
+             100 * unshifted["new_in_warm_top"])
+    for row in curve:
+        row["targets"] = {"warm": int(len(mix.warm.targets)), "new": int(len(mix.new.targets))}
+    return float(best["offset"]), curve

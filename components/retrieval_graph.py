@@ -6,9 +6,10 @@ prior_counts -> item_ids, scores), each with a leading dimension of 1: one reque
 dynamic batcher can hand the Python backend many ragged requests per call (and the native backend serves the same
 shapes with `max_batch_size: 0`). Inside: item ids -> catalogue rows by a LabelEncoder (unknown ids dropped), the
 latest max_seq_len rows left-padded, profile values outside their vocabulary read as 0, the bundle's user tower,
-dot products with the item table plus w * log(1 + n) of the prior's items, excluded items masked to -inf, TopK
-(ties: lower catalogue row first, as `components.bundle_ops.top_k`), masked results dropped. Verified against
-`components.ensemble.EnsembleReference` (same ids, scores within 1e-5) before it is written.
+dot products with the item table plus the prior (w * log(1 + n), the never-seen bonus, the new-item offset),
+excluded items masked to -inf, TopK (ties: lower catalogue row first, as `components.bundle_ops.top_k`), masked
+results dropped. Verified against `components.ensemble.EnsembleReference` (same ids, scores within 1e-5) before it
+is written.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
         "big": np.array([np.iinfo(np.int64).max], np.int64), "axis0": np.array([0], np.int64),
         "hist_shape": np.array([1, length], np.int64), "prof_shape": np.array([1, -1], np.int64),
         "col_shape": np.array([-1, 1], np.int64), "flat": np.array([-1], np.int64), "n_v": np.array([n], np.int64),
-        "prior_base": prior.base, "neg_inf_1": np.array([-np.inf], np.float32),
+        "prior_base": prior.base, "prior_offsets": prior.offsets, "neg_inf_1": np.array([-np.inf], np.float32),
         "neg_inf": np.array(-np.inf, np.float32),
     }
     nodes = []
@@ -119,8 +120,8 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
     node("Reshape", ["user_embedding", "col_shape"], ["user_col"])
     node("MatMul", ["item_table", "user_col"], ["dots_col"])
     node("Reshape", ["dots_col", "flat"], ["dots"])
-    # prior: w * log(1 + n) at the given items' rows (ids outside the catalogue ignored), the never-seen bonus
-    # of the new items left out elsewhere (`PopularityPrior.boost`)
+    # prior: w * log(1 + n) + the new-item offset at the given items' rows (ids outside the catalogue ignored),
+    # the never-seen bonus + offset of the new items left out elsewhere (`PopularityPrior.boost`)
     rows_of("prior_item_ids_flat", "pr_rows")
     node("Greater", ["pr_rows", "minus_one"], ["pr_known"])
     node("Compress", ["pr_rows", "pr_known"], ["pr_kept"], axis=0)
@@ -128,7 +129,9 @@ def build_graph(bundle_dir: str | Path, out_path: str | Path | None = None) -> P
     node("Add", ["pr_counts", "one_f"], ["pr_counts1"])
     node("Log", ["pr_counts1"], ["pr_log"])
     node("Gather", ["prior_weights", "pr_kept"], ["pr_w"], axis=0)
-    node("Mul", ["pr_w", "pr_log"], ["pr_boost"])
+    node("Mul", ["pr_w", "pr_log"], ["pr_weighted"])
+    node("Gather", ["prior_offsets", "pr_kept"], ["pr_offset"], axis=0)
+    node("Add", ["pr_weighted", "pr_offset"], ["pr_boost"])
     node("ScatterElements", ["prior_base", "pr_kept", "pr_boost"], ["boost"], axis=0)  # listed rows replace it
     node("Add", ["dots", "boost"], ["boosted"])
     # exclusions -> -inf

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,7 +43,7 @@ from components.model import (
     reads_batch_rows,
     save_artifact,
 )
-from components.new_item_prior import fit_new_item_prior
+from components.new_item_prior import fit_new_item_offset, fit_new_item_prior
 from components.popularity_prior import (
     EVAL_K,
     choose_warm_popularity_weight,
@@ -478,6 +479,22 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     return metrics
 
 
+PRIOR_CONFIG_KEYS = ("new_item_popularity_windows", "new_item_never_seen_bonus", "new_item_popularity_weight",
+                     "new_item_popularity_window_days", "new_item_popularity_validation", "popularity_weight",
+                     "popularity_window_days", "popularity_validation", "new_item_offset",
+                     "new_item_offset_validation")  # what the model's priors record, fitted on validation
+
+
+def _served_mix_offset(model: Any, data: TrainData, config: Config, device: torch.device
+                       ) -> tuple[float, list[dict]]:
+    """The new-item offset fitted on the validation stage's served mix (`components.served_mix`), the model scored
+    exactly as served: saved with its priors to a scratch folder and loaded back."""
+    with tempfile.TemporaryDirectory(prefix="served-mix-") as scratch:
+        item_emb = in_training_recommender(model, data, device).item_embeddings
+        save_artifact(model, scratch, data.item_ids, item_emb, data.profile_encoder, [])
+        return fit_new_item_offset(load_recommender(scratch), data.validation, data.users, config.train.seed)
+
+
 def _finish(model: Any, data: TrainData, config: Config, out: Path, history: list[dict], best: float,
             started: float, device: torch.device, refit: Any = None, refit_data: TrainData | None = None,
             extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -495,16 +512,19 @@ def _finish(model: Any, data: TrainData, config: Config, out: Path, history: lis
     model.cfg["popularity_weight"] = warm_weight
     model.cfg["popularity_window_days"] = warm_window
     model.cfg["popularity_validation"] = warm_curve
+    offset, offset_curve = _served_mix_offset(model, data, config, device)
+    model.cfg["new_item_offset"] = offset
+    model.cfg["new_item_offset_validation"] = offset_curve
     if refit is not None:  # the refit model serves, with the priors chosen on the early-stopped one
         refit.eval()
-        refit.cfg.update({k: v for k, v in model.cfg.items() if "popularity" in k})
+        refit.cfg.update({k: v for k, v in model.cfg.items() if k in PRIOR_CONFIG_KEYS})
         model, data = refit, refit_data
     item_emb = in_training_recommender(model, data, device).item_embeddings
     save_artifact(model.cpu(), out, data.item_ids, item_emb, data.profile_encoder, history)
     rec = load_recommender(out)  # scored as served and evaluated: the saved artifact with its priors
     test = ranking_metrics(rec, data.test, config)
     cold = {f"cold_{k}": v for k, v in ranking_metrics(rec, data.test, config, cold=True).items()}
-    metrics = {"new_item_popularity_weight": weight, "popularity_weight": warm_weight,
+    metrics = {"new_item_popularity_weight": weight, "popularity_weight": warm_weight, "new_item_offset": offset,
                f"val_ndcg@{EVAL_K}": best, **{f"test_{k}": v for k, v in test.items()},
                **cold, "epochs": max((h["epoch"] for h in history), default=0),
                "refit_on_validation": refit is not None,
@@ -769,6 +789,7 @@ def training_page(model_dir: Path, metrics: dict[str, Any]) -> str:
     priors = [(f"new items (fitted on cold validation), {'all history' if days is None else f'{days:g} days'}",
                weight, days) for days, weight in new_item_prior_windows(cfg)]
     priors += [("new items nobody has met yet: bonus", cfg.get("new_item_never_seen_bonus", 0.0), ""),
+               ("new items against trained ones: offset (the validation mix)", cfg.get("new_item_offset", 0.0), ""),
                ("trained items (validation NDCG@10)", cfg.get("popularity_weight"), cfg.get("popularity_window_days"))]
     sections = [("Validation NDCG@10 and training loss per epoch",
                  png_img((model_dir / "training_curve.png").read_bytes(), "training curve")),

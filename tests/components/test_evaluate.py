@@ -118,6 +118,8 @@ def test_report_files_and_first_run_gate(canonical, tmp_path) -> None:
         every["candidate"]["hr@10"]["value"] - every["baseline_value"]["hr@10"]["value"])
     assert (f"Every interaction with the new items, each at its own time ({every['users']} users; "
             f"{every['targets']} targets over {every['spread']['items']} items") in md
+    mix = ev.info["served_mix"]  # trained and new items in one list, from the first new item's interaction on
+    assert mix["warm_targets"] > 0 and mix["new_targets"] == len(split.cold_interactions) and "## Served mix" in md
     page = (out / "report.html").read_text()
     assert "<table" in page and "data:image/png;base64," in page
     decision = read_decision(out)

@@ -64,8 +64,8 @@ def test_a_blended_new_item_prior_serves_what_the_model_scores() -> None:
     index = ItemIndex(catalogue)
     new_items = catalogue[::2]
     prior = PopularityPrior(index, {"new_item_windows": [[None, 0.2], [7, 0.5], [2.5, 0.3]],
-                                    "new_item_never_seen": 0.4, "weight": 0.05, "window_days": 10,
-                                    "new_item_ids": new_items.tolist()})
+                                    "new_item_never_seen": 0.4, "new_item_offset": -0.25, "weight": 0.05,
+                                    "window_days": 10, "new_item_ids": new_items.tolist()})
     assert prior.new_item_weight == pytest.approx(1.0) and prior.weights[0] == pytest.approx(1.0)
     events_index = ItemEventIndex(index, events)
     times = pd.to_datetime(["2024-03-02 00:00", "2024-03-20 13:07", "2024-04-15 00:00"], utc=True)
@@ -81,14 +81,22 @@ def test_a_blended_new_item_prior_serves_what_the_model_scores() -> None:
         np.testing.assert_allclose(served, dense, rtol=1e-5, atol=1e-6)
         new_rows = np.flatnonzero(np.isin(catalogue, new_items))
         never = new_rows[~np.isin(catalogue[new_rows], ids)]
-        assert len(never) and np.all(served[never] == np.float32(0.4))  # never met: the bonus alone
+        assert len(never)
+        np.testing.assert_allclose(served[never], 0.4 - 0.25, rtol=1e-6)  # never met: the bonus and the offset
+        met = np.setdiff1d(new_rows, never)
+        expected = prior.new_item_weight * np.log1p(counts[np.searchsorted(ids, catalogue[met])]) - 0.25
+        np.testing.assert_allclose(served[met], expected, rtol=1e-5, atol=1e-6)  # every new item: the offset too
     # the blend: w * log1p(effective count) = sum of weight_t * log1p(count_t)
     part = prior.parts[0]
     counts = [np.array([0.0, 3.0, 9.0]), np.array([0.0, 1.0, 4.0]), np.array([0.0, 0.0, 2.0])]
     expected = 0.2 * np.log1p(counts[0]) + 0.5 * np.log1p(counts[1]) + 0.3 * np.log1p(counts[2])
     np.testing.assert_allclose(np.log1p(part.effective_counts(counts)), expected, rtol=1e-6)
-    np.testing.assert_allclose(part.dense_boost(counts), expected + [0.4, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(part.dense_boost(counts), expected + [0.4, 0, 0] - 0.25, rtol=1e-6)
     # a bonus without an all-history window gets one (the bonus needs it), weighted 0
+    # an offset alone: every new item moves by it, a request without counts included; trained items stay
+    only_offset = PopularityPrior(index, {"new_item_offset": -0.5, "new_item_ids": new_items.tolist()})
+    moved = only_offset.boost(index, np.array([], np.int64), np.array([], np.float32))
+    np.testing.assert_array_equal(moved, np.where(np.isin(catalogue, new_items), np.float32(-0.5), np.float32(0)))
     only_recent = PopularityPrior(index, {"new_item_windows": [[7, 1.0]], "new_item_never_seen": 0.1,
                                           "new_item_ids": [95]})
     assert only_recent.parts[0].windows == ((7.0, 1.0), (None, 0.0))

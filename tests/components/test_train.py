@@ -368,7 +368,7 @@ def test_train_op_is_a_kfp_component(tmp_path: Path) -> None:
 
 def test_new_item_prior_is_fitted_on_cold_validation_items(dataset, tmp_path: Path) -> None:
     from components.model import load_model
-    from components.new_item_prior import GRID_WEIGHTS, NEW_ITEM_WINDOWS, OFF, PENALTIES, fit_new_item_prior
+    from components.new_item_prior import GRID_WEIGHTS, NEW_ITEM_WINDOWS, OFF, OFFSETS, PENALTIES, fit_new_item_prior
     from components.train import train_model
     from components.train_data import prepare_data, read_examples
 
@@ -399,6 +399,12 @@ def test_new_item_prior_is_fitted_on_cold_validation_items(dataset, tmp_path: Pa
         assert len(windows) == 1 and never_seen == 0 and windows[0][1] == grid["weight"] in GRID_WEIGHTS
     else:
         assert [days for days, _ in windows] == list(NEW_ITEM_WINDOWS) and "weight" not in grid
+    # the offset against the trained items: the best expected HR@10 of the validation mix (components.served_mix)
+    curve = cfg["new_item_offset_validation"]
+    assert [r["offset"] for r in curve] == list(OFFSETS)
+    best = max(curve, key=lambda r: (r["expected_hr@10"], r["expected_ndcg@10"], r["offset"]))
+    assert cfg["new_item_offset"] == best["offset"]
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["new_item_offset"] == best["offset"]
     # without cold-validation items the prior stays off
     off = prepare_data(tiny_config(data_dir), planted_tables(), read_examples(examples))
     assert fit_new_item_prior(model, off, torch.device("cpu")) == OFF
