@@ -515,7 +515,9 @@ def test_refit_trains_on_validation_targets_for_the_best_epoch_count(dataset, tm
     assert refit.train_count.sum() == plain.train_count.sum() + len(plain.split.validation)
     np.testing.assert_array_equal(model.train_count[1:].numpy(), refit.train_count)  # the refit model was saved
     cfg = json.loads((tmp_path / "model" / "model_config.json").read_text())
-    assert "popularity_weight" in cfg and "new_item_popularity_weight" in cfg
+    from components.train import PRIOR_CONFIG_KEYS  # every prior fitted on the early-stopped model, bonus included
+
+    assert set(PRIOR_CONFIG_KEYS) <= set(cfg) and "new_item_never_seen_bonus" in PRIOR_CONFIG_KEYS
     with pytest.raises(TrainError, match="refit_on_validation"):
         train_model(tiny_config(data_dir, **{"train.refit_on_validation": True, "model.fine_tune_encoder": True}),
                     canonical, examples, tmp_path / "other", progress=False)
