@@ -85,6 +85,7 @@ def main() -> dict:
         every_event_results,
         prepare,
         profile_only_results,
+        served_mix_results,
     )
     from components.metrics import paired_difference
     from components.model import load_recommender
@@ -150,6 +151,7 @@ def main() -> dict:
                            cold.per_user["hr@10"], pop_cold.per_user["hr@10"], config.evaluate.bootstrap_samples,
                            config.train.seed).as_dict(),
                        "cold_every_event": every_event_results(entry["model"], data, tables["users"], config),
+                       "served_mix": served_mix_results(entry["model"], data, tables["users"], config),
                        "versus": {b: versus(r, scored[b]) for b in scored}}
         if config.dataset.user_attributes:  # cold-start users: the test targets ranked from the profile alone
             profile_only, gain = profile_only_results(entry["model"], baselines, data, config)
