@@ -3,7 +3,8 @@
 The cold-start task ranks new items among themselves and the main task trained items among themselves; the API
 ranks both in one list. The new-item prior's terms (`components.new_item_prior`) are fitted for the first, so on
 their own they say nothing of where new items stand against trained ones. The new-item offset c (added to every
-new item's score: `components.bundle_ops.PopularityPrior`) places them, chosen on the validation stage's mix.
+new item's score: `components.bundle_ops.PopularityPrior`) places them, chosen on the validation stage's mix
+(`components.new_item_prior.fit_new_item_offset`).
 
 The mix of one stage: from the first interaction on the stage's new items (the held-out period), the stage's warm
 targets and every interaction on the new items, each ranked among the trained items and the new items at its own
@@ -13,7 +14,6 @@ time, the user's earlier items excluded. Its figure of merit is the expected HR@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,6 @@ from components.evaluation_types import EvalData
 from components.metrics import bootstrap, per_user_metrics, rank_targets
 from components.recommender import Recommender
 
-log = logging.getLogger(__name__)
 K = 10
 HR, NDCG = f"hr@{K}", f"ndcg@{K}"
 LEFT_OUT = -np.inf  # the offset of a list without the new items
