@@ -67,6 +67,19 @@ def expected_rank(ranks: np.ndarray) -> np.ndarray:
     return ranks if ranks.ndim == 1 else ranks.mean(axis=1)
 
 
+class FixedScores:
+    """Precomputed scores [users, catalogue] served through the Recommender protocol (rows by the users' `_row`):
+    one scoring ranked under several settings (the priors' grids, the served mix's offsets)."""
+
+    name = "fixed"
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.scores = scores
+
+    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
+        return self.scores[users["_row"].to_numpy()]
+
+
 def rank_targets(
     recommender: Recommender,
     users: pd.DataFrame,

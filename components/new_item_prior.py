@@ -22,13 +22,12 @@ import torch
 
 from components.evaluate import every_event_cold
 from components.evaluation_types import EvalData
-from components.metrics import per_user_metrics, rank_targets
+from components.metrics import FixedScores, per_user_metrics, rank_targets
 from components.model import ItemEventCounter
 from components.popularity_prior import (
     EVAL_K,
     POPULARITY_WINDOWS,
     PRIOR_CELLS,
-    _Fixed,
     in_training_recommender,
     prior_grid,
 )
@@ -81,7 +80,7 @@ def fit_conditional_logit(features: np.ndarray, excluded: np.ndarray, targets: n
 
 def _metrics(scores: np.ndarray, task: EvalData, rows: np.ndarray) -> dict[str, np.ndarray]:
     users = task.cold_users.iloc[rows].assign(_row=np.arange(len(rows)))
-    ranks, _ = rank_targets(_Fixed(scores), users, [task.cold_histories[i] for i in rows], task.cold_targets[rows],
+    ranks, _ = rank_targets(FixedScores(scores), users, [task.cold_histories[i] for i in rows], task.cold_targets[rows],
                             task.cold_items, EVAL_K, exclude=[task.cold_exclude[i] for i in rows])
     return per_user_metrics(ranks, [EVAL_K])
 

@@ -14,7 +14,7 @@ from components.config import Config
 from components.evaluate import evaluate_cold, evaluate_main
 from components.evaluation_types import EvalData
 from components.item_events import epoch_us
-from components.metrics import per_user_metrics, rank_targets
+from components.metrics import FixedScores, per_user_metrics, rank_targets
 from components.model import ItemEventCounter, UserEncoder
 from components.recommender import Recommender, TowerRecommender
 from components.train_data import TrainData
@@ -56,18 +56,6 @@ WARM_POPULARITY_WEIGHTS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)  # trai
 POPULARITY_WINDOWS = (None, 30.0, 7.0)  # days (None = all history): the feature store's rolling windows
 
 
-class _Fixed:
-    """Precomputed scores [users, catalogue] served through the Recommender protocol (rows by `_row`)."""
-
-    name = "fixed"
-
-    def __init__(self, scores: np.ndarray) -> None:
-        self.scores = scores
-
-    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
-        return self.scores[users["_row"].to_numpy()]
-
-
 PRIOR_CELLS = 1 << 26  # users x items of prior scores held at once; larger tasks are ranked in chunks of users
 PRIOR_GRID_CELLS = 500_000_000  # users x items the trained items' prior grid ranks (5,000 users up to 10^5 items)
 
@@ -107,7 +95,7 @@ def choose_popularity_prior(cosine: np.ndarray | Callable[[np.ndarray], np.ndarr
         for window in POPULARITY_WINDOWS:  # one window's counts held at a time
             prior = np.log1p(counter.counts(part, window))
             for w in (w for grid_window, w in grid if grid_window == window):
-                ranks, _ = rank_targets(_Fixed(scores + w * prior), part, part_histories, targets[rows], catalogue,
+                ranks, _ = rank_targets(FixedScores(scores + w * prior), part, part_histories, targets[rows], catalogue,
                                         EVAL_K, exclude=part_exclude)
                 per_user[(window, w)].append(per_user_metrics(ranks, [EVAL_K]))
     curve = [{"weight": w, "window_days": window,

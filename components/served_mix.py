@@ -22,7 +22,7 @@ import pandas as pd
 
 from components.config import Config
 from components.evaluation_types import EvalData
-from components.metrics import bootstrap, per_user_metrics, rank_targets
+from components.metrics import FixedScores, bootstrap, per_user_metrics, rank_targets
 from components.recommender import Recommender
 
 K = 10
@@ -86,19 +86,6 @@ def served_mix(data: EvalData, every: EvalData) -> ServedMix | None:
     return ServedMix(warm, new, np.union1d(data.catalogue, new_items), new_items, share, since, data.item_events)
 
 
-class _Shifted:
-    """Precomputed scores [users, catalogue] with `delta` added to the new items' columns (rows by `_row`)."""
-
-    name = "shifted"
-
-    def __init__(self, scores: np.ndarray, is_new: np.ndarray, delta: float) -> None:
-        self.scores, self.is_new, self.delta = scores, is_new, delta
-
-    def score(self, users: pd.DataFrame, histories: list[np.ndarray], catalogue: np.ndarray) -> np.ndarray:
-        rows = self.scores[users["_row"].to_numpy()]
-        return np.where(self.is_new, rows + np.float32(self.delta), rows).astype(np.float32)
-
-
 def _ranked(recommender: Recommender, part: Targets, mix: ServedMix, deltas: list[float]
             ) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
     """Per delta: (per-target metrics, per target the share of its top 10 that are new items); the recommender
@@ -113,8 +100,8 @@ def _ranked(recommender: Recommender, part: Targets, mix: ServedMix, deltas: lis
         scores = recommender.score(users, histories, mix.catalogue)
         users = users.assign(_row=np.arange(len(rows)))
         for d, delta in enumerate(deltas):
-            ranks, top = rank_targets(_Shifted(scores, is_new, delta), users, histories, part.targets[rows],
-                                      mix.catalogue, K, exclude=exclude)
+            shifted = FixedScores(np.where(is_new, scores + np.float32(delta), scores).astype(np.float32))
+            ranks, top = rank_targets(shifted, users, histories, part.targets[rows], mix.catalogue, K, exclude=exclude)
             out[d].append((per_user_metrics(ranks, [K]), np.isin(top, mix.new_items).mean(axis=1)))
     return [({name: np.concatenate([m[name] for m, _ in chunks]) for name in (HR, NDCG)},
              np.concatenate([s for _, s in chunks])) for chunks in out]
