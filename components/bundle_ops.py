@@ -135,28 +135,45 @@ def item_scores(item_embeddings: np.ndarray, user_embedding: np.ndarray) -> np.n
 PRIOR_KEY = "popularity_prior"  # the manifest's popularity-prior settings (see `PopularityPrior`)
 
 
+MIN_AGE_DAYS = 1.0  # an item met less than a day ago counts its interactions per day over one day
+
+
+def interactions_per_day(count: np.ndarray, age_days: np.ndarray) -> np.ndarray:
+    """An item's interactions (by other users, all history) per day since someone first met it: its velocity,
+    the age floored at MIN_AGE_DAYS (0 where nobody has met it: its count is 0 too)."""
+    return (np.asarray(count, np.float64) / np.maximum(np.asarray(age_days, np.float64), MIN_AGE_DAYS))
+
+
 class PriorPart:
     """One popularity prior: the catalogue rows it covers (and the same as a bool [N] mask), its windows with a
-    weight each (days or None = all history), the bonus of an item nobody has met yet and the offset every item
-    of the part gets (new items only: where they stand against the trained items in one list).
+    weight each (days or None = all history), the weight of its velocity (interactions per day since the item was
+    first met), the bonus of an item nobody has met yet and the offset every item of the part gets (new items
+    only: where they stand against the trained items in one list).
     A plain class: the Triton stub loads this file without registering it as a module, which dataclasses need."""
 
     def __init__(self, rows: np.ndarray, mask: np.ndarray, windows: tuple[tuple[float | None, float], ...],
-                 never_seen: float = 0.0, offset: float = 0.0) -> None:
+                 never_seen: float = 0.0, offset: float = 0.0, velocity: float = 0.0) -> None:
         self.rows, self.mask, self.windows, self.never_seen, self.offset = rows, mask, windows, never_seen, offset
+        self.velocity = velocity
 
     @property
     def weight(self) -> float:
-        """w of the served form w * log1p(n): the windows' weights summed."""
-        return float(sum(weight for _, weight in self.windows))
+        """w of the served form w * log1p(n): the windows' and the velocity's weights summed."""
+        return float(sum(weight for _, weight in self.windows) + self.velocity)
 
-    def effective_counts(self, counts: Sequence[np.ndarray]) -> np.ndarray:
-        """The one count per item a request carries, from its counts in each window (same order as `windows`):
-        w * log1p(result) = sum of weight_t * log1p(count_t). One window: its counts as they are."""
-        if len(self.windows) == 1:
+    def effective_counts(self, counts: Sequence[np.ndarray], ages: np.ndarray | None = None) -> np.ndarray:
+        """The one count per item a request carries, from its counts in each window (same order as `windows`) and,
+        when the part weighs the velocity, the days since each item was first met (`ages`):
+        w * log1p(result) = sum of weight_t * log1p(count_t) + velocity * log1p(interactions per day).
+        One window and no velocity: its counts as they are."""
+        if len(self.windows) == 1 and not self.velocity:
             return np.asarray(counts[0], np.float32)
         logs = sum(weight * np.log1p(np.asarray(c, np.float64))
                    for (_, weight), c in zip(self.windows, counts, strict=True))
+        if self.velocity:
+            if ages is None:
+                raise RequestError("a prior that weighs the velocity needs the items' ages (days since first met)")
+            logs = logs + self.velocity * np.log1p(interactions_per_day(counts[self.all_history], ages))
         return np.expm1(logs / max(self.weight, 1e-12)).astype(np.float32)
 
     def seen(self, counts: Sequence[np.ndarray]) -> np.ndarray:
@@ -166,13 +183,13 @@ class PriorPart:
 
     @property
     def all_history(self) -> int:
-        """Position of the all-history window (present whenever there is a never-seen bonus)."""
+        """Position of the all-history window (present whenever there is a never-seen bonus or a velocity)."""
         return [days for days, _ in self.windows].index(None)
 
-    def dense_boost(self, counts: Sequence[np.ndarray]) -> np.ndarray:
+    def dense_boost(self, counts: Sequence[np.ndarray], ages: np.ndarray | None = None) -> np.ndarray:
         """w * log1p(effective count), plus the bonus where nobody has met the item, plus the offset: what the
         bundle's sparse `PopularityPrior.boost` gives these items, computed for every one (batch scoring)."""
-        boost = np.float32(self.weight) * np.log1p(self.effective_counts(counts))
+        boost = np.float32(self.weight) * np.log1p(self.effective_counts(counts, ages))
         if self.never_seen:
             boost = boost + np.where(self.seen(counts), np.float32(0), np.float32(self.never_seen))
         return (boost + np.float32(self.offset)).astype(np.float32)
@@ -183,8 +200,9 @@ class PopularityPrior:
     interactions by other users strictly before the request within the prior's window; items without a trained
     ID embedding (`is_new`) use the new-item prior, trained items the other one (weight 0 = off).
 
-    The new-item prior may blend several windows (`new_item_windows`: [[days or None, weight], ...]): a request
-    then carries one effective count per item (`PriorPart.effective_counts`), and w is the weights' sum. With a
+    The new-item prior may blend several windows (`new_item_windows`: [[days or None, weight], ...]) and weigh each
+    item's velocity (`new_item_velocity`: interactions per day since it was first met): a request then carries one
+    effective count per item (`PriorPart.effective_counts`), and w is the weights' sum. With a
     never-seen bonus (`new_item_never_seen`), new items a request leaves out score that bonus: the request lists
     every new item someone has met, even one whose effective count is 0. The new-item offset (`new_item_offset`,
     fitted on the served mix of validation: `components.new_item_prior.fit_new_item_offset`) is added to every new
@@ -197,9 +215,10 @@ class PopularityPrior:
             windows = [[settings.get("new_item_window_days"), float(settings.get("new_item_weight", 0.0))]]
         self.new_item_windows = tuple((None if d is None else float(d), float(w)) for d, w in windows)
         self.new_item_never_seen = float(settings.get("new_item_never_seen", 0.0))
-        if self.new_item_never_seen and None not in [d for d, _ in self.new_item_windows]:
-            self.new_item_windows += ((None, 0.0),)  # the bonus needs the all-history count
-        self.new_item_weight = float(sum(w for _, w in self.new_item_windows))
+        self.new_item_velocity = float(settings.get("new_item_velocity", 0.0))
+        if (self.new_item_never_seen or self.new_item_velocity) and None not in [d for d, _ in self.new_item_windows]:
+            self.new_item_windows += ((None, 0.0),)  # the bonus and the velocity need the all-history count
+        self.new_item_weight = float(sum(w for _, w in self.new_item_windows) + self.new_item_velocity)
         self.new_item_offset = float(settings.get("new_item_offset", 0.0))
         self.weight = float(settings.get("weight", 0.0))
         self.window_days = settings.get("window_days")
@@ -225,7 +244,7 @@ class PopularityPrior:
         out = []
         if self.new_item_weight > 0 or self.new_item_never_seen > 0 or self._offset_on:
             out.append(PriorPart(np.flatnonzero(self.is_new), self.is_new.copy(), self.new_item_windows,
-                                 self.new_item_never_seen, self.new_item_offset))
+                                 self.new_item_never_seen, self.new_item_offset, self.new_item_velocity))
         if self.weight > 0:
             trained = ~self.is_new
             out.append(PriorPart(np.flatnonzero(trained), trained, ((self.window_days, self.weight),)))

@@ -153,8 +153,8 @@ def run_compress(config: Config, canonical_dir: str | Path, model_dir: str | Pat
 
 def popularity_prior_settings(model_dir: str | Path) -> dict[str, Any]:
     """The model's popularity priors as the bundle carries them (manifest key `popularity_prior`): the windows,
-    weights, never-seen bonus and new-item offset of model_config.json and the ids of the items without a trained
-    ID embedding (the new-item prior's)."""
+    weights, velocity weight, never-seen bonus and new-item offset of model_config.json and the ids of the items
+    without a trained ID embedding (the new-item prior's)."""
     from components.model import load_model, new_item_prior_windows
 
     model_dir = Path(model_dir)
@@ -164,6 +164,7 @@ def popularity_prior_settings(model_dir: str | Path) -> dict[str, Any]:
     trained = model.train_count[1:].numpy() > 0
     return {"new_item_windows": new_item_prior_windows(cfg),
             "new_item_never_seen": float(cfg.get("new_item_never_seen_bonus", 0.0)),
+            "new_item_velocity": float(cfg.get("new_item_velocity_weight", 0.0)),
             "new_item_offset": float(cfg.get("new_item_offset", 0.0)),
             "weight": float(cfg.get("popularity_weight", 0.0)),
             "window_days": cfg.get("popularity_window_days"),

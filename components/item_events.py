@@ -47,6 +47,7 @@ class ItemEventIndex:
         self._rows = np.zeros(0, np.int64)
         self._users = np.zeros(0, np.int64)
         self._by_user: dict[int, np.ndarray] = {}
+        self._first = np.full(len(index), np.iinfo(np.int64).max, dtype=np.int64)
         self._totals: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         if events is not None and len(events):
             self._merge(events["user_id"].to_numpy(np.int64), events["item_id"].to_numpy(np.int64),
@@ -67,6 +68,8 @@ class ItemEventIndex:
         starts = np.flatnonzero(np.r_[True, np.diff(self._users[by_user]) != 0]) if by_user.size else []
         self._by_user = {int(self._users[by_user[s]]): part
                          for s, part in zip(starts, np.split(by_user, starts[1:]) if by_user.size else [], strict=True)}
+        self._first = np.full(len(self.index), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(self._first, self._rows, self._ts)  # each row's first event: the velocity's age
         self._totals.clear()
 
     def add(self, user_id: int, item_id: int, ts_us: int) -> None:
@@ -112,10 +115,19 @@ class ItemEventIndex:
         np.subtract.at(out, mine, 1.0)
         return out
 
+    def ages(self, as_of_us: int) -> np.ndarray:
+        """float32 [N]: per catalogue row, days from its first event (any user's) to as_of, 0 where it has none
+        before it (as `components.model.ItemEventCounter.ages` counts them)."""
+        with self._lock:
+            self._flush()
+            first = self._first
+        return ((as_of_us - np.minimum(first, as_of_us)) / US_PER_DAY).astype(np.float32)
+
     def prior_counts(self, prior: PopularityPrior, user_id: int, as_of_us: int) -> tuple[np.ndarray, np.ndarray]:
         """Sparse (item ids, counts) for `PopularityPrior.boost`: each item's effective count over its prior's
-        windows (`PriorPart.effective_counts`); items with none left out, except new items someone has met when
-        the new-item prior has a never-seen bonus (the bundle gives the bonus to the new items left out)."""
+        windows and velocity (`PriorPart.effective_counts`); items with none left out, except new items someone
+        has met when the new-item prior has a never-seen bonus (the bundle gives the bonus to the new items left
+        out)."""
         counts = np.zeros(len(self.index), np.float32)
         listed = np.zeros(len(self.index), bool)
         for part in prior.parts:
@@ -126,7 +138,8 @@ class ItemEventIndex:
                 own = mine[part.mask[mine]]
                 np.subtract.at(window, np.searchsorted(part.rows, own), 1.0)
                 per_window.append(window)
-            counts[part.rows] = part.effective_counts(per_window)
+            ages = self.ages(as_of_us)[part.rows] if part.velocity else None
+            counts[part.rows] = part.effective_counts(per_window, ages)
             listed[part.rows] = part.seen(per_window) if part.never_seen else counts[part.rows] > 0
         rows = np.flatnonzero(listed)
         return self.index.item_ids[rows], counts[rows]

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from components.bundle_ops import PopularityPrior
 from components.encoders import PROFILE_ENCODER_FILE, ItemEncoder, ProfileEncoder
 from components.errors import RecsysError
-from components.item_events import epoch_us
+from components.item_events import US_PER_DAY, epoch_us
 from components.onnx_export import quiet_onnx_export
 from components.recommender import TowerRecommender
 
@@ -482,6 +482,7 @@ class TwoTowerRecommender(TowerRecommender):
                          profile_encoder, int(self.cfg["max_seq_len"]), batch_size)
         self._encoder = UserEncoder(self.model, self.item_embeddings).eval()
         self.new_item_popularity_windows = new_item_prior_windows(self.cfg)
+        self.new_item_velocity_weight = float(self.cfg.get("new_item_velocity_weight", 0.0))
         self.new_item_never_seen_bonus = float(self.cfg.get("new_item_never_seen_bonus", 0.0))
         self.new_item_offset = float(self.cfg.get("new_item_offset", 0.0))  # new items against trained ones
         self.popularity_weight = float(self.cfg.get("popularity_weight", 0.0))
@@ -491,6 +492,7 @@ class TwoTowerRecommender(TowerRecommender):
         self._counters: dict[int, ItemEventCounter] = {}
         self.params = {"new_item_popularity_windows": [[days, float(f"{weight:.4g}")]  # as the report shows it
                                                         for days, weight in self.new_item_popularity_windows],
+                       "new_item_velocity_weight": self.new_item_velocity_weight,
                        "new_item_never_seen_bonus": self.new_item_never_seen_bonus,
                        "new_item_offset": self.new_item_offset,
                        "popularity_weight": self.popularity_weight,
@@ -502,8 +504,8 @@ class TwoTowerRecommender(TowerRecommender):
 
     @property
     def new_item_popularity_weight(self) -> float:
-        """w of the new-item prior as served (its windows' weights summed)."""
-        return float(sum(weight for _, weight in self.new_item_popularity_windows))
+        """w of the new-item prior as served (its windows' and its velocity's weights summed)."""
+        return float(sum(weight for _, weight in self.new_item_popularity_windows) + self.new_item_velocity_weight)
 
     def popularity_prior(self) -> PopularityPrior:
         """The priors as the serving bundle carries them (`components.bundle_ops.PopularityPrior`): which items are
@@ -511,6 +513,7 @@ class TwoTowerRecommender(TowerRecommender):
         its change)."""
         return PopularityPrior(self.index, {
             "new_item_windows": self.new_item_popularity_windows, "new_item_never_seen": self.new_item_never_seen_bonus,
+            "new_item_velocity": self.new_item_velocity_weight,
             "new_item_offset": self.new_item_offset,
             "weight": self.popularity_weight, "window_days": self.popularity_window,
             "new_item_ids": self.item_ids[self._new].tolist()})
@@ -529,7 +532,8 @@ class TwoTowerRecommender(TowerRecommender):
             cols = np.flatnonzero(np.isin(rows, part.rows))
             if len(cols):
                 counter = self._event_counter(catalogue[cols])
-                scores[:, cols] += part.dense_boost([counter.counts(users, days) for days, _ in part.windows])
+                scores[:, cols] += part.dense_boost([counter.counts(users, days) for days, _ in part.windows],
+                                                    counter.ages(users) if part.velocity else None)
         return scores
 
     def set_item_events(self, events: pd.DataFrame) -> None:
@@ -656,6 +660,17 @@ class ItemEventCounter:
                 np.subtract.at(out[i], self.ev_col[mine], 1.0)
         sweep[1:] = [added, removed, as_of.max() if len(as_of) else sweep[3]]
         return out
+
+    def ages(self, users: pd.DataFrame) -> np.ndarray:
+        """float32 [len(users), catalogue]: days from each item's first event (any user's) to the user's `as_of`
+        (after the last event without one), 0 where the item has none before it (the velocity's denominator:
+        `bundle_ops.interactions_per_day`)."""
+        end = int(self.ts.max()) + 1 if len(self.ts) else 0
+        as_of = epoch_us(users["as_of"]) if "as_of" in users else np.full(len(users), end, dtype=np.int64)
+        first = np.full(self.n_items, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, self.ev_col, self.ts)
+        since = as_of[:, None] - np.minimum(first[None, :], as_of[:, None])  # 0 where not met before as_of
+        return (since / US_PER_DAY).astype(np.float32)
 
 
 def load_recommender(model_dir: str | Path) -> TwoTowerRecommender:

@@ -1,25 +1,27 @@
 """The new-item prior, fitted on the cold-validation items: how a new item's cosine and what the log knows of it at
-the request (its interactions by other users in the feature store's windows, and whether anyone has met it yet)
-combine into its score.
+the request (its interactions by other users in the feature store's windows, its velocity: those interactions per
+day since it was first met, and whether anyone has met it yet) combine into its score.
 
 A conditional-logit ranker over every interaction with a cold-validation item, each ranked among the
 cold-validation items at its own time (`components.evaluate.every_event_cold`: the items' whole early life, about
 twice the targets of one per user), with non-negative weights and an L2 penalty chosen by 5-fold cross-validation
 over users (HR@10, then NDCG@10), never on the report's items. The fit is served as
-`cosine + sum_t a_t * log1p(n_t) + b * [nobody has met it]`: `components.bundle_ops.PriorPart` with the windows'
-weights a_t and the never-seen bonus b. The same folds score the simpler form, one window and one weight from a
-grid (`cosine + w * log1p(n)`); it serves instead when its cross-validated HR@10 (then NDCG@10) is at least the
-ranker's.
+`cosine + sum_t a_t * log1p(n_t) + v * log1p(n / days since first met) + b * [nobody has met it]`:
+`components.bundle_ops.PriorPart` with the windows' weights a_t, the velocity's weight v (n over all history, the
+days floored at one) and the never-seen bonus b. The same folds score the simpler form, one window and one weight
+from a grid (`cosine + w * log1p(n)`); it serves instead when its cross-validated HR@10 (then NDCG@10) is at least
+the ranker's.
 """
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
+from components.bundle_ops import interactions_per_day
 from components.evaluate import every_event_cold
 from components.evaluation_types import EvalData
 from components.metrics import FixedScores, per_user_metrics, rank_targets
@@ -41,15 +43,29 @@ PENALTIES = (0.0, 0.001, 0.01, 0.1)  # L2 on the standardized weights, chosen by
 FOLDS = 5
 GRID_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # the simpler form: w on one window
 HR, NDCG = f"hr@{EVAL_K}", f"ndcg@{EVAL_K}"
-OFF: tuple[list[list], float, list[dict]] = ([[None, 0.0]], 0.0, [])
 OFFSETS = (-3.0, -2.0, -1.5, -1.25, -1.0, -0.875, -0.75, -0.625, -0.5, -0.375, -0.25, -0.125, 0.0, 0.25, 0.5, 1.0)
 
 
-def new_item_features(cosine: np.ndarray, counts: list[np.ndarray]) -> np.ndarray:
-    """float32 [users, items, 2 + windows]: the cosine, log1p of the counts in each window (NEW_ITEM_WINDOWS order,
-    the all-history one first) and the never-seen flag."""
+class NewItemPrior(NamedTuple):
+    """A fitted new-item prior: [[window days or None, weight], ...], the velocity's weight, the never-seen bonus
+    and the cross-validation record."""
+
+    windows: list[list]
+    velocity: float
+    never_seen: float
+    record: list[dict]
+
+
+OFF = NewItemPrior([[None, 0.0]], 0.0, 0.0, [])
+
+
+def new_item_features(cosine: np.ndarray, counts: list[np.ndarray], ages: np.ndarray) -> np.ndarray:
+    """float32 [users, items, 3 + windows]: the cosine, log1p of the counts in each window (NEW_ITEM_WINDOWS order,
+    the all-history one first), log1p of the velocity (all-history count per day since first met: `ages`) and the
+    never-seen flag."""
     never_seen = (counts[0] == 0).astype(np.float32)
-    return np.stack([cosine, *[np.log1p(c) for c in counts], never_seen], axis=-1).astype(np.float32)
+    velocity = np.log1p(interactions_per_day(counts[0], ages))
+    return np.stack([cosine, *[np.log1p(c) for c in counts], velocity, never_seen], axis=-1).astype(np.float32)
 
 
 def fit_conditional_logit(features: np.ndarray, excluded: np.ndarray, targets: np.ndarray,
@@ -85,12 +101,12 @@ def _metrics(scores: np.ndarray, task: EvalData, rows: np.ndarray) -> dict[str, 
     return per_user_metrics(ranks, [EVAL_K])
 
 
-def served_form(weights: np.ndarray) -> tuple[list[list], float]:
-    """The ranker's weights on `new_item_features` as served: ([[window, a_t], ...], b) of cosine + sum_t a_t *
-    log1p(n_t) + b * [never met], the cosine's weight divided out (the same order of items)."""
+def served_form(weights: np.ndarray) -> tuple[list[list], float, float]:
+    """The ranker's weights on `new_item_features` as served: ([[window, a_t], ...], v, b) of cosine + sum_t a_t *
+    log1p(n_t) + v * log1p(velocity) + b * [never met], the cosine's weight divided out (the same order of items)."""
     scale = max(float(weights[0]), 1e-9)
-    windows = [[days, float(a / scale)] for days, a in zip(NEW_ITEM_WINDOWS, weights[1:-1], strict=True)]
-    return windows, float(weights[-1] / scale)
+    windows = [[days, float(a / scale)] for days, a in zip(NEW_ITEM_WINDOWS, weights[1:-2], strict=True)]
+    return windows, float(weights[-2] / scale), float(weights[-1] / scale)
 
 
 def best_grid_setting(features: np.ndarray, task: EvalData, rows: np.ndarray) -> tuple[int, float]:
@@ -113,9 +129,8 @@ def _cosine(model: Any, data: TrainData, task: EvalData, device: torch.device, r
                                                               task.cold_items)
 
 
-def fit_new_item_prior(model: Any, data: TrainData, device: torch.device,
-                       seed: int = 0) -> tuple[list[list], float, list[dict]]:
-    """([[window days or None, weight], ...], never-seen bonus, the cross-validation record) of the new-item prior,
+def fit_new_item_prior(model: Any, data: TrainData, device: torch.device, seed: int = 0) -> NewItemPrior:
+    """The new-item prior (its windows' weights, the velocity's, the never-seen bonus, the cross-validation record),
     fitted on every cold-validation interaction (a seeded sample of them when targets x items would pass
     PRIOR_CELLS): the ranker, or one window and weight when that cross-validates at least as well. Without
     cold-validation targets the prior is off."""
@@ -124,13 +139,13 @@ def fit_new_item_prior(model: Any, data: TrainData, device: torch.device,
         log.info("no cold-validation targets (evaluate.cold_validation_items=0): new-item popularity prior off")
         return OFF
     rows = np.arange(len(task.cold_targets))
-    limit = max(1, PRIOR_CELLS // max(len(task.cold_items), 1) // (len(NEW_ITEM_WINDOWS) + 2))
+    limit = max(1, PRIOR_CELLS // max(len(task.cold_items), 1) // (len(NEW_ITEM_WINDOWS) + 3))
     if len(rows) > limit:
         rows = np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))
     users = task.cold_users.iloc[rows]
     counter = ItemEventCounter(task.cold_interactions, task.cold_items)
     features = new_item_features(_cosine(model, data, task, device, rows),
-                                 [counter.counts(users, days) for days in NEW_ITEM_WINDOWS])
+                                 [counter.counts(users, days) for days in NEW_ITEM_WINDOWS], counter.ages(users))
     column = {int(item): c for c, item in enumerate(task.cold_items)}
     targets = np.array([column[int(t)] for t in task.cold_targets[rows]], dtype=np.int64)
     excluded = np.zeros(features.shape[:2], dtype=bool)
@@ -168,16 +183,16 @@ def fit_new_item_prior(model: Any, data: TrainData, device: torch.device,
         log.info("new-item prior: one window and weight (w %.3g, window %s days; %d-fold CV HR@10 %.4f) ranks the %d "
                  "cold-validation interactions at least as well as the fitted ranker (%.4f)", weight,
                  NEW_ITEM_WINDOWS[position], FOLDS, grid[f"cold_val_cv_{HR}"], len(rows), best[f"cold_val_cv_{HR}"])
-        return [[NEW_ITEM_WINDOWS[position] if weight else None, weight]], 0.0, record
+        return NewItemPrior([[NEW_ITEM_WINDOWS[position] if weight else None, weight]], 0.0, 0.0, record)
     w = fit_conditional_logit(features, excluded, targets, best["penalty"])
-    windows, never_seen = served_form(w)
+    windows, velocity, never_seen = served_form(w)
     fitted = _metrics(features @ w, task, rows)
     plain = _metrics(features[..., 0], task, rows)
     log.info("new-item prior fitted on %d cold-validation interactions (penalty %g by %d-fold CV HR@10 %.4f; one "
-             "window and weight: %.4f): windows %s, never-seen bonus %.3g; HR@10 %.4f (cosine alone %.4f)", len(rows),
-             best["penalty"], FOLDS, best[f"cold_val_cv_{HR}"], grid[f"cold_val_cv_{HR}"], windows, never_seen,
-             fitted[HR].mean(), plain[HR].mean())
-    return windows, never_seen, record
+             "window and weight: %.4f): windows %s, velocity %.3g, never-seen bonus %.3g; HR@10 %.4f (cosine alone "
+             "%.4f)", len(rows), best["penalty"], FOLDS, best[f"cold_val_cv_{HR}"], grid[f"cold_val_cv_{HR}"], windows,
+             velocity, never_seen, fitted[HR].mean(), plain[HR].mean())
+    return NewItemPrior(windows, velocity, never_seen, record)
 
 
 def fit_new_item_offset(recommender: Recommender, validation: EvalData, users: pd.DataFrame,

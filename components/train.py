@@ -479,7 +479,8 @@ def train_model(config: Config, canonical_dir: str | Path, examples_dir: str | P
     return metrics
 
 
-PRIOR_CONFIG_KEYS = ("new_item_popularity_windows", "new_item_never_seen_bonus", "new_item_popularity_weight",
+PRIOR_CONFIG_KEYS = ("new_item_popularity_windows", "new_item_velocity_weight", "new_item_never_seen_bonus",
+                     "new_item_popularity_weight",
                      "new_item_popularity_window_days", "new_item_popularity_validation", "popularity_weight",
                      "popularity_window_days", "popularity_validation", "new_item_offset",
                      "new_item_offset_validation")  # what the model's priors record, fitted on validation
@@ -501,13 +502,14 @@ def _finish(model: Any, data: TrainData, config: Config, out: Path, history: lis
     """After training: choose both popularity priors on validation, write the artifact (the refit model when
     there is one, with the priors chosen on the early-stopped one), score it as served on the test users, write
     metrics.json and the curve; returns the metrics."""
-    windows, never_seen, curve = fit_new_item_prior(model, data, device, config.train.seed)
-    weight = float(sum(w for _, w in windows))
-    model.cfg["new_item_popularity_windows"] = windows
-    model.cfg["new_item_never_seen_bonus"] = never_seen
-    model.cfg["new_item_popularity_weight"] = weight  # w as served: the windows' weights summed
+    prior = fit_new_item_prior(model, data, device, config.train.seed)
+    weight = float(sum(w for _, w in prior.windows) + prior.velocity)
+    model.cfg["new_item_popularity_windows"] = prior.windows
+    model.cfg["new_item_velocity_weight"] = prior.velocity
+    model.cfg["new_item_never_seen_bonus"] = prior.never_seen
+    model.cfg["new_item_popularity_weight"] = weight  # w as served: the windows' and the velocity's weights summed
     model.cfg["new_item_popularity_window_days"] = None
-    model.cfg["new_item_popularity_validation"] = curve
+    model.cfg["new_item_popularity_validation"] = prior.record
     warm_weight, warm_window, warm_curve = choose_warm_popularity_weight(model, data, device)
     model.cfg["popularity_weight"] = warm_weight
     model.cfg["popularity_window_days"] = warm_window
@@ -788,7 +790,9 @@ def training_page(model_dir: Path, metrics: dict[str, Any]) -> str:
     cfg = json.loads((model_dir / "model_config.json").read_text(encoding="utf-8"))
     priors = [(f"new items (fitted on cold validation), {'all history' if days is None else f'{days:g} days'}",
                weight, days) for days, weight in new_item_prior_windows(cfg)]
-    priors += [("new items nobody has met yet: bonus", cfg.get("new_item_never_seen_bonus", 0.0), ""),
+    priors += [("new items: velocity (all-history interactions per day since first met)",
+                cfg.get("new_item_velocity_weight", 0.0), ""),
+               ("new items nobody has met yet: bonus", cfg.get("new_item_never_seen_bonus", 0.0), ""),
                ("new items against trained ones: offset (the validation mix)", cfg.get("new_item_offset", 0.0), ""),
                ("trained items (validation NDCG@10)", cfg.get("popularity_weight"), cfg.get("popularity_window_days"))]
     sections = [("Validation NDCG@10 and training loss per epoch",

@@ -42,10 +42,10 @@ def test_bundle_is_complete_and_follows_c5(run) -> None:
     assert manifest["max_seq_len"] == 8 and manifest["embedding_dim"] == 32
     cfg = json.loads((run.model / "model_config.json").read_text())  # the priors the served ranking adds
     prior = manifest["popularity_prior"]
-    assert (prior["new_item_windows"], prior["new_item_never_seen"], prior["new_item_offset"], prior["weight"],
-            prior["window_days"]) == (
-        cfg["new_item_popularity_windows"], cfg["new_item_never_seen_bonus"], cfg.get("new_item_offset", 0.0),
-        cfg.get("popularity_weight", 0.0), cfg.get("popularity_window_days"))
+    assert (prior["new_item_windows"], prior["new_item_velocity"], prior["new_item_never_seen"],
+            prior["new_item_offset"], prior["weight"], prior["window_days"]) == (
+        cfg["new_item_popularity_windows"], cfg["new_item_velocity_weight"], cfg["new_item_never_seen_bonus"],
+        cfg.get("new_item_offset", 0.0), cfg.get("popularity_weight", 0.0), cfg.get("popularity_window_days"))
     assert prior["new_item_ids"] == []  # every item of the planted data was trained
     np.testing.assert_array_equal(np.load(run.bundle / "item_ids.npy"), np.load(run.model / "item_ids.npy"))
     sess = session(run.bundle / "user_tower.onnx")

@@ -394,6 +394,11 @@ def test_new_item_prior_changes_only_new_items(planted_model: Path) -> None:
     np.testing.assert_allclose(blended[:, :-2], plain[:, :-2])
     np.testing.assert_allclose(blended[:, -2], plain[:, -2] + 0.125, rtol=1e-5)  # never met: the bonus
     np.testing.assert_allclose(blended[:, -1], plain[:, -1] + 0.5 * np.log1p(2), rtol=1e-5)  # none in 30 days
+    # the velocity: the item met twice, first 214 days before the request, 2 / 214 interactions a day
+    rec.new_item_velocity_weight = 0.75
+    fast = rec.score(users, hist, rec.item_ids)
+    np.testing.assert_allclose(fast[:, :-1], blended[:, :-1], rtol=1e-6)  # never met: no velocity, the bonus
+    np.testing.assert_allclose(fast[:, -1], blended[:, -1] + 0.75 * np.log1p(2 / 214), rtol=1e-5)
 
 
 def test_popularity_prior_of_trained_items_counts_other_users_before_the_request(planted_model: Path) -> None:

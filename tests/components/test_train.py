@@ -379,13 +379,15 @@ def test_new_item_prior_is_fitted_on_cold_validation_items(dataset, tmp_path: Pa
     data = prepare_data(config, planted_tables(), read_examples(examples))
     assert not data.split.cold_validation.empty
     model, _ = load_model(tmp_path / "model")
-    windows, never_seen, record = fit_new_item_prior(model, data, torch.device("cpu"), config.train.seed)
+    windows, velocity, never_seen, record = fit_new_item_prior(model, data, torch.device("cpu"), config.train.seed)
     assert [d for d, _ in windows] == [d for d, _ in cfg["new_item_popularity_windows"]]
     np.testing.assert_allclose([w for _, w in windows], [w for _, w in cfg["new_item_popularity_windows"]],
                                rtol=1e-3, atol=1e-6)  # the saved model scores as the one in training did
     assert never_seen == pytest.approx(cfg["new_item_never_seen_bonus"], rel=1e-3, abs=1e-6)
-    assert min(w for _, w in windows) >= 0 and never_seen >= 0
-    assert cfg["new_item_popularity_weight"] == pytest.approx(sum(w for _, w in cfg["new_item_popularity_windows"]))
+    assert velocity == pytest.approx(cfg["new_item_velocity_weight"], rel=1e-3, abs=1e-6)
+    assert min(w for _, w in windows) >= 0 and never_seen >= 0 and velocity >= 0
+    assert cfg["new_item_popularity_weight"] == pytest.approx(
+        sum(w for _, w in cfg["new_item_popularity_windows"]) + cfg["new_item_velocity_weight"])
     assert [r.get("penalty") for r in record] == [*PENALTIES, None] == [r.get("penalty") for r in cfg[
         "new_item_popularity_validation"]]
     assert [r["form"] for r in record] == ["ranker"] * len(PENALTIES) + ["grid"]
@@ -396,7 +398,7 @@ def test_new_item_prior_is_fitted_on_cold_validation_items(dataset, tmp_path: Pa
     key = lambda r: (r["cold_val_cv_hr@10"], r["cold_val_cv_ndcg@10"])  # noqa: E731
     grid, ranker = record[-1], max(record[:-1], key=key)
     if key(grid) >= key(ranker):
-        assert len(windows) == 1 and never_seen == 0 and windows[0][1] == grid["weight"] in GRID_WEIGHTS
+        assert len(windows) == 1 and never_seen == velocity == 0 and windows[0][1] == grid["weight"] in GRID_WEIGHTS
     else:
         assert [days for days, _ in windows] == list(NEW_ITEM_WINDOWS) and "weight" not in grid
     # the offset against the trained items: the best expected HR@10 of the validation mix (components.served_mix)
@@ -429,8 +431,8 @@ def test_the_conditional_logit_recovers_which_signal_picks_the_target() -> None:
 
 
 def test_the_fitted_ranker_serves_as_the_bundles_blended_prior() -> None:
-    """The fitted weights, as the bundle serves them (cosine + a blended count + the never-seen bonus), order every
-    user's new items exactly as the fitted ranker does."""
+    """The fitted weights, as the bundle serves them (cosine + a blended count of the windows and the velocity + the
+    never-seen bonus), order every user's new items exactly as the fitted ranker does."""
     from components.bundle_ops import ItemIndex, PopularityPrior
     from components.new_item_prior import NEW_ITEM_WINDOWS, new_item_features, served_form
 
@@ -438,15 +440,17 @@ def test_the_fitted_ranker_serves_as_the_bundles_blended_prior() -> None:
     cosine = rng.normal(size=(40, 12)).astype(np.float32)
     counts = [rng.poisson(lam, size=(40, 12)).astype(np.float32) for lam in (6.0, 3.0, 1.0)]
     counts[0][:, :3] = counts[1][:, :3] = counts[2][:, :3] = 0  # three items nobody has met
-    weights = np.array([2.0, 0.1, 0.3, 0.6, 0.5])
-    windows, bonus = served_form(weights)
-    assert [d for d, _ in windows] == list(NEW_ITEM_WINDOWS) and bonus == pytest.approx(0.25)
+    ages = np.where(counts[0] > 0, rng.uniform(0.1, 60, size=(40, 12)), 0).astype(np.float32)  # some under a day
+    weights = np.array([2.0, 0.1, 0.3, 0.6, 0.4, 0.5])
+    windows, velocity, bonus = served_form(weights)
+    assert [d for d, _ in windows] == list(NEW_ITEM_WINDOWS)
+    assert (velocity, bonus) == (pytest.approx(0.2), pytest.approx(0.25))
     ids = np.arange(100, 112)
     prior = PopularityPrior(ItemIndex(ids), {"new_item_windows": windows, "new_item_never_seen": bonus,
-                                             "new_item_ids": ids.tolist()})
+                                             "new_item_velocity": velocity, "new_item_ids": ids.tolist()})
     (part,) = prior.parts
-    served = cosine + part.dense_boost(counts)
-    fitted = new_item_features(cosine, counts) @ weights
+    served = cosine + part.dense_boost(counts, ages)
+    fitted = new_item_features(cosine, counts, ages) @ weights
     np.testing.assert_allclose(served * weights[0], fitted, rtol=1e-5, atol=1e-5)  # the same scores, scaled
     np.testing.assert_array_equal(np.argsort(-served, axis=1), np.argsort(-fitted, axis=1))
 

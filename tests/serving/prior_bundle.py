@@ -16,13 +16,14 @@ from components.model import export_user_tower_onnx
 
 
 def model_with_priors(planted_model: Path, out: Path) -> Path:
-    """The trained model with both popularity priors on (new items: a blend of three windows, a never-seen bonus
-    and an offset against the trained items, as training fits them) and six items made new (no trained ID
-    embedding), so that both priors decide part of every ranking."""
+    """The trained model with both popularity priors on (new items: a blend of three windows and the velocity, a
+    never-seen bonus and an offset against the trained items, as training fits them) and six items made new (no
+    trained ID embedding), so that both priors decide part of every ranking."""
     shutil.copytree(planted_model, out)
     cfg = json.loads((out / "model_config.json").read_text())
     cfg.update(new_item_popularity_windows=[[None, 0.03], [30, 0.02], [10, 0.05]], new_item_never_seen_bonus=0.04,
-               new_item_offset=-0.03, popularity_weight=0.03, popularity_window_days=None)
+               new_item_velocity_weight=0.06, new_item_offset=-0.03, popularity_weight=0.03,
+               popularity_window_days=None)
     (out / "model_config.json").write_text(json.dumps(cfg))
     state = torch.load(out / "model.pt", weights_only=True)
     for key in [k for k in state if k.split(".")[-1] == "train_count"]:  # one model's, or each ensemble member's
