@@ -141,7 +141,7 @@ MIN_AGE_DAYS = 1.0  # an item met less than a day ago counts its interactions pe
 def interactions_per_day(count: np.ndarray, age_days: np.ndarray) -> np.ndarray:
     """An item's interactions (by other users, all history) per day since someone first met it: its velocity,
     the age floored at MIN_AGE_DAYS (0 where nobody has met it: its count is 0 too)."""
-    return (np.asarray(count, np.float64) / np.maximum(np.asarray(age_days, np.float64), MIN_AGE_DAYS))
+    return np.asarray(count, np.float64) / np.maximum(np.asarray(age_days, np.float64), MIN_AGE_DAYS)
 
 
 class PriorPart:

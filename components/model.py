@@ -624,6 +624,8 @@ class ItemEventCounter:
         order = np.argsort(ts, kind="stable")
         self.n_items = len(catalogue)
         self.ts, self.ev_col = ts[order], col[ev["item_id"]].to_numpy()[order]
+        self.first = np.full(self.n_items, np.iinfo(np.int64).max, dtype=np.int64)  # each item's first event
+        np.minimum.at(self.first, self.ev_col, self.ts)
         ev_user = ev["user_id"].to_numpy()[order]
         self.own = pd.Series(np.arange(len(self.ts))).groupby(ev_user).indices if len(self.ts) else {}
         self._sweeps: dict[float | None, list] = {}  # window -> [running counts, added, removed, last as_of]
@@ -667,9 +669,7 @@ class ItemEventCounter:
         `bundle_ops.interactions_per_day`)."""
         end = int(self.ts.max()) + 1 if len(self.ts) else 0
         as_of = epoch_us(users["as_of"]) if "as_of" in users else np.full(len(users), end, dtype=np.int64)
-        first = np.full(self.n_items, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(first, self.ev_col, self.ts)
-        since = as_of[:, None] - np.minimum(first[None, :], as_of[:, None])  # 0 where not met before as_of
+        since = as_of[:, None] - np.minimum(self.first[None, :], as_of[:, None])  # 0 where not met before as_of
         return (since / US_PER_DAY).astype(np.float32)
 
 
