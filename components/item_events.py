@@ -30,6 +30,19 @@ def epoch_us(values: object) -> np.ndarray:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def first_event_us(rows: np.ndarray, ts_us: np.ndarray, n: int) -> np.ndarray:
+    """int64 [n]: per catalogue row the time of its first event (any user's), the int64 maximum where it has none."""
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, rows, ts_us)
+    return first
+
+
+def days_since(first_us: np.ndarray, as_of_us: np.ndarray | int) -> np.ndarray:
+    """float32: days from each first event to as_of (broadcast), 0 where it is not before as_of: an item's age,
+    the velocity's denominator (`components.bundle_ops.interactions_per_day`)."""
+    return ((as_of_us - np.minimum(first_us, as_of_us)) / US_PER_DAY).astype(np.float32)
+
+
 def datetime_us(ts: datetime) -> int:
     """One timezone-aware datetime as microseconds since the epoch, exactly (`epoch_us` without pandas: the
     per-request path)."""
@@ -47,7 +60,7 @@ class ItemEventIndex:
         self._rows = np.zeros(0, np.int64)
         self._users = np.zeros(0, np.int64)
         self._by_user: dict[int, np.ndarray] = {}
-        self._first = np.full(len(index), np.iinfo(np.int64).max, dtype=np.int64)
+        self._first = first_event_us(_NO_EVENTS, _NO_EVENTS, len(index))
         self._totals: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         if events is not None and len(events):
             self._merge(events["user_id"].to_numpy(np.int64), events["item_id"].to_numpy(np.int64),
@@ -68,8 +81,7 @@ class ItemEventIndex:
         starts = np.flatnonzero(np.r_[True, np.diff(self._users[by_user]) != 0]) if by_user.size else []
         self._by_user = {int(self._users[by_user[s]]): part
                          for s, part in zip(starts, np.split(by_user, starts[1:]) if by_user.size else [], strict=True)}
-        self._first = np.full(len(self.index), np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(self._first, self._rows, self._ts)  # each row's first event: the velocity's age
+        self._first = first_event_us(self._rows, self._ts, len(self.index))  # the velocity's age
         self._totals.clear()
 
     def add(self, user_id: int, item_id: int, ts_us: int) -> None:
@@ -121,7 +133,7 @@ class ItemEventIndex:
         with self._lock:
             self._flush()
             first = self._first
-        return ((as_of_us - np.minimum(first, as_of_us)) / US_PER_DAY).astype(np.float32)
+        return days_since(first, as_of_us)
 
     def prior_counts(self, prior: PopularityPrior, user_id: int, as_of_us: int) -> tuple[np.ndarray, np.ndarray]:
         """Sparse (item ids, counts) for `PopularityPrior.boost`: each item's effective count over its prior's

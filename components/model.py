@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from components.bundle_ops import PopularityPrior
 from components.encoders import PROFILE_ENCODER_FILE, ItemEncoder, ProfileEncoder
 from components.errors import RecsysError
-from components.item_events import US_PER_DAY, epoch_us
+from components.item_events import days_since, epoch_us, first_event_us
 from components.onnx_export import quiet_onnx_export
 from components.recommender import TowerRecommender
 
@@ -624,8 +624,7 @@ class ItemEventCounter:
         order = np.argsort(ts, kind="stable")
         self.n_items = len(catalogue)
         self.ts, self.ev_col = ts[order], col[ev["item_id"]].to_numpy()[order]
-        self.first = np.full(self.n_items, np.iinfo(np.int64).max, dtype=np.int64)  # each item's first event
-        np.minimum.at(self.first, self.ev_col, self.ts)
+        self.first = first_event_us(self.ev_col, self.ts, self.n_items)
         ev_user = ev["user_id"].to_numpy()[order]
         self.own = pd.Series(np.arange(len(self.ts))).groupby(ev_user).indices if len(self.ts) else {}
         self._sweeps: dict[float | None, list] = {}  # window -> [running counts, added, removed, last as_of]
@@ -669,8 +668,7 @@ class ItemEventCounter:
         `bundle_ops.interactions_per_day`)."""
         end = int(self.ts.max()) + 1 if len(self.ts) else 0
         as_of = epoch_us(users["as_of"]) if "as_of" in users else np.full(len(users), end, dtype=np.int64)
-        since = as_of[:, None] - np.minimum(self.first[None, :], as_of[:, None])  # 0 where not met before as_of
-        return (since / US_PER_DAY).astype(np.float32)
+        return days_since(self.first[None, :], as_of[:, None])
 
 
 def load_recommender(model_dir: str | Path) -> TwoTowerRecommender:

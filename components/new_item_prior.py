@@ -55,6 +55,11 @@ class NewItemPrior(NamedTuple):
     never_seen: float
     record: list[dict]
 
+    @property
+    def weight(self) -> float:
+        """w as served (`components.bundle_ops.PriorPart.weight`): the windows' and the velocity's weights summed."""
+        return float(sum(w for _, w in self.windows) + self.velocity)
+
 
 OFF = NewItemPrior([[None, 0.0]], 0.0, 0.0, [])
 

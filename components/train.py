@@ -503,7 +503,7 @@ def _finish(model: Any, data: TrainData, config: Config, out: Path, history: lis
     there is one, with the priors chosen on the early-stopped one), score it as served on the test users, write
     metrics.json and the curve; returns the metrics."""
     prior = fit_new_item_prior(model, data, device, config.train.seed)
-    weight = float(sum(w for _, w in prior.windows) + prior.velocity)
+    weight = prior.weight
     model.cfg["new_item_popularity_windows"] = prior.windows
     model.cfg["new_item_velocity_weight"] = prior.velocity
     model.cfg["new_item_never_seen_bonus"] = prior.never_seen
